@@ -1,0 +1,32 @@
+"""HepaScreen client library: reading scans, preprocessing, the Triton client, the batch screener.
+
+Public names are imported lazily so that ``client.contract`` and ``client.errors``
+stay cheap to import (postprocess and the Triton model import them).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "ScanVolume": "client.scan",
+    "PreprocessRecord": "client.preprocess",
+    "preprocess": "client.preprocess",
+    "preprocess_scan": "client.preprocess",
+    "to_scan_grid": "client.preprocess",
+    "normalise_network_input": "client.preprocess",
+    "ScreeningError": "client.errors",
+    "ScanReadError": "client.errors",
+    "PreprocessError": "client.errors",
+    "InferenceError": "client.errors",
+    "MeasurementError": "client.errors",
+    "ConfigError": "client.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'client' has no attribute {name!r}")
