@@ -1,0 +1,38 @@
+"""The contract module stays light and self-consistent."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from client import contract
+
+DESIGN_COLUMNS = (
+    "case_id source status grade ratio ratio_ci_low ratio_ci_high liver_hu spleen_hu "
+    "liver_minus_spleen_hu liver_volume_ml spleen_volume_ml n_pairs flags error seconds"
+).split()
+
+
+def test_contract_imports_nothing_heavy():
+    code = (
+        "import sys, client.contract, client.errors, client.scan;"
+        "heavy = [m for m in ('SimpleITK', 'paddle', 'onnxruntime', 'tritonclient', 'scipy', 'cupy')"
+        " if m in sys.modules]; print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_result_columns_cover_the_cli_contract():
+    missing = [c for c in DESIGN_COLUMNS if c not in contract.RESULT_COLUMNS]
+    assert missing == []
+    assert len(set(contract.RESULT_COLUMNS)) == len(contract.RESULT_COLUMNS)
+
+
+def test_thresholds_are_ordered_and_labels_distinct():
+    t = contract.GRADE_THRESHOLDS
+    assert t.normal_above > t.mild_above > t.moderate_above > 0
+    labels = {contract.LABEL_BACKGROUND, contract.LABEL_LIVER, contract.LABEL_SPLEEN}
+    assert len(labels) == contract.NUM_CLASSES
+    for name, mapping in contract.LABEL_MAPS.items():
+        assert mapping["liver"] != mapping["spleen"], name
