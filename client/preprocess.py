@@ -171,7 +171,9 @@ def preprocess(hu, spacing, direction, model_shape):
     """
     xp = _xp(hu)
     if hu.ndim != 3:
-        raise PreprocessError(f"expected a 3D volume [z, y, x], got {hu.ndim}D of shape {tuple(hu.shape)}")
+        raise PreprocessError(
+            f"expected a 3D volume [z, y, x], got {hu.ndim}D of shape {tuple(hu.shape)}"
+        )
     model_shape = tuple(int(n) for n in model_shape)
     if len(model_shape) != 3 or min(model_shape) < 1:
         raise PreprocessError(f"expected a model shape of three positive ints, got {model_shape}")
@@ -237,3 +239,17 @@ def normalise_network_input(tensor):
     spatial = tuple(range(x.ndim - 3, x.ndim))
     m = xp.max(x, axis=spatial, keepdims=True)
     return x / xp.maximum(m, 1.0)
+
+
+def labels_to_model(labels, direction, model_shape):
+    """Bring a label map on the scan grid to model size the way :func:`preprocess` moves the image.
+
+    Same canonical reorientation, then nearest-neighbour resampling (used for training targets).
+    """
+    xp = _xp(labels)
+    axes, flips = canonical_axes(direction)
+    canon = xp.transpose(labels, axes)
+    flip_axes = tuple(a for a in range(3) if flips[a])
+    if flip_axes:
+        canon = xp.flip(canon, flip_axes)
+    return xp.ascontiguousarray(resize_nearest(canon, tuple(int(n) for n in model_shape)))
