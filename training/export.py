@@ -1,0 +1,207 @@
+"""Export a trained VNet to the served ONNX model (paddle.jit + paddle2onnx).
+
+``python -m training.export --config CFG.yml --model_path model.pdparams --save_dir DIR``
+
+The served graph takes the preprocessed volume as uint8 ``VOLUME [N, 1, z, y, x]``
+and returns a uint8 label map ``LABELS [N, z, y, x]`` (client/contract.py): the
+cast, the per-volume division by the maximum (``client.preprocess.
+normalise_network_input``; an all-zero volume stays zero) and the argmax live
+inside the graph, so 1 byte per voxel crosses the wire each way. ``--variant
+float`` gives float32 in / int32 out for a TensorRT version that refuses uint8
+I/O; ``--variant logits`` gives the unwrapped network (float in, logits out) for
+parity checks. After export: ``onnx.checker`` and ONNX Runtime vs Paddle on the
+same inputs at batch 1 and 4.
+
+Replacing the served model with your own: export it with this command, copy the
+ONNX to ``model_repository/cpu/hepascreen_vnet/1/model.onnx`` and set the spatial
+dims in that folder's ``config.pbtxt`` (and the GPU one) to your model's input size;
+the client reads the size from the served configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from client.contract import INPUT_NAME, OUTPUT_NAME
+
+VARIANTS = ("uint8", "float", "logits")
+
+
+def _wrapper(net, variant: str):
+    import paddle
+
+    class Served(paddle.nn.Layer):
+        """uint8 volume -> normalised float -> VNet -> argmax -> uint8 labels."""
+
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            if variant == "logits":
+                return self.net(x)[0]
+            xf = paddle.cast(x, "float32")
+            m = paddle.max(xf, axis=[1, 2, 3, 4], keepdim=True)
+            xf = xf / paddle.maximum(m, paddle.full_like(m, 1.0))
+            logits = self.net(xf)[0]
+            lab = paddle.argmax(logits, axis=1)
+            return paddle.cast(lab, "uint8" if variant == "uint8" else "int32")
+
+    return Served(net)
+
+
+def export_onnx(
+    net,
+    model_shape,
+    save_file: str | Path,
+    variant: str = "uint8",
+    opset: int = 17,
+) -> Path:
+    """Export a Paddle VNet (eval mode) to ONNX with a dynamic batch dimension.
+
+    Parameters
+    ----------
+    net : training.vnet.VNet
+    model_shape : 3 ints
+        Spatial input size ``[z, y, x]``.
+    save_file : path of the ONNX file to write (parent created).
+    variant : {"uint8", "float", "logits"}
+    opset : int, >= 17
+
+    Returns
+    -------
+    Path of the written ONNX file.
+    """
+    import paddle
+    import paddle2onnx
+
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if opset < 17:
+        raise ValueError(f"expected opset >= 17, got {opset}")
+    # paddle2onnx would pip-install optimiser deps at run time; they are declared instead.
+    os.environ.setdefault("POLYGRAPHY_AUTOINSTALL_DEPS", "0")
+    net.eval()
+    model = _wrapper(net, variant)
+    model.eval()
+    dtype = "uint8" if variant == "uint8" else "float32"
+    spec = paddle.static.InputSpec([None, 1, *[int(n) for n in model_shape]], dtype, INPUT_NAME)
+    save_file = Path(save_file)
+    save_file.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        prefix = os.path.join(tmp, "model")
+        static = paddle.jit.to_static(model, input_spec=[spec], full_graph=True)
+        paddle.jit.save(static, prefix)
+        model_file = prefix + ".json" if os.path.exists(prefix + ".json") else prefix + ".pdmodel"
+        out_tmp = os.path.join(tmp, "model.onnx")
+        paddle2onnx.export(
+            model_file, prefix + ".pdiparams", save_file=out_tmp, opset_version=opset
+        )
+        _rename_io(out_tmp, variant)
+        shutil.move(out_tmp, save_file)
+    return save_file
+
+
+def _rename_io(path: str, variant: str) -> None:
+    """Give the graph the contract's tensor names and a symbolic batch dimension."""
+    import onnx
+
+    m = onnx.load(path)
+    g = m.graph
+    old_in, old_out = g.input[0].name, g.output[0].name
+    new_in, new_out = INPUT_NAME, OUTPUT_NAME if variant != "logits" else "LOGITS"
+    for node in g.node:
+        node.input[:] = [new_in if n == old_in else n for n in node.input]
+        node.output[:] = [new_out if n == old_out else n for n in node.output]
+    g.input[0].name = new_in
+    g.output[0].name = new_out
+    for vi in (g.input[0], g.output[0]):
+        d0 = vi.type.tensor_type.shape.dim[0]
+        d0.ClearField("dim_value")
+        d0.dim_param = "batch"
+    onnx.checker.check_model(m)
+    onnx.save(m, path)
+
+
+def check_export(net, onnx_path, model_shape, variant="uint8", batches=(1, 4), seed=0) -> dict:
+    """Compare ONNX Runtime with Paddle on the same random inputs.
+
+    Returns per batch size the label agreement (uint8/float variants) or the
+    logits relative L2 error (logits variant).
+    """
+    import onnx
+    import onnxruntime as ort
+    import paddle
+
+    onnx.checker.check_model(onnx.load(str(onnx_path)))
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    wrapped = _wrapper(net, variant)
+    wrapped.eval()
+    rng = np.random.default_rng(seed)
+    out = {}
+    for b in batches:
+        if variant == "logits":
+            x = rng.random((b, 1, *model_shape), dtype=np.float32)
+        else:
+            x = _structured_input(rng, b, model_shape)
+            if variant == "float":
+                x = x.astype(np.float32)
+        got = sess.run(None, {INPUT_NAME: x})[0]
+        with paddle.no_grad():
+            ref = wrapped(paddle.to_tensor(x)).numpy()
+        if variant == "logits":
+            out[f"batch{b}_rel_l2"] = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+        else:
+            out[f"batch{b}_label_agreement"] = float((got == ref).mean())
+            out[f"batch{b}_dtype"] = str(got.dtype)
+    return out
+
+
+def _structured_input(rng, b, shape):
+    """Smooth random uint8 volumes (pure noise would make argmax ties meaningless)."""
+    from scipy import ndimage as ndi
+
+    x = rng.random((b, 1, *shape)).astype(np.float32)
+    x = ndi.gaussian_filter(x, sigma=(0, 0, 2, 2, 2))
+    x = (x - x.min()) / max(float(x.max() - x.min()), 1e-6) * 255
+    return x.astype(np.uint8)
+
+
+def main(argv=None) -> int:
+    from .config import build_model, load_config, model_shape_of
+
+    ap = argparse.ArgumentParser(description="Export a VNet checkpoint to the served ONNX model")
+    ap.add_argument("--config", required=True, help="MedicalSeg-format YAML")
+    ap.add_argument("--model_path", required=True, help="model.pdparams (MedicalSeg names)")
+    ap.add_argument(
+        "--save_dir",
+        required=True,
+        help="folder for model.onnx (e.g. model_repository/cpu/hepascreen_vnet/1)",
+    )
+    ap.add_argument("--variant", choices=VARIANTS, default="uint8")
+    ap.add_argument("--opset", type=int, default=17)
+    ap.add_argument("--model_shape", type=int, nargs=3, default=None, help="override [z y x]")
+    ap.add_argument("--no_check", action="store_true")
+    args = ap.parse_args(argv)
+
+    cfg = load_config(args.config)
+    net = build_model(cfg, pretrained=args.model_path)
+    shape = args.model_shape or model_shape_of(cfg)
+    name = "model.onnx" if args.variant == "uint8" else f"model_{args.variant}.onnx"
+    path = export_onnx(net, shape, Path(args.save_dir) / name, args.variant, args.opset)
+    print(f"wrote {path}")
+    if not args.no_check:
+        report = check_export(net, path, shape, args.variant)
+        print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
