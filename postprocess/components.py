@@ -1,0 +1,73 @@
+"""Connected components, organ volume and bounding boxes (NumPy or CuPy)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._xp import get_xp
+
+_STRUCT_26 = np.ones((3, 3, 3), dtype=bool)
+
+
+def bounding_box(mask):
+    """Tight bounding box of a mask as a tuple of slices ``(z, y, x)``; None if empty."""
+    xp, _ = get_xp(mask)
+    box = []
+    for ax in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != ax)
+        nz = xp.flatnonzero(xp.any(mask, axis=other))
+        if nz.size == 0:
+            return None
+        box.append(slice(int(nz[0]), int(nz[-1]) + 1))
+    return tuple(box)
+
+
+def largest_connected_component(mask):
+    """Largest 26-connected component of a boolean mask (same shape; empty stays empty).
+
+    Labels only the mask's bounding box, so cost follows the organ, not the scan.
+    Ties go to the component with the lowest label (first in raster order).
+    """
+    xp, ndi = get_xp(mask)
+    mask = mask.astype(bool, copy=False)
+    out = xp.zeros(mask.shape, dtype=bool)
+    box = bounding_box(mask)
+    if box is None:
+        return out
+    sub = mask[box]
+    lab, n = ndi.label(sub, structure=xp.asarray(_STRUCT_26))
+    n = int(n)
+    if n <= 1:
+        out[box] = sub
+        return out
+    counts = xp.bincount(lab.ravel(), minlength=n + 1)
+    counts[0] = 0
+    out[box] = lab == int(xp.argmax(counts))
+    return out
+
+
+def keep_largest(labels, label_values):
+    """Copy of a label map keeping only the largest 26-connected piece of each label."""
+    xp, _ = get_xp(labels)
+    out = xp.zeros_like(labels)
+    for v in label_values:
+        out[largest_connected_component(labels == v)] = v
+    return out
+
+
+def organ_volume_ml(mask, spacing) -> float:
+    """Volume of a mask in millilitres (spacing in mm, any axis order)."""
+    xp, _ = get_xp(mask)
+    return float(xp.count_nonzero(mask)) * float(np.prod(spacing)) / 1000.0
+
+
+def touches_edge(mask) -> bool:
+    """True when the mask has a voxel on any face of the volume."""
+    for ax in range(mask.ndim):
+        first = [slice(None)] * mask.ndim
+        last = [slice(None)] * mask.ndim
+        first[ax] = 0
+        last[ax] = -1
+        if bool(mask[tuple(first)].any()) or bool(mask[tuple(last)].any()):
+            return True
+    return False
