@@ -1,0 +1,268 @@
+"""postprocess against independent references: flood fill, direct slicing, phantom truth, real CT."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import ndimage as ndi
+
+from client.errors import MeasurementError
+from postprocess import (
+    AssessConfig,
+    assess,
+    cube_size_voxels,
+    cube_stats,
+    grade_ratio,
+    keep_largest,
+    largest_connected_component,
+    organ_volume_ml,
+    sample_cubes,
+    valid_cube_positions,
+)
+from training.phantoms import make_phantom
+
+
+def _flood_fill_largest(mask: np.ndarray) -> np.ndarray:
+    """Brute-force 26-connected flood fill (independent of scipy)."""
+    seen = np.zeros(mask.shape, bool)
+    best: list = []
+    offs = [
+        (a, b, c)
+        for a in (-1, 0, 1)
+        for b in (-1, 0, 1)
+        for c in (-1, 0, 1)
+        if (a, b, c) != (0, 0, 0)
+    ]
+    for start in zip(*np.nonzero(mask)):
+        if seen[start]:
+            continue
+        comp = []
+        q = deque([start])
+        seen[start] = True
+        while q:
+            p = q.popleft()
+            comp.append(p)
+            for o in offs:
+                n = (p[0] + o[0], p[1] + o[1], p[2] + o[2])
+                if all(0 <= n[i] < mask.shape[i] for i in range(3)) and mask[n] and not seen[n]:
+                    seen[n] = True
+                    q.append(n)
+        if len(comp) > len(best):
+            best = comp
+    out = np.zeros(mask.shape, bool)
+    for p in best:
+        out[p] = True
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_largest_component_matches_flood_fill(xp, seed):
+    rng = np.random.default_rng(seed)
+    mask = rng.random((9, 10, 11)) > 0.72
+    got = largest_connected_component(xp.asarray(mask))
+    ref = _flood_fill_largest(mask)
+    # Ties may pick a different component of equal size; sizes must agree and the
+    # result must be one connected component of the mask.
+    got = np.asarray(got.get() if hasattr(got, "get") else got)
+    assert got.sum() == ref.sum()
+    assert not (got & ~mask).any()
+    assert ndi.label(got, structure=np.ones((3, 3, 3)))[1] == 1
+
+
+def test_keep_largest_keeps_each_label():
+    lab = np.zeros((10, 10, 10), np.uint8)
+    lab[1:5, 1:5, 1:5] = 1
+    lab[7, 7, 7] = 1  # island
+    lab[6:9, 1:3, 1:3] = 2
+    out = keep_largest(lab, (1, 2))
+    assert (out == 1).sum() == 64 and out[7, 7, 7] == 0 and (out == 2).sum() == 12
+
+
+def test_volume_ml():
+    m = np.zeros((10, 10, 10), bool)
+    m[:5, :4, :2] = True
+    assert organ_volume_ml(m, (2.0, 0.5, 0.5)) == pytest.approx(40 * 0.5 / 1000)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    size=st.tuples(st.integers(1, 4), st.integers(1, 4), st.integers(1, 4)),
+)
+def test_every_valid_cube_lies_inside_and_none_missed(seed, size):
+    rng = np.random.default_rng(seed)
+    mask = ndi.binary_dilation(rng.random((10, 11, 12)) > 0.8, iterations=1)
+    pos = valid_cube_positions(mask, size)
+    got = set(map(tuple, np.asarray(pos).tolist()))
+    ref = {
+        (i, j, k)
+        for i in range(10 - size[0] + 1)
+        for j in range(11 - size[1] + 1)
+        for k in range(12 - size[2] + 1)
+        if mask[i : i + size[0], j : j + size[1], k : k + size[2]].all()
+    }
+    assert got == ref
+
+
+def test_cube_stats_match_direct_slicing(xp):
+    rng = np.random.default_rng(1)
+    hu = rng.normal(40, 10, (20, 21, 22))
+    corners = np.array([[0, 0, 0], [3, 5, 7], [15, 16, 17]])
+    size = (3, 4, 5)
+    means, sds = cube_stats(xp.asarray(hu), xp.asarray(corners), size)
+    means = np.asarray(means.get() if hasattr(means, "get") else means)
+    sds = np.asarray(sds.get() if hasattr(sds, "get") else sds)
+    for c, m, s in zip(corners, means, sds):
+        block = hu[c[0] : c[0] + 3, c[1] : c[1] + 4, c[2] : c[2] + 5]
+        assert m == pytest.approx(block.mean())
+        assert s == pytest.approx(block.std())
+
+
+def test_cube_size_in_voxels():
+    assert cube_size_voxels(10, (5.0, 0.7, 0.7)) == (2, 14, 14)
+    assert cube_size_voxels(10, (30.0, 0.7, 0.7))[0] == 1
+
+
+def test_sampling_is_seeded_and_distinct():
+    pos = np.arange(300).reshape(100, 3)
+    a = sample_cubes(pos, 20, np.random.default_rng(3))
+    b = sample_cubes(pos, 20, np.random.default_rng(3))
+    assert np.array_equal(a, b) and len({tuple(r) for r in a.tolist()}) == 20
+
+
+@pytest.mark.parametrize(
+    "ratio,grade",
+    [
+        (1.2, "normal"),
+        (1.0, "mild"),
+        (0.85, "mild"),
+        (0.7, "moderate"),
+        (0.6, "moderate"),
+        (0.5, "severe"),
+        (0.2, "severe"),
+    ],
+)
+def test_grade_boundaries(ratio, grade):
+    assert grade_ratio(ratio) == grade
+
+
+def test_phantom_accuracy_over_20_seeds():
+    errors = []
+    pairwise_errors = []
+    for seed in range(20):
+        grade = ("normal", "mild", "moderate", "severe")[seed % 4]
+        p = make_phantom(seed, shape=(64, 128, 128), grade=grade)
+        a = assess(p.hu, p.labels, p.spacing, AssessConfig(seed=seed))
+        assert a.grade == p.truth["grade"] == grade, (seed, a.ratio, p.truth["ratio"], a.flags)
+        errors.append(abs(a.ratio - p.truth["ratio"]))
+        pairwise_errors.append(a.ratio_mean_pairwise - p.truth["ratio"])
+        assert a.ratio_ci[0] <= a.ratio <= a.ratio_ci[1]
+    assert np.mean(errors) <= 0.02
+
+
+def test_pairwise_mean_is_biased_upward_ratio_of_means_is_not():
+    """Low spleen attenuation with noisy cubes: E[L/S] > E[L]/E[S]."""
+    p = make_phantom(7, shape=(64, 128, 128), liver_hu=50.0, spleen_hu=40.0, noise_sd=20.0)
+    a = assess(p.hu, p.labels, p.spacing, AssessConfig(cube_mm=5.0, n_cubes=400))
+    truth = 50.0 / 40.0
+    assert a.ratio_mean_pairwise > a.ratio
+    assert abs(a.ratio - truth) < abs(a.ratio_mean_pairwise - truth)
+
+
+def test_reproducible_with_seed():
+    p = make_phantom(2, shape=(48, 96, 96))
+    a = assess(p.hu, p.labels, p.spacing, AssessConfig(seed=5))
+    b = assess(p.hu, p.labels, p.spacing, AssessConfig(seed=5))
+    assert a.ratio == b.ratio and a.ratio_ci == b.ratio_ci
+    assert np.array_equal(a.liver.corners, b.liver.corners)
+
+
+def test_real_ct_matches_eroded_mask_ratio(shared_data):
+    import SimpleITK as sitk
+
+    img = sitk.ReadImage(str(shared_data / "totalseg_example" / "ct.nii.gz"))
+    lab = sitk.GetArrayFromImage(
+        sitk.ReadImage(str(shared_data / "totalseg_example" / "labels.nii.gz"))
+    )
+    hu = sitk.GetArrayFromImage(img)
+    a = assess(hu, lab, img.GetSpacing()[::-1])
+    liver = ndi.binary_erosion(lab == 1, iterations=2)
+    spleen = ndi.binary_erosion(lab == 2, iterations=2)
+    ref = hu[liver].mean() / hu[spleen].mean()
+    assert abs(a.ratio - ref) < 0.03
+    assert a.grade == "normal"
+    assert 38 < a.liver_hu < 50 and 28 < a.spleen_hu < 40
+
+
+def test_vessels_are_rejected():
+    p = make_phantom(11, shape=(64, 128, 128), contrast=False, liver_hu=20.0, spleen_hu=45.0)
+    hu = p.hu.copy()
+    # Paint bright tubes through the liver (vessels on contrast) and check they are rejected.
+    z, y, x = np.nonzero(p.labels == 1)
+    sel = x % 9 == 0
+    hu[z[sel], y[sel], x[sel]] = 200
+    a = assess(hu, p.labels, p.spacing)
+    assert a.liver.n_rejected > 0
+    assert abs(a.ratio - 20.0 / 45.0) < 0.05
+
+
+def test_flags_missing_small_contrast_and_nonpositive():
+    p = make_phantom(3, shape=(48, 96, 96))
+    no_spleen = np.where(p.labels == 2, 0, p.labels).astype(np.uint8)
+    a = assess(p.hu, no_spleen, p.spacing)
+    assert a.grade == "indeterminate" and "spleen_missing" in a.flags
+
+    tiny = np.zeros_like(p.labels)
+    tiny[p.labels == 1] = 1
+    z, y, x = [int(v) for v in np.argwhere(p.labels == 2).mean(0)]
+    tiny[z : z + 1, y - 4 : y + 4, x - 4 : x + 4] = 2  # one 5 mm slice: too thin for 10 mm cubes
+    b = assess(p.hu, tiny, p.spacing, AssessConfig(min_organ_ml=0.1))
+    assert "spleen_cube_size_reduced" in b.flags or "spleen_too_small" in b.flags
+
+    c = assess(p.hu, p.labels, p.spacing, contrast_hint=True)
+    assert c.grade == "indeterminate" and "contrast_enhanced" in c.flags
+    d = assess(p.hu, p.labels, p.spacing, AssessConfig(allow_contrast=True), contrast_hint=True)
+    assert d.grade != "indeterminate" and "contrast_enhanced" in d.flags
+
+    enhanced = make_phantom(3, shape=(48, 96, 96), contrast=True)
+    e = assess(enhanced.hu, enhanced.labels, enhanced.spacing)
+    assert "contrast_suspected_by_attenuation" in e.flags and e.grade == "indeterminate"
+
+    cold = make_phantom(3, shape=(48, 96, 96), liver_hu=10.0, spleen_hu=-20.0)
+    f = assess(cold.hu, cold.labels, cold.spacing)
+    assert "spleen_hu_nonpositive" in f.flags and f.grade == "indeterminate"
+
+
+def test_mostly_outside_scan_is_indeterminate():
+    p = make_phantom(4, shape=(64, 128, 128))
+    zs = np.nonzero((p.labels == 1).any(axis=(1, 2)))[0]
+    cut = slice(zs[0], zs[0] + 3)  # keep only the bottom 3 slices of the liver
+    a = assess(p.hu[cut], p.labels[cut], p.spacing)
+    assert "liver_cut_by_edge" in a.flags and a.grade == "indeterminate"
+
+
+@pytest.mark.parametrize(
+    "hu_shape,lab_shape,spacing,nan,match",
+    [
+        ((4, 5, 6), (4, 5, 7), (1, 1, 1), False, "same shape"),
+        ((4, 5), (4, 5), (1, 1, 1), False, "3D"),
+        ((4, 5, 6), (4, 5, 6), (1, 0, 1), False, "positive"),
+        ((4, 5, 6), (4, 5, 6), (1, 1), False, "three"),
+        ((4, 5, 6), (4, 5, 6), (1, 1, 1), True, "NaN"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(hu_shape, lab_shape, spacing, nan, match):
+    hu = np.zeros(hu_shape, np.float32)
+    if nan:
+        hu[0, 0, 0] = np.nan
+    with pytest.raises(MeasurementError, match=match):
+        assess(hu, np.zeros(lab_shape, np.uint8), spacing)
+
+
+def test_empty_labels_are_indeterminate_not_crash():
+    a = assess(np.zeros((8, 8, 8), np.int16), np.zeros((8, 8, 8), np.uint8), (1, 1, 1))
+    assert a.grade == "indeterminate" and {"liver_missing", "spleen_missing"} <= set(a.flags)
