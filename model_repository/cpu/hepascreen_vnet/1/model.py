@@ -1,0 +1,79 @@
+"""Triton Python-backend model: ONNX Runtime on the exported VNet (uint8 in, uint8 out).
+
+Plain on purpose (python_backend examples/add_sub): ``initialize`` opens the ONNX
+session, ``execute`` concatenates the batched requests into one ONNX Runtime call
+and returns one response per request, a bad request gets a ``TritonError`` in its
+own response and the others still run.
+"""
+
+import json
+import os
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        import onnxruntime as ort
+
+        self.model_config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in self.model_config.get("parameters", {}).items()}
+        here = os.path.join(args["model_repository"], args["model_version"])
+        onnx_file = params.get("onnx_file", "model.onnx")
+        path = onnx_file if os.path.isabs(onnx_file) else os.path.join(here, onnx_file)
+        opts = ort.SessionOptions()
+        threads = int(params.get("intra_op_num_threads", "0") or 0)
+        if threads > 0:
+            opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(
+            path, sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+        inp = self.model_config["input"][0]
+        out = self.model_config["output"][0]
+        self.input_name, self.output_name = inp["name"], out["name"]
+        self.item_shape = tuple(int(d) for d in inp["dims"])
+        onnx_in = self.session.get_inputs()[0]
+        if list(onnx_in.shape[1:]) != list(self.item_shape):
+            raise pb_utils.TritonModelException(
+                f"{path}: ONNX input {onnx_in.name} has shape {onnx_in.shape}, "
+                f"config.pbtxt expects [batch, {', '.join(map(str, self.item_shape))}]"
+            )
+        self.onnx_input = onnx_in.name
+
+    def execute(self, requests):
+        arrays, valid, responses = [], [], [None] * len(requests)
+        for i, request in enumerate(requests):
+            x = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
+            if x.dtype != np.uint8 or tuple(x.shape[1:]) != self.item_shape:
+                responses[i] = pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(
+                        f"expected {self.input_name} uint8 [batch, {', '.join(map(str, self.item_shape))}], "
+                        f"got {x.dtype} {list(x.shape)}"
+                    )
+                )
+                continue
+            arrays.append(x)
+            valid.append(i)
+        if arrays:
+            batch = np.concatenate(arrays, axis=0)
+            try:
+                labels = self.session.run(None, {self.onnx_input: batch})[0].astype(
+                    np.uint8, copy=False
+                )
+            except Exception as exc:  # one failed run fails its requests, not the server
+                for i in valid:
+                    responses[i] = pb_utils.InferenceResponse(
+                        error=pb_utils.TritonError(f"ONNX Runtime failed: {exc}")
+                    )
+                return responses
+            start = 0
+            for i, x in zip(valid, arrays):
+                n = x.shape[0]
+                out = pb_utils.Tensor(self.output_name, labels[start : start + n])
+                responses[i] = pb_utils.InferenceResponse(output_tensors=[out])
+                start += n
+        return responses
+
+    def finalize(self):
+        self.session = None
