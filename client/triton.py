@@ -1,0 +1,245 @@
+"""gRPC client of the served VNet: contract checks, requests in flight, retries.
+
+gRPC errors are translated into :class:`client.errors.InferenceError` where they
+enter (as tritonclient's own ``raise_error_grpc`` does); transient ones
+(UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED) are retried with
+exponential backoff. Several requests are kept in flight (``submit``) so the
+server's dynamic batcher has work to merge.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+
+from . import contract
+from .errors import InferenceError
+
+# Explicit message limits: a 128^3 uint8 batch of 8 is 16.8 MB; plain gRPC's
+# default receive limit is 4 MB.
+MAX_MESSAGE_BYTES = 2**31 - 1
+_TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED")
+
+
+def _grpc():
+    import tritonclient.grpc as grpcclient
+
+    return grpcclient
+
+
+def _status_name(exc) -> str:
+    status = exc.status() if hasattr(exc, "status") else None
+    return str(status or "").rsplit(".", 1)[-1]
+
+
+class SegmentationClient:
+    """Client of the ``hepascreen_vnet`` model on a Triton server.
+
+    Parameters
+    ----------
+    url : str
+        ``host:port`` of the server's gRPC endpoint.
+    model_name : str
+    timeout_s : float
+        Per-request deadline (client timeout) in seconds.
+    max_in_flight : int
+        Requests outstanding at once through :meth:`submit`.
+    retries : int
+        Retries of a transient failure (backoff 0.5 s, 1 s, 2 s, ...).
+    ssl, root_certificates, private_key, certificate_chain :
+        TLS options passed to tritonclient for remote servers.
+    ready_timeout_s : float
+        How long to wait for server and model readiness at construction.
+
+    Raises
+    ------
+    InferenceError
+        Server unreachable, model not ready, or the model's configuration disagrees
+        with client/contract.py (names, dtypes, dims).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        model_name: str = contract.MODEL_NAME,
+        *,
+        timeout_s: float = 300.0,
+        max_in_flight: int = 4,
+        retries: int = 3,
+        ssl: bool = False,
+        root_certificates: str | None = None,
+        private_key: str | None = None,
+        certificate_chain: str | None = None,
+        ready_timeout_s: float = 30.0,
+    ):
+        g = _grpc()
+        self.url = url
+        self.model_name = model_name
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.max_in_flight = max(1, int(max_in_flight))
+        channel_args = [
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ]
+        try:
+            self._client = g.InferenceServerClient(
+                url,
+                ssl=ssl,
+                root_certificates=root_certificates,
+                private_key=private_key,
+                certificate_chain=certificate_chain,
+                channel_args=channel_args,
+            )
+        except Exception as exc:
+            raise InferenceError(f"cannot create a gRPC client for {url}: {exc}") from exc
+        self._wait_ready(ready_timeout_s)
+        self._read_config()
+        self._slots = threading.BoundedSemaphore(self.max_in_flight)
+        self._pool = ThreadPoolExecutor(max_workers=self.max_in_flight, thread_name_prefix="triton")
+
+    # -- start-up checks ---------------------------------------------------------
+    def _wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        last = "no answer"
+        while True:
+            try:
+                if self._client.is_server_live() and self._client.is_server_ready():
+                    if self._client.is_model_ready(self.model_name):
+                        return
+                    last = f"model {self.model_name!r} is not ready"
+                else:
+                    last = "server not ready"
+            except Exception as exc:
+                last = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if time.monotonic() >= deadline:
+                raise InferenceError(f"Triton at {self.url}: {last} (waited {timeout_s:.0f} s)")
+            time.sleep(0.5)
+
+    def _read_config(self) -> None:
+        try:
+            cfg = self._client.get_model_config(self.model_name, as_json=True)["config"]
+        except Exception as exc:
+            raise InferenceError(
+                f"Triton at {self.url}: cannot read the model config: {exc}"
+            ) from exc
+        self.config = cfg
+        problems = check_model_config(cfg)
+        if problems:
+            raise InferenceError(
+                f"model {self.model_name!r} at {self.url} does not match the HepaScreen contract: "
+                + "; ".join(problems)
+            )
+        dims = [int(d) for d in cfg["input"][0]["dims"]]
+        self.model_shape = tuple(dims[1:])
+        self.max_batch_size = int(cfg.get("max_batch_size", 0) or 0)
+
+    # -- inference ----------------------------------------------------------------
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Segment a batch: uint8 ``[N, 1, z, y, x]`` -> uint8 ``[N, z, y, x]`` (retries included)."""
+        batch = np.ascontiguousarray(batch)
+        expected = (contract.INPUT_CHANNELS, *self.model_shape)
+        if batch.dtype != np.uint8 or batch.ndim != 5 or tuple(batch.shape[1:]) != expected:
+            raise InferenceError(
+                f"expected a uint8 batch [N, {', '.join(map(str, expected))}], got {batch.dtype} {list(batch.shape)}"
+            )
+        g = _grpc()
+        delay = 0.5
+        for attempt in range(self.retries + 1):
+            inp = g.InferInput(contract.INPUT_NAME, list(batch.shape), "UINT8")
+            inp.set_data_from_numpy(batch)
+            out = g.InferRequestedOutput(contract.OUTPUT_NAME)
+            try:
+                res = self._client.infer(
+                    self.model_name, [inp], outputs=[out], client_timeout=self.timeout_s
+                )
+                labels = res.as_numpy(contract.OUTPUT_NAME)
+                if labels is None or labels.shape != (batch.shape[0], *self.model_shape):
+                    raise InferenceError(
+                        f"server returned {None if labels is None else labels.shape} for a batch of {batch.shape[0]}"
+                    )
+                return labels.astype(np.uint8, copy=False)
+            except InferenceError:
+                raise
+            except Exception as exc:
+                status = _status_name(exc)
+                if status in _TRANSIENT and attempt < self.retries:
+                    time.sleep(delay)
+                    delay *= 2
+                    continue
+                msg = exc.message() if hasattr(exc, "message") else str(exc)
+                raise InferenceError(
+                    f"inference on {self.model_name!r} at {self.url} failed ({status or type(exc).__name__}): {msg}"
+                ) from exc
+        raise InferenceError("unreachable")  # pragma: no cover
+
+    def submit(self, tensor: np.ndarray) -> Future:
+        """Queue one volume uint8 ``[1, z, y, x]``; the Future resolves to uint8 ``[z, y, x]``.
+
+        Blocks while ``max_in_flight`` requests are outstanding (back-pressure).
+        """
+        self._slots.acquire()
+        try:
+            fut = self._pool.submit(lambda: self.infer(tensor[None])[0])
+        except BaseException:
+            self._slots.release()
+            raise
+        fut.add_done_callback(lambda _f: self._slots.release())
+        return fut
+
+    def statistics(self) -> dict:
+        """Inference statistics of the model: ``inference_count``, ``execution_count``, ..."""
+        try:
+            st = self._client.get_inference_statistics(self.model_name, as_json=True)
+        except Exception as exc:
+            raise InferenceError(f"cannot read statistics from {self.url}: {exc}") from exc
+        ms = st.get("model_stats", [{}])[0]
+        return {
+            "inference_count": int(ms.get("inference_count", 0)),
+            "execution_count": int(ms.get("execution_count", 0)),
+            "batch_stats": ms.get("batch_stats", []),
+        }
+
+    def close(self) -> None:
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=True)
+        try:
+            self._client.close()
+        except Exception:
+            pass
+
+    def __enter__(self) -> SegmentationClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def check_model_config(cfg: dict) -> list[str]:
+    """Differences between a Triton model config (JSON form) and client/contract.py."""
+    problems = []
+    inputs, outputs = cfg.get("input", []), cfg.get("output", [])
+    if len(inputs) != 1 or len(outputs) != 1:
+        return [f"expected 1 input and 1 output, got {len(inputs)} and {len(outputs)}"]
+    i, o = inputs[0], outputs[0]
+    if i.get("name") != contract.INPUT_NAME:
+        problems.append(f"input name: expected {contract.INPUT_NAME}, got {i.get('name')}")
+    if o.get("name") != contract.OUTPUT_NAME:
+        problems.append(f"output name: expected {contract.OUTPUT_NAME}, got {o.get('name')}")
+    if i.get("data_type") != contract.INPUT_DTYPE:
+        problems.append(f"input dtype: expected {contract.INPUT_DTYPE}, got {i.get('data_type')}")
+    if o.get("data_type") != contract.OUTPUT_DTYPE:
+        problems.append(f"output dtype: expected {contract.OUTPUT_DTYPE}, got {o.get('data_type')}")
+    idims = [int(d) for d in i.get("dims", [])]
+    odims = [int(d) for d in o.get("dims", [])]
+    if len(idims) != 4 or idims[0] != contract.INPUT_CHANNELS or min(idims) < 1:
+        problems.append(f"input dims: expected [1, z, y, x], got {idims}")
+    elif odims != idims[1:]:
+        problems.append(f"output dims: expected {idims[1:]}, got {odims}")
+    if int(cfg.get("max_batch_size", 0) or 0) < 1:
+        problems.append("max_batch_size must be >= 1 (batched model)")
+    return problems
