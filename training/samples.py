@@ -144,3 +144,36 @@ def build_pool(
             if progress:
                 progress(k + 1, n)
     return images, labels
+
+
+def main(argv=None) -> int:
+    """``python -m training.samples --out pool.npz --n_phantoms 500 --n_real 250``."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--out", required=True, help="npz file to write (images, labels)")
+    ap.add_argument("--n_phantoms", type=int, default=500)
+    ap.add_argument("--n_real", type=int, default=250, help="augmented copies of --real_ct")
+    ap.add_argument("--real_ct", default=None, help="CT NIfTI (labels 1 liver, 2 spleen)")
+    ap.add_argument("--real_labels", default=None)
+    ap.add_argument("--model_shape", type=int, nargs=3, default=(64, 64, 64))
+    ap.add_argument("--seed0", type=int, default=0)
+    args = ap.parse_args(argv)
+    real = RealCT.load(args.real_ct, args.real_labels) if args.real_ct else None
+
+    def progress(i, n):
+        if i % 25 == 0 or i == n:
+            print(f"{i}/{n}", file=sys.stderr, flush=True)
+
+    images, labels = build_pool(
+        args.n_phantoms, args.n_real, args.model_shape, real, args.seed0, progress
+    )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    np.savez(args.out, images=images, labels=labels)
+    print(f"wrote {args.out}: {len(images)} samples at {tuple(args.model_shape)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,370 @@
+"""DICOM folders as archives hold them: grouping, series choice, geometry checks.
+
+Series choice in a study folder (documented rule)
+------------------------------------------------
+1. Every file below the folder is read header-only (pydicom, any or no extension);
+   files that are not DICOM (``DIRFILE``, ``DICOMDIR``, notes) are skipped.
+2. Files are grouped by SeriesInstanceUID. Dropped: non-image objects (SEG,
+   RTSTRUCT, SR/dose reports, presentation states: no pixel data or no image
+   geometry), secondary captures (dose screens), localizers/scouts
+   (ImageType contains LOCALIZER), non-axial-ish series are kept but ranked low.
+3. Among the CT series left with at least ``min_slices`` slices the one with the
+   most slices wins; ties prefer a soft-tissue kernel over bone/lung kernels,
+   then thinner slices, then the lower SeriesNumber.
+
+Geometry
+--------
+Slices are sorted by their position along the slice normal (row x column
+direction cosines), never by file name or InstanceNumber. Refused with a clear
+error: mixed orientations, two slices at the same position (not a volume: several
+acquisitions or echoes), fewer than ``min_slices`` slices. Gantry tilt (slice
+positions drifting in-plane along the stack) is corrected by shifting every
+slice in-plane onto an orthogonal grid, as dcm2niix does. Non-uniform spacing
+or missing slices are resampled onto a regular grid at the median spacing by
+linear interpolation along the normal when the largest gap is at most
+``max_gap_factor`` times the median spacing; larger gaps are refused.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ScanReadError
+
+SOP_NON_IMAGE = {
+    "1.2.840.10008.5.1.4.1.1.66.4": "DICOM SEG segmentation",
+    "1.2.840.10008.5.1.4.1.1.481.3": "RT structure set",
+    "1.2.840.10008.1.3.10": "DICOMDIR media directory",
+    "1.2.840.10008.5.1.4.1.1.88.67": "X-ray radiation dose SR",
+    "1.2.840.10008.5.1.4.1.1.11.1": "presentation state",
+}
+SOP_SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
+SHARP_KERNEL_HINTS = ("BONE", "LUNG", "SHARP", "B60", "B70", "B80", "YC", "YD", "D", "EDGE")
+SAFE_TAGS = {
+    "modality": "Modality",
+    "manufacturer": "Manufacturer",
+    "kvp": "KVP",
+    "convolution_kernel": "ConvolutionKernel",
+    "slice_thickness": "SliceThickness",
+    "contrast_agent": "ContrastBolusAgent",
+    "series_description": "SeriesDescription",
+    "body_part": "BodyPartExamined",
+}
+
+
+@dataclass
+class SliceHeader:
+    path: Path
+    series_uid: str
+    sop_class: str
+    modality: str
+    image_type: tuple
+    position: np.ndarray | None
+    orientation: np.ndarray | None
+    rows: int
+    cols: int
+    pixel_spacing: tuple | None
+    kernel: str
+    series_number: int
+    frames: int
+    has_pixels: bool
+    ds: object = field(repr=False, default=None)
+
+
+def _first(v, default=None):
+    return default if v is None else v
+
+
+def read_header(path: Path) -> SliceHeader | None:
+    """Header of one file, or None when it is not a DICOM file."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=False)
+    except (InvalidDicomError, OSError, ValueError, TypeError, AttributeError, KeyError, EOFError):
+        try:  # files without the 128-byte preamble / file meta (e.g. no_meta.dcm)
+            ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
+            if "SOPClassUID" not in ds and "Modality" not in ds:
+                return None
+        except Exception:
+            return None
+    except Exception:
+        return None
+    try:
+        sop = str(ds.get("SOPClassUID", ""))
+        ipp = ds.get("ImagePositionPatient")
+        iop = ds.get("ImageOrientationPatient")
+        ps = ds.get("PixelSpacing")
+        try:
+            series_number = int(ds.get("SeriesNumber", 0) or 0)
+        except (TypeError, ValueError):
+            series_number = 0
+        return SliceHeader(
+            path=path,
+            series_uid=str(ds.get("SeriesInstanceUID", "")),
+            sop_class=sop,
+            modality=str(ds.get("Modality", "")),
+            image_type=tuple(str(x).upper() for x in (ds.get("ImageType") or ())),
+            position=np.array([float(v) for v in ipp])
+            if ipp is not None and len(ipp) == 3
+            else None,
+            orientation=np.array([float(v) for v in iop])
+            if iop is not None and len(iop) == 6
+            else None,
+            rows=int(ds.get("Rows", 0) or 0),
+            cols=int(ds.get("Columns", 0) or 0),
+            pixel_spacing=tuple(float(v) for v in ps) if ps is not None and len(ps) == 2 else None,
+            kernel=str(ds.get("ConvolutionKernel", "") or ""),
+            series_number=series_number,
+            frames=int(ds.get("NumberOfFrames", 1) or 1),
+            has_pixels=bool(ds.get("Rows")) and bool(ds.get("Columns")),
+            ds=ds,
+        )
+    except Exception:
+        return None
+
+
+def scan_folder(folder: Path) -> tuple[dict[str, list[SliceHeader]], int]:
+    """Headers of every DICOM file below ``folder`` grouped by series; also the count of skipped files."""
+    groups: dict[str, list[SliceHeader]] = {}
+    skipped = 0
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            h = read_header(Path(root) / name)
+            if h is None:
+                skipped += 1
+                continue
+            groups.setdefault(h.series_uid, []).append(h)
+    return groups, skipped
+
+
+def _why_not_volume_series(hs: list[SliceHeader]) -> str | None:
+    h = hs[0]
+    if h.sop_class in SOP_NON_IMAGE:
+        return SOP_NON_IMAGE[h.sop_class]
+    if h.sop_class.startswith(SOP_SECONDARY_CAPTURE_PREFIX):
+        return "secondary capture (screenshot / dose screen)"
+    if any("LOCALIZER" in t or "SCOUT" in t for t in h.image_type):
+        return "localizer / scout image"
+    if not h.has_pixels:
+        return "no pixel data"
+    if any(x.position is None or x.orientation is None for x in hs):
+        return "no image position/orientation (not a cross-sectional image)"
+    return None
+
+
+def _is_sharp(kernel: str) -> bool:
+    k = kernel.upper()
+    return any(h in k for h in ("BONE", "LUNG", "SHARP", "EDGE", "B60", "B70", "B80"))
+
+
+def why_not_volume(hs: list[SliceHeader]) -> str | None:
+    """Why a series is not an image volume (scout, SEG, dose screen, ...), or None."""
+    return _why_not_volume_series(hs)
+
+
+def choose_series(
+    groups: dict[str, list[SliceHeader]],
+    folder: Path,
+    min_slices: int,
+    require_ct: bool,
+    series_uid: str | None = None,
+) -> list[SliceHeader]:
+    """Pick the axial CT volume series from a study (rule in the module docstring)."""
+    if series_uid is not None:
+        if series_uid not in groups:
+            raise ScanReadError(f"{folder}: series {series_uid} not found")
+        groups = {series_uid: groups[series_uid]}
+    if not groups:
+        raise ScanReadError(f"{folder}: no DICOM files found")
+    candidates, rejected = [], []
+    for uid, hs in groups.items():
+        why = _why_not_volume_series(hs)
+        if why:
+            rejected.append(f"{hs[0].path.parent.name or uid}: {why}")
+            continue
+        candidates.append(hs)
+    if not candidates:
+        raise ScanReadError(
+            f"{folder}: no image volume among {len(groups)} DICOM series ({'; '.join(rejected)})"
+        )
+    if require_ct:
+        ct = [hs for hs in candidates if hs[0].modality == "CT"]
+        if not ct:
+            mods = sorted({hs[0].modality or "?" for hs in candidates})
+            raise ScanReadError(f"{folder}: expected a CT series, got modality {', '.join(mods)}")
+        candidates = ct
+    n_slices = [sum(h.frames for h in hs) for hs in candidates]
+    if max(n_slices) < min_slices:
+        got = "a single 2D slice" if max(n_slices) == 1 else f"at most {max(n_slices)} slices"
+        raise ScanReadError(
+            f"{folder}: expected a volume of at least {min_slices} slices, got {got}"
+        )
+    candidates = [hs for hs, n in zip(candidates, n_slices) if n >= min_slices]
+
+    def rank(hs):
+        thick = float(getattr(hs[0].ds, "SliceThickness", 0) or 0)
+        return (-len(hs), _is_sharp(hs[0].kernel), thick, hs[0].series_number)
+
+    return sorted(candidates, key=rank)[0]
+
+
+def check_pixel_data(h: SliceHeader) -> None:
+    """Refuse a file whose pixel data is missing, truncated or cannot be decoded."""
+    import pydicom
+    import SimpleITK as sitk
+
+    try:
+        ds = pydicom.dcmread(str(h.path), force=True)
+        raw = ds.get("PixelData")
+    except Exception as exc:  # noqa: BLE001 - any parse failure means a corrupt file
+        raise ScanReadError(f"{h.path}: corrupt or truncated DICOM file ({exc})") from exc
+    if raw is None:
+        raise ScanReadError(f"{h.path}: no pixel data (expected an image)")
+    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+    if syntax in ("", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"):
+        expected = (
+            h.rows
+            * h.cols
+            * h.frames
+            * int(ds.get("SamplesPerPixel", 1) or 1)
+            * (int(ds.get("BitsAllocated", 16) or 16) // 8)
+        )
+        if len(raw) < expected:
+            raise ScanReadError(
+                f"{h.path}: truncated pixel data: expected {expected} bytes for "
+                f"{h.rows} x {h.cols} x {h.frames} frames, got {len(raw)}"
+            )
+    try:
+        sitk.ReadImage(str(h.path))
+    except RuntimeError as exc:
+        raise ScanReadError(
+            f"{h.path}: cannot decode pixel data (transfer syntax {syntax or 'unknown'})"
+        ) from exc
+
+
+def _orientation_frame(hs: list[SliceHeader], folder: Path):
+    iop = hs[0].orientation
+    for h in hs[1:]:
+        if np.max(np.abs(h.orientation - iop)) > 1e-3:
+            raise ScanReadError(
+                f"{folder}: slices have mixed orientations ({iop.round(3).tolist()} vs "
+                f"{h.orientation.round(3).tolist()}); expected one volume"
+            )
+    row, col = iop[:3], iop[3:]
+    normal = np.cross(row, col)
+    return row, col, normal
+
+
+def load_series(hs: list[SliceHeader], folder: Path, max_gap_factor: float = 2.5):
+    """Decode, sort and regularise one series.
+
+    Returns
+    -------
+    array [z, y, x] (int16 when exact, else float32), spacing (z, y, x), origin (x, y, z),
+    direction (3 x 3, ITK), notes (list of str).
+    """
+    import SimpleITK as sitk
+
+    notes: list[str] = []
+    if any(h.frames > 1 for h in hs):
+        raise ScanReadError(
+            f"{folder}: multi-frame DICOM objects are not supported as CT volumes "
+            f"({hs[0].path.name} has {hs[0].frames} frames)"
+        )
+    row, col, normal = _orientation_frame(hs, folder)
+    dist = np.array([float(h.position @ normal) for h in hs])
+    order = np.argsort(dist, kind="stable")
+    hs = [hs[i] for i in order]
+    dist = dist[order]
+    gaps = np.diff(dist)
+    if np.any(gaps < 1e-3):
+        k = int(np.argmin(gaps))
+        raise ScanReadError(
+            f"{folder}: not a volume: {hs[k].path.name} and {hs[k + 1].path.name} lie at the same "
+            "position (several acquisitions, echoes or duplicates in one series)"
+        )
+    shapes = {(h.rows, h.cols) for h in hs}
+    if len(shapes) > 1:
+        raise ScanReadError(
+            f"{folder}: slices of different sizes {sorted(shapes)}; expected one volume"
+        )
+    slices = []
+    for h in hs:
+        try:
+            img = sitk.ReadImage(str(h.path))
+        except RuntimeError as exc:
+            raise ScanReadError(
+                f"{h.path}: cannot decode pixel data ({str(exc).strip().splitlines()[-1][:200]})"
+            ) from exc
+        a = sitk.GetArrayFromImage(img)
+        if a.ndim == 4:  # RGB or similar
+            raise ScanReadError(
+                f"{h.path}: expected grey-level CT pixels, got {a.shape[-1]} channels"
+            )
+        slices.append(a.reshape(a.shape[-2], a.shape[-1]))
+    vol = np.stack(slices).astype(
+        np.float32 if any(s.dtype.kind == "f" for s in slices) else np.int32
+    )
+    ps = hs[0].pixel_spacing or (1.0, 1.0)
+    spacing_y, spacing_x = float(ps[0]), float(ps[1])
+
+    # Gantry tilt: positions drift in-plane along the stack.
+    p0 = hs[0].position
+    inplane = np.array([(h.position - p0) - ((h.position - p0) @ normal) * normal for h in hs])
+    drift = np.linalg.norm(inplane[-1]) if len(hs) > 1 else 0.0
+    span = dist[-1] - dist[0] if len(hs) > 1 else 1.0
+    if drift > 0.01 * max(span, 1.0) and drift > 0.5 * min(spacing_x, spacing_y):
+        from scipy import ndimage as ndi
+
+        tilt = float(np.degrees(np.arctan2(drift, span)))
+        out = np.empty(vol.shape, np.float32)
+        for k in range(vol.shape[0]):
+            dy = float(inplane[k] @ col) / spacing_y
+            dx = float(inplane[k] @ row) / spacing_x
+            # Sample slice k at the in-plane positions of slice 0's grid.
+            out[k] = ndi.shift(vol[k].astype(np.float32), (dy, dx), order=1, mode="nearest")
+        vol = out
+        notes.append(f"gantry_tilt_corrected ({tilt:.1f} deg)")
+
+    # Regular spacing along the normal.
+    if len(gaps) == 0:
+        dz = float(getattr(hs[0].ds, "SliceThickness", 1.0) or 1.0)
+    else:
+        dz = float(np.median(gaps))
+        if np.max(np.abs(gaps - dz)) > max(0.01 * dz, 0.01):
+            if np.max(gaps) > max_gap_factor * dz:
+                raise ScanReadError(
+                    f"{folder}: slice gaps up to {np.max(gaps):.2f} mm against a median spacing of "
+                    f"{dz:.2f} mm (missing slices?); refusing to interpolate gaps over "
+                    f"{max_gap_factor:g} x the spacing"
+                )
+            n = int(round((dist[-1] - dist[0]) / dz)) + 1
+            target = dist[0] + dz * np.arange(n)
+            idx = np.clip(np.searchsorted(dist, target, side="right") - 1, 0, len(dist) - 2)
+            w = ((target - dist[idx]) / (dist[idx + 1] - dist[idx])).astype(np.float32)
+            w = np.clip(w, 0.0, 1.0)[:, None, None]
+            v = vol.astype(np.float32)
+            vol = v[idx] * (1 - w) + v[idx + 1] * w
+            notes.append(
+                f"resampled_nonuniform_spacing (gaps {np.min(gaps):.2f}-{np.max(gaps):.2f} mm -> {dz:.2f} mm)"
+            )
+    direction = np.stack([row, col, normal], axis=1)  # columns: index axes i (x), j (y), k (z)
+    origin = tuple(float(v) for v in p0)
+    if vol.dtype.kind == "f" and np.allclose(vol, np.round(vol)) and not notes:
+        vol = vol.astype(np.int32)
+    if vol.dtype.kind == "i" and vol.min() >= -32768 and vol.max() <= 32767:
+        vol = vol.astype(np.int16)
+    meta = {}
+    for key, tag in SAFE_TAGS.items():
+        v = hs[0].ds.get(tag) if hs[0].ds is not None else None
+        if v not in (None, ""):
+            meta[key] = float(v) if key in ("kvp", "slice_thickness") else str(v)
+    meta["n_slices"] = int(vol.shape[0])
+    return vol, (dz, spacing_y, spacing_x), origin, direction, meta, notes
