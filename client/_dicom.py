@@ -368,3 +368,71 @@ def load_series(hs: list[SliceHeader], folder: Path, max_gap_factor: float = 2.5
             meta[key] = float(v) if key in ("kvp", "slice_thickness") else str(v)
     meta["n_slices"] = int(vol.shape[0])
     return vol, (dz, spacing_y, spacing_x), origin, direction, meta, notes
+
+
+def write_series(
+    scan, folder: Path, *, shuffle_seed: int | None = None, extension: str = ""
+) -> list[Path]:
+    """Write ``scan`` (a ScanVolume in HU) as a CT DICOM series, one file per slice.
+
+    For tests and the demo sample: int16 pixels with RescaleIntercept 0 / slope 1,
+    positions and orientation from the scan's geometry, synthetic UIDs, no
+    identifiers (PatientName "ANONYMOUS"). ``shuffle_seed`` gives the files
+    random names so readers cannot rely on file order; ``extension`` "" writes
+    files without extension, as many archives do.
+    """
+    import SimpleITK as sitk
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    arr = np.asarray(scan.array)
+    if arr.min() < -32768 or arr.max() > 32767:
+        raise ValueError("HU outside int16")
+    arr = np.round(arr).astype(np.int16)
+    direction = np.asarray(scan.direction).reshape(3, 3)
+    origin = np.asarray(scan.origin, float)
+    sz, sy, sx = scan.spacing
+    row, col = direction[:, 0], direction[:, 1]
+    rng = np.random.default_rng(shuffle_seed)
+    names = [f"{k:04d}" for k in range(arr.shape[0])]
+    if shuffle_seed is not None:
+        names = [f"{int(v):08x}" for v in rng.choice(2**31, size=len(names), replace=False)]
+    uid_root = "1.2.826.0.1.3680043.8.498."
+    series_uid = uid_root + str(int(rng.integers(1, 2**62)))
+    study_uid = uid_root + str(int(rng.integers(1, 2**62)))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    writer.SetImageIO("GDCMImageIO")
+    paths = []
+    for k in range(arr.shape[0]):
+        img = sitk.GetImageFromArray(arr[k][None])
+        pos = origin + k * sz * direction[:, 2]
+        img.SetSpacing((sx, sy, sz))
+        tags = {
+            "0008|0060": "CT",
+            "0008|0016": "1.2.840.10008.5.1.4.1.1.2",
+            "0008|0018": f"{series_uid}.{k + 1}",
+            "0008|0008": "ORIGINAL\\PRIMARY\\AXIAL",
+            "0010|0010": "ANONYMOUS",
+            "0010|0020": "ANON",
+            "0020|000d": study_uid,
+            "0020|000e": series_uid,
+            "0020|0011": "2",
+            "0020|0013": str(k + 1),
+            "0020|0032": "\\".join(f"{v:.6f}" for v in pos),
+            "0020|0037": "\\".join(f"{v:.9f}" for v in (*row, *col)),
+            "0028|0030": f"{sy:.6f}\\{sx:.6f}",
+            "0018|0050": f"{sz:.6f}",
+            "0028|1052": "0",
+            "0028|1053": "1",
+            "0018|0060": "120",
+            "0018|1210": "STANDARD",
+            "0008|103e": "HepaScreen test series",
+        }
+        for key, v in tags.items():
+            img.SetMetaData(key, v)
+        p = folder / f"{names[k]}{extension}"
+        writer.SetFileName(str(p))
+        writer.Execute(img)
+        paths.append(p)
+    return paths

@@ -95,9 +95,58 @@ def check_geometry(shape, spacing, source: str, min_slices: int = MIN_SLICES) ->
 
 
 # --- reading ---------------------------------------------------------------------
+def check_nifti_complete(path: Path) -> None:
+    """Refuse a NIfTI-1/2 file shorter than its header says (ITK pads such files with zeros).
+
+    ``.nii.gz`` is decompressed as a stream (a cut gzip stream or CRC error is
+    caught); the byte count is compared with ``vox_offset + voxels * bitpix / 8``.
+    """
+    import gzip
+    import struct
+    import zlib
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    total = 0
+    head = b""
+    try:
+        with opener(path, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                if len(head) < 544:
+                    head += chunk[: 544 - len(head)]
+                total += len(chunk)
+    except (EOFError, OSError, zlib.error) as exc:
+        raise ScanReadError(f"{path}: truncated or corrupt compressed file ({exc})") from exc
+    if len(head) < 348:
+        raise ScanReadError(f"{path}: truncated: {total} bytes, shorter than a NIfTI header")
+    for endian in "<>":
+        size = struct.unpack(endian + "i", head[:4])[0]
+        if size == 348:  # NIfTI-1
+            dims = struct.unpack(endian + "8h", head[40:56])
+            bitpix = struct.unpack(endian + "h", head[72:74])[0]
+            offset = int(struct.unpack(endian + "f", head[108:112])[0])
+            break
+        if size == 540 and len(head) >= 540:  # NIfTI-2
+            dims = struct.unpack(endian + "8q", head[16:80])
+            bitpix = struct.unpack(endian + "h", head[14:16])[0]
+            offset = int(struct.unpack(endian + "q", head[168:176])[0])
+            break
+    else:
+        raise ScanReadError(f"{path}: not a NIfTI file (header size field is not 348 or 540)")
+    n = int(np.prod([max(1, int(d)) for d in dims[1 : 1 + max(1, min(7, int(dims[0])))]]))
+    expected = offset + n * max(1, bitpix) // 8
+    if total < expected:
+        raise ScanReadError(
+            f"{path}: truncated: header describes {expected} bytes of image, file holds {total}"
+        )
+
+
 def _read_itk_file(path: Path, min_slices: int) -> ScanVolume:
     import SimpleITK as sitk
 
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)  # ITK prints to the console otherwise
+
+    if image_suffix(path) in (".nii", ".nii.gz"):
+        check_nifti_complete(path)
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
