@@ -198,8 +198,16 @@ class Screener:
             row["status"] = "ok" if not flags and a.grade != "indeterminate" else "flagged"
             if not self.args.masks:
                 write_label_map(labels, scan, self.out / "masks" / f"{src.case_id}.nii.gz")
-            title = f"{src.case_id}  ratio {row['ratio']}  {a.grade}"
-            qc_png(scan.array, labels, scan.spacing, self.out / "qc" / f"{src.case_id}.png", title)
+            ratio = "n/a" if row["ratio"] is None else f"{row['ratio']:.3f}"
+            title = f"{src.case_id}  L/S ratio {ratio}  {a.grade}  {row['flags']}"
+            qc_png(
+                scan.array,
+                labels,
+                scan.spacing,
+                self.out / "qc" / f"{src.case_id}.png",
+                title,
+                scan.direction,
+            )
             lap("write", t)
             row["error"] = ""
         except ScreeningError as exc:

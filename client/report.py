@@ -47,12 +47,28 @@ def _panel(hu2d: np.ndarray, lab2d: np.ndarray, row_mm: float, col_mm: float, he
     return Image.fromarray(rgb).resize((width, height), Image.NEAREST)
 
 
-def qc_png(hu: np.ndarray, labels: np.ndarray, spacing, path: Path, title: str = "") -> Path:
-    """Write the QC picture of one scan (atomically) and return its path."""
+def qc_png(
+    hu: np.ndarray, labels: np.ndarray, spacing, path: Path, title: str = "", direction=None
+) -> Path:
+    """Write the QC picture of one scan (atomically) and return its path.
+
+    The volume is first brought to the canonical LPS orientation
+    (:func:`client.preprocess.canonical_axes`), so pictures follow the radiological
+    convention whatever the storage order: anterior up and the patient's right on
+    the picture's left in the axial view, head up in the coronal view.
+    """
     from PIL import Image, ImageDraw
+
+    from .preprocess import canonical_axes
 
     hu = np.asarray(hu)
     labels = np.asarray(labels)
+    if direction is not None:
+        axes, flips = canonical_axes(direction)
+        fl = [a for a in range(3) if flips[a]]
+        hu = np.flip(hu.transpose(axes), fl)
+        labels = np.flip(labels.transpose(axes), fl)
+        spacing = tuple(spacing[a] for a in axes)
     organ = labels == LABEL_LIVER
     if not organ.any():
         organ = labels > 0

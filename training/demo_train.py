@@ -32,6 +32,13 @@ def dice_per_class(pred: np.ndarray, target: np.ndarray, classes=(1, 2)) -> list
     return out
 
 
+def save_pdparams(state: dict, path: Path) -> None:
+    """Save a name -> array state dict as a Paddle ``.pdparams`` (MedicalSeg names)."""
+    import paddle
+
+    paddle.save({k: paddle.to_tensor(np.asarray(v)) for k, v in state.items()}, str(path))
+
+
 def _mixed_loss(torch, logits, target, num_classes=3, coef=(0.3, 0.7)):
     ce = torch.nn.functional.cross_entropy(logits, target)
     prob = torch.softmax(logits, 1)
@@ -45,7 +52,7 @@ def _mixed_loss(torch, logits, target, num_classes=3, coef=(0.3, 0.7)):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pool", nargs="+", required=True, help="npz files with images/labels")
+    ap.add_argument("--pool", nargs="+", default=None, help="npz files with images/labels")
     ap.add_argument("--save_dir", required=True)
     ap.add_argument("--width", type=float, default=0.25)
     ap.add_argument("--iters", type=int, default=3000)
@@ -56,12 +63,25 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--checkpoint_only",
+        action="store_true",
+        help="only convert SAVE_DIR/latest.pt to model.pdparams (no training)",
+    )
     args = ap.parse_args(argv)
 
     import torch
 
     from .samples import phantom_sample
     from .torch_vnet import TorchVNet, torch_state_to_paddle
+
+    if not args.checkpoint_only and not args.pool:
+        ap.error("--pool is required for training")
+    if args.checkpoint_only:
+        ck = torch.load(Path(args.save_dir) / "latest.pt", weights_only=False)
+        save_pdparams(torch_state_to_paddle(ck["model"]), Path(args.save_dir) / "model.pdparams")
+        print(f"iteration {ck['iter']}: wrote {Path(args.save_dir) / 'model.pdparams'}")
+        return 0
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -153,6 +173,7 @@ def main(argv=None) -> int:
     )
     state = torch_state_to_paddle(model.state_dict())
     np.savez(save / "model_paddle_names.npz", **state)
+    save_pdparams(state, save / "model.pdparams")
     summary = {
         "iters": it,
         "wall_time_s": round(time.time() - t0, 1),

@@ -1,0 +1,216 @@
+"""End to end: ``python -m client.batch`` with the real bundled Triton server and the shipped model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from client.batch import main as batch_main
+from client.contract import RESULT_COLUMNS
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import make_sample  # noqa: E402
+
+N_PHANTOMS = 4  # one per grade; even ones NIfTI, odd ones DICOM series
+
+
+def tritonserver_pids() -> set[int]:
+    out = set()
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes()
+                state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if b"tritonserver" in cmd and state != "Z":
+                out.add(int(d.name))
+    return out
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def dice(a, b):
+    return 2.0 * (a & b).sum() / max(1, a.sum() + b.sum())
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory, shared_data):
+    base = tmp_path_factory.mktemp("archive")
+    truth = make_sample.build(
+        base / "scans",
+        N_PHANTOMS,
+        (90, 200, 200),
+        broken=True,
+        masks=True,
+        real=shared_data / "totalseg_example" / "ct.nii.gz",
+    )
+    return base, truth
+
+
+@pytest.fixture(scope="module")
+def screened(archive):
+    base, truth = archive
+    before = tritonserver_pids()
+    out = base / "out"
+    rc = batch_main([str(base / "scans"), "-o", str(out), "--quiet", "--concurrency", "3"])
+    return out, rc, before, tritonserver_pids()
+
+
+@pytest.mark.server
+def test_one_row_per_scan_error_rows_and_exit_code(screened, archive):
+    out, rc, _, _ = screened
+    rows = read_csv(out / "results.csv")
+    assert rc == 1  # two broken files
+    assert set(RESULT_COLUMNS) <= set(rows[0])
+    ids = sorted(r["case_id"] for r in rows)
+    assert len(ids) == len(set(ids)) == N_PHANTOMS + 3
+    errors = {r["case_id"]: r for r in rows if r["status"] == "error"}
+    assert set(errors) == {"broken__truncated", "broken__not_an_image"}
+    assert "truncated" in errors["broken__truncated"]["error"]
+    assert "not_an_image.nii.gz" in errors["broken__not_an_image"]["error"]
+    jsonl = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["case_id"] for r in jsonl] == [r["case_id"] for r in rows]
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "finished" and run["n_failed"] == 2
+    assert {f["case_id"] for f in run["failures"]} == set(errors)
+    assert set(run["timings"]["stage_seconds"]) >= {"read", "infer", "measure"}
+    assert (out / "report.html").read_text().count("<tr") == len(rows) + 1
+    assert (out / "server.log").stat().st_size > 0
+
+
+@pytest.mark.server
+def test_phantom_grades_and_masks(screened, archive):
+    out, _, _, _ = screened
+    base, truth = archive
+    rows = {r["case_id"]: r for r in read_csv(out / "results.csv")}
+    for case_id, t in truth.items():
+        r = rows[case_id]
+        assert r["grade"] == t["grade"], (case_id, r, t)
+        assert abs(float(r["ratio"]) - t["ratio"]) < 0.05, (case_id, r["ratio"], t)
+        mask = sitk.ReadImage(str(out / "masks" / f"{case_id}.nii.gz"))
+        ref = sitk.ReadImage(str(base / "scans_truth_masks" / f"{case_id}.nii.gz"))
+        # The mask overlays its scan: same grid, and it matches the truth voxel by voxel.
+        assert mask.GetSize() == ref.GetSize()
+        assert np.allclose(mask.GetOrigin(), ref.GetOrigin(), atol=1e-3)
+        assert np.allclose(mask.GetDirection(), ref.GetDirection(), atol=1e-6)
+        m, g = sitk.GetArrayFromImage(mask), sitk.GetArrayFromImage(ref)
+        assert dice(m == 1, g == 1) > 0.85, case_id
+        assert dice(m == 2, g == 2) > 0.7, case_id
+        assert (out / "qc" / f"{case_id}.png").stat().st_size > 1000
+
+
+@pytest.mark.server
+def test_no_identifiers_in_outputs(screened):
+    out, _, _, _ = screened
+    text = (out / "results.csv").read_text() + (out / "run.json").read_text()
+    assert "ANONYMOUS" not in text and "PatientName" not in text and "ANON" not in text
+
+
+@pytest.mark.server
+def test_embedded_server_is_gone_after_the_run(screened):
+    _, _, before, after = screened
+    assert after <= before
+
+
+@pytest.mark.server
+def test_server_gone_after_a_startup_error(tmp_path, archive):
+    base, _ = archive
+    repo = tmp_path / "repo"
+    shutil.copytree(
+        ROOT / "model_repository" / "cpu", repo, ignore=shutil.ignore_patterns("*.onnx")
+    )
+    before = tritonserver_pids()
+    rc = batch_main(
+        [
+            str(base / "scans" / "real"),
+            "-o",
+            str(tmp_path / "o"),
+            "--quiet",
+            "--model-repository",
+            str(repo),
+        ]
+    )
+    assert rc == 1
+    assert tritonserver_pids() <= before
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert run["n_processed"] == 0
+
+
+@pytest.mark.server
+def test_resume_skips_finished_and_repairs_a_cut_line(screened, tmp_path):
+    out, _, _, _ = screened
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    with open(copy / "results.jsonl", "a") as fh:
+        fh.write('{"case_id": "half-writ')  # a crash in the middle of a line
+    n_before = len(read_csv(copy / "results.csv"))
+    scans = out.parent / "scans"
+    rc = batch_main([str(scans), "-o", str(copy), "--quiet", "--resume", "--masks", str(tmp_path)])
+    # Only the two failed scans were tried again (and failed again); nothing was lost.
+    rows = read_csv(copy / "results.csv")
+    assert rc == 1 and len(rows) == n_before + 2
+    lines = (copy / "results.jsonl").read_text().splitlines()
+    assert sum(1 for ln in lines if ln.startswith('{"case_id": "half-writ')) == 1
+    assert json.loads(lines[-1])["case_id"].startswith("broken__")
+
+
+def test_masks_mode_on_real_ct_needs_no_server(tmp_path, shared_data):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    shutil.copyfile(shared_data / "totalseg_example" / "ct.nii.gz", scans / "ct.nii.gz")
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    shutil.copyfile(shared_data / "totalseg_example" / "labels.nii.gz", masks / "ct.nii.gz")
+    before = tritonserver_pids()
+    rc = batch_main([str(scans), "-o", str(tmp_path / "out"), "--masks", str(masks), "--quiet"])
+    assert rc == 0
+    (row,) = read_csv(tmp_path / "out" / "results.csv")
+    assert row["grade"] == "normal" and 1.25 < float(row["ratio"]) < 1.4
+    assert tritonserver_pids() <= before
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["mode"] == "masks"
+
+
+def test_totalsegmentator_label_map_option(tmp_path, shared_data):
+    lab = sitk.ReadImage(str(shared_data / "totalseg_example" / "labels.nii.gz"))
+    a = sitk.GetArrayFromImage(lab)
+    ts = np.zeros_like(a)
+    ts[a == 1], ts[a == 2] = 5, 1
+    img = sitk.GetImageFromArray(ts)
+    img.CopyInformation(lab)
+    (tmp_path / "m").mkdir()
+    sitk.WriteImage(img, str(tmp_path / "m" / "ct.nii.gz"))
+    rc = batch_main(
+        [
+            str(shared_data / "totalseg_example" / "ct.nii.gz"),
+            "-o",
+            str(tmp_path / "o"),
+            "--masks",
+            str(tmp_path / "m"),
+            "--label-map",
+            "totalsegmentator",
+            "--quiet",
+        ]
+    )
+    (row,) = read_csv(tmp_path / "o" / "results.csv")
+    assert rc == 0 and row["grade"] == "normal"
+
+
+def test_usage_errors_exit_2(tmp_path):
+    assert batch_main([str(tmp_path / "nothing_here"), "-o", str(tmp_path / "o"), "--quiet"]) == 2
+    (tmp_path / "empty").mkdir()
+    assert batch_main([str(tmp_path / "empty"), "-o", str(tmp_path / "o"), "--quiet"]) == 2
+    with pytest.raises(SystemExit) as e:
+        batch_main(["--cubes", "3"])
+    assert e.value.code == 2
