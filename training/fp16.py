@@ -1,0 +1,164 @@
+"""FP16 safety check on CPU: an FP16-emulated copy of the served ONNX model.
+
+TensorRT's FP16 engine stores weights and activations in half precision
+(accumulating convolutions in FP32). We cannot run TensorRT here, so we emulate
+that numerically in ONNX Runtime on the CPU:
+
+* every float initializer (weights, BN statistics, PReLU slopes) is rounded to
+  FP16 and back;
+* every float tensor produced by a node is passed through a Cast pair
+  (FLOAT -> FLOAT16 -> FLOAT), so each activation carries FP16 precision and
+  range (overflow becomes inf, as it would in the engine).
+
+``python -m training.fp16 --onnx model_repository/cpu/hepascreen_vnet/1/model.onnx``
+compares the FP32 model with its emulated copy on phantoms and on the real CT:
+the fraction of voxels whose label changes, and the Dice change per organ
+against the reference labels. The numbers are evidence for the FP16 engine,
+not a substitute for measuring the real engine on a GPU (docs/deployment.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+FLOAT = 1  # onnx.TensorProto.FLOAT
+FLOAT16 = 10
+
+
+def emulate_fp16(model):
+    """Return a copy of an ONNX ModelProto with FP16 rounding of weights and activations."""
+    import onnx
+    from onnx import helper, numpy_helper, shape_inference
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for init in m.graph.initializer:
+        if init.data_type == FLOAT:
+            a = numpy_helper.to_array(init).astype(np.float16).astype(np.float32)
+            init.CopyFrom(numpy_helper.from_array(a, init.name))
+    inferred = shape_inference.infer_shapes(m)
+    float_values = {
+        vi.name
+        for vi in list(inferred.graph.value_info) + list(inferred.graph.output)
+        if vi.type.tensor_type.elem_type == FLOAT
+    }
+    new_nodes = []
+    n_casts = 0
+    for node in m.graph.node:
+        renamed = []
+        for k, out in enumerate(node.output):
+            if out in float_values and node.op_type not in ("Cast", "Constant", "Shape"):
+                tmp = f"{out}__fp32raw"
+                renamed.append((k, out, tmp))
+        for k, _out, tmp in renamed:
+            node.output[k] = tmp
+        new_nodes.append(node)
+        for _k, out, tmp in renamed:
+            half = f"{out}__fp16"
+            new_nodes.append(
+                helper.make_node("Cast", [tmp], [half], to=FLOAT16, name=f"{half}_cast")
+            )
+            new_nodes.append(
+                helper.make_node("Cast", [half], [out], to=FLOAT, name=f"{out}_cast32")
+            )
+            n_casts += 2
+    del m.graph.node[:]
+    m.graph.node.extend(new_nodes)
+    m.doc_string = f"FP16-emulated copy ({n_casts} casts) of: {model.doc_string}"
+    return m
+
+
+def compare(onnx_path: Path, cases, batch: int = 1) -> dict:
+    """Label agreement and Dice change between FP32 and FP16-emulated models.
+
+    ``cases`` yields ``(name, uint8 input [1, 1, z, y, x], reference labels at model size or None)``.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    from client.contract import INPUT_NAME
+
+    model = onnx.load(str(onnx_path))
+    s32 = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    s16 = ort.InferenceSession(
+        emulate_fp16(model).SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    per_case = []
+    changed = total = 0
+    for name, x, ref in cases:
+        (a,) = s32.run(None, {INPUT_NAME: x})
+        (b,) = s16.run(None, {INPUT_NAME: x})
+        diff = int((a != b).sum())
+        changed += diff
+        total += a.size
+        rec = {"case": name, "label_changed_fraction": diff / a.size}
+        if ref is not None:
+            for organ, lab in (("liver", 1), ("spleen", 2)):
+                d32 = _dice(a[0] == lab, ref == lab)
+                d16 = _dice(b[0] == lab, ref == lab)
+                rec[f"dice_{organ}_fp32"] = d32
+                rec[f"dice_{organ}_fp16"] = d16
+        per_case.append(rec)
+    return {"label_changed_fraction": changed / max(total, 1), "cases": per_case}
+
+
+def _dice(a, b):
+    s = a.sum() + b.sum()
+    return float(2 * (a & b).sum() / s) if s else float("nan")
+
+
+def default_cases(model_shape, n_phantoms: int, real_ct: Path | None, real_labels: Path | None):
+    from client.preprocess import labels_to_model, preprocess
+    from training.phantoms import make_phantom
+
+    for seed in range(n_phantoms):
+        p = make_phantom(500_000 + seed, shape=(80, 160, 160))
+        x, _ = preprocess(p.hu, p.spacing, p.direction, model_shape)
+        yield (
+            f"phantom_{500_000 + seed}",
+            x[None],
+            labels_to_model(p.labels, p.direction, model_shape),
+        )
+    if real_ct is not None and real_ct.exists():
+        from client.io import read_label_map, read_scan
+
+        ct = read_scan(real_ct)
+        lab = read_label_map(real_labels, ct)
+        x, _ = preprocess(ct.array, ct.spacing, ct.direction, model_shape)
+        yield "real_ct", x[None], labels_to_model(lab, ct.direction, model_shape)
+
+
+def main(argv=None) -> int:
+    root = Path(__file__).resolve().parents[1]
+    data = root.parent / "shared" / "data" / "totalseg_example"
+    ap = argparse.ArgumentParser(description="Compare an ONNX model with its FP16-emulated copy")
+    ap.add_argument(
+        "--onnx", type=Path, default=root / "model_repository/cpu/hepascreen_vnet/1/model.onnx"
+    )
+    ap.add_argument("--phantoms", type=int, default=8)
+    ap.add_argument("--real_ct", type=Path, default=data / "ct.nii.gz")
+    ap.add_argument("--real_labels", type=Path, default=data / "labels.nii.gz")
+    ap.add_argument("--out", type=Path, default=None, help="write the JSON result here")
+    args = ap.parse_args(argv)
+    import onnx
+
+    dims = [
+        d.dim_value for d in onnx.load(str(args.onnx)).graph.input[0].type.tensor_type.shape.dim
+    ]
+    res = compare(
+        args.onnx, default_cases(tuple(dims[2:]), args.phantoms, args.real_ct, args.real_labels)
+    )
+    text = json.dumps(res, indent=2)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
