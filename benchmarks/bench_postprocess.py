@@ -45,8 +45,9 @@ sys.path.insert(0, str(ROOT))
 
 
 # --- the original method ------------------------------------------------------------------
-def original_method(hu: np.ndarray, labels: np.ndarray, spacing, n_cubes=5, cube_mm=10.0, seed=0,
-                    max_tries=100_000):
+def original_method(
+    hu: np.ndarray, labels: np.ndarray, spacing, n_cubes=5, cube_mm=10.0, seed=0, max_tries=100_000
+):
     """The original project's measurement (SimpleITK statistics, Python cube loop, product pairing)."""
     import SimpleITK as sitk
 
@@ -89,8 +90,16 @@ def positions_sat(mask: np.ndarray, size) -> np.ndarray:
     s = np.zeros(tuple(n + 1 for n in mask.shape), np.int32)
     s[1:, 1:, 1:] = mask.astype(np.int32).cumsum(0).cumsum(1).cumsum(2)
     a, b, c = size
-    box = (s[a:, b:, c:] - s[:-a, b:, c:] - s[a:, :-b, c:] - s[a:, b:, :-c]
-           + s[:-a, :-b, c:] + s[:-a, b:, :-c] + s[a:, :-b, :-c] - s[:-a, :-b, :-c])
+    box = (
+        s[a:, b:, c:]
+        - s[:-a, b:, c:]
+        - s[a:, :-b, c:]
+        - s[a:, b:, :-c]
+        + s[:-a, :-b, c:]
+        + s[:-a, b:, :-c]
+        + s[a:, :-b, :-c]
+        - s[:-a, :-b, :-c]
+    )
     return np.argwhere(box == a * b * c)
 
 
@@ -102,8 +111,19 @@ def stats_sat(hu: np.ndarray, corners: np.ndarray, size):
         s[1:, 1:, 1:] = v.cumsum(0).cumsum(1).cumsum(2)
         z, y, x = corners.T
         a, b, c = size
-        out.append((s[z + a, y + b, x + c] - s[z, y + b, x + c] - s[z + a, y, x + c] - s[z + a, y + b, x]
-                    + s[z, y, x + c] + s[z, y + b, x] + s[z + a, y, x] - s[z, y, x]) / (a * b * c))
+        out.append(
+            (
+                s[z + a, y + b, x + c]
+                - s[z, y + b, x + c]
+                - s[z + a, y, x + c]
+                - s[z + a, y + b, x]
+                + s[z, y, x + c]
+                + s[z, y + b, x]
+                + s[z + a, y, x]
+                - s[z, y, x]
+            )
+            / (a * b * c)
+        )
     mean = out[0]
     return mean, np.sqrt(np.maximum(out[1] - mean**2, 0))
 
@@ -132,8 +152,16 @@ def main(argv=None) -> int:
     import scipy
     import SimpleITK as sitk
 
-    from postprocess import AssessConfig, assess, bounding_box, cube_size_voxels, cube_stats
-    from postprocess import largest_connected_component, sample_cubes, valid_cube_positions
+    from postprocess import (
+        AssessConfig,
+        assess,
+        bounding_box,
+        cube_size_voxels,
+        cube_stats,
+        largest_connected_component,
+        sample_cubes,
+        valid_cube_positions,
+    )
     from training.phantoms import make_phantom
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -146,17 +174,28 @@ def main(argv=None) -> int:
     p = make_phantom(0, shape=tuple(args.shape), spacing=(1.0, 0.75, 0.75), grade="mild")
     hu, labels, spacing = p.hu, p.labels, p.spacing
     res: dict = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpu_count": os.cpu_count(), "threads_used": 1,
-                    "numpy": np.__version__, "scipy": scipy.__version__, "SimpleITK": sitk.Version_VersionString()},
-        "grid": list(hu.shape), "spacing_mm": list(spacing),
-        "liver_voxels": int((labels == 1).sum()), "spleen_voxels": int((labels == 2).sum()),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpu_count": os.cpu_count(),
+            "threads_used": 1,
+            "numpy": np.__version__,
+            "scipy": scipy.__version__,
+            "SimpleITK": sitk.Version_VersionString(),
+        },
+        "grid": list(hu.shape),
+        "spacing_mm": list(spacing),
+        "liver_voxels": int((labels == 1).sum()),
+        "spleen_voxels": int((labels == 2).sum()),
     }
     t_ours, a = timed(lambda: assess(hu, labels, spacing))
     t_orig200, _ = timed(lambda: original_method(hu, labels, spacing, n_cubes=200), repeats=1)
     t_orig5, _ = timed(lambda: original_method(hu, labels, spacing, n_cubes=5), repeats=1)
-    res["speed_s"] = {"ours_assess_200_cubes": round(t_ours, 3), "original_200_cubes": round(t_orig200, 3),
-                      "original_5_cubes": round(t_orig5, 3)}
+    res["speed_s"] = {
+        "ours_assess_200_cubes": round(t_ours, 3),
+        "original_200_cubes": round(t_orig200, 3),
+        "original_5_cubes": round(t_orig5, 3),
+    }
     res["speedup_vs_original_same_cubes"] = round(t_orig200 / t_ours, 1)
     res["speedup_vs_original_5_cubes"] = round(t_orig5 / t_ours, 1)
 
@@ -182,11 +221,19 @@ def main(argv=None) -> int:
     # Accuracy over seeds with true masks.
     err_ours, err_orig, err_orig_pair200 = [], [], []
     for seed in range(args.seeds):
-        ph = make_phantom(1000 + seed, shape=(80, 192, 192), grade=("normal", "mild", "moderate", "severe")[seed % 4])
+        ph = make_phantom(
+            1000 + seed,
+            shape=(80, 192, 192),
+            grade=("normal", "mild", "moderate", "severe")[seed % 4],
+        )
         truth = ph.truth["ratio"]
-        err_ours.append(abs(assess(ph.hu, ph.labels, ph.spacing, AssessConfig(seed=seed)).ratio - truth))
+        err_ours.append(
+            abs(assess(ph.hu, ph.labels, ph.spacing, AssessConfig(seed=seed)).ratio - truth)
+        )
         err_orig.append(abs(original_method(ph.hu, ph.labels, ph.spacing, 5, seed=seed) - truth))
-        err_orig_pair200.append(abs(original_method(ph.hu, ph.labels, ph.spacing, 200, seed=seed) - truth))
+        err_orig_pair200.append(
+            abs(original_method(ph.hu, ph.labels, ph.spacing, 200, seed=seed) - truth)
+        )
     real = ROOT.parent / "shared" / "data" / "totalseg_example"
     real_res = {}
     if real.exists():
@@ -195,18 +242,24 @@ def main(argv=None) -> int:
         ct = read_scan(real / "ct.nii.gz")
         lab = read_label_map(real / "labels.nii.gz", ct)
         ref = eroded_ratio(ct.array, lab, ct.spacing)
-        ours = [assess(ct.array, lab, ct.spacing, AssessConfig(seed=s)).ratio for s in range(args.seeds)]
+        ours = [
+            assess(ct.array, lab, ct.spacing, AssessConfig(seed=s)).ratio for s in range(args.seeds)
+        ]
         orig = [original_method(ct.array, lab, ct.spacing, 5, seed=s) for s in range(args.seeds)]
-        real_res = {"eroded_mask_ratio": round(ref, 4),
-                    "ours_mean_abs_err": round(float(np.mean(np.abs(np.array(ours) - ref))), 4),
-                    "ours_sd": round(float(np.std(ours)), 4),
-                    "original_5_cubes_mean_abs_err": round(float(np.mean(np.abs(np.array(orig) - ref))), 4),
-                    "original_5_cubes_sd": round(float(np.std(orig)), 4)}
+        real_res = {
+            "eroded_mask_ratio": round(ref, 4),
+            "ours_mean_abs_err": round(float(np.mean(np.abs(np.array(ours) - ref))), 4),
+            "ours_sd": round(float(np.std(ours)), 4),
+            "original_5_cubes_mean_abs_err": round(float(np.mean(np.abs(np.array(orig) - ref))), 4),
+            "original_5_cubes_sd": round(float(np.std(orig)), 4),
+        }
     res["accuracy_phantoms"] = {
         "seeds": args.seeds,
         "ours_mean_abs_err": round(float(np.mean(err_ours)), 4),
         "original_5_cubes_mean_abs_err": round(float(np.mean(err_orig)), 4),
-        "original_200_cubes_mean_of_pairwise_mean_abs_err": round(float(np.mean(err_orig_pair200)), 4),
+        "original_200_cubes_mean_of_pairwise_mean_abs_err": round(
+            float(np.mean(err_orig_pair200)), 4
+        ),
     }
     res["accuracy_real_ct"] = real_res
     args.out.mkdir(parents=True, exist_ok=True)

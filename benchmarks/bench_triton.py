@@ -52,7 +52,11 @@ def run_inflight(client, xs, k):
         list(pool.map(lambda x: client.infer(x[None]), xs))
     dt = time.perf_counter() - t
     after = client.statistics()
-    return dt, after["inference_count"] - before["inference_count"], after["execution_count"] - before["execution_count"]
+    return (
+        dt,
+        after["inference_count"] - before["inference_count"],
+        after["execution_count"] - before["execution_count"],
+    )
 
 
 def run_shm(url, xs, model_shape):
@@ -104,8 +108,15 @@ def main(argv=None) -> int:
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     model_shape = tuple(sess.get_inputs()[0].shape[2:])
     xs = inputs(model_shape, args.n)
-    res = {"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                       "onnxruntime": ort.__version__}, "model_shape": list(model_shape), "n": args.n}
+    res = {
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "onnxruntime": ort.__version__,
+        },
+        "model_shape": list(model_shape),
+        "n": args.n,
+    }
     sess.run(None, {contract.INPUT_NAME: xs[0][None]})
     t = time.perf_counter()
     for x in xs:
@@ -113,22 +124,31 @@ def main(argv=None) -> int:
     base = args.n / (time.perf_counter() - t)
     t = time.perf_counter()
     for i in range(0, args.n, 4):
-        sess.run(None, {contract.INPUT_NAME: np.stack(xs[i:i + 4])})
+        sess.run(None, {contract.INPUT_NAME: np.stack(xs[i : i + 4])})
     ort4 = args.n / (time.perf_counter() - t)
-    rows = {"ort_batch1 (baseline)": {"volumes_per_s": round(base, 2), "ratio": 1.0},
-            "ort_batch4": {"volumes_per_s": round(ort4, 2), "ratio": round(ort4 / base, 2)}}
-    with EmbeddedServer(log_path=args.out / "bench_triton_server.log") as srv, \
-            SegmentationClient(srv.grpc_url, max_in_flight=8) as client:
+    rows = {
+        "ort_batch1 (baseline)": {"volumes_per_s": round(base, 2), "ratio": 1.0},
+        "ort_batch4": {"volumes_per_s": round(ort4, 2), "ratio": round(ort4 / base, 2)},
+    }
+    with (
+        EmbeddedServer(log_path=Path("/tmp") / "hepascreen_bench_triton_server.log") as srv,
+        SegmentationClient(srv.grpc_url, max_in_flight=8) as client,
+    ):
         client.infer(xs[0][None])
         for k in (1, 2, 4, 8):
             dt, n_inf, n_exec = run_inflight(client, xs, k)
             rows[f"triton_grpc_{k}_in_flight"] = {
-                "volumes_per_s": round(args.n / dt, 2), "ratio": round(args.n / dt / base, 2),
-                "inference_count": n_inf, "execution_count": n_exec}
+                "volumes_per_s": round(args.n / dt, 2),
+                "ratio": round(args.n / dt / base, 2),
+                "inference_count": n_inf,
+                "execution_count": n_exec,
+            }
         try:
             dt = run_shm(srv.grpc_url, xs, model_shape)
-            rows["triton_system_shm_1_in_flight"] = {"volumes_per_s": round(args.n / dt, 2),
-                                                     "ratio": round(args.n / dt / base, 2)}
+            rows["triton_system_shm_1_in_flight"] = {
+                "volumes_per_s": round(args.n / dt, 2),
+                "ratio": round(args.n / dt / base, 2),
+            }
         except Exception as exc:  # noqa: BLE001 - report, do not hide
             rows["triton_system_shm_1_in_flight"] = {"error": str(exc)[:300]}
     res["results"] = rows

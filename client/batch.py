@@ -160,6 +160,7 @@ class Screener:
 
     def run(self, src: ScanSource) -> dict:
         from postprocess import assess
+        from postprocess._xp import to_device
 
         from .io import read_label_map, write_label_map
         from .preprocess import preprocess_scan, to_scan_grid
@@ -189,7 +190,13 @@ class Screener:
                 labels = to_scan_grid(small, record)
                 t = lap("map_back", t)
             contrast_hint = True if scan.metadata.get("contrast_agent") else None
-            a = assess(scan.array, labels, scan.spacing, self.config, contrast_hint=contrast_hint)
+            a = assess(
+                to_device(scan.array, self.args.gpu),
+                to_device(labels, self.args.gpu),
+                scan.spacing,
+                self.config,
+                contrast_hint=contrast_hint,
+            )
             t = lap("measure", t)
             row.update(a.to_row())
             notes = list(scan.metadata.get("notes", []))
@@ -266,6 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument(
+        "--gpu",
+        action="store_true",
+        help="measure on the GPU with CuPy (needs the 'gpu' extra and a CUDA device)",
+    )
+    ap.add_argument(
         "--model-repository",
         default=None,
         help="repository for the bundled server (default model_repository/cpu)",
@@ -312,6 +324,11 @@ def run(args) -> int:
     out = Path(args.out)
     if args.concurrency < 1 or args.cubes < 1 or args.cube_mm <= 0:
         raise ConfigError("--concurrency and --cubes must be >= 1 and --cube-mm > 0")
+    if args.gpu:
+        from postprocess._xp import gpu_available
+
+        if not gpu_available():
+            raise ConfigError("--gpu needs CuPy and a CUDA device: pip install 'hepascreen[gpu]'")
     if args.masks and not Path(args.masks).is_dir():
         raise ConfigError(f"--masks {args.masks}: not a folder")
     found = discover(args.inputs)

@@ -33,3 +33,24 @@ def gpu_available() -> bool:
         return cupy.cuda.runtime.getDeviceCount() > 0
     except Exception:
         return False
+
+
+def to_device(a, gpu: bool):
+    """``a`` on the GPU (CuPy) when ``gpu``, else unchanged.
+
+    Raises
+    ------
+    RuntimeError
+        Naming the extra to install when CuPy or a CUDA device is missing.
+    """
+    if not gpu:
+        return a
+    try:
+        import cupy
+    except ImportError as exc:
+        raise RuntimeError(
+            "GPU postprocessing needs CuPy: pip install 'hepascreen[gpu]' (cupy-cuda12x)"
+        ) from exc
+    if not gpu_available():
+        raise RuntimeError("GPU postprocessing asked for, but CuPy sees no CUDA device")
+    return cupy.asarray(a)

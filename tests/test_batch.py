@@ -214,3 +214,14 @@ def test_usage_errors_exit_2(tmp_path):
     with pytest.raises(SystemExit) as e:
         batch_main(["--cubes", "3"])
     assert e.value.code == 2
+
+
+def test_gpu_flag_without_cupy_is_a_usage_error_naming_the_extra(tmp_path, shared_data, capsys):
+    from postprocess import gpu_available
+
+    if gpu_available():
+        pytest.skip("a GPU is present")
+    rc = batch_main(
+        [str(shared_data / "totalseg_example" / "ct.nii.gz"), "-o", str(tmp_path / "o"), "--gpu"]
+    )
+    assert rc == 2 and "hepascreen[gpu]" in capsys.readouterr().err

@@ -45,7 +45,9 @@ def test_compose_wiring_and_health_checks():
     server, client = c["services"]["server"], c["services"]["client"]
     assert "v2/health/ready" in " ".join(server["healthcheck"]["test"])
     assert client["depends_on"]["server"]["condition"] == "service_healthy"
-    assert all(p.startswith("127.0.0.1:") for p in server["ports"])  # loopback unless told otherwise
+    assert all(
+        p.startswith("127.0.0.1:") for p in server["ports"]
+    )  # loopback unless told otherwise
     assert "--url" in client["command"] and "server:8001" in client["command"]
     for svc in (server, client):
         assert (ROOT / "docker" / svc["build"]["context"] / svc["build"]["dockerfile"]).exists()
@@ -55,7 +57,10 @@ def test_compose_wiring_and_health_checks():
 def test_compose_config_validates_with_the_compose_cli():
     if shutil.which("docker-compose"):
         cmd = ["docker-compose", "-f", str(DOCKER / "compose.yaml"), "config", "-q"]
-    elif shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+    elif (
+        shutil.which("docker")
+        and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+    ):
         cmd = ["docker", "compose", "-f", str(DOCKER / "compose.yaml"), "config", "-q"]
     else:
         pytest.skip("no docker compose CLI on this machine (apt-get install docker-compose)")

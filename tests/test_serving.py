@@ -159,3 +159,34 @@ def test_broken_repository_fails_clearly_and_leaves_nothing(tmp_path):
         for p in leftover
         if Path(f"/proc/{p}").exists()
     )
+
+
+def test_client_serve_runs_in_the_foreground_and_stops_on_ctrl_c(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "client.serve", "--log", str(tmp_path / "s.log")],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    lines = []
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if line.startswith("Ctrl-C"):
+            break
+    http = next(ln.split()[-1] for ln in lines if ln.strip().startswith("HTTP"))
+    assert http.startswith("127.0.0.1:")
+    with urllib.request.urlopen(f"http://{http}/v2/health/ready", timeout=5) as r:
+        assert r.status == 200
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 0
+    time.sleep(0.5)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://{http}/v2/health/ready", timeout=2)

@@ -1,0 +1,60 @@
+"""Run the bundled Triton server in the foreground: ``python -m client.serve``.
+
+Prints the gRPC/HTTP/metrics addresses, then serves until Ctrl-C (and always
+stops the server and its Python-backend processes). Binds 127.0.0.1 unless
+``--host`` says otherwise. Point ``python -m client.batch ... --url HOST:PORT`` at it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+from .errors import InferenceError
+from .server import DEFAULT_REPOSITORY, EmbeddedServer
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m client.serve", description=__doc__.splitlines()[0])
+    ap.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--grpc-port", type=int, default=None)
+    ap.add_argument("--http-port", type=int, default=None)
+    ap.add_argument("--metrics-port", type=int, default=None)
+    ap.add_argument("--log", type=Path, default=Path("tritonserver.log"), help="server log file")
+    args = ap.parse_args(argv)
+    srv = EmbeddedServer(
+        args.model_repository,
+        log_path=args.log,
+        host=args.host,
+        grpc_port=args.grpc_port,
+        http_port=args.http_port,
+        metrics_port=args.metrics_port,
+    )
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        srv.start()
+        print(f"Triton serving {args.model_repository}", flush=True)
+        print(f"  gRPC     {srv.grpc_url}", flush=True)
+        print(f"  HTTP     {srv.http_url}", flush=True)
+        print(f"  metrics  {srv.host}:{srv.metrics_port}", flush=True)
+        print(f"  log      {srv.log_path}", flush=True)
+        print("Ctrl-C to stop.", flush=True)
+        while srv.is_running():
+            time.sleep(0.5)
+        print(f"server exited (log {srv.log_path})", file=sys.stderr)
+        return 1
+    except InferenceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        srv.stop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
