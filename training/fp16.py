@@ -107,8 +107,9 @@ def compare(onnx_path: Path, cases, batch: int = 1) -> dict:
 
 
 def _dice(a, b):
-    s = a.sum() + b.sum()
-    return float(2 * (a & b).sum() / s) if s else float("nan")
+    from .demo_train import dice_per_class
+
+    return dice_per_class(a.astype(np.uint8), b.astype(np.uint8), classes=(1,))[0]
 
 
 def default_cases(model_shape, n_phantoms: int, real_ct: Path | None, real_labels: Path | None):

@@ -46,6 +46,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .config import build_model, load_config, model_shape_of
+from .demo_train import dice_per_class as dice_scores
 
 
 # --- transforms (MedicalSeg names) ------------------------------------------------------
@@ -350,15 +351,6 @@ def _opt_state_for(model, state: dict) -> dict:
 
 
 # --- evaluation ---------------------------------------------------------------------
-def dice_scores(pred, target, classes=(1, 2)):
-    out = []
-    for c in classes:
-        p, t = pred == c, target == c
-        s = p.sum() + t.sum()
-        out.append(float(2 * (p & t).sum() / s) if s else float("nan"))
-    return out
-
-
 def evaluate(model, dataset, num_classes: int) -> dict:
     import paddle
 
