@@ -367,6 +367,7 @@ def run(args) -> int:
     t_wall = time.perf_counter()
     writer = ResultWriter(out)
     rows: list[dict] = []
+    failure: str | None = "interrupted"
     try:
         if not args.masks:
             from .triton import SegmentationClient
@@ -400,6 +401,10 @@ def run(args) -> int:
                 s.read = functools.partial(s.read, min_slices=args.min_slices)
         run_info["config"] = asdict(screener.config)
         rows = _run_pool(screener, todo, writer, args)
+        failure = None
+    except ScreeningError as exc:
+        failure = str(exc)
+        raise
     finally:
         writer.close()
         stats = None
@@ -415,7 +420,8 @@ def run(args) -> int:
         totals = screener.stage_totals if "screener" in locals() else {}
         busy = sum(totals.values()) or 1.0
         run_info.update(
-            status="finished" if len(rows) == len(todo) else "interrupted",
+            status="finished" if failure is None else "failed" if failure != "interrupted" else "interrupted",
+            error=failure if failure not in (None, "interrupted") else None,
             finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             n_processed=len(rows),
             n_failed=sum(r["status"] == "error" for r in rows),

@@ -145,7 +145,7 @@ def test_server_gone_after_a_startup_error(tmp_path, archive):
     assert rc == 1
     assert tritonserver_pids() <= before
     run = json.loads((tmp_path / "o" / "run.json").read_text())
-    assert run["n_processed"] == 0
+    assert run["n_processed"] == 0 and run["status"] == "failed" and "tritonserver" in run["error"]
 
 
 @pytest.mark.server
