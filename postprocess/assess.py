@@ -24,7 +24,7 @@ from client.contract import GRADE_THRESHOLDS, GradeThresholds
 from client.errors import MeasurementError
 
 from ._xp import get_xp, to_numpy
-from .components import largest_connected_component, organ_volume_ml, touches_edge
+from .components import largest_component_and_box, organ_volume_ml, touches_edge
 from .config import AssessConfig
 from .cubes import cube_size_voxels, cube_stats, sample_cubes, valid_cube_positions
 
@@ -163,8 +163,8 @@ def measure_organ(
     """Largest component, cube fallback, sampling, stats and rejection for one organ."""
     flags: list[str] = []
     m = OrganMeasurement(name=name)
-    comp = largest_connected_component(mask)
-    m.volume_ml = organ_volume_ml(comp, spacing)
+    comp, box = largest_component_and_box(mask)
+    m.volume_ml = organ_volume_ml(comp[box], spacing) if box is not None else 0.0
     if m.volume_ml < cfg.min_organ_ml:
         flags.append(f"{name}_missing")
         return m, flags
@@ -175,7 +175,7 @@ def measure_organ(
     positions = None
     while True:
         size = cube_size_voxels(cube_mm, spacing)
-        positions = valid_cube_positions(comp, size)
+        positions = valid_cube_positions(comp, size, box)
         if positions.shape[0] > 0 or cube_mm <= cfg.min_cube_mm + 1e-9:
             break
         cube_mm = max(cfg.min_cube_mm, cube_mm * cfg.cube_mm_step)

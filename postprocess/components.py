@@ -10,16 +10,19 @@ _STRUCT_26 = np.ones((3, 3, 3), dtype=bool)
 
 
 def bounding_box(mask):
-    """Tight bounding box of a mask as a tuple of slices ``(z, y, x)``; None if empty."""
+    """Tight bounding box of a 3D mask as a tuple of slices ``(z, y, x)``; None if empty.
+
+    One pass over the volume (a [z, y] projection), then only the box's rows for x.
+    """
     xp, _ = get_xp(mask)
-    box = []
-    for ax in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != ax)
-        nz = xp.flatnonzero(xp.any(mask, axis=other))
-        if nz.size == 0:
-            return None
-        box.append(slice(int(nz[0]), int(nz[-1]) + 1))
-    return tuple(box)
+    zy = xp.any(mask, axis=2)
+    zs = xp.flatnonzero(xp.any(zy, axis=1))
+    if zs.size == 0:
+        return None
+    ys = xp.flatnonzero(xp.any(zy, axis=0))
+    z0, z1, y0, y1 = int(zs[0]), int(zs[-1]) + 1, int(ys[0]), int(ys[-1]) + 1
+    xs = xp.flatnonzero(xp.any(mask[z0:z1, y0:y1], axis=(0, 1)))
+    return (slice(z0, z1), slice(y0, y1), slice(int(xs[0]), int(xs[-1]) + 1))
 
 
 def largest_connected_component(mask):
@@ -28,22 +31,29 @@ def largest_connected_component(mask):
     Labels only the mask's bounding box, so cost follows the organ, not the scan.
     Ties go to the component with the lowest label (first in raster order).
     """
+    return largest_component_and_box(mask)[0]
+
+
+def largest_component_and_box(mask):
+    """``(largest 26-connected component, its bounding box or None)`` in one pass."""
     xp, ndi = get_xp(mask)
     mask = mask.astype(bool, copy=False)
     out = xp.zeros(mask.shape, dtype=bool)
     box = bounding_box(mask)
     if box is None:
-        return out
+        return out, None
     sub = mask[box]
     lab, n = ndi.label(sub, structure=xp.asarray(_STRUCT_26))
     n = int(n)
     if n <= 1:
         out[box] = sub
-        return out
+        return out, box
     counts = xp.bincount(lab.ravel(), minlength=n + 1)
     counts[0] = 0
-    out[box] = lab == int(xp.argmax(counts))
-    return out
+    piece = lab == int(xp.argmax(counts))
+    out[box] = piece
+    inner = bounding_box(piece)
+    return out, tuple(slice(b.start + i.start, b.start + i.stop) for b, i in zip(box, inner))
 
 
 def keep_largest(labels, label_values):

@@ -21,15 +21,16 @@ def cube_size_voxels(cube_mm: float, spacing) -> tuple[int, int, int]:
     return tuple(max(1, int(round(cube_mm / float(s)))) for s in spacing)
 
 
-def valid_cube_positions(mask, size):
+def valid_cube_positions(mask, size, box=None):
     """Corner indices ``[n, 3]`` (z, y, x) of every cube of ``size`` lying fully in ``mask``.
 
     A corner ``c`` is valid when ``mask[c0:c0+s0, c1:c1+s1, c2:c2+s2]`` is all True.
+    ``box`` (the mask's bounding box, :func:`bounding_box`) skips recomputing it.
     """
     xp, ndi = get_xp(mask)
     from .components import bounding_box
 
-    box = bounding_box(mask)
+    box = bounding_box(mask) if box is None else box
     if box is None:
         return xp.zeros((0, 3), dtype=xp.int64)
     size = tuple(int(s) for s in size)

@@ -266,3 +266,17 @@ def test_bad_inputs_raise_clear_errors(hu_shape, lab_shape, spacing, nan, match)
 def test_empty_labels_are_indeterminate_not_crash():
     a = assess(np.zeros((8, 8, 8), np.int16), np.zeros((8, 8, 8), np.uint8), (1, 1, 1))
     assert a.grade == "indeterminate" and {"liver_missing", "spleen_missing"} <= set(a.flags)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_bounding_boxes_match_argwhere(seed):
+    from postprocess.components import bounding_box, largest_component_and_box
+
+    rng = np.random.default_rng(seed)
+    mask = rng.random((12, 15, 17)) > 0.93
+    idx = np.argwhere(mask)
+    box = bounding_box(mask)
+    assert box == tuple(slice(int(lo), int(hi) + 1) for lo, hi in zip(idx.min(0), idx.max(0)))
+    comp, cbox = largest_component_and_box(mask)
+    assert cbox == bounding_box(comp)
+    assert bounding_box(np.zeros((3, 3, 3), bool)) is None
