@@ -95,29 +95,12 @@ def check_geometry(shape, spacing, source: str, min_slices: int = MIN_SLICES) ->
 
 
 # --- reading ---------------------------------------------------------------------
-def check_nifti_complete(path: Path) -> None:
-    """Refuse a NIfTI-1/2 file shorter than its header says (ITK pads such files with zeros).
-
-    ``.nii.gz`` is decompressed as a stream (a cut gzip stream or CRC error is
-    caught); the byte count is compared with ``vox_offset + voxels * bitpix / 8``.
-    """
-    import gzip
+def _nifti_expected_bytes(head: bytes, path: Path) -> int:
+    """``vox_offset + voxels * bitpix / 8`` from a NIfTI-1/2 header."""
     import struct
-    import zlib
 
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    total = 0
-    head = b""
-    try:
-        with opener(path, "rb") as fh:
-            while chunk := fh.read(1 << 22):
-                if len(head) < 544:
-                    head += chunk[: 544 - len(head)]
-                total += len(chunk)
-    except (EOFError, OSError, zlib.error) as exc:
-        raise ScanReadError(f"{path}: truncated or corrupt compressed file ({exc})") from exc
     if len(head) < 348:
-        raise ScanReadError(f"{path}: truncated: {total} bytes, shorter than a NIfTI header")
+        raise ScanReadError(f"{path}: truncated: {len(head)} bytes, shorter than a NIfTI header")
     for endian in "<>":
         size = struct.unpack(endian + "i", head[:4])[0]
         if size == 348:  # NIfTI-1
@@ -133,7 +116,44 @@ def check_nifti_complete(path: Path) -> None:
     else:
         raise ScanReadError(f"{path}: not a NIfTI file (header size field is not 348 or 540)")
     n = int(np.prod([max(1, int(d)) for d in dims[1 : 1 + max(1, min(7, int(dims[0])))]]))
-    expected = offset + n * max(1, bitpix) // 8
+    return offset + n * max(1, bitpix) // 8
+
+
+def check_nifti_complete(path: Path) -> None:
+    """Refuse a NIfTI-1/2 file shorter than its header says (ITK pads such files with zeros).
+
+    ``.nii``: the file size is compared with ``vox_offset + voxels * bitpix / 8``.
+    ``.nii.gz``: fast path, the gzip trailer's ISIZE (uncompressed size mod 2^32)
+    must equal that size (a file cut short ends in compressed data, which matches
+    by chance with probability 2^-32); otherwise the stream is decompressed to the
+    end, catching a cut stream or CRC error (and accepting multi-member files).
+    """
+    import gzip
+    import struct
+    import zlib
+
+    if not path.name.lower().endswith(".gz"):
+        with open(path, "rb") as fh:
+            expected = _nifti_expected_bytes(fh.read(544), path)
+        total = path.stat().st_size
+    else:
+        try:
+            with gzip.open(path, "rb") as fh:
+                expected = _nifti_expected_bytes(fh.read(544), path)
+            with open(path, "rb") as fh:
+                fh.seek(-4, os.SEEK_END)
+                isize = struct.unpack("<I", fh.read(4))[0]
+        except (EOFError, OSError, zlib.error) as exc:
+            raise ScanReadError(f"{path}: truncated or corrupt compressed file ({exc})") from exc
+        if isize == expected % (1 << 32):
+            return
+        total = 0
+        try:
+            with gzip.open(path, "rb") as fh:
+                while chunk := fh.read(1 << 22):
+                    total += len(chunk)
+        except (EOFError, OSError, zlib.error) as exc:
+            raise ScanReadError(f"{path}: truncated or corrupt compressed file ({exc})") from exc
     if total < expected:
         raise ScanReadError(
             f"{path}: truncated: header describes {expected} bytes of image, file holds {total}"
