@@ -17,6 +17,10 @@ from .errors import InferenceError
 from .server import DEFAULT_REPOSITORY, EmbeddedServer
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m client.serve", description=__doc__.splitlines()[0])
     ap.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY)
@@ -34,7 +38,11 @@ def main(argv=None) -> int:
         http_port=args.http_port,
         metrics_port=args.metrics_port,
     )
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Ctrl-C and SIGTERM both end the loop below and stop the server. SIGINT is set
+    # explicitly: a parent that ignores it (e.g. some launchers) would otherwise make
+    # the child ignore Ctrl-C too.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         srv.start()
         print(f"Triton serving {args.model_repository}", flush=True)

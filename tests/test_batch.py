@@ -225,3 +225,28 @@ def test_gpu_flag_without_cupy_is_a_usage_error_naming_the_extra(tmp_path, share
         [str(shared_data / "totalseg_example" / "ct.nii.gz"), "-o", str(tmp_path / "o"), "--gpu"]
     )
     assert rc == 2 and "hepascreen[gpu]" in capsys.readouterr().err
+
+
+@pytest.mark.server
+def test_sigterm_mid_batch_stops_the_server_and_keeps_rows_whole(archive, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    base, _ = archive
+    before = tritonserver_pids()
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "client.batch", str(base / "scans"), "-o", str(out),
+                             "--quiet", "--concurrency", "1"], cwd=ROOT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (out / "results.jsonl").exists():
+        time.sleep(0.2)
+    while time.monotonic() < deadline and (out / "results.jsonl").stat().st_size == 0:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130
+    assert tritonserver_pids() <= before
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert 1 <= len(rows) < N_PHANTOMS + 3
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+    assert len(read_csv(out / "results.csv")) == len(rows)

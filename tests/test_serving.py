@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +94,13 @@ def test_concurrent_requests_are_merged_by_the_dynamic_batcher(client, ort_sessi
     before = client.statistics()
     futures = [client.submit(x[i % 2]) for i in range(12)]
     results = [f.result() for f in futures]
-    after = client.statistics()
+    # Statistics are updated just after the responses are sent: poll briefly.
+    deadline = time.monotonic() + 10
+    while True:
+        after = client.statistics()
+        if after["inference_count"] - before["inference_count"] >= 12 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     (ref,) = ort_session.run(None, {contract.INPUT_NAME: x})
     for i, r in enumerate(results):
         assert np.array_equal(r, ref[i % 2])
@@ -165,7 +172,6 @@ def test_client_serve_runs_in_the_foreground_and_stops_on_ctrl_c(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
     import urllib.request
 
     proc = subprocess.Popen(
@@ -185,8 +191,14 @@ def test_client_serve_runs_in_the_foreground_and_stops_on_ctrl_c(tmp_path):
     assert http.startswith("127.0.0.1:")
     with urllib.request.urlopen(f"http://{http}/v2/health/ready", timeout=5) as r:
         assert r.status == 200
+    t = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=30) == 0
+    try:
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rc == 0, (rc, time.monotonic() - t)
     time.sleep(0.5)
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://{http}/v2/health/ready", timeout=2)
