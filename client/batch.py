@@ -420,7 +420,11 @@ def run(args) -> int:
         totals = screener.stage_totals if "screener" in locals() else {}
         busy = sum(totals.values()) or 1.0
         run_info.update(
-            status="finished" if failure is None else "failed" if failure != "interrupted" else "interrupted",
+            status="finished"
+            if failure is None
+            else "failed"
+            if failure != "interrupted"
+            else "interrupted",
             error=failure if failure not in (None, "interrupted") else None,
             finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             n_processed=len(rows),

@@ -236,8 +236,20 @@ def test_sigterm_mid_batch_stops_the_server_and_keeps_rows_whole(archive, tmp_pa
     base, _ = archive
     before = tritonserver_pids()
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "client.batch", str(base / "scans"), "-o", str(out),
-                             "--quiet", "--concurrency", "1"], cwd=ROOT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "client.batch",
+            str(base / "scans"),
+            "-o",
+            str(out),
+            "--quiet",
+            "--concurrency",
+            "1",
+        ],
+        cwd=ROOT,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (out / "results.jsonl").exists():
         time.sleep(0.2)

@@ -98,7 +98,10 @@ def test_concurrent_requests_are_merged_by_the_dynamic_batcher(client, ort_sessi
     deadline = time.monotonic() + 10
     while True:
         after = client.statistics()
-        if after["inference_count"] - before["inference_count"] >= 12 or time.monotonic() > deadline:
+        if (
+            after["inference_count"] - before["inference_count"] >= 12
+            or time.monotonic() > deadline
+        ):
             break
         time.sleep(0.1)
     (ref,) = ort_session.run(None, {contract.INPUT_NAME: x})

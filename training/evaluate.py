@@ -57,7 +57,9 @@ def main(argv=None) -> int:
     root = Path(__file__).resolve().parents[1]
     data = root.parent / "shared" / "data" / "totalseg_example"
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--onnx", type=Path, default=root / "model_repository/cpu/hepascreen_vnet/1/model.onnx")
+    ap.add_argument(
+        "--onnx", type=Path, default=root / "model_repository/cpu/hepascreen_vnet/1/model.onnx"
+    )
     ap.add_argument("--phantoms", type=int, default=20)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -72,11 +74,21 @@ def main(argv=None) -> int:
         fov = float(rng.uniform(320, 420))
         sz = float(rng.choice([1.0, 2.5, 5.0]))
         nz = int(np.clip(round(rng.uniform(280, 420) / sz), 40, 300))
-        p = make_phantom(seed, shape=(nz, nxy, nxy), spacing=(sz, fov / nxy, fov / nxy), grade=GRADES[i % 4],
-                         random_orientation=bool(i % 3 == 0))
+        p = make_phantom(
+            seed,
+            shape=(nz, nxy, nxy),
+            spacing=(sz, fov / nxy, fov / nxy),
+            grade=GRADES[i % 4],
+            random_orientation=bool(i % 3 == 0),
+        )
         r = evaluate_case(sess, p.hu, p.labels, p.spacing, p.direction, model_shape)
-        r.update(case=f"phantom_{seed}", shape=list(p.hu.shape), spacing=[round(s, 3) for s in p.spacing],
-                 true_ratio=float(p.truth["ratio"]), true_grade=p.truth["grade"])
+        r.update(
+            case=f"phantom_{seed}",
+            shape=list(p.hu.shape),
+            spacing=[round(s, 3) for s in p.spacing],
+            true_ratio=float(p.truth["ratio"]),
+            true_grade=p.truth["grade"],
+        )
         rows.append(r)
     real = None
     if (data / "ct.nii.gz").exists():
@@ -94,7 +106,8 @@ def main(argv=None) -> int:
         "phantom_dice_liver_min": round(float(np.nanmin([r["dice_liver"] for r in ph])), 4),
         "phantom_dice_spleen_min": round(float(np.nanmin([r["dice_spleen"] for r in ph])), 4),
         "phantom_ratio_mean_abs_err_pred_masks": round(
-            float(np.nanmean([abs(r["ratio_pred_masks"] - r["true_ratio"]) for r in ph])), 4),
+            float(np.nanmean([abs(r["ratio_pred_masks"] - r["true_ratio"]) for r in ph])), 4
+        ),
         "phantom_grade_correct_pred_masks": f"{sum(r['grade_pred_masks'] == r['true_grade'] for r in ph)}/{len(ph)}",
         "real_ct": real,
         "seconds": round(time.time() - t0, 1),
