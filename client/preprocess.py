@@ -107,29 +107,38 @@ def _align_corner_coords(n_in: int, n_out: int):
     return np.arange(n_out, dtype=np.float64) * ((n_in - 1) / (n_out - 1))
 
 
-def resize_linear(vol, out_shape):
+def resize_linear(vol, out_shape, pointwise=None):
     """Separable linear resampling (align corners) of a 3D array to ``out_shape``.
 
-    Equals ``scipy.ndimage.zoom(vol, out/in, order=1)`` to float rounding and costs one
-    pass per axis over the shrinking array (largest reduction first).
+    Equals ``scipy.ndimage.zoom(vol, out/in, order=1)`` to float rounding. Only the
+    voxels that some output sample interpolates from are read: they are gathered
+    first (at most ``2 * out`` per axis), ``pointwise`` (e.g. :func:`window_hu`) is
+    applied to them only, then one pass per axis (largest reduction first). For a
+    512 x 512 x 200 scan to 64^3 that touches 2 M of 52 M voxels.
     """
     xp = _xp(vol)
-    out = vol.astype(xp.float32, copy=False)
+    plans = []
+    for ax in range(3):
+        n_in, n_out = vol.shape[ax], int(out_shape[ax])
+        c = _align_corner_coords(n_in, n_out)
+        lo = np.clip(np.floor(c).astype(np.int64), 0, n_in - 1)
+        hi = np.clip(lo + 1, 0, n_in - 1)
+        needed = np.unique(np.concatenate([lo, hi])) if n_in != n_out else np.arange(n_in)
+        plans.append((n_in, n_out, lo, hi, (c - lo).astype(np.float32), needed))
+    sub = vol[xp.ix_(*(xp.asarray(p[5]) for p in plans))]
+    if pointwise is not None:
+        sub = pointwise(sub)
+    out = sub.astype(xp.float32, copy=False)
     order = sorted(range(3), key=lambda a: out_shape[a] / max(vol.shape[a], 1))
     for ax in order:
-        n_in, n_out = out.shape[ax], int(out_shape[ax])
+        n_in, n_out, lo, hi, w, needed = plans[ax]
         if n_in == n_out:
             continue
-        c = _align_corner_coords(n_in, n_out)
-        lo = np.floor(c).astype(np.int64)
-        lo = np.clip(lo, 0, n_in - 1)
-        hi = np.clip(lo + 1, 0, n_in - 1)
-        w = (c - lo).astype(np.float32)
         shape = [1, 1, 1]
         shape[ax] = n_out
         w = xp.asarray(w).reshape(shape)
-        a = xp.take(out, xp.asarray(lo), axis=ax)
-        b = xp.take(out, xp.asarray(hi), axis=ax)
+        a = xp.take(out, xp.asarray(np.searchsorted(needed, lo)), axis=ax)
+        b = xp.take(out, xp.asarray(np.searchsorted(needed, hi)), axis=ax)
         out = a * (1.0 - w) + b * w
     return out
 
@@ -183,7 +192,7 @@ def preprocess(hu, spacing, direction, model_shape):
     if flip_axes:
         canon = xp.flip(canon, flip_axes)
     spacing_c = tuple(float(spacing[a]) for a in axes)
-    vol = resize_linear(window_hu(canon), model_shape)
+    vol = resize_linear(canon, model_shape, pointwise=window_hu)
     tensor = xp.rint(vol).astype(xp.uint8)[None]
     record = PreprocessRecord(
         scan_shape=tuple(int(n) for n in hu.shape),
