@@ -493,20 +493,14 @@ def _run_pool(screener: Screener, todo: list[ScanSource], writer: ResultWriter, 
     return rows
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv=None) -> int:
-    import signal
+    from .server import install_interrupt_handlers
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    if threading.current_thread() is threading.main_thread():
-        # Ctrl-C and SIGTERM end the batch cleanly: rows written stay complete and the
-        # embedded server is stopped (finally blocks run on KeyboardInterrupt).
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Ctrl-C and SIGTERM end the batch cleanly: rows written stay complete and the
+    # embedded server is stopped (finally blocks run on KeyboardInterrupt).
+    install_interrupt_handlers()
     try:
         return run(args)
     except ConfigError as exc:

@@ -8,17 +8,12 @@ stops the server and its Python-backend processes). Binds 127.0.0.1 unless
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import time
 from pathlib import Path
 
 from .errors import InferenceError
-from .server import DEFAULT_REPOSITORY, EmbeddedServer
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
+from .server import DEFAULT_REPOSITORY, EmbeddedServer, install_interrupt_handlers
 
 
 def main(argv=None) -> int:
@@ -38,11 +33,7 @@ def main(argv=None) -> int:
         http_port=args.http_port,
         metrics_port=args.metrics_port,
     )
-    # Ctrl-C and SIGTERM both end the loop below and stop the server. SIGINT is set
-    # explicitly: a parent that ignores it (e.g. some launchers) would otherwise make
-    # the child ignore Ctrl-C too.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    install_interrupt_handlers()  # Ctrl-C and SIGTERM end the loop and stop the server
     try:
         srv.start()
         print(f"Triton serving {args.model_repository}", flush=True)

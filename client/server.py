@@ -53,6 +53,23 @@ def _pytriton_dirs() -> tuple[Path, Path]:
     return server, libs
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def install_interrupt_handlers() -> None:
+    """Make Ctrl-C and SIGTERM raise KeyboardInterrupt in the main thread.
+
+    So ``finally`` blocks stop the server on either signal, also when a parent
+    process started us with SIGINT ignored (the child would inherit that).
+    """
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
 def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
