@@ -7,10 +7,12 @@ Series choice in a study folder (documented rule)
 2. Files are grouped by SeriesInstanceUID. Dropped: non-image objects (SEG,
    RTSTRUCT, SR/dose reports, presentation states: no pixel data or no image
    geometry), secondary captures (dose screens), localizers/scouts
-   (ImageType contains LOCALIZER), non-axial-ish series are kept but ranked low.
-3. Among the CT series left with at least ``min_slices`` slices the one with the
-   most slices wins; ties prefer a soft-tissue kernel over bone/lung kernels,
-   then thinner slices, then the lower SeriesNumber.
+   (ImageType contains LOCALIZER).
+3. Among the CT series left with at least ``min_slices`` slices, axial series
+   (slice normal within ~37 degrees of head-feet, so tilted axials count) come
+   before coronal/sagittal reformats; then the one with the most slices wins;
+   ties prefer a soft-tissue kernel over bone/lung kernels, then thinner slices,
+   then the lower SeriesNumber.
 
 Geometry
 --------
@@ -159,6 +161,14 @@ def _why_not_volume_series(hs: list[SliceHeader]) -> str | None:
     return None
 
 
+def _is_axial(h: SliceHeader) -> bool:
+    """Slice normal within ~37 degrees of the patient's head-feet axis (gantry tilt included)."""
+    if h.orientation is None:
+        return False
+    normal = np.cross(h.orientation[:3], h.orientation[3:])
+    return bool(abs(normal[2]) > 0.8 * np.linalg.norm(normal))
+
+
 def _is_sharp(kernel: str) -> bool:
     k = kernel.upper()
     return any(h in k for h in ("BONE", "LUNG", "SHARP", "EDGE", "B60", "B70", "B80"))
@@ -210,7 +220,7 @@ def choose_series(
 
     def rank(hs):
         thick = float(getattr(hs[0].ds, "SliceThickness", 0) or 0)
-        return (-len(hs), _is_sharp(hs[0].kernel), thick, hs[0].series_number)
+        return (not _is_axial(hs[0]), -len(hs), _is_sharp(hs[0].kernel), thick, hs[0].series_number)
 
     return sorted(candidates, key=rank)[0]
 

@@ -267,3 +267,21 @@ def test_totalsegmentator_label_values(tmp_path, real_ct):
     ts[labels == 2] = 1
     p = write_label_map(ts, ct, tmp_path / "ts.nii.gz")
     assert np.array_equal(read_label_map(p, ct, "totalsegmentator"), labels)
+
+
+def test_axial_series_preferred_over_a_larger_coronal_reformat(tmp_path, real_ct):
+    import shutil
+
+    ct, _ = real_ct
+    axial = ScanVolume(ct.array[:20], ct.spacing, ct.origin, ct.direction)  # 20 axial slices
+    # Coronal reformat: 101 slices, slice normal along the patient's y axis.
+    cor = np.ascontiguousarray(np.transpose(ct.array, (1, 0, 2)))
+    d = np.array([[-1.0, 0, 0], [0, 0, -1.0], [0, 1.0, 0]])  # columns: row, column, normal (+y)
+    coronal = ScanVolume(cor, (ct.spacing[1], ct.spacing[0], ct.spacing[2]), ct.origin, d)
+    write_series(axial, tmp_path / "a", shuffle_seed=1)
+    write_series(coronal, tmp_path / "c", shuffle_seed=2)
+    study = tmp_path / "study"
+    shutil.copytree(tmp_path / "a", study / "axial")
+    shutil.copytree(tmp_path / "c", study / "coronal")
+    s = read_scan(study)
+    assert s.shape[0] == 20 and abs(s.direction[2, 2]) > 0.99
