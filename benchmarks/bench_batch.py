@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import time
@@ -24,6 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks._common import machine_info, save_result  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
             sitk.WriteImage(p.to_scan().to_sitk(), str(path), useCompression=True)
     gen_s = time.perf_counter() - t
     res = {
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
+        "machine": machine_info(),
         "n_scans": args.n,
         "shape": list(args.shape),
         "phantom_generation_s": round(gen_s, 1),
@@ -83,9 +83,7 @@ def main(argv=None) -> int:
         }
     c1, c4 = res["runs"]["concurrency_1"], res["runs"]["concurrency_4"]
     res["speedup_concurrency_4_vs_1"] = round(c4["scans_per_minute"] / c1["scans_per_minute"], 2)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "batch.json").write_text(json.dumps(res, indent=2))
-    print(json.dumps(res, indent=2))
+    save_result(res, args.out, "batch.json")
     return 0
 
 

@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -42,6 +40,8 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks._common import machine_info, save_result  # noqa: E402
 
 
 # --- the original method ------------------------------------------------------------------
@@ -175,9 +175,7 @@ def main(argv=None) -> int:
     hu, labels, spacing = p.hu, p.labels, p.spacing
     res: dict = {
         "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpu_count": os.cpu_count(),
+            **machine_info(),
             "threads_used": 1,
             "numpy": np.__version__,
             "scipy": scipy.__version__,
@@ -262,9 +260,7 @@ def main(argv=None) -> int:
         ),
     }
     res["accuracy_real_ct"] = real_res
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "postprocess.json").write_text(json.dumps(res, indent=2))
-    print(json.dumps(res, indent=2))
+    save_result(res, args.out, "postprocess.json")
     return 0
 
 

@@ -17,9 +17,6 @@ This is why the shipped demo model was trained with the PyTorch twin.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -28,6 +25,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks._common import machine_info, save_result  # noqa: E402
 
 
 def _time_steps(step, n):
@@ -93,11 +92,7 @@ def main(argv=None) -> int:
     import paddle
 
     res = {
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "paddle": paddle.__version__,
-        },
+        "machine": machine_info(paddle=paddle.__version__),
         "input": [2, 1, args.size, args.size, args.size],
         "width": args.width,
         "seconds_per_step": {},
@@ -128,9 +123,7 @@ def main(argv=None) -> int:
     res["speedup_vs_paddle_eager"] = {
         k: round(base / v, 2) for k, v in s.items() if isinstance(v, float)
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "training_step.json").write_text(json.dumps(res, indent=2))
-    print(json.dumps(res, indent=2))
+    save_result(res, args.out, "training_step.json")
     return 0
 
 

@@ -19,9 +19,6 @@ inference statistics and machine info. These numbers set the CPU model's
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -30,6 +27,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks._common import machine_info, save_result  # noqa: E402
 
 
 def inputs(model_shape, n):
@@ -109,11 +108,7 @@ def main(argv=None) -> int:
     model_shape = tuple(sess.get_inputs()[0].shape[2:])
     xs = inputs(model_shape, args.n)
     res = {
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "onnxruntime": ort.__version__,
-        },
+        "machine": machine_info(onnxruntime=ort.__version__),
         "model_shape": list(model_shape),
         "n": args.n,
     }
@@ -152,9 +147,7 @@ def main(argv=None) -> int:
         except Exception as exc:  # noqa: BLE001 - report, do not hide
             rows["triton_system_shm_1_in_flight"] = {"error": str(exc)[:300]}
     res["results"] = rows
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "triton.json").write_text(json.dumps(res, indent=2))
-    print(json.dumps(res, indent=2))
+    save_result(res, args.out, "triton.json")
     return 0
 
 

@@ -131,18 +131,26 @@ def read_header(path: Path) -> SliceHeader | None:
         return None
 
 
-def scan_folder(folder: Path) -> tuple[dict[str, list[SliceHeader]], int]:
-    """Headers of every DICOM file below ``folder`` grouped by series; also the count of skipped files."""
-    groups: dict[str, list[SliceHeader]] = {}
-    skipped = 0
+def _walk_files(folder: Path):
     for root, dirs, files in os.walk(folder):
         dirs.sort()
         for name in sorted(files):
-            h = read_header(Path(root) / name)
-            if h is None:
-                skipped += 1
-                continue
-            groups.setdefault(h.series_uid, []).append(h)
+            yield Path(root) / name
+
+
+def scan_folder(folder: Path, files=None) -> tuple[dict[str, list[SliceHeader]], int]:
+    """Headers of the DICOM files below ``folder`` (or of ``files`` only) grouped by series.
+
+    Also returns the count of skipped (non-DICOM) files.
+    """
+    groups: dict[str, list[SliceHeader]] = {}
+    skipped = 0
+    for path in files if files is not None else _walk_files(folder):
+        h = read_header(Path(path))
+        if h is None:
+            skipped += 1
+            continue
+        groups.setdefault(h.series_uid, []).append(h)
     return groups, skipped
 
 

@@ -37,7 +37,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import threading
 import time
 from collections import deque
@@ -48,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from . import contract
+from ._atomic import atomic_path
 from .discover import ScanSource, discover
 from .errors import ConfigError, InferenceError, ScreeningError
 
@@ -132,10 +132,8 @@ def read_rows(jsonl_path: Path) -> list[dict]:
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2, default=_json_default)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(obj, indent=2, default=_json_default))
 
 
 # --- one scan --------------------------------------------------------------------------
@@ -286,7 +284,6 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--root-certificates", default=None)
     ap.add_argument("--private-key", default=None)
     ap.add_argument("--certificate-chain", default=None)
-    ap.add_argument("--min-slices", type=int, default=None, help=argparse.SUPPRESS)
     return ap
 
 
@@ -364,6 +361,7 @@ def run(args) -> int:
 
     server = None
     segmenter = None
+    screener = None
     t_wall = time.perf_counter()
     writer = ResultWriter(out)
     rows: list[dict] = []
@@ -394,11 +392,6 @@ def run(args) -> int:
                 "repository": str(server.model_repository) if server else None,
             }
         screener = Screener(args, out, segmenter, segmenter.model_shape if segmenter else None)
-        if args.min_slices:
-            import functools
-
-            for s in todo:
-                s.read = functools.partial(s.read, min_slices=args.min_slices)
         run_info["config"] = asdict(screener.config)
         rows = _run_pool(screener, todo, writer, args)
         failure = None
@@ -417,7 +410,7 @@ def run(args) -> int:
         if server is not None:
             server.stop()
         wall = time.perf_counter() - t_wall
-        totals = screener.stage_totals if "screener" in locals() else {}
+        totals = screener.stage_totals if screener is not None else {}
         busy = sum(totals.values()) or 1.0
         run_info.update(
             status="finished"

@@ -61,11 +61,12 @@ class ScanSource:
     kind: str  # "image" | "dicom"
     series_uid: str | None = None
     n_files: int = 1
+    files: tuple[Path, ...] | None = None  # a DICOM series' own files, known from discovery
 
     def read(self, **kwargs):
         from .io import read_scan
 
-        return read_scan(self.path, series_uid=self.series_uid, **kwargs)
+        return read_scan(self.path, series_uid=self.series_uid, files=self.files, **kwargs)
 
 
 @dataclass
@@ -146,7 +147,14 @@ def _discover_one(root: Path, out: Discovery, found: list[tuple[str, ScanSource]
         single_folder_series = len(volumes) == 1 and per_folder[folder] == 1
         if per_folder[folder] > 1:
             case = f"{case}__S{hs[0].series_number}"
-        src = ScanSource(case, folder, "dicom", None if single_folder_series else uid, len(hs))
+        src = ScanSource(
+            case,
+            folder,
+            "dicom",
+            None if single_folder_series else uid,
+            len(hs),
+            files=tuple(h.path for h in hs),
+        )
         found.append((f"{folder.resolve()}#{uid}", src))
 
 

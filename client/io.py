@@ -17,12 +17,12 @@ implausible HU range, absurd spacing, empty series, undecodable pixel data.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from . import _dicom
+from ._atomic import atomic_path
 from .contract import LABEL_LIVER, LABEL_MAPS, LABEL_SPLEEN
 from .errors import ScanReadError
 from .scan import ScanVolume
@@ -219,10 +219,10 @@ def _read_itk_file(path: Path, min_slices: int) -> ScanVolume:
 
 
 def _read_dicom(
-    path: Path, min_slices: int, require_ct: bool, series_uid: str | None = None
+    path: Path, min_slices: int, require_ct: bool, series_uid: str | None = None, files=None
 ) -> ScanVolume:
     if path.is_dir():
-        groups, skipped = _dicom.scan_folder(path)
+        groups, skipped = _dicom.scan_folder(path, files)
         if not groups:
             raise ScanReadError(
                 f"{path}: empty series: no DICOM files found ({skipped} non-DICOM files skipped)"
@@ -250,6 +250,7 @@ def read_scan(
     require_ct: bool = True,
     check_hu: bool = True,
     series_uid: str | None = None,
+    files=None,
 ) -> ScanVolume:
     """Read one CT volume (file or DICOM folder) into a :class:`ScanVolume`.
 
@@ -266,6 +267,9 @@ def read_scan(
     series_uid : str, optional
         For a DICOM folder holding several series: read this one (else the
         series-choice rule of :mod:`client._dicom` picks the axial CT volume).
+    files : sequence of paths, optional
+        For a DICOM folder: read only these files (batch discovery already knows
+        which files hold the series, so a study folder is not walked again).
     """
     path = Path(path)
     if not path.exists():
@@ -277,7 +281,7 @@ def read_scan(
         if require_ct and scan.metadata.get("modality", "CT").upper() not in ("CT", ""):
             raise ScanReadError(f"{path}: expected modality CT, got {scan.metadata['modality']}")
     else:
-        scan = _read_dicom(path, min_slices, require_ct, series_uid)
+        scan = _read_dicom(path, min_slices, require_ct, series_uid, files)
     if check_hu:
         check_hu_range(scan.array, str(path))
     return scan
@@ -338,14 +342,7 @@ def write_label_map(labels: np.ndarray, like: ScanVolume, path: str | Path) -> P
     labels = np.asarray(labels)
     if labels.shape != like.shape:
         raise ValueError(f"{path}: labels {labels.shape} do not match the scan {like.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     img = like.to_sitk(labels.astype(np.uint8))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix) as tmp:
         sitk.WriteImage(img, tmp, useCompression=True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path

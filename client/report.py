@@ -12,12 +12,11 @@ measurements.
 from __future__ import annotations
 
 import html
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ._atomic import atomic_path
 from .contract import LABEL_LIVER, LABEL_SPLEEN
 
 WINDOW = (-160.0, 240.0)  # soft-tissue display window (W400 / L40)
@@ -86,15 +85,8 @@ def qc_png(
     canvas.paste(coronal, (axial.width + 8, pad))
     ImageDraw.Draw(canvas).text((4, 5), title[:160], fill=(255, 255, 255))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, ".png") as tmp:
         canvas.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
@@ -164,8 +156,6 @@ flagged scan and the QC pictures.</p>
 </table></body></html>
 """
     path = out_dir / "report.html"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".html", dir=out_dir)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(doc)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(doc)
     return path

@@ -24,8 +24,9 @@ GRADES = ("normal", "mild", "moderate", "severe")
 
 
 def _dice(a, b):
-    s = a.sum() + b.sum()
-    return float(2 * (a & b).sum() / s) if s else float("nan")
+    from .demo_train import dice_per_class
+
+    return dice_per_class(a.astype(np.uint8), b.astype(np.uint8), classes=(1,))[0]
 
 
 def evaluate_case(sess, hu, labels, spacing, direction, model_shape):

@@ -195,23 +195,23 @@ class FolderDataset(_Base):
             f"{img_path.resolve()}|{st.st_mtime_ns}|{self.model_shape}|{sorted(self.label_map.items())}".encode()
         ).hexdigest()[:16]
         cached = self.cache / f"{key}.npz"
-        scan = None
+        scan = labels = record = None
         if cached.exists():
             z = np.load(cached)
             u8, lab = z["image"], z["label"]
         else:
             scan = read_scan(img_path)
             labels = read_label_map(lab_path, scan, self.label_map)
-            u8, _ = preprocess(scan.array, scan.spacing, scan.direction, self.model_shape)
+            u8, record = preprocess(scan.array, scan.spacing, scan.direction, self.model_shape)
             lab = labels_to_model(labels, scan.direction, self.model_shape)
             np.savez(cached, image=u8, label=lab)
         original = None
         if self.keep_original:
-            from client.preprocess import preprocess as _pp
-
-            scan = scan or read_scan(img_path)
-            _, record = _pp(scan.array, scan.spacing, scan.direction, self.model_shape)
-            original = (read_label_map(lab_path, scan, self.label_map), record)
+            if scan is None:  # cached tensors; the original grid needs the scan once more
+                scan = read_scan(img_path)
+                labels = read_label_map(lab_path, scan, self.label_map)
+                _, record = preprocess(scan.array, scan.spacing, scan.direction, self.model_shape)
+            original = (labels, record)
         return u8, lab, original
 
 
