@@ -7,10 +7,22 @@ and returns a uint8 label map ``LABELS [N, z, y, x]`` (client/contract.py): the
 cast, the per-volume division by the maximum (``client.preprocess.
 normalise_network_input``; an all-zero volume stays zero) and the argmax live
 inside the graph, so 1 byte per voxel crosses the wire each way. ``--variant
-float`` gives float32 in / int32 out for a TensorRT version that refuses uint8
-I/O; ``--variant logits`` gives the unwrapped network (float in, logits out) for
-parity checks. After export: ``onnx.checker`` and ONNX Runtime vs Paddle on the
-same inputs at batch 1 and 4.
+logits`` gives the unwrapped network (float in, logits out) for parity checks.
+After export: ``onnx.checker`` and ONNX Runtime vs Paddle on the same inputs at
+batch 1 and 4.
+
+The final cast goes ``ArgMax (INT64) -> Cast FLOAT -> Cast UINT8``, never straight
+from INT64 to UINT8 (:func:`cast_labels_via_float`). TensorRT's documentation
+contradicts itself on the direct cast: the Cast operator page says "all
+conversions between supported data types are allowed" (uint8 and int64 listed,
+docs.nvidia.com/deeplearning/tensorrt/operators/docs/Cast.html), while the
+``DataType.UINT8`` reference says "uint8 conversions are only supported for
+{float32, float16}" (docs.nvidia.com/deeplearning/tensorrt/api/python_api/infer/
+FoundationalTypes/DataType.html). Going through FLOAT satisfies both. The class
+indices (0, 1, 2) are exact in float32, so the labels are byte-identical
+(tests/test_export_graph.py checks it with ONNX Runtime on phantoms and the real
+CT). ``python -m training.export --recast-only model.onnx`` applies the same
+rewrite to an existing export (weights untouched).
 
 Replacing the served model with your own: export it with this command, copy the
 ONNX to ``model_repository/cpu/hepascreen_vnet/1/model.onnx`` and set the spatial
@@ -31,7 +43,7 @@ import numpy as np
 
 from client.contract import INPUT_NAME, OUTPUT_NAME
 
-VARIANTS = ("uint8", "float", "logits")
+VARIANTS = ("uint8", "logits")
 
 
 def _wrapper(net, variant: str):
@@ -52,7 +64,8 @@ def _wrapper(net, variant: str):
             xf = xf / paddle.maximum(m, paddle.full_like(m, 1.0))
             logits = self.net(xf)[0]
             lab = paddle.argmax(logits, axis=1)
-            return paddle.cast(lab, "uint8" if variant == "uint8" else "int32")
+            # Through float32, as the ONNX graph does (cast_labels_via_float).
+            return paddle.cast(paddle.cast(lab, "float32"), "uint8")
 
     return Served(net)
 
@@ -72,7 +85,7 @@ def export_onnx(
     model_shape : 3 ints
         Spatial input size ``[z, y, x]``.
     save_file : path of the ONNX file to write (parent created).
-    variant : {"uint8", "float", "logits"}
+    variant : {"uint8", "logits"}
     opset : int, >= 17
 
     Returns
@@ -105,6 +118,8 @@ def export_onnx(
             model_file, prefix + ".pdiparams", save_file=out_tmp, opset_version=opset
         )
         _rename_io(out_tmp, variant)
+        if variant == "uint8":
+            recast_file(out_tmp)
         shutil.move(out_tmp, save_file)
     return save_file
 
@@ -130,10 +145,112 @@ def _rename_io(path: str, variant: str) -> None:
     onnx.save(m, path)
 
 
+def _producers(graph) -> dict:
+    return {out: node for node in graph.node for out in node.output}
+
+
+def _cast_to(node) -> int | None:
+    for a in node.attribute:
+        if a.name == "to":
+            return int(a.i)
+    return None
+
+
+def _skip_identity(producers: dict, name: str):
+    node = producers.get(name)
+    while node is not None and node.op_type == "Identity":
+        node = producers.get(node.input[0])
+    return node
+
+
+def cast_labels_via_float(model, output_name: str = OUTPUT_NAME) -> bool:
+    """Make the label output ``ArgMax -> Cast(FLOAT) -> Cast(UINT8)`` (in place).
+
+    Rewrites a final ``Cast(to=UINT8)`` fed (possibly through ``Identity`` nodes)
+    by ``ArgMax`` into a cast to FLOAT followed by a new cast to UINT8. Weights,
+    every other node and the output's name and type stay as they are. Idempotent.
+
+    Parameters
+    ----------
+    model : onnx.ModelProto
+        A served export (uint8 variant).
+    output_name : str
+        The label output (``client.contract.OUTPUT_NAME``).
+
+    Returns
+    -------
+    bool
+        True when the graph was changed, False when it already cast through FLOAT.
+
+    Raises
+    ------
+    ValueError
+        If the output is not produced by a UINT8 ``Cast`` of an ``ArgMax``.
+    """
+    from onnx import TensorProto, helper
+
+    g = model.graph
+    producers = _producers(g)
+    last = producers.get(output_name)
+    if last is None or last.op_type != "Cast" or _cast_to(last) != TensorProto.UINT8:
+        found = "nothing" if last is None else f"{last.op_type} {last.name!r}"
+        raise ValueError(
+            f"expected output {output_name!r} to come from a Cast to UINT8, found {found}"
+        )
+    src = _skip_identity(producers, last.input[0])
+    if src is not None and src.op_type == "Cast" and _cast_to(src) == TensorProto.FLOAT:
+        if (
+            _skip_identity(producers, src.input[0]) is not None
+            and _skip_identity(producers, src.input[0]).op_type == "ArgMax"
+        ):
+            return False
+    if src is None or src.op_type != "ArgMax":
+        found = "a graph input" if src is None else f"{src.op_type} {src.name!r}"
+        raise ValueError(
+            f"expected the final Cast {last.name!r} to read an ArgMax (through Identity), "
+            f"found {found}"
+        )
+    mid = f"{output_name}_as_float"
+    for a in last.attribute:
+        if a.name == "to":
+            a.i = TensorProto.FLOAT
+    last.output[0] = mid
+    new = helper.make_node(
+        "Cast", [mid], [output_name], name=f"{last.name}_to_uint8", to=TensorProto.UINT8
+    )
+    index = list(g.node).index(last)
+    g.node.insert(index + 1, new)
+    return True
+
+
+def recast_file(path: str | Path) -> bool:
+    """Apply :func:`cast_labels_via_float` to an ONNX file in place (atomic replace).
+
+    Returns True when the file was rewritten, False when it already cast through FLOAT.
+    """
+    import onnx
+
+    path = Path(path)
+    model = onnx.load(str(path))
+    if not cast_labels_via_float(model):
+        return False
+    onnx.checker.check_model(model, full_check=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=path.parent)
+    os.close(fd)
+    try:
+        onnx.save(model, tmp)
+        shutil.copymode(path, tmp)  # mkstemp makes 0600; keep the file readable as before
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return True
+
+
 def check_export(net, onnx_path, model_shape, variant="uint8", batches=(1, 4), seed=0) -> dict:
     """Compare ONNX Runtime with Paddle on the same random inputs.
 
-    Returns per batch size the label agreement (uint8/float variants) or the
+    Returns per batch size the label agreement (uint8 variant) or the
     logits relative L2 error (logits variant).
     """
     import onnx
@@ -151,8 +268,6 @@ def check_export(net, onnx_path, model_shape, variant="uint8", batches=(1, 4), s
             x = rng.random((b, 1, *model_shape), dtype=np.float32)
         else:
             x = _structured_input(rng, b, model_shape)
-            if variant == "float":
-                x = x.astype(np.float32)
         got = sess.run(None, {INPUT_NAME: x})[0]
         with paddle.no_grad():
             ref = wrapped(paddle.to_tensor(x)).numpy()
@@ -178,18 +293,35 @@ def main(argv=None) -> int:
     from .config import build_model, load_config, model_shape_of
 
     ap = argparse.ArgumentParser(description="Export a VNet checkpoint to the served ONNX model")
-    ap.add_argument("--config", required=True, help="MedicalSeg-format YAML")
-    ap.add_argument("--model_path", required=True, help="model.pdparams (MedicalSeg names)")
+    ap.add_argument("--config", help="MedicalSeg-format YAML")
+    ap.add_argument("--model_path", help="model.pdparams (MedicalSeg names)")
     ap.add_argument(
         "--save_dir",
-        required=True,
         help="folder for model.onnx (e.g. model_repository/cpu/hepascreen_vnet/1)",
     )
     ap.add_argument("--variant", choices=VARIANTS, default="uint8")
     ap.add_argument("--opset", type=int, default=17)
     ap.add_argument("--model_shape", type=int, nargs=3, default=None, help="override [z y x]")
     ap.add_argument("--no_check", action="store_true")
+    ap.add_argument(
+        "--recast-only",
+        metavar="ONNX",
+        type=Path,
+        help="only rewrite an existing export's final cast as ArgMax -> FLOAT -> UINT8 (in place)",
+    )
     args = ap.parse_args(argv)
+    if args.recast_only is not None:
+        if not args.recast_only.is_file():
+            ap.error(f"--recast-only {args.recast_only}: file not found")
+        try:
+            changed = recast_file(args.recast_only)
+        except ValueError as exc:
+            ap.error(f"{args.recast_only}: {exc}")
+        print(f"{'rewrote' if changed else 'already casts through FLOAT:'} {args.recast_only}")
+        return 0
+    missing = [f"--{n}" for n in ("config", "model_path", "save_dir") if not getattr(args, n)]
+    if missing:
+        ap.error("the following arguments are required: " + ", ".join(missing))
 
     cfg = load_config(args.config)
     net = build_model(cfg, pretrained=args.model_path)
