@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._headers import check_direction, itk_safe_path, max_voxels_default, show
 from .errors import ScanReadError
 
 SOP_NON_IMAGE = {
@@ -197,32 +198,34 @@ def choose_series(
     """Pick the axial CT volume series from a study (rule in the module docstring)."""
     if series_uid is not None:
         if series_uid not in groups:
-            raise ScanReadError(f"{folder}: series {series_uid} not found")
+            raise ScanReadError(f"{show(folder)}: series {series_uid} not found")
         groups = {series_uid: groups[series_uid]}
     if not groups:
-        raise ScanReadError(f"{folder}: no DICOM files found")
+        raise ScanReadError(f"{show(folder)}: no DICOM files found")
     candidates, rejected = [], []
     for uid, hs in groups.items():
         why = _why_not_volume_series(hs)
         if why:
-            rejected.append(f"{hs[0].path.parent.name or uid}: {why}")
+            rejected.append(f"{show(hs[0].path.parent.name) or uid}: {why}")
             continue
         candidates.append(hs)
     if not candidates:
         raise ScanReadError(
-            f"{folder}: no image volume among {len(groups)} DICOM series ({'; '.join(rejected)})"
+            f"{show(folder)}: no image volume among {len(groups)} DICOM series ({'; '.join(rejected)})"
         )
     if require_ct:
         ct = [hs for hs in candidates if hs[0].modality == "CT"]
         if not ct:
             mods = sorted({hs[0].modality or "?" for hs in candidates})
-            raise ScanReadError(f"{folder}: expected a CT series, got modality {', '.join(mods)}")
+            raise ScanReadError(
+                f"{show(folder)}: expected a CT series, got modality {', '.join(mods)}"
+            )
         candidates = ct
     n_slices = [sum(h.frames for h in hs) for hs in candidates]
     if max(n_slices) < min_slices:
         got = "a single 2D slice" if max(n_slices) == 1 else f"at most {max(n_slices)} slices"
         raise ScanReadError(
-            f"{folder}: expected a volume of at least {min_slices} slices, got {got}"
+            f"{show(folder)}: expected a volume of at least {min_slices} slices, got {got}"
         )
     candidates = [hs for hs, n in zip(candidates, n_slices) if n >= min_slices]
 
@@ -233,18 +236,29 @@ def choose_series(
     return sorted(candidates, key=rank)[0]
 
 
+def read_slice(path: Path):
+    """One DICOM file through GDCM (chosen explicitly: no probing of other formats),
+    under an ASCII alias when its name is not valid UTF-8 (SimpleITK aborts on those)."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetImageIO("GDCMImageIO")
+    with itk_safe_path(Path(path), ".dcm") as name:
+        reader.SetFileName(name)
+        return reader.Execute()
+
+
 def check_pixel_data(h: SliceHeader) -> None:
     """Refuse a file whose pixel data is missing, truncated or cannot be decoded."""
     import pydicom
-    import SimpleITK as sitk
 
     try:
         ds = pydicom.dcmread(str(h.path), force=True)
         raw = ds.get("PixelData")
     except Exception as exc:  # noqa: BLE001 - any parse failure means a corrupt file
-        raise ScanReadError(f"{h.path}: corrupt or truncated DICOM file ({exc})") from exc
+        raise ScanReadError(f"{show(h.path)}: corrupt or truncated DICOM file ({exc})") from exc
     if raw is None:
-        raise ScanReadError(f"{h.path}: no pixel data (expected an image)")
+        raise ScanReadError(f"{show(h.path)}: no pixel data (expected an image)")
     syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
     if syntax in ("", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"):
         expected = (
@@ -256,14 +270,14 @@ def check_pixel_data(h: SliceHeader) -> None:
         )
         if len(raw) < expected:
             raise ScanReadError(
-                f"{h.path}: truncated pixel data: expected {expected} bytes for "
+                f"{show(h.path)}: truncated pixel data: expected {expected} bytes for "
                 f"{h.rows} x {h.cols} x {h.frames} frames, got {len(raw)}"
             )
     try:
-        sitk.ReadImage(str(h.path))
+        read_slice(h.path)
     except RuntimeError as exc:
         raise ScanReadError(
-            f"{h.path}: cannot decode pixel data (transfer syntax {syntax or 'unknown'})"
+            f"{show(h.path)}: cannot decode pixel data (transfer syntax {syntax or 'unknown'})"
         ) from exc
 
 
@@ -272,15 +286,32 @@ def _orientation_frame(hs: list[SliceHeader], folder: Path):
     for h in hs[1:]:
         if np.max(np.abs(h.orientation - iop)) > 1e-3:
             raise ScanReadError(
-                f"{folder}: slices have mixed orientations ({iop.round(3).tolist()} vs "
+                f"{show(folder)}: slices have mixed orientations ({iop.round(3).tolist()} vs "
                 f"{h.orientation.round(3).tolist()}); expected one volume"
             )
     row, col = iop[:3], iop[3:]
+    if min(np.linalg.norm(row), np.linalg.norm(col)) < 1e-6:
+        raise ScanReadError(
+            f"{show(folder)}: singular ImageOrientationPatient {iop.round(4).tolist()} "
+            "(a zero direction vector)"
+        )
     normal = np.cross(row, col)
+    check_direction(np.stack([row, col, normal], axis=1), folder, "ImageOrientationPatient")
+    if max(abs(np.linalg.norm(row) - 1), abs(np.linalg.norm(col) - 1)) > 1e-3:
+        raise ScanReadError(
+            f"{show(folder)}: ImageOrientationPatient {iop.round(4).tolist()} does not hold unit "
+            "vectors (corrupt geometry)"
+        )
+    normal = normal / np.linalg.norm(normal)
     return row, col, normal
 
 
-def load_series(hs: list[SliceHeader], folder: Path, max_gap_factor: float = 2.5):
+def load_series(
+    hs: list[SliceHeader],
+    folder: Path,
+    max_gap_factor: float = 2.5,
+    max_voxels: int | None = None,
+):
     """Decode, sort and regularise one series.
 
     Returns
@@ -293,8 +324,8 @@ def load_series(hs: list[SliceHeader], folder: Path, max_gap_factor: float = 2.5
     notes: list[str] = []
     if any(h.frames > 1 for h in hs):
         raise ScanReadError(
-            f"{folder}: multi-frame DICOM objects are not supported as CT volumes "
-            f"({hs[0].path.name} has {hs[0].frames} frames)"
+            f"{show(folder)}: multi-frame DICOM objects are not supported as CT volumes "
+            f"({show(hs[0].path.name)} has {hs[0].frames} frames)"
         )
     row, col, normal = _orientation_frame(hs, folder)
     dist = np.array([float(h.position @ normal) for h in hs])
@@ -305,26 +336,33 @@ def load_series(hs: list[SliceHeader], folder: Path, max_gap_factor: float = 2.5
     if np.any(gaps < 1e-3):
         k = int(np.argmin(gaps))
         raise ScanReadError(
-            f"{folder}: not a volume: {hs[k].path.name} and {hs[k + 1].path.name} lie at the same "
+            f"{show(folder)}: not a volume: {show(hs[k].path.name)} and {show(hs[k + 1].path.name)} lie at the same "
             "position (several acquisitions, echoes or duplicates in one series)"
         )
     shapes = {(h.rows, h.cols) for h in hs}
     if len(shapes) > 1:
         raise ScanReadError(
-            f"{folder}: slices of different sizes {sorted(shapes)}; expected one volume"
+            f"{show(folder)}: slices of different sizes {sorted(shapes)}; expected one volume"
+        )
+    limit = max_voxels_default() if max_voxels is None else int(max_voxels)
+    n_vox = hs[0].rows * hs[0].cols * len(hs)
+    if n_vox > limit:
+        raise ScanReadError(
+            f"{show(folder)}: {len(hs)} slices of {hs[0].rows} x {hs[0].cols} = {n_vox:,} voxels, "
+            f"more than the limit of {limit:,} (raise HEPASCREEN_MAX_VOXELS for larger images)"
         )
     slices = []
     for h in hs:
         try:
-            img = sitk.ReadImage(str(h.path))
+            img = read_slice(h.path)
         except RuntimeError as exc:
             raise ScanReadError(
-                f"{h.path}: cannot decode pixel data ({str(exc).strip().splitlines()[-1][:200]})"
+                f"{show(h.path)}: cannot decode pixel data ({str(exc).strip().splitlines()[-1][:200]})"
             ) from exc
         a = sitk.GetArrayFromImage(img)
         if a.ndim == 4:  # RGB or similar
             raise ScanReadError(
-                f"{h.path}: expected grey-level CT pixels, got {a.shape[-1]} channels"
+                f"{show(h.path)}: expected grey-level CT pixels, got {a.shape[-1]} channels"
             )
         slices.append(a.reshape(a.shape[-2], a.shape[-1]))
     vol = np.stack(slices).astype(
@@ -359,7 +397,7 @@ def load_series(hs: list[SliceHeader], folder: Path, max_gap_factor: float = 2.5
         if np.max(np.abs(gaps - dz)) > max(0.01 * dz, 0.01):
             if np.max(gaps) > max_gap_factor * dz:
                 raise ScanReadError(
-                    f"{folder}: slice gaps up to {np.max(gaps):.2f} mm against a median spacing of "
+                    f"{show(folder)}: slice gaps up to {np.max(gaps):.2f} mm against a median spacing of "
                     f"{dz:.2f} mm (missing slices?); refusing to interpolate gaps over "
                     f"{max_gap_factor:g} x the spacing"
                 )

@@ -23,6 +23,7 @@ import numpy as np
 
 from . import _dicom
 from ._atomic import atomic_path
+from ._headers import check_direction, check_readable_file, itk_safe_path, precheck, show
 from .contract import LABEL_LIVER, LABEL_MAPS, LABEL_SPLEEN
 from .errors import ScanReadError
 from .scan import ScanVolume
@@ -49,19 +50,30 @@ def strip_image_suffix(name: str) -> str:
 
 
 # --- validation ------------------------------------------------------------------
+def check_finite(array: np.ndarray, source: str) -> None:
+    """Refuse float volumes holding NaN or infinity (every voxel is checked, not a sample)."""
+    a = np.asarray(array)
+    if a.dtype.kind in "fc":
+        n_ok = int(np.count_nonzero(np.isfinite(a)))
+        if n_ok != a.size:
+            raise ScanReadError(
+                f"{source}: {a.size - n_ok:,} voxel values are NaN or infinity "
+                "(expected finite HU everywhere)"
+            )
+
+
 def check_hu_range(array: np.ndarray, source: str) -> None:
     """Refuse volumes whose values cannot be CT in Hounsfield units.
 
     CT in HU has air or fat (below -50 HU) somewhere in any abdominal field of
     view, and almost nothing above 4000 HU (metal is clipped near 3071 by most
     scanners). Raw detector values stored without the rescale intercept (0..4095,
-    air at 0) and MR intensities fail this.
+    air at 0) and MR intensities fail this. NaN or infinity anywhere fails too.
     """
     a = np.asarray(array)
+    check_finite(a, source)
     step = max(1, a.size // 2_000_000)
     sample = a.reshape(-1)[::step].astype(np.float32)
-    if not np.all(np.isfinite(sample)):
-        raise ScanReadError(f"{source}: voxel values include NaN or infinity")
     lo, hi = np.percentile(sample, [0.5, 99.5])
     mn = float(sample.min())
     if mn > -50.0 or hi > 4000.0 or lo < -3100.0:
@@ -95,90 +107,92 @@ def check_geometry(shape, spacing, source: str, min_slices: int = MIN_SLICES) ->
 
 
 # --- reading ---------------------------------------------------------------------
-def _nifti_expected_bytes(head: bytes, path: Path) -> int:
-    """``vox_offset + voxels * bitpix / 8`` from a NIfTI-1/2 header."""
-    import struct
-
-    if len(head) < 348:
-        raise ScanReadError(f"{path}: truncated: {len(head)} bytes, shorter than a NIfTI header")
-    for endian in "<>":
-        size = struct.unpack(endian + "i", head[:4])[0]
-        if size == 348:  # NIfTI-1
-            dims = struct.unpack(endian + "8h", head[40:56])
-            bitpix = struct.unpack(endian + "h", head[72:74])[0]
-            offset = int(struct.unpack(endian + "f", head[108:112])[0])
-            break
-        if size == 540 and len(head) >= 540:  # NIfTI-2
-            dims = struct.unpack(endian + "8q", head[16:80])
-            bitpix = struct.unpack(endian + "h", head[14:16])[0]
-            offset = int(struct.unpack(endian + "q", head[168:176])[0])
-            break
-    else:
-        raise ScanReadError(f"{path}: not a NIfTI file (header size field is not 348 or 540)")
-    n = int(np.prod([max(1, int(d)) for d in dims[1 : 1 + max(1, min(7, int(dims[0])))]]))
-    return offset + n * max(1, bitpix) // 8
+_IMAGE_IO = {
+    ".nii.gz": "NiftiImageIO",
+    ".nii": "NiftiImageIO",
+    ".nrrd": "NrrdImageIO",
+    ".nhdr": "NrrdImageIO",
+    ".mha": "MetaImageIO",
+    ".mhd": "MetaImageIO",
+}
 
 
 def check_nifti_complete(path: Path) -> None:
     """Refuse a NIfTI-1/2 file shorter than its header says (ITK pads such files with zeros).
 
-    ``.nii``: the file size is compared with ``vox_offset + voxels * bitpix / 8``.
-    ``.nii.gz``: fast path, the gzip trailer's ISIZE (uncompressed size mod 2^32)
-    must equal that size (a file cut short ends in compressed data, which matches
-    by chance with probability 2^-32); otherwise the stream is decompressed to the
-    end, catching a cut stream or CRC error (and accepting multi-member files).
+    Kept for callers of the earlier API; :func:`client._headers.precheck` does this
+    and more (``.nii``: file size; ``.nii.gz``: gzip trailer ISIZE, else a streaming count).
     """
-    import gzip
-    import struct
-    import zlib
-
-    if not path.name.lower().endswith(".gz"):
-        with open(path, "rb") as fh:
-            expected = _nifti_expected_bytes(fh.read(544), path)
-        total = path.stat().st_size
-    else:
-        try:
-            with gzip.open(path, "rb") as fh:
-                expected = _nifti_expected_bytes(fh.read(544), path)
-            with open(path, "rb") as fh:
-                fh.seek(-4, os.SEEK_END)
-                isize = struct.unpack("<I", fh.read(4))[0]
-        except (EOFError, OSError, zlib.error) as exc:
-            raise ScanReadError(f"{path}: truncated or corrupt compressed file ({exc})") from exc
-        if isize == expected % (1 << 32):
-            return
-        total = 0
-        try:
-            with gzip.open(path, "rb") as fh:
-                while chunk := fh.read(1 << 22):
-                    total += len(chunk)
-        except (EOFError, OSError, zlib.error) as exc:
-            raise ScanReadError(f"{path}: truncated or corrupt compressed file ({exc})") from exc
-    if total < expected:
-        raise ScanReadError(
-            f"{path}: truncated: header describes {expected} bytes of image, file holds {total}"
-        )
+    precheck(Path(path), image_suffix(path) or ".nii")
 
 
-def _read_itk_file(path: Path, min_slices: int) -> ScanVolume:
+def read_itk_checked(path: str | Path, *, max_voxels: int | None = None, what: str = "image file"):
+    """Read a NIfTI/NRRD/MetaImage file with SimpleITK after :func:`client._headers.precheck`.
+
+    The reader is chosen by the suffix (never by probing every format, which makes
+    the HDF5 reader print diagnostics to the console), names that are not valid
+    UTF-8 are read through an ASCII alias, and ITK's errors are translated into a
+    :class:`ScanReadError` naming the file.
+
+    Parameters
+    ----------
+    path : str or Path
+    max_voxels : int, optional
+        Refuse headers describing more voxels (default: ``HEPASCREEN_MAX_VOXELS`` or 2^30).
+    what : str
+        What the file should be, for messages ("image file", "label map").
+
+    Returns
+    -------
+    SimpleITK.Image
+
+    Raises
+    ------
+    ScanReadError
+        Anything :func:`client._headers.precheck` refuses, or ITK cannot read the file.
+    """
     import SimpleITK as sitk
 
     sitk.ProcessObject_SetGlobalWarningDisplay(False)  # ITK prints to the console otherwise
-
-    if image_suffix(path) in (".nii", ".nii.gz"):
-        check_nifti_complete(path)
-    try:
-        img = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        msg = str(exc).strip().splitlines()
-        detail = next((m for m in reversed(msg) if m.strip()), "unreadable")[:300]
+    path = Path(path)
+    suffix = image_suffix(path)
+    if suffix is None:
         raise ScanReadError(
-            f"{path}: truncated, corrupt or not an image ({detail.strip()})"
-        ) from exc
+            f"{show(path)}: unknown {what} format: expected one of {', '.join(IMAGE_SUFFIXES)}"
+        )
+    info = precheck(path, suffix, max_voxels, what)
+    reader = sitk.ImageFileReader()
+    reader.SetImageIO(_IMAGE_IO[suffix])
+    with itk_safe_path(path, suffix, info) as name:
+        reader.SetFileName(name)
+        try:
+            return reader.Execute()
+        except RuntimeError as exc:
+            text = str(exc).replace(name, show(path))
+            if "determinant is 0" in text:
+                raise ScanReadError(
+                    f"{show(path)}: singular direction matrix: two image axes point the same "
+                    "way, so voxels have no 3D position"
+                ) from None
+            lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+            detail = next(
+                (ln for ln in reversed(lines) if not ln.startswith(("/", "ITK ERROR"))),
+                lines[-1] if lines else "unreadable",
+            )[:300]
+            raise ScanReadError(
+                f"{show(path)}: corrupt or not a readable {what} ({detail})"
+            ) from None
+
+
+def _read_itk_file(path: Path, min_slices: int, max_voxels: int | None = None) -> ScanVolume:
+    import SimpleITK as sitk
+
+    img = read_itk_checked(path, max_voxels=max_voxels)
     notes: list[str] = []
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise ScanReadError(
-            f"{path}: expected one grey value per voxel, got {img.GetNumberOfComponentsPerPixel()} components"
+            f"{show(path)}: expected one grey value per voxel, got "
+            f"{img.GetNumberOfComponentsPerPixel()} components"
         )
     dim = img.GetDimension()
     if dim == 4:
@@ -190,11 +204,13 @@ def _read_itk_file(path: Path, min_slices: int) -> ScanVolume:
         )
     elif dim != 3:
         raise ScanReadError(
-            f"{path}: expected a 3D volume, got a {dim}D image of size {img.GetSize()}"
+            f"{show(path)}: expected a 3D volume, got a {dim}D image of size {img.GetSize()}"
         )
+    check_direction(np.asarray(img.GetDirection()).reshape(3, 3), path)
     array = sitk.GetArrayFromImage(img)
     spacing = tuple(img.GetSpacing())[::-1]
-    check_geometry(array.shape, spacing, str(path), min_slices)
+    check_geometry(array.shape, spacing, show(path), min_slices)
+    check_finite(array, show(path))
     if (
         array.dtype.kind == "f"
         and np.array_equal(array, np.round(array))
@@ -214,33 +230,57 @@ def _read_itk_file(path: Path, min_slices: int) -> ScanVolume:
         origin=img.GetOrigin(),
         direction=np.asarray(img.GetDirection()).reshape(3, 3),
         metadata=meta,
-        source=str(path),
+        source=show(path),
     )
 
 
 def _read_dicom(
-    path: Path, min_slices: int, require_ct: bool, series_uid: str | None = None, files=None
+    path: Path,
+    min_slices: int,
+    require_ct: bool,
+    series_uid: str | None = None,
+    files=None,
+    max_voxels: int | None = None,
 ) -> ScanVolume:
     if path.is_dir():
+        try:
+            os.listdir(path)
+        except PermissionError:
+            raise ScanReadError(
+                f"{show(path)}: permission denied: the folder cannot be listed by this user"
+            ) from None
         groups, skipped = _dicom.scan_folder(path, files)
         if not groups:
             raise ScanReadError(
-                f"{path}: empty series: no DICOM files found ({skipped} non-DICOM files skipped)"
+                f"{show(path)}: empty series: no DICOM files found ({skipped} non-DICOM files skipped)"
             )
     else:
+        check_readable_file(path, "DICOM file")
         h = _dicom.read_header(path)
         if h is None:
-            raise ScanReadError(f"{path}: not an image: neither NIfTI/NRRD/MHA nor DICOM")
+            raise ScanReadError(
+                f"{show(path)}: not an image: neither NIfTI/NRRD/MHA (by its name) nor DICOM "
+                "(by its content)"
+            )
         if h.has_pixels and _dicom.SOP_NON_IMAGE.get(h.sop_class) is None:
             _dicom.check_pixel_data(h)
         groups, skipped = {h.series_uid: [h]}, 0
     hs = _dicom.choose_series(groups, path, min_slices, require_ct, series_uid)
-    vol, spacing, origin, direction, meta, notes = _dicom.load_series(hs, path)
-    check_geometry(vol.shape, spacing, str(path), min_slices)
+    vol, spacing, origin, direction, meta, notes = _dicom.load_series(
+        hs, path, max_voxels=max_voxels
+    )
+    check_geometry(vol.shape, spacing, show(path), min_slices)
     meta["format"] = "dicom"
     meta["n_series_in_folder"] = len(groups)
     meta["notes"] = notes
-    return ScanVolume(vol, spacing, origin, direction, metadata=meta, source=str(path))
+    return ScanVolume(vol, spacing, origin, direction, metadata=meta, source=show(path))
+
+
+def _check_exists(path: Path, what: str) -> None:
+    if os.path.lexists(path) and not os.path.exists(path):
+        check_readable_file(path, what)  # broken link or link loop: says which
+    if not os.path.exists(path):
+        raise ScanReadError(f"{show(path)}: no such file or folder")
 
 
 def read_scan(
@@ -251,6 +291,7 @@ def read_scan(
     check_hu: bool = True,
     series_uid: str | None = None,
     files=None,
+    max_voxels: int | None = None,
 ) -> ScanVolume:
     """Read one CT volume (file or DICOM folder) into a :class:`ScanVolume`.
 
@@ -263,32 +304,56 @@ def read_scan(
     require_ct : bool
         Refuse DICOM whose Modality is not CT (MR, SEG, RTSTRUCT, ...).
     check_hu : bool
-        Refuse values that cannot be HU (see :func:`check_hu_range`).
+        Refuse values that cannot be HU (see :func:`check_hu_range`). NaN and
+        infinity are refused either way.
     series_uid : str, optional
         For a DICOM folder holding several series: read this one (else the
         series-choice rule of :mod:`client._dicom` picks the axial CT volume).
     files : sequence of paths, optional
         For a DICOM folder: read only these files (batch discovery already knows
         which files hold the series, so a study folder is not walked again).
+    max_voxels : int, optional
+        Refuse images with more voxels, checked on the header before any
+        allocation (default: environment ``HEPASCREEN_MAX_VOXELS`` or 2^30).
+
+    Returns
+    -------
+    ScanVolume
+        ``source`` is the path as printable text (undecodable bytes as ``\\xNN``).
+
+    Raises
+    ------
+    ScanReadError
+        Whatever makes the file unusable; the message names the file and says what
+        was expected and what was found.
     """
     path = Path(path)
-    if not path.exists():
-        raise ScanReadError(f"{path}: no such file or folder")
-    if path.is_file() and path.stat().st_size == 0:
-        raise ScanReadError(f"{path}: empty file (0 bytes)")
-    if path.is_file() and image_suffix(path):
-        scan = _read_itk_file(path, min_slices)
+    _check_exists(path, "image file")
+    suffix = image_suffix(path)
+    if suffix and path.is_dir():
+        raise ScanReadError(
+            f"{show(path)}: is a folder, expected a {suffix} file (a folder with an image file's name)"
+        )
+    if suffix:
+        scan = _read_itk_file(path, min_slices, max_voxels)
         if require_ct and scan.metadata.get("modality", "CT").upper() not in ("CT", ""):
-            raise ScanReadError(f"{path}: expected modality CT, got {scan.metadata['modality']}")
+            raise ScanReadError(
+                f"{show(path)}: expected modality CT, got {scan.metadata['modality']}"
+            )
     else:
-        scan = _read_dicom(path, min_slices, require_ct, series_uid, files)
+        scan = _read_dicom(path, min_slices, require_ct, series_uid, files, max_voxels)
+    check_finite(scan.array, show(path))
     if check_hu:
-        check_hu_range(scan.array, str(path))
+        check_hu_range(scan.array, show(path))
     return scan
 
 
 def read_label_map(
-    path: str | Path, like: ScanVolume, label_map: str | dict = "default"
+    path: str | Path,
+    like: ScanVolume,
+    label_map: str | dict = "default",
+    *,
+    max_voxels: int | None = None,
 ) -> np.ndarray:
     """Read a label map for ``like`` and return uint8 labels (1 liver, 2 spleen) on its grid.
 
@@ -296,21 +361,40 @@ def read_label_map(
     ``{"liver": value, "spleen": value}``. A map on the same grid is used as is; a
     map with the same physical extent but another grid (e.g. saved in another
     orientation) is resampled onto the scan by nearest neighbour.
+
+    The file gets the same checks as a scan (:func:`read_itk_checked`: complete
+    data, sane header, orthonormal direction, no NaN), and its values must be
+    whole numbers.
+
+    Raises
+    ------
+    ScanReadError
+        Missing, unreadable, truncated or corrupt file, a folder, not 3D, non-integer
+        or non-finite labels, no overlap with the scan.
     """
     import SimpleITK as sitk
 
     path = Path(path)
     values = LABEL_MAPS[label_map] if isinstance(label_map, str) else dict(label_map)
-    if not path.exists():
-        raise ScanReadError(f"{path}: label map not found")
-    try:
-        img = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise ScanReadError(
-            f"{path}: unreadable label map ({str(exc).strip().splitlines()[-1][:200]})"
-        ) from exc
+    if not os.path.lexists(path):
+        raise ScanReadError(f"{show(path)}: label map not found")
+    img = read_itk_checked(path, max_voxels=max_voxels, what="label map")
+    if img.GetDimension() == 4 and img.GetSize()[3] == 1:
+        size = img.GetSize()
+        img = sitk.Extract(
+            img, (*size[:3], 0), (0, 0, 0, 0), sitk.ExtractImageFilter.DIRECTIONCOLLAPSETOSUBMATRIX
+        )
     if img.GetDimension() != 3:
-        raise ScanReadError(f"{path}: expected a 3D label map, got {img.GetDimension()}D")
+        raise ScanReadError(
+            f"{show(path)}: expected a 3D label map, got a {img.GetDimension()}D image of size "
+            f"{img.GetSize()}"
+        )
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise ScanReadError(
+            f"{show(path)}: expected one label per voxel, got "
+            f"{img.GetNumberOfComponentsPerPixel()} components"
+        )
+    check_direction(np.asarray(img.GetDirection()).reshape(3, 3), path)
     ref = like.to_sitk(np.zeros(like.shape, np.uint8))
     same = (
         tuple(img.GetSize()) == tuple(ref.GetSize())
@@ -318,9 +402,17 @@ def read_label_map(
         and np.allclose(img.GetOrigin(), ref.GetOrigin(), atol=1e-2)
         and np.allclose(img.GetDirection(), ref.GetDirection(), atol=1e-3)
     )
+    raw = sitk.GetArrayFromImage(img)
+    if raw.dtype.kind == "f":
+        check_finite(raw, show(path))
+        if not np.array_equal(raw, np.round(raw)):
+            raise ScanReadError(
+                f"{show(path)}: expected whole-number labels, got fractional values "
+                "(a probability map or an image, not a label map?)"
+            )
     if not same:
         img = sitk.Resample(img, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-    raw = sitk.GetArrayFromImage(img)
+        raw = sitk.GetArrayFromImage(img)
     out = np.zeros(raw.shape, np.uint8)
     out[raw == values["liver"]] = LABEL_LIVER
     out[raw == values["spleen"]] = LABEL_SPLEEN
