@@ -1,0 +1,262 @@
+"""DICOM SEG and SR read back with highdicom/pydicom: segments on the source slices,
+values equal the result row, no identifiers beyond those the source series carries."""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+
+from client._dicom import write_series
+from client.dicom_out import CODING_SCHEME, write_dicom_seg, write_dicom_sr
+from client.io import read_label_map, read_scan
+from client.scan import ScanVolume
+
+hd = pytest.importorskip("highdicom")
+
+# Source identifiers the outputs may copy (for PACS filing) and must not invent.
+IDENTIFYING = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
+    "OtherPatientIDs",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "InstitutionName",
+    "InstitutionAddress",
+    "OperatorsName",
+    "PerformingPhysicianName",
+    "StationName",
+    "IssuerOfPatientID",
+    "PatientAddress",
+    "PatientTelephoneNumbers",
+    "EthnicGroup",
+)
+SOURCE_IDS = {
+    "PatientName": "Doe^Jane",
+    "PatientID": "PID-4711",
+    "PatientBirthDate": "19600101",
+    "PatientSex": "F",
+    "AccessionNumber": "ACC-99",
+    "StudyID": "S1",
+    "StudyDate": "20240102",
+    "StudyTime": "101500",
+}
+
+
+def _series(scan: ScanVolume, folder, seed=0):
+    """Write ``scan`` as DICOM, then give it a frame of reference and patient/study identifiers."""
+    files = write_series(scan, folder, shuffle_seed=seed)
+    for_uid = pydicom.uid.generate_uid()
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.FrameOfReferenceUID = for_uid
+        for k, v in SOURCE_IDS.items():
+            setattr(ds, k, v)
+        ds.save_as(f)
+    return files
+
+
+def _walk(ds):
+    for el in ds:
+        if el.VR == "SQ":
+            for item in el.value:
+                yield from _walk(item)
+        else:
+            yield el
+
+
+def _assert_no_new_identifiers(out, src):
+    for el in _walk(out):
+        if el.keyword in IDENTIFYING and el.value not in (None, "", b""):
+            assert el.keyword in src, f"{el.keyword} not in the source but written: {el.value!r}"
+            assert str(el.value) == str(src[el.keyword].value), el.keyword
+    for k in ("PatientName", "PatientID", "StudyInstanceUID", "AccessionNumber"):
+        assert str(out[k].value) == str(src[k].value), f"{k} must be copied for PACS filing"
+
+
+@pytest.fixture(scope="module")
+def phantom_series(tmp_path_factory):
+    from training.phantoms import make_phantom
+
+    p = make_phantom(5, shape=(24, 64, 64), grade="mild")
+    folder = tmp_path_factory.mktemp("phantom_dicom") / "series"
+    files = _series(p.to_scan(), folder)
+    scan = read_scan(folder)
+    labels = np.asarray(p.labels).astype(np.uint8)
+    assert labels.shape == scan.shape
+    from postprocess import assess
+
+    row = {
+        "case_id": "phantom",
+        "status": "flagged",
+        **assess(scan.array, labels, scan.spacing).to_row(),
+    }
+    row["flags"] = "liver_cut_by_edge;contrast_suspected_by_vessels"
+    return files, scan, labels, row
+
+
+def _seg_label_map(seg_path, files):
+    """The SEG as a label map on the source slices, keyed by SOPInstanceUID."""
+    seg = hd.seg.segread(seg_path)
+    src = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID): f for f in files}
+    out = {}
+    for uid in src:
+        out[uid] = None
+    for uid in src:
+        try:
+            a = seg.get_pixels_by_source_instance(
+                source_sop_instance_uids=[uid], combine_segments=True, ignore_spatial_locations=True
+            )
+            out[uid] = a[0]
+        except (ValueError, KeyError):
+            out[uid] = None  # no frame for this slice (empty: omitted)
+    return seg, out
+
+
+def _expected_on_source_slices(files, scan, labels):
+    """Brute force: a source slice is scan slice k where its position along the normal falls."""
+    normal = scan.direction[:, 2]
+    expected = {}
+    for f in files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        d = (np.asarray(ds.ImagePositionPatient, float) - np.asarray(scan.origin)) @ normal
+        k = int(round(d / scan.spacing[0]))
+        expected[str(ds.SOPInstanceUID)] = labels[k]
+    return expected
+
+
+def test_seg_segments_lie_on_the_source_slices(tmp_path, phantom_series):
+    files, scan, labels, row = phantom_series
+    path = write_dicom_seg(files, labels, row, tmp_path / "x.seg.dcm", scan=scan)
+    seg, got = _seg_label_map(path, files)
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Liver", "Spleen"]
+    assert seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"
+    assert seg.SegmentSequence[1].SegmentedPropertyTypeCodeSequence[0].CodeValue == "78961009"
+    assert (
+        seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator == "SCT"
+    )
+    expected = _expected_on_source_slices(files, scan, labels)
+    for uid, exp in expected.items():
+        g = got[uid] if got[uid] is not None else np.zeros_like(exp)
+        assert np.array_equal(g, exp), f"slice {uid} differs"
+    assert sum(int((g > 0).sum()) for g in got.values() if g is not None) == int((labels > 0).sum())
+    src = pydicom.dcmread(files[0], stop_before_pixels=True)
+    assert seg.FrameOfReferenceUID == src.FrameOfReferenceUID
+    refs = {
+        str(i.ReferencedSOPInstanceUID)
+        for s in seg.ReferencedSeriesSequence
+        for i in s.ReferencedInstanceSequence
+    }
+    assert refs == set(expected)
+    _assert_no_new_identifiers(pydicom.dcmread(path), src)
+
+
+def test_seg_without_scan_geometry_and_from_the_folder_is_the_same(tmp_path, phantom_series):
+    files, scan, labels, row = phantom_series
+    a = write_dicom_seg(files, labels, row, tmp_path / "a.dcm", scan=scan)
+    b = write_dicom_seg(files[0].parent, labels, row, tmp_path / "b.dcm")
+    assert np.array_equal(pydicom.dcmread(a).pixel_array, pydicom.dcmread(b).pixel_array)
+
+
+def test_seg_refuses_a_label_map_of_another_grid(tmp_path, phantom_series):
+    files, scan, labels, row = phantom_series
+    with pytest.raises(ValueError, match="does not match the scan grid"):
+        write_dicom_seg(files, labels[:-1], row, tmp_path / "x.dcm", scan=scan)
+
+
+def _sr_values(ds):
+    """(scheme, code) -> numeric value, and code -> list of coded values, from the whole tree."""
+    nums, coded = {}, {}
+
+    def walk(items):
+        for it in items:
+            name = it.ConceptNameCodeSequence[0] if "ConceptNameCodeSequence" in it else None
+            if it.ValueType == "NUM" and name is not None:
+                key = (name.CodingSchemeDesignator, name.CodeValue)
+                nums.setdefault(key, []).append(float(it.MeasuredValueSequence[0].NumericValue))
+            if it.ValueType == "CODE" and name is not None:
+                coded.setdefault(name.CodeValue, []).append(it.ConceptCodeSequence[0].CodeMeaning)
+            if "ContentSequence" in it:
+                walk(it.ContentSequence)
+
+    walk(ds.ContentSequence)
+    return nums, coded
+
+
+def test_sr_values_equal_the_row_and_reference_the_seg(tmp_path, phantom_series):
+    files, scan, labels, row = phantom_series
+    seg = write_dicom_seg(files, labels, row, tmp_path / "x.seg.dcm", scan=scan)
+    path = write_dicom_sr(files, row, tmp_path / "x.sr.dcm", seg_path=seg)
+    ds = pydicom.dcmread(path)
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+    assert ds.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    nums, coded = _sr_values(ds)
+    for key, code in (
+        ("ratio", "LSRATIO"),
+        ("ratio_ci_low", "LSRATIO_CI_LOW"),
+        ("ratio_ci_high", "LSRATIO_CI_HIGH"),
+        ("ratio_mean_pairwise", "LSRATIO_PAIRWISE"),
+        ("liver_minus_spleen_hu", "LMINUSS_HU"),
+        ("n_pairs", "N_PAIRS"),
+    ):
+        assert nums[(CODING_SCHEME, code)] == [pytest.approx(row[key], abs=1e-9)], key
+    assert sorted(nums[("DCM", "112031")]) == sorted([row["liver_hu"], row["spleen_hu"]])
+    assert sorted(nums[("SCT", "118565006")]) == sorted(
+        [row["liver_volume_ml"], row["spleen_volume_ml"]]
+    )
+    assert coded["GRADE"] == [row["grade"]]
+    assert sorted(coded["FLAG"]) == sorted(row["flags"].split(";"))
+    # Algorithm name and version on the measurements.
+    text = str(ds)
+    assert "HepaScreen" in text
+    # Reference to the SEG's segments and to the source images.
+    seg_uid = pydicom.dcmread(seg).SOPInstanceUID
+    assert seg_uid in text
+    evidence = {
+        str(i.ReferencedSOPInstanceUID)
+        for st in ds.CurrentRequestedProcedureEvidenceSequence
+        for se in st.ReferencedSeriesSequence
+        for i in se.ReferencedSOPSequence
+    }
+    assert seg_uid in evidence and len(evidence) == len(files) + 1
+    _assert_no_new_identifiers(ds, pydicom.dcmread(files[0], stop_before_pixels=True))
+    assert "phantom" not in text  # the case_id (path-derived) is never written
+
+
+def test_outputs_refuse_an_error_row(tmp_path, phantom_series):
+    files, scan, labels, _ = phantom_series
+    row = {"case_id": "x", "status": "error", "error": "boom"}
+    with pytest.raises(ValueError, match="failed"):
+        write_dicom_sr(files, row, tmp_path / "x.dcm")
+    with pytest.raises(ValueError, match="failed"):
+        write_dicom_seg(files, labels, row, tmp_path / "x.dcm", scan=scan)
+
+
+@pytest.mark.slow
+def test_real_ct_as_dicom_seg_matches_the_label_map(tmp_path, shared_data):
+    ct = read_scan(shared_data / "totalseg_example" / "ct.nii.gz")  # RAS-stored NIfTI
+    labels = read_label_map(shared_data / "totalseg_example" / "labels.nii.gz", ct)
+    files = _series(ct, tmp_path / "ct", seed=1)
+    scan = read_scan(tmp_path / "ct")
+    # The DICOM reader may store the grid in another order: bring the labels to it.
+    lab_path = tmp_path / "labels.nii.gz"
+    from client.io import write_label_map
+
+    write_label_map(labels, ct, lab_path)
+    labels_dicom = read_label_map(lab_path, scan)
+    assert int((labels_dicom == 1).sum()) == int((labels == 1).sum())
+    row = {"case_id": "ct", "status": "ok", "grade": "normal", "ratio": 1.32, "flags": ""}
+    seg = write_dicom_seg(files, labels_dicom, row, tmp_path / "ct.seg.dcm", scan=scan)
+    _, got = _seg_label_map(seg, files)
+    expected = _expected_on_source_slices(files, scan, labels_dicom)
+    for uid, exp in expected.items():
+        g = got[uid] if got[uid] is not None else np.zeros_like(exp)
+        assert np.array_equal(g, exp)
+    assert sum(int((g == 1).sum()) for g in got.values() if g is not None) == 41692
+    assert sum(int((g == 2).sum()) for g in got.values() if g is not None) == 9668
