@@ -180,7 +180,7 @@ def _histogram_svg(ratios: list[float], t=contract.GRADE_THRESHOLDS) -> str:
             continue
         # Bins never straddle a threshold (thresholds are multiples of the bin width):
         # the bin's upper edge, which it includes, decides its grade.
-        g = _grade(lo + (k + 1) * step, t)
+        g = _grade(round(lo + (k + 1) * step, 9), t)  # 14 * 0.05 is 0.7000000000000001
         bh = c / cmax * ph
         out.append(
             f'<rect x="{x(lo + k * step) + 0.5:.1f}" y="{top + ph - bh:.1f}" width="{bw - 1:.1f}" '
