@@ -26,7 +26,16 @@ from client.errors import MeasurementError
 from ._xp import get_xp, to_numpy
 from .components import largest_component_and_box, organ_volume_ml, touches_edge
 from .config import AssessConfig
-from .cubes import cube_size_voxels, cube_stats, sample_cubes, valid_cube_positions
+from .contrast import contrast_evidence
+from .cubes import (
+    cube_margin_voxels,
+    cube_size_voxels,
+    cube_stats,
+    sample_cubes,
+    valid_cube_positions,
+)
+from .flags import BLOCKING
+from .gate import check_segmentation, coarse_strides
 
 
 def grade_ratio(ratio: float, thresholds: GradeThresholds = GRADE_THRESHOLDS) -> str:
@@ -44,23 +53,38 @@ def grade_ratio(ratio: float, thresholds: GradeThresholds = GRADE_THRESHOLDS) ->
 
 @dataclass
 class OrganMeasurement:
-    """Cubes measured in one organ."""
+    """Cubes measured in one organ.
+
+    ``corners``, ``means`` and ``sds`` cover EVERY sampled cube (corner = lowest
+    [z, y, x] index, edge ``cube_voxels``); ``kept`` says which passed the rejection
+    rules and enter the ratio (``kept_means``). QC pictures draw both.
+    """
 
     name: str
     volume_ml: float = 0.0
+    volume_all_ml: float = 0.0
     n_valid_positions: int = 0
     n_sampled: int = 0
     n_rejected: int = 0
     cube_mm: float = float("nan")
     cube_voxels: tuple = (0, 0, 0)
+    margin_voxels: tuple = (0, 0, 0)
     corners: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))
+    kept: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     means: np.ndarray = field(default_factory=lambda: np.zeros(0))
     sds: np.ndarray = field(default_factory=lambda: np.zeros(0))
     touches_edge: bool = False
 
     @property
+    def kept_means(self) -> np.ndarray:
+        """Means (HU) of the kept cubes."""
+        return self.means[self.kept] if self.means.size else self.means
+
+    @property
     def hu(self) -> float:
-        return float(np.mean(self.means)) if self.means.size else float("nan")
+        """Organ attenuation: mean of the kept cubes' means (nan when none)."""
+        km = self.kept_means
+        return float(np.mean(km)) if km.size else float("nan")
 
 
 @dataclass
@@ -80,6 +104,9 @@ class Assessment:
     flags: tuple
     liver: OrganMeasurement
     spleen: OrganMeasurement
+    notes: tuple = ()
+    contrast_evidence: tuple = ()
+    evidence: dict = field(default_factory=dict)
 
     @property
     def cube_mm_used(self) -> dict:
@@ -103,19 +130,23 @@ class Assessment:
             "liver_volume_ml": r(self.liver_volume_ml, 1),
             "spleen_volume_ml": r(self.spleen_volume_ml, 1),
             "n_pairs": int(self.n_pairs),
-            "n_cubes_liver": int(self.liver.means.size),
-            "n_cubes_spleen": int(self.spleen.means.size),
+            "n_cubes_liver": int(self.liver.kept_means.size),
+            "n_cubes_spleen": int(self.spleen.kept_means.size),
             "n_rejected_liver": int(self.liver.n_rejected),
             "n_rejected_spleen": int(self.spleen.n_rejected),
             "cube_mm_liver": r(self.liver.cube_mm, 2),
             "cube_mm_spleen": r(self.spleen.cube_mm, 2),
             "flags": ";".join(self.flags),
+            "contrast_evidence": ";".join(self.contrast_evidence),
+            "notes": "; ".join(self.notes),
         }
 
     def summary(self) -> dict:
         d = self.to_row()
         d.pop("flags")
         d["flags"] = list(self.flags)
+        d["notes"] = list(self.notes)
+        d["evidence"] = self.evidence
         return d
 
 
@@ -157,46 +188,59 @@ def _reject(means, sds, cfg: AssessConfig):
     return keep
 
 
-def measure_organ(
-    hu, mask, spacing, name: str, cfg: AssessConfig, rng
-) -> tuple[OrganMeasurement, list]:
-    """Largest component, cube fallback, sampling, stats and rejection for one organ."""
+def _measure_organ(hu, mask, spacing, name: str, cfg: AssessConfig, rng):
+    """:func:`measure_organ` plus the largest piece and its box (for the gate)."""
     flags: list[str] = []
     m = OrganMeasurement(name=name)
     comp, box = largest_component_and_box(mask)
     m.volume_ml = organ_volume_ml(comp[box], spacing) if box is not None else 0.0
     if m.volume_ml < cfg.min_organ_ml:
         flags.append(f"{name}_missing")
-        return m, flags
+        return m, flags, comp, box
     m.touches_edge = touches_edge(comp)
     if m.touches_edge:
         flags.append(f"{name}_cut_by_edge")
+    margin = cube_margin_voxels(cfg.cube_margin_mm, spacing)
     cube_mm = cfg.cube_mm
     positions = None
     while True:
         size = cube_size_voxels(cube_mm, spacing)
-        positions = valid_cube_positions(comp, size, box)
+        positions = valid_cube_positions(comp, size, box, margin=margin)
         if positions.shape[0] > 0 or cube_mm <= cfg.min_cube_mm + 1e-9:
             break
         cube_mm = max(cfg.min_cube_mm, cube_mm * cfg.cube_mm_step)
     if positions.shape[0] == 0:
         flags.append(f"{name}_too_small")
-        return m, flags
+        return m, flags, comp, box
     if cube_mm < cfg.cube_mm:
         flags.append(f"{name}_cube_size_reduced")
     m.cube_mm = cube_mm
     m.cube_voxels = size
+    m.margin_voxels = margin
     m.n_valid_positions = int(positions.shape[0])
     corners = sample_cubes(positions, cfg.n_cubes, rng)
     means, sds = cube_stats(hu, corners, size)
     keep = _reject(means, sds, cfg)
     m.n_sampled = int(means.size)
     m.n_rejected = int(means.size - int(keep.sum()))
-    m.corners = to_numpy(corners[keep]).astype(np.int64)
-    m.means = to_numpy(means[keep])
-    m.sds = to_numpy(sds[keep])
-    if m.means.size == 0:
+    m.corners = to_numpy(corners).astype(np.int64)
+    m.kept = to_numpy(keep).astype(bool)
+    m.means = to_numpy(means)
+    m.sds = to_numpy(sds)
+    if not m.kept.any():
         flags.append(f"{name}_too_small")
+    return m, flags, comp, box
+
+
+def measure_organ(
+    hu, mask, spacing, name: str, cfg: AssessConfig, rng
+) -> tuple[OrganMeasurement, list]:
+    """Largest component, cube fallback, sampling, stats and rejection for one organ.
+
+    Cubes keep ``cube_margin_voxels(cfg.cube_margin_mm, spacing)`` voxels from the
+    organ surface. Returns the measurement and its flags.
+    """
+    m, flags, _, _ = _measure_organ(hu, mask, spacing, name, cfg, rng)
     return m, flags
 
 
@@ -215,10 +259,31 @@ def _bootstrap_ci(lm: np.ndarray, sm: np.ndarray, n_boot: int, rng) -> tuple[flo
     return (float(lo), float(hi))
 
 
+def _validate_direction(direction):
+    if direction is None:
+        return None
+    try:
+        d = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+    except (TypeError, ValueError) as exc:
+        raise MeasurementError(
+            f"expected a 3 x 3 direction matrix, got {np.shape(direction)}"
+        ) from exc
+    if not np.all(np.isfinite(d)) or abs(abs(np.linalg.det(d)) - 1.0) > 1e-3:
+        raise MeasurementError(
+            f"expected an orthonormal 3 x 3 direction matrix, got {np.round(d, 4).tolist()}"
+        )
+    return d
+
+
 def assess(
-    hu, labels, spacing, config: AssessConfig | None = None, contrast_hint: bool | None = None
+    hu,
+    labels,
+    spacing,
+    config: AssessConfig | None = None,
+    contrast_hint: bool | None = None,
+    direction=None,
 ) -> Assessment:
-    """Measure liver and spleen attenuation in cubes and grade the liver.
+    """Measure liver and spleen attenuation in cubes, check the masks and grade the liver.
 
     Parameters
     ----------
@@ -230,24 +295,38 @@ def assess(
     config : AssessConfig, optional
     contrast_hint : bool, optional
         True when the scan's metadata says contrast was given (forces the
-        ``contrast_enhanced`` flag); None when unknown.
+        ``contrast_enhanced`` flag, evidence ``tag``); None when unknown.
+    direction : 3 x 3 array, optional
+        The scan's ITK direction matrix (LPS; columns = index axes i, j, k = array
+        axes 2, 1, 0, as ``client.scan.ScanVolume.direction``). The segmentation
+        gate needs it to check that the spleen lies on the patient's left and the
+        liver on the right; without it that check is skipped (flag
+        ``laterality_unchecked``).
 
     Returns
     -------
     Assessment
+        Grade ``indeterminate`` whenever a blocking flag (:data:`postprocess.flags.BLOCKING`)
+        fired; ``notes`` say why in words, ``contrast_evidence`` which image evidence
+        of contrast fired.
 
     Raises
     ------
     MeasurementError
-        Mismatched shapes, non-3D input, NaN in HU, non-positive spacing, non-integer labels.
+        Mismatched shapes, non-3D input, NaN in HU, non-positive spacing, non-integer
+        labels, a direction that is not an orthonormal 3 x 3 matrix.
     """
     cfg = config or AssessConfig()
     sp = _validate(hu, labels, spacing)
+    direction = _validate_direction(direction)
     rng = np.random.default_rng(cfg.seed)
-    liver, f_l = measure_organ(hu, labels == cfg.liver_label, sp, "liver", cfg, rng)
-    spleen, f_s = measure_organ(hu, labels == cfg.spleen_label, sp, "spleen", cfg, rng)
+    liver_all = labels == cfg.liver_label
+    spleen_all = labels == cfg.spleen_label
+    liver, f_l, liver_comp, _ = _measure_organ(hu, liver_all, sp, "liver", cfg, rng)
+    spleen, f_s, spleen_comp, _ = _measure_organ(hu, spleen_all, sp, "spleen", cfg, rng)
     flags = f_l + f_s
-    lm, sm = liver.means, spleen.means
+    notes: list[str] = []
+    lm, sm = liver.kept_means, spleen.kept_means
     ratio = pairwise = float("nan")
     ci = (float("nan"), float("nan"))
     n_pairs = int(lm.size * sm.size)
@@ -255,29 +334,84 @@ def assess(
     if lm.size and sm.size:
         if shu <= 0:
             flags.append("spleen_hu_nonpositive")
+            notes.append(f"spleen {shu:.0f} HU: no ratio")
         else:
             ratio = float(lm.mean() / sm.mean())
             with np.errstate(divide="ignore"):
                 inv = 1.0 / sm
             pairwise = float(lm.mean() * inv.mean()) if np.all(sm > 0) else float("nan")
             ci = _bootstrap_ci(lm, sm, cfg.n_bootstrap, rng)
-    contrast_attn = math.isfinite(shu) and shu > cfg.contrast_spleen_hu
-    if contrast_hint or contrast_attn:
+    # Attenuation plausibility (issue 10): values no liver or spleen tissue has.
+    for name, v, (lo, hi) in (
+        ("liver", lhu, cfg.liver_hu_range),
+        ("spleen", shu, cfg.spleen_hu_range),
+    ):
+        if math.isfinite(v) and not (lo <= v <= hi) and not (name == "spleen" and v <= 0):
+            flags.append(f"{name}_hu_implausible")
+            notes.append(f"{name} {v:.0f} HU outside tissue range {lo:.0f}..{hi:.0f}")
+    if math.isfinite(ratio) and not (cfg.ratio_range[0] < ratio <= cfg.ratio_range[1]):
+        flags.append("ratio_implausible")
+        notes.append(
+            f"ratio {ratio:.2f} outside the physiological range "
+            f"{cfg.ratio_range[0]:g}..{cfg.ratio_range[1]:g}"
+        )
+    stride = coarse_strides(sp, cfg.gate.coarse_mm)
+    coarse = tuple(slice(None, None, s) for s in stride)
+    evidence: dict = {}
+    # Contrast: the tag, then what the image shows.
+    cres = contrast_evidence(
+        hu[coarse],
+        liver_comp[coarse] if liver.volume_ml >= cfg.min_organ_ml else None,
+        lhu,
+        shu,
+        spleen.means,
+        spleen.sds,
+        spleen.cube_voxels,
+        cfg.contrast,
+        cfg.contrast_spleen_hu,
+    )
+    evidence["contrast"] = cres.details()
+    contrast_ev = (["tag"] if contrast_hint else []) + cres.evidence
+    if contrast_ev:
         flags.append("contrast_enhanced")
-        if contrast_attn:
-            flags.append("contrast_suspected_by_attenuation")
-    blocking = {
-        "liver_missing",
-        "spleen_missing",
-        "liver_too_small",
-        "spleen_too_small",
-        "spleen_hu_nonpositive",
-    }
+        for e, flag in (
+            ("attenuation", "contrast_suspected_by_attenuation"),
+            ("vessels", "contrast_suspected_by_vessels"),
+            ("spleen_pattern", "contrast_suspected_by_spleen_pattern"),
+        ):
+            if e in cres.evidence:
+                flags.append(flag)
     if liver.touches_edge and liver.volume_ml < cfg.cut_liver_min_ml:
         flags.append("liver_mostly_outside_scan")
     if spleen.touches_edge and spleen.volume_ml < cfg.cut_spleen_min_ml:
         flags.append("spleen_mostly_outside_scan")
-    blocking |= {"liver_mostly_outside_scan", "spleen_mostly_outside_scan"}
+    # Segmentation-quality gate: only when both organs were found (a missing organ
+    # already makes the scan indeterminate and says why).
+    if (
+        cfg.gate.enabled
+        and liver.volume_ml >= cfg.min_organ_ml
+        and (spleen.volume_ml >= cfg.min_organ_ml)
+    ):
+        g = check_segmentation(
+            hu,
+            liver_comp,
+            spleen_comp,
+            liver_all,
+            spleen_all,
+            sp,
+            direction,
+            liver.volume_ml,
+            spleen.volume_ml,
+            cfg.gate,
+        )
+        flags += g.flags
+        notes += g.notes
+        evidence["gate"] = g.evidence()
+        if g.liver is not None:
+            liver.volume_all_ml = liver.volume_ml / max(g.liver.largest_fraction, 1e-9)
+        if g.spleen is not None:
+            spleen.volume_all_ml = spleen.volume_ml / max(g.spleen.largest_fraction, 1e-9)
+    blocking = set(BLOCKING)
     if not cfg.allow_contrast:
         blocking.add("contrast_enhanced")
     grade = "indeterminate" if blocking & set(flags) else grade_ratio(ratio, cfg.thresholds)
@@ -295,6 +429,9 @@ def assess(
         flags=tuple(flags),
         liver=liver,
         spleen=spleen,
+        notes=tuple(notes),
+        contrast_evidence=tuple(contrast_ev),
+        evidence=evidence,
     )
 
 

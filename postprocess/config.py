@@ -8,11 +8,82 @@ from client.contract import GRADE_THRESHOLDS, LABEL_LIVER, LABEL_SPLEEN, GradeTh
 
 
 @dataclass(frozen=True)
+class GateConfig:
+    """Thresholds of the segmentation-quality gate (:mod:`postprocess.gate`).
+
+    Values and the measurements behind them: docs/gate.md (benchmarks/bench_gate.py).
+    Volumes refer to the largest piece of each organ; a lower volume limit is not
+    applied when the organ touches the scan's border (the volume is then a lower bound).
+    """
+
+    enabled: bool = True
+    coarse_mm: float = 3.0
+    liver_ml: tuple = (600.0, 4000.0)
+    spleen_ml: tuple = (25.0, 1500.0)
+    min_largest_fraction: float = 0.8
+    liver_median_hu: tuple = (-60.0, 200.0)
+    spleen_median_hu: tuple = (20.0, 220.0)
+    band_hu: float = 50.0
+    min_frac_in_band: float = 0.7
+    air_hu: float = -400.0
+    fat_hu: float = -60.0
+    body_hu: float = -500.0
+    max_frac_air: float = 0.02
+    max_frac_fat: float = 0.1
+    shell_mm: float = 6.0
+    max_shell_air: float = 0.3
+    max_end_face: float = 0.5
+    min_spleen_left_of_liver_mm: float = 40.0
+    max_liver_lateral: float = 0.0
+    min_spleen_lateral: float = 0.1
+    min_si_overlap_mm: float = 20.0
+    max_spleen_above_liver_mm: float = 20.0
+    max_spleen_below_liver_mm: float = 40.0
+    min_spleen_reach: float = 0.6
+    min_liver_reach: float = 0.7
+    max_reach: float = 1.0
+    min_liver_to_spleen_volume: float = 1.0
+
+
+@dataclass(frozen=True)
+class ContrastConfig:
+    """Thresholds of the image-based contrast evidence (:mod:`postprocess.contrast`).
+
+    The spleen limit is ``AssessConfig.contrast_spleen_hu``; ``liver_hu`` is the liver's.
+
+    Values and the measurements behind them: docs/gate.md (tests/test_contrast.py).
+    """
+
+    enabled: bool = True
+    liver_hu: float = 80.0
+    vessel_excess_hu: float = 30.0
+    vessel_noise_k: float = 3.0
+    vessel_min_fraction: float = 0.01
+    spleen_spread_hu: float = 12.0
+
+
+@dataclass(frozen=True)
 class AssessConfig:
     """Settings of :func:`postprocess.assess`.
 
     Attributes
     ----------
+    gate : GateConfig
+        Segmentation-quality gate thresholds (``gate.enabled=False`` skips it).
+    contrast : ContrastConfig
+        Image-based contrast evidence thresholds.
+    cube_margin_mm : float
+        Cubes keep this margin from the organ surface, and at least one voxel along
+        every axis (:func:`postprocess.cubes.cube_margin_voxels`): the surface voxels
+        are partial-volume mixes with the neighbours, worst with thick slices (the
+        real CT at 0.8 x 0.8 x 5 mm measured 1.379 against 1.321 native without a
+        margin).
+    liver_hu_range, spleen_hu_range : (float, float)
+        Cube-mean attenuation outside these ranges is not tissue of that organ
+        (mirrored masks, masks over air or bone): flag, no grade.
+    ratio_range : (float, float)
+        A liver/spleen ratio outside this range is physiologically implausible
+        (a wrong mask or a failed measurement): flag, no grade.
     n_cubes : int
         Cubes drawn per organ. 200 keeps the bootstrap 95 % interval of the ratio
         around +-0.01 on real CT (far below the 0.2-0.3 width of a grade).
@@ -66,6 +137,12 @@ class AssessConfig:
     allow_contrast: bool = False
     cut_liver_min_ml: float = 500.0
     cut_spleen_min_ml: float = 50.0
+    cube_margin_mm: float = 2.0
+    liver_hu_range: tuple = (-80.0, 200.0)
+    spleen_hu_range: tuple = (15.0, 250.0)
+    ratio_range: tuple = (0.05, 3.0)
+    gate: GateConfig = field(default_factory=GateConfig)
+    contrast: ContrastConfig = field(default_factory=ContrastConfig)
     liver_label: int = LABEL_LIVER
     spleen_label: int = LABEL_SPLEEN
     thresholds: GradeThresholds = field(default_factory=lambda: GRADE_THRESHOLDS)

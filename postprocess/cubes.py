@@ -11,6 +11,8 @@ cube sums; gathering the sampled cubes touches only their own voxels.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ._xp import get_xp
@@ -21,11 +23,23 @@ def cube_size_voxels(cube_mm: float, spacing) -> tuple[int, int, int]:
     return tuple(max(1, int(round(cube_mm / float(s)))) for s in spacing)
 
 
-def valid_cube_positions(mask, size, box=None):
+def cube_margin_voxels(margin_mm: float, spacing) -> tuple[int, int, int]:
+    """Margin kept between a cube and the organ surface, in voxels per axis.
+
+    At least one voxel along every axis (the border voxel is a partial-volume mix of
+    organ and neighbour at any slice thickness), or ``margin_mm`` rounded up,
+    whichever is larger.
+    """
+    return tuple(max(1, int(math.ceil(float(margin_mm) / float(s) - 1e-9))) for s in spacing)
+
+
+def valid_cube_positions(mask, size, box=None, margin=(0, 0, 0)):
     """Corner indices ``[n, 3]`` (z, y, x) of every cube of ``size`` lying fully in ``mask``.
 
-    A corner ``c`` is valid when ``mask[c0:c0+s0, c1:c1+s1, c2:c2+s2]`` is all True.
-    ``box`` (the mask's bounding box, :func:`bounding_box`) skips recomputing it.
+    A corner ``c`` is valid when ``mask[c0-m0:c0+s0+m0, c1-m1:c1+s1+m1, c2-m2:c2+s2+m2]``
+    is all True (``m`` = ``margin`` voxels kept from the surface on each side; the
+    default 0 asks only that the cube itself is inside). ``box`` (the mask's bounding
+    box, :func:`bounding_box`) skips recomputing it.
     """
     xp, ndi = get_xp(mask)
     from .components import bounding_box
@@ -33,7 +47,8 @@ def valid_cube_positions(mask, size, box=None):
     box = bounding_box(mask) if box is None else box
     if box is None:
         return xp.zeros((0, 3), dtype=xp.int64)
-    size = tuple(int(s) for s in size)
+    margin = tuple(int(m) for m in margin)
+    size = tuple(int(s) + 2 * m for s, m in zip(size, margin))
     if any(b.stop - b.start < s for b, s in zip(box, size)):
         return xp.zeros((0, 3), dtype=xp.int64)
     sub = mask[box].astype(xp.uint8)
@@ -46,7 +61,7 @@ def valid_cube_positions(mask, size, box=None):
     # at the far side only when the window reaches outside; trim explicitly).
     sl = tuple(slice(0, sub.shape[a] - size[a] + 1) for a in range(3))
     corners = xp.argwhere(sub[sl] > 0)
-    offset = xp.asarray([b.start for b in box], dtype=corners.dtype)
+    offset = xp.asarray([b.start + m for b, m in zip(box, margin)], dtype=corners.dtype)
     return corners + offset
 
 

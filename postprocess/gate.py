@@ -1,0 +1,367 @@
+"""Segmentation-quality gate: is this liver/spleen mask plausible enough to grade?
+
+A grade is only as good as its masks. Before a ratio is graded, the gate collects
+evidence that each mask is a liver or a spleen where a body has them, and turns
+doubtful evidence into flags (``liver_segmentation_doubtful``,
+``spleen_segmentation_doubtful``, ``organs_implausibly_placed``) with short
+human-readable notes. Thresholds and the evidence behind them: docs/gate.md
+(measured by benchmarks/bench_gate.py on deliberately broken masks of the real CT
+and of phantoms).
+
+Evidence is computed on a coarse copy of the scan (about 3 mm voxels, strided
+views, no resampling): plausibility does not need full resolution, and the cost
+stays a few milliseconds on a 512 x 512 x 300 scan. Written once against ``xp``
+(NumPy or CuPy); only a few scalars leave the device.
+
+Frames. Physical positions use ITK's LPS frame (+x patient left, +y posterior,
++z superior) through the scan's direction matrix (columns = index axes i, j, k =
+array axes 2, 1, 0), as ``client.scan`` defines it. Without a direction matrix
+the checks that need the frame (sides, levels) are skipped and the flag
+``laterality_unchecked`` says so; guessing a frame would flag every scan stored
+in another orientation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._xp import get_xp, to_numpy
+from .config import GateConfig
+
+
+@dataclass
+class OrganEvidence:
+    """Plausibility evidence for one organ (all lengths in mm, volumes in ml)."""
+
+    name: str
+    present: bool = False
+    volume_ml: float = 0.0
+    largest_fraction: float = float("nan")
+    touches_edge: bool = False
+    centroid_lps: tuple = (float("nan"),) * 3
+    si_range: tuple = (float("nan"), float("nan"))
+    x_range: tuple = (float("nan"), float("nan"))
+    hu_median: float = float("nan")
+    frac_in_band: float = float("nan")
+    frac_air: float = float("nan")
+    frac_fat: float = float("nan")
+    shell_air: float = float("nan")
+    end_face: float = float("nan")
+    lateral_position: float = float("nan")
+    lateral_extreme: float = float("nan")
+
+    def as_dict(self) -> dict:
+        out = {}
+        for k, v in self.__dict__.items():
+            if isinstance(v, float):
+                out[k] = None if not math.isfinite(v) else round(v, 3)
+            elif isinstance(v, tuple):
+                out[k] = [None if not math.isfinite(x) else round(float(x), 1) for x in v]
+            else:
+                out[k] = v
+        return out
+
+
+@dataclass
+class GateResult:
+    """Flags, notes and the evidence they rest on."""
+
+    flags: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+    liver: OrganEvidence | None = None
+    spleen: OrganEvidence | None = None
+    body_midline_x: float = float("nan")
+
+    def evidence(self) -> dict:
+        return {
+            "liver": self.liver.as_dict() if self.liver else None,
+            "spleen": self.spleen.as_dict() if self.spleen else None,
+            "body_midline_x": None
+            if not math.isfinite(self.body_midline_x)
+            else round(self.body_midline_x, 1),
+        }
+
+
+def coarse_strides(spacing, target_mm: float) -> tuple[int, int, int]:
+    """Stride per axis that brings voxels to about ``target_mm`` (at least 1)."""
+    return tuple(max(1, int(round(target_mm / float(s)))) for s in spacing)
+
+
+def _physical(idx_zyx, stride, spacing, direction):
+    """Physical LPS offsets (mm, relative to voxel 0) of coarse indices ``[n, 3]`` (z, y, x)."""
+    xp, _ = get_xp(idx_zyx)
+    mm = idx_zyx.astype(xp.float64) * xp.asarray(
+        [st * float(s) for st, s in zip(stride, spacing)], dtype=xp.float64
+    )
+    ijk = mm[:, ::-1]  # (i, j, k) = (x, y, z) index axes
+    return ijk @ xp.asarray(direction, dtype=xp.float64).T
+
+
+def _end_face(sub, at_border) -> float:
+    """Largest area of an end slice relative to the organ's largest slice (over axes).
+
+    A natural organ tapers towards its ends; a mask cut by a plane (truncated,
+    half removed) ends in a large flat face. ``at_border[ax] = (lo, hi)`` says which
+    end lies on the scan's own border: a cut of the scan, not of the mask, skipped.
+    """
+    xp, _ = get_xp(sub)
+    worst = 0.0
+    for ax in range(3):
+        others = tuple(a for a in range(3) if a != ax)
+        prof = sub.sum(axis=others)
+        nz = xp.flatnonzero(prof)
+        if nz.size < cfg_min_slices:
+            continue
+        peak = float(prof.max())
+        for pos, border in ((int(nz[0]), at_border[ax][0]), (int(nz[-1]), at_border[ax][1])):
+            if not border:
+                worst = max(worst, float(prof[pos]) / peak)
+    return worst
+
+
+cfg_min_slices = 3
+
+
+def organ_evidence(
+    name, hu_c, comp_c, n_all_c, stride, spacing, direction, cfg: GateConfig, volume_ml
+) -> OrganEvidence:
+    """Evidence for one organ from coarse views (``comp_c``: largest piece on the coarse grid)."""
+    xp, ndi = get_xp(comp_c)
+    ev = OrganEvidence(name=name, volume_ml=float(volume_ml))
+    n = int(xp.count_nonzero(comp_c))
+    if n == 0:
+        return ev
+    ev.present = True
+    ev.largest_fraction = n / max(int(n_all_c), n)
+    idx = xp.argwhere(comp_c)
+    shape = comp_c.shape
+    lo = idx.min(axis=0)
+    hi = idx.max(axis=0)
+    lo_h, hi_h = to_numpy(lo).tolist(), to_numpy(hi).tolist()
+    ev.touches_edge = any(a == 0 for a in lo_h) or any(b == s - 1 for b, s in zip(hi_h, shape))
+    if direction is not None:
+        phys = _physical(idx, stride, spacing, direction)
+        c = to_numpy(phys.mean(axis=0))
+        ev.centroid_lps = tuple(float(v) for v in c)
+        ev.si_range = (float(phys[:, 2].min()), float(phys[:, 2].max()))
+        ev.x_range = (float(phys[:, 0].min()), float(phys[:, 0].max()))
+    vals = hu_c[comp_c].astype(xp.float32)
+    med = float(xp.median(vals))
+    ev.hu_median = med
+    ev.frac_in_band = float(xp.mean(xp.abs(vals - med) <= cfg.band_hu))
+    ev.frac_air = float(xp.mean(vals < cfg.air_hu))
+    ev.frac_fat = float(xp.mean((vals >= cfg.air_hu) & (vals < cfg.fat_hu)))
+    # Shell: coarse voxels within cfg.shell_mm outside the organ (inside the scan).
+    r = max(1, int(round(cfg.shell_mm / min(st * float(s) for st, s in zip(stride, spacing)))))
+    lo_p = [max(0, a - r) for a in lo_h]
+    hi_p = [min(s, b + r + 1) for b, s in zip(hi_h, shape)]
+    box = tuple(slice(a, b) for a, b in zip(lo_p, hi_p))
+    sub = comp_c[box]
+    grown = ndi.binary_dilation(sub, structure=xp.asarray(_ball(r)))
+    shell = grown & ~sub
+    ns = int(xp.count_nonzero(shell))
+    if ns:
+        ev.shell_air = float(xp.count_nonzero(shell & (hu_c[box] < cfg.air_hu))) / ns
+    at_border = [(a == 0, b == n - 1) for a, b, n in zip(lo_h, hi_h, shape)]
+    ev.end_face = _end_face(sub, at_border)
+    return ev
+
+
+def _ball(r: int) -> np.ndarray:
+    g = np.mgrid[-r : r + 1, -r : r + 1, -r : r + 1]
+    return (g**2).sum(0) <= r * r + 0.5
+
+
+def _body_midline_x(hu_c, stride, spacing, direction, cfg: GateConfig):
+    """Physical x (LPS, mm) of the body's centre and its half-width along x.
+
+    Body = voxels above ``cfg.body_hu`` (skin, fat, organs, bone; the table is
+    symmetric about the midline and does not move it). The half-width is the
+    2-98 % spread of body voxels along the array axis nearest physical x.
+    """
+    xp, _ = get_xp(hu_c)
+    d = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+    col = int(np.argmax(np.abs(d[0, :])))  # index axis (i, j, k) nearest physical x
+    ax = 2 - col
+    body = hu_c > cfg.body_hu
+    others = tuple(a for a in range(3) if a != ax)
+    prof = to_numpy(body.sum(axis=others)).astype(np.float64)
+    tot = prof.sum()
+    if tot <= 0:
+        return float("nan"), float("nan")
+    cdf = np.cumsum(prof) / tot
+    i_lo = int(np.searchsorted(cdf, 0.02))
+    i_hi = int(np.searchsorted(cdf, 0.98))
+    i_mid = float((np.arange(prof.size) * prof).sum() / tot)
+    step = stride[ax] * float(spacing[ax])
+    half = 0.5 * (i_hi - i_lo) * step * abs(d[0, col])
+    # Physical x of the midline relative to voxel 0 (other axes contribute only for
+    # oblique directions; their centre is taken at the array centre).
+    centre = np.array([(n - 1) / 2.0 for n in hu_c.shape], dtype=np.float64)
+    centre[ax] = i_mid
+    mm = centre * np.array([st * float(s) for st, s in zip(stride, spacing)])
+    x = float((mm[::-1] @ d.T)[0])
+    return x, half
+
+
+def check_segmentation(
+    hu,
+    liver_comp,
+    spleen_comp,
+    liver_all,
+    spleen_all,
+    spacing,
+    direction,
+    liver_volume_ml: float,
+    spleen_volume_ml: float,
+    cfg: GateConfig,
+) -> GateResult:
+    """Plausibility of the liver and spleen masks; flags and notes when doubtful.
+
+    Parameters
+    ----------
+    hu : ndarray [z, y, x]
+        CT in HU (NumPy or CuPy).
+    liver_comp, spleen_comp : bool ndarray [z, y, x]
+        Largest connected piece of each organ (what is measured).
+    liver_all, spleen_all : bool ndarray [z, y, x]
+        Every voxel of each label (for the share of the largest piece).
+    spacing : (z, y, x) mm
+    direction : 3 x 3 array or None
+        ITK direction matrix (LPS); None skips left/right and level checks.
+    liver_volume_ml, spleen_volume_ml : float
+        Volumes of the largest pieces at full resolution.
+    cfg : GateConfig
+
+    Returns
+    -------
+    GateResult
+        ``flags`` (names in :data:`postprocess.flags.FLAGS`), ``notes`` (short
+        sentences giving the reason) and the evidence.
+    """
+    stride = coarse_strides(spacing, cfg.coarse_mm)
+    sl = tuple(slice(None, None, s) for s in stride)
+    hu_c = hu[sl]
+    res = GateResult()
+    ev = {}
+    for name, comp, allm, vol in (
+        ("liver", liver_comp, liver_all, liver_volume_ml),
+        ("spleen", spleen_comp, spleen_all, spleen_volume_ml),
+    ):
+        xp, _ = get_xp(comp)
+        n_all_c = int(xp.count_nonzero(allm[sl]))
+        ev[name] = organ_evidence(
+            name, hu_c, comp[sl], n_all_c, stride, spacing, direction, cfg, vol
+        )
+    res.liver, res.spleen = ev["liver"], ev["spleen"]
+    half = float("nan")
+    if direction is not None:
+        res.body_midline_x, half = _body_midline_x(hu_c, stride, spacing, direction, cfg)
+    else:
+        res.flags.append("laterality_unchecked")
+    for e in (res.liver, res.spleen):
+        if e.present and math.isfinite(res.body_midline_x) and half > 0:
+            e.lateral_position = (e.centroid_lps[0] - res.body_midline_x) / half
+            # Most lateral point on the organ's own side (+ left for the spleen,
+            # + right for the liver): both organs reach the body wall.
+            if e.name == "spleen":
+                e.lateral_extreme = (e.x_range[1] - res.body_midline_x) / half
+            else:
+                e.lateral_extreme = (res.body_midline_x - e.x_range[0]) / half
+    judge(res, cfg)
+    return res
+
+
+def judge(res: GateResult, cfg: GateConfig) -> None:
+    """Turn evidence into flags and notes (in place). Thresholds: :class:`GateConfig`."""
+    reasons = {"liver": [], "spleen": [], "placement": []}
+    vol_range = {"liver": cfg.liver_ml, "spleen": cfg.spleen_ml}
+    hu_range = {"liver": cfg.liver_median_hu, "spleen": cfg.spleen_median_hu}
+    for e in (res.liver, res.spleen):
+        if e is None or not e.present:
+            continue
+        r = reasons[e.name]
+        lo, hi = vol_range[e.name]
+        if e.volume_ml > hi:
+            r.append(f"{e.name} volume {e.volume_ml:.0f} ml above the adult range (<= {hi:.0f})")
+        if e.volume_ml < lo and not e.touches_edge:
+            r.append(f"{e.name} volume {e.volume_ml:.0f} ml below the adult range (>= {lo:.0f})")
+        if e.largest_fraction < cfg.min_largest_fraction:
+            r.append(
+                f"{e.name} mask in pieces: largest holds {100 * e.largest_fraction:.0f} % "
+                f"(>= {100 * cfg.min_largest_fraction:.0f} % expected)"
+            )
+        hlo, hhi = hu_range[e.name]
+        if not (hlo <= e.hu_median <= hhi):
+            r.append(
+                f"{e.name} median {e.hu_median:.0f} HU outside tissue range {hlo:.0f}..{hhi:.0f}"
+            )
+        if e.frac_in_band < cfg.min_frac_in_band:
+            r.append(
+                f"{e.name} attenuation not uniform: {100 * e.frac_in_band:.0f} % of voxels within "
+                f"{cfg.band_hu:.0f} HU of its median (>= {100 * cfg.min_frac_in_band:.0f} %)"
+            )
+        if e.frac_air > cfg.max_frac_air:
+            r.append(f"{e.name} mask contains air ({100 * e.frac_air:.0f} % of voxels)")
+        if e.frac_fat > cfg.max_frac_fat:
+            r.append(f"{e.name} mask contains fat ({100 * e.frac_fat:.0f} % of voxels)")
+        if e.shell_air > cfg.max_shell_air:
+            r.append(
+                f"{e.name} surrounded by air ({100 * e.shell_air:.0f} % of its surroundings; "
+                "lung, bowel gas or outside the body)"
+            )
+        if e.end_face > cfg.max_end_face:
+            r.append(
+                f"{e.name} mask ends in a flat cut face ({100 * e.end_face:.0f} % of its largest "
+                "section): truncated or cut"
+            )
+    lv, sp = res.liver, res.spleen
+    if lv and sp and lv.present and sp.present and math.isfinite(lv.centroid_lps[0]):
+        p = reasons["placement"]
+        dx = sp.centroid_lps[0] - lv.centroid_lps[0]  # + when the spleen is left of the liver
+        if dx < cfg.min_spleen_left_of_liver_mm:
+            p.append(f"spleen not on the patient's left of the liver (dx {dx:.0f} mm)")
+        if math.isfinite(lv.lateral_position) and lv.lateral_position > cfg.max_liver_lateral:
+            p.append("liver lies on the patient's left")
+        if math.isfinite(sp.lateral_position) and sp.lateral_position < cfg.min_spleen_lateral:
+            p.append("spleen lies on the patient's right or at the midline")
+        if math.isfinite(sp.lateral_extreme) and sp.lateral_extreme < cfg.min_spleen_reach:
+            p.append(
+                f"spleen does not reach the left body wall (reaches {100 * sp.lateral_extreme:.0f} % "
+                "of the half-width)"
+            )
+        for e in (lv, sp):
+            if math.isfinite(e.lateral_extreme) and e.lateral_extreme > cfg.max_reach:
+                p.append(f"{e.name} reaches beyond the body outline (over-segmented?)")
+        if math.isfinite(lv.lateral_extreme) and lv.lateral_extreme < cfg.min_liver_reach:
+            p.append(
+                f"liver does not reach the right body wall (reaches {100 * lv.lateral_extreme:.0f} % "
+                "of the half-width)"
+            )
+        l0, l1 = lv.si_range
+        s0, s1 = sp.si_range
+        overlap = min(l1, s1) - max(l0, s0)
+        if overlap < cfg.min_si_overlap_mm:
+            p.append(f"liver and spleen at different levels (overlap {overlap:.0f} mm)")
+        if s1 - l1 > cfg.max_spleen_above_liver_mm:
+            p.append(f"spleen top {s1 - l1:.0f} mm above the liver top (chest?)")
+        if l0 - s0 > cfg.max_spleen_below_liver_mm:
+            p.append(f"spleen reaches {l0 - s0:.0f} mm below the liver's lowest point")
+        if lv.volume_ml < sp.volume_ml * cfg.min_liver_to_spleen_volume:
+            p.append(
+                f"liver ({lv.volume_ml:.0f} ml) not larger than the spleen ({sp.volume_ml:.0f} ml)"
+            )
+    for name, flag in (
+        ("liver", "liver_segmentation_doubtful"),
+        ("spleen", "spleen_segmentation_doubtful"),
+        ("placement", "organs_implausibly_placed"),
+    ):
+        if reasons[name]:
+            res.flags.append(flag)
+            res.notes.extend(reasons[name])
+
+
+__all__ = ["GateResult", "OrganEvidence", "check_segmentation", "coarse_strides", "judge"]
