@@ -85,7 +85,10 @@ def section_postprocess(res, plots, out_md, missing) -> list[str]:
     if "speed_s" in res:
         grid = "x".join(map(str, res.get("grid", [])))
         s = res["speed_s"]
-        lines += [f"One volume, grid {grid} (z x y x x), liver {_fmt(res.get('liver_voxels'))} voxels:", ""]
+        lines += [
+            f"One volume, grid {grid} (z x y x x), liver {_fmt(res.get('liver_voxels'))} voxels:",
+            "",
+        ]
         lines += _table(
             ["method", "seconds", "vs ours"],
             [[k, v, round(v / s["ours_assess_200_cubes"], 1)] for k, v in s.items()],
@@ -94,9 +97,27 @@ def section_postprocess(res, plots, out_md, missing) -> list[str]:
     scaling = res.get("scaling") or res.get("sizes")
     if isinstance(scaling, list) and scaling and isinstance(scaling[0], dict):
         xs = [e.get("voxels") or _prod(e.get("grid") or e.get("shape")) for e in scaling]
-        times = sorted({k for e in scaling for k, v in e.items() if k.endswith("_s") and isinstance(v, (int, float))})
-        mems = sorted({k for e in scaling for k, v in e.items() if ("mb" in k.lower() or "rss" in k.lower() or "peak" in k.lower()) and isinstance(v, (int, float))})
-        lines += _table(["voxels", *times, *mems], [[x, *[e.get(k) for k in times + mems]] for x, e in zip(xs, scaling)])
+        times = sorted(
+            {
+                k
+                for e in scaling
+                for k, v in e.items()
+                if k.endswith("_s") and isinstance(v, (int, float))
+            }
+        )
+        mems = sorted(
+            {
+                k
+                for e in scaling
+                for k, v in e.items()
+                if ("mb" in k.lower() or "rss" in k.lower() or "peak" in k.lower())
+                and isinstance(v, (int, float))
+            }
+        )
+        lines += _table(
+            ["voxels", *times, *mems],
+            [[x, *[e.get(k) for k in times + mems]] for x, e in zip(xs, scaling)],
+        )
         lines.append("")
         plt = _plt()
         if times:
@@ -124,7 +145,9 @@ def section_postprocess(res, plots, out_md, missing) -> list[str]:
         else:
             missing.append("Postprocess peak memory vs voxel count")
     else:
-        missing.append("Postprocess time vs voxel count, 128^3 to 512 x 512 x 600 (only one size measured)")
+        missing.append(
+            "Postprocess time vs voxel count, 128^3 to 512 x 512 x 600 (only one size measured)"
+        )
         missing.append("Postprocess peak memory vs voxel count")
     if "accuracy_phantoms" in res:
         a, r = res["accuracy_phantoms"], res.get("accuracy_real_ct", {})
@@ -132,8 +155,16 @@ def section_postprocess(res, plots, out_md, missing) -> list[str]:
         lines += _table(
             ["data", "ours mean abs ratio error", "original (5 cubes)"],
             [
-                [f"{a.get('seeds')} phantoms", a.get("ours_mean_abs_err"), a.get("original_5_cubes_mean_abs_err")],
-                ["real CT (vs eroded-mask ratio)", r.get("ours_mean_abs_err"), r.get("original_5_cubes_mean_abs_err")],
+                [
+                    f"{a.get('seeds')} phantoms",
+                    a.get("ours_mean_abs_err"),
+                    a.get("original_5_cubes_mean_abs_err"),
+                ],
+                [
+                    "real CT (vs eroded-mask ratio)",
+                    r.get("ours_mean_abs_err"),
+                    r.get("original_5_cubes_mean_abs_err"),
+                ],
             ],
         )
         lines.append("")
@@ -162,7 +193,7 @@ def section_serving(res, plots, out_md, missing) -> list[str]:
         "",
     ]
     table = []
-    for key, r in rows.items():
+    for r in rows.values():
         lat = r.get("latency", {})
         table.append(
             [
@@ -179,7 +210,18 @@ def section_serving(res, plots, out_md, missing) -> list[str]:
             ]
         )
     lines += _table(
-        ["path", "dyn. batching", "batch", "concurrency", "volumes/s", "ratio", "p50 s", "p95 s", "p99 s", "mean server batch"],
+        [
+            "path",
+            "dyn. batching",
+            "batch",
+            "concurrency",
+            "volumes/s",
+            "ratio",
+            "p50 s",
+            "p95 s",
+            "p99 s",
+            "mean server batch",
+        ],
         table,
     )
     lines.append("")
@@ -196,17 +238,38 @@ def section_serving(res, plots, out_md, missing) -> list[str]:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     drew = False
     for mode, style in (("on", "o-"), ("off", "s--")):
-        pts = sorted((r["concurrency"], r) for r in rows.values() if r.get("path") == "triton_grpc" and r.get("dynamic_batching") == mode and r.get("batch") == 1)
+        pts = sorted(
+            (r["concurrency"], r)
+            for r in rows.values()
+            if r.get("path") == "triton_grpc"
+            and r.get("dynamic_batching") == mode
+            and r.get("batch") == 1
+        )
         if not pts:
             continue
         drew = True
         cs = [c for c, _ in pts]
-        a1.plot(cs, [r["volumes_per_s"] for _, r in pts], style, label=f"Triton, dynamic batching {mode}")
+        a1.plot(
+            cs,
+            [r["volumes_per_s"] for _, r in pts],
+            style,
+            label=f"Triton, dynamic batching {mode}",
+        )
         for q, alpha in (("p50_s", 1.0), ("p95_s", 0.6), ("p99_s", 0.35)):
-            a2.plot(cs, [r["latency"][q] for _, r in pts], style, alpha=alpha, label=f"{mode} {q[:-2]}")
-    ort = sorted((r["batch"], r) for r in rows.values() if r.get("path") == "onnxruntime_in_process")
+            a2.plot(
+                cs, [r["latency"][q] for _, r in pts], style, alpha=alpha, label=f"{mode} {q[:-2]}"
+            )
+    ort = sorted(
+        (r["batch"], r) for r in rows.values() if r.get("path") == "onnxruntime_in_process"
+    )
     for b, r in ort:
-        a1.axhline(r["volumes_per_s"], lw=0.8, ls=":", color=f"C{2 + b % 6}", label=f"ONNX Runtime in-process, batch {b}")
+        a1.axhline(
+            r["volumes_per_s"],
+            lw=0.8,
+            ls=":",
+            color=f"C{2 + b % 6}",
+            label=f"ONNX Runtime in-process, batch {b}",
+        )
     if drew:
         a1.set_xscale("log", base=2)
         a2.set_xscale("log", base=2)
@@ -229,7 +292,16 @@ def section_triton_legacy(res, plots, out_md, missing) -> list[str]:
     lines = ["### Earlier serving run (`bench_triton.py`)", "", _machine_line(res), ""]
     lines += _table(
         ["path", "volumes/s", "ratio", "inferences", "executions"],
-        [[k, r.get("volumes_per_s"), r.get("ratio"), r.get("inference_count"), r.get("execution_count")] for k, r in res.get("results", {}).items()],
+        [
+            [
+                k,
+                r.get("volumes_per_s"),
+                r.get("ratio"),
+                r.get("inference_count"),
+                r.get("execution_count"),
+            ]
+            for k, r in res.get("results", {}).items()
+        ],
     )
     return lines + [""]
 
@@ -249,7 +321,16 @@ def section_batch(res, plots, out_md, missing) -> list[str]:
     present = [k for k in extra_keys if any(k in r for r in runs.values())]
     lines += _table(
         ["run", "scans/min", "wall s", "grades", *present],
-        [[k, r.get("scans_per_minute"), r.get("wall_s_including_server_start"), r.get("grades_correct"), *[r.get(x) for x in present]] for k, r in runs.items()],
+        [
+            [
+                k,
+                r.get("scans_per_minute"),
+                r.get("wall_s_including_server_start"),
+                r.get("grades_correct"),
+                *[r.get(x) for x in present],
+            ]
+            for k, r in runs.items()
+        ],
     )
     lines.append("")
     for k in extra_keys:
@@ -263,7 +344,7 @@ def section_batch(res, plots, out_md, missing) -> list[str]:
         plt = _plt()
         fig, ax = plt.subplots(figsize=(7, 3.2))
         names = list(next(iter(stages.values())).keys())
-        for i, (run, st) in enumerate(stages.items()):
+        for i, st in enumerate(stages.values()):
             total = sum(st.values()) or 1.0
             left = 0.0
             for j, name in enumerate(names):
@@ -293,7 +374,16 @@ def section_decompress(res, plots, out_md, missing) -> list[str]:
     ]
     lines += _table(
         ["reader", "wall s (median)", "CPU s (median)", "CPU vs gzip -dc", "wall min-max s"],
-        [[k, r.get("median_s"), r.get("cpu_median_s"), r.get("cpu_ratio_to_gzip_dc"), f"{r.get('min_s')}-{r.get('max_s')}"] for k, r in rows.items()],
+        [
+            [
+                k,
+                r.get("median_s"),
+                r.get("cpu_median_s"),
+                r.get("cpu_ratio_to_gzip_dc"),
+                f"{r.get('min_s')}-{r.get('max_s')}",
+            ]
+            for k, r in rows.items()
+        ],
     )
     lines.append("")
     for k, v in res.get("notes", {}).items():
@@ -319,18 +409,35 @@ def section_flops(res, plots, out_md, missing) -> list[str]:
     rows = []
     for name, c in res.get("configs", {}).items():
         s = c.get("settings", {})
-        rows.append([name, "x".join(map(str, s.get("model_shape", []))), s.get("width"), c.get("total_gmacs"), c.get("total_gflops"), c.get("parameters_conv")])
-    lines += _table(["config", "input", "width", "GMACs / volume", "GFLOPs / volume", "conv parameters"], rows)
+        rows.append(
+            [
+                name,
+                "x".join(map(str, s.get("model_shape", []))),
+                s.get("width"),
+                c.get("total_gmacs"),
+                c.get("total_gflops"),
+                c.get("parameters_conv"),
+            ]
+        )
+    lines += _table(
+        ["config", "input", "width", "GMACs / volume", "GFLOPs / volume", "conv parameters"], rows
+    )
     x = res.get("onnx_cross_check")
     if x:
-        lines += ["", f"Cross-check on `{x.get('file')}`: ONNX graph {_fmt(x.get('conv_macs_total'))} MACs, analytic {_fmt(x.get('analytic_total'))} (equal: {x.get('equal')}); element-wise ops {x.get('elementwise_share_of_macs')} of the MACs."]
+        lines += [
+            "",
+            f"Cross-check on `{x.get('file')}`: ONNX graph {_fmt(x.get('conv_macs_total'))} MACs, analytic {_fmt(x.get('analytic_total'))} (equal: {x.get('equal')}); element-wise ops {x.get('elementwise_share_of_macs')} of the MACs.",
+        ]
     return lines + ["", "GPU projection: [GPU.md](GPU.md).", ""]
 
 
 def section_training(res, plots, out_md, missing) -> list[str]:
     lines = ["## Training step", "", _machine_line(res), ""]
     sp = res.get("speedup_vs_paddle_eager", {})
-    lines += _table(["framework", "s / step", "vs Paddle eager"], [[k, v, sp.get(k)] for k, v in res.get("seconds_per_step", {}).items()])
+    lines += _table(
+        ["framework", "s / step", "vs Paddle eager"],
+        [[k, v, sp.get(k)] for k, v in res.get("seconds_per_step", {}).items()],
+    )
     return lines + [""]
 
 
@@ -347,7 +454,18 @@ def section_load(name, res, plots, out_md, missing) -> list[str]:
     ]
     lines += _table(
         ["concurrency", "volumes/s", "p50 s", "p95 s", "p99 s", "failed", "mean server batch"],
-        [[lv["concurrency"], lv["volumes_per_s"], lv["latency"]["p50_s"], lv["latency"]["p95_s"], lv["latency"]["p99_s"], lv["requests_failed"], lv.get("mean_server_batch")] for lv in res.get("levels", [])],
+        [
+            [
+                lv["concurrency"],
+                lv["volumes_per_s"],
+                lv["latency"]["p50_s"],
+                lv["latency"]["p95_s"],
+                lv["latency"]["p99_s"],
+                lv["requests_failed"],
+                lv.get("mean_server_batch"),
+            ]
+            for lv in res.get("levels", [])
+        ],
     )
     return lines + [""]
 
@@ -387,14 +505,23 @@ def build(results_dir: Path, out_md: Path, plots: Path) -> str:
         else:
             missing.append(f"{name} (`{KNOWN[name]}`): no result file")
     if "serving.json" not in results:
-        missing.append("Serving: batch 1-8, concurrency 1-16, dynamic batching on/off (run bench_serving.py)")
+        missing.append(
+            "Serving: batch 1-8, concurrency 1-16, dynamic batching on/off (run bench_serving.py)"
+        )
     for name, res in results.items():
         if name in KNOWN:
             continue
         if "levels" in res and "endpoint" in res:
             body += section_load(name, res, plots, out_md, missing)
         else:
-            body += [f"## Other result: `{name}`", "", _machine_line(res), "", "Keys: " + ", ".join(sorted(res)), ""]
+            body += [
+                f"## Other result: `{name}`",
+                "",
+                _machine_line(res),
+                "",
+                "Keys: " + ", ".join(sorted(res)),
+                "",
+            ]
     head = [
         "# Benchmark results",
         "",
