@@ -1,4 +1,4 @@
-"""HepaScreen client library: reading scans, preprocessing, the Triton client, the batch screener.
+"""HepaScreen client library: reading scans, the screening pipeline, the Triton client, results.
 
 Public names are imported lazily so that ``client.contract`` and ``client.errors``
 stay cheap to import (postprocess and the Triton model import them).
@@ -8,7 +8,17 @@ from __future__ import annotations
 
 import importlib
 
+__version__ = "0.2.0"  # the one home of the version (pyproject reads it)
+
 _EXPORTS = {
+    "screen_scan": "client.pipeline",
+    "ScreenConfig": "client.pipeline",
+    "ScanResult": "client.pipeline",
+    "Segmenter": "client.pipeline",
+    "TritonSegmenter": "client.pipeline",
+    "MaskFolderSegmenter": "client.pipeline",
+    "ResultStore": "client.results",
+    "read_rows": "client.results",
     "ScanVolume": "client.scan",
     "PreprocessRecord": "client.preprocess",
     "preprocess": "client.preprocess",

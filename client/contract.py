@@ -60,24 +60,145 @@ GRADES = ("normal", "mild", "moderate", "severe", "indeterminate")
 LIVER_HU_MODERATE_BELOW = 40.0  # liver < 40 HU suggests moderate or worse steatosis
 LIVER_MINUS_SPLEEN_FAT30_BELOW = -10.0  # L - S < -10 HU suggests > 30 % fat
 
-# --- batch outputs -------------------------------------------------------------
-RESULT_COLUMNS = (
-    "case_id",
-    "source",
-    "status",
-    "grade",
-    "ratio",
-    "ratio_ci_low",
-    "ratio_ci_high",
-    "ratio_mean_pairwise",
-    "liver_hu",
-    "spleen_hu",
-    "liver_minus_spleen_hu",
-    "liver_volume_ml",
-    "spleen_volume_ml",
-    "n_pairs",
-    "flags",
-    "error",
-    "seconds",
+# --- batch outputs: the result schema, defined once ------------------------------
+# Every writer (results.csv, results.jsonl, report.html, docs/results.md) reads
+# RESULT_SCHEMA; a row key that is not here is an error, never silently dropped.
+SCHEMA_VERSION = "2"
+
+STATUS_OK = "ok"
+STATUS_FLAGGED = "flagged"
+STATUS_ERROR = "error"
+STATUSES = (STATUS_OK, STATUS_FLAGGED, STATUS_ERROR)
+GRADE_INDETERMINATE = "indeterminate"
+STAGES = ("read", "preprocess", "infer", "map_back", "measure", "write")
+
+
+@dataclass(frozen=True)
+class Column:
+    """One result column: its name, unit ("" when it has none) and meaning."""
+
+    name: str
+    unit: str
+    meaning: str
+
+
+RESULT_SCHEMA: tuple[Column, ...] = (
+    # identity and outcome
+    Column(
+        "case_id",
+        "",
+        "path relative to its INPUT, image extension dropped, / -> __ (unique per run; over-long ids end in ~<hash>)",
+    ),
+    Column("source", "", "the scan's file or DICOM folder as found under the INPUT"),
+    Column(
+        "status",
+        "",
+        "ok (graded, no flag) | flagged (a flag is set; grade may be indeterminate) | error (not measured: see error)",
+    ),
+    Column(
+        "grade",
+        "",
+        "normal | mild | moderate | severe (liver/spleen ratio > 1.0, 0.7-1.0, 0.5-0.7, <= 0.5) | indeterminate",
+    ),
+    # the measurement
+    Column(
+        "ratio", "1", "liver/spleen CT attenuation ratio: mean liver cube HU / mean spleen cube HU"
+    ),
+    Column(
+        "ratio_ci_low", "1", "lower end of the 95 % bootstrap interval of ratio (cubes resampled)"
+    ),
+    Column("ratio_ci_high", "1", "upper end of the 95 % bootstrap interval of ratio"),
+    Column(
+        "ratio_mean_pairwise",
+        "1",
+        "the original project's figure: mean of liver/spleen ratios over all cube pairs (biased upward)",
+    ),
+    Column("liver_hu", "HU", "mean attenuation of the liver cubes"),
+    Column("spleen_hu", "HU", "mean attenuation of the spleen cubes"),
+    Column("liver_minus_spleen_hu", "HU", "liver_hu - spleen_hu (< -10 HU suggests > 30 % fat)"),
+    Column(
+        "liver_volume_ml",
+        "ml",
+        "volume of the largest connected liver piece (a lower bound when cut by the scan's edge)",
+    ),
+    Column("spleen_volume_ml", "ml", "volume of the largest connected spleen piece"),
+    Column("n_pairs", "", "liver cubes x spleen cubes paired for the ratio"),
+    Column("n_cubes_liver", "", "liver cubes kept after rejection"),
+    Column("n_cubes_spleen", "", "spleen cubes kept after rejection"),
+    Column(
+        "n_rejected_liver", "", "liver cubes rejected (vessels, calcification, artefacts, borders)"
+    ),
+    Column("n_rejected_spleen", "", "spleen cubes rejected"),
+    Column(
+        "cube_mm_liver",
+        "mm",
+        "cube edge used in the liver (smaller than --cube-mm when the organ is small)",
+    ),
+    Column("cube_mm_spleen", "mm", "cube edge used in the spleen"),
+    Column("flags", "", "';'-separated flags (see the flag table); empty when none"),
+    Column(
+        "contrast_evidence",
+        "",
+        "what points to contrast enhancement (DICOM tag, spleen or vessel HU); empty when nothing",
+    ),
+    Column(
+        "notes",
+        "",
+        "';'-separated notes on what was done to the data (gantry tilt corrected, spacing regularised, ...)",
+    ),
+    Column(
+        "error",
+        "",
+        "why the scan was not measured (names the file and what was wrong); empty when measured",
+    ),
+    # acquisition covariates (DICOM; empty for NIfTI/NRRD/MHA), never identifiers
+    Column("manufacturer", "", "DICOM Manufacturer (0008,0070)"),
+    Column("manufacturer_model", "", "DICOM Manufacturer's Model Name (0008,1090)"),
+    Column("kvp", "kV", "DICOM KVP (0018,0060): tube peak voltage"),
+    Column("convolution_kernel", "", "DICOM Convolution Kernel (0018,1210): reconstruction kernel"),
+    Column("slice_thickness_mm", "mm", "DICOM Slice Thickness (0018,0050)"),
+    Column(
+        "contrast_agent",
+        "",
+        "DICOM Contrast/Bolus Agent (0018,0010): the contrast tag as written by the scanner",
+    ),
+    Column("series_description", "", "DICOM Series Description (0008,103E)"),
+    Column(
+        "study_instance_uid",
+        "",
+        "DICOM Study Instance UID; only with --link-uids (links results back to PACS)",
+    ),
+    Column("series_instance_uid", "", "DICOM Series Instance UID; only with --link-uids"),
+    # timings
+    Column("seconds", "s", "wall time of this scan, all stages"),
+    *(Column(f"seconds_{s}", "s", f"time in the {s.replace('_', ' ')} stage") for s in STAGES),
+    # provenance
+    Column(
+        "source_id",
+        "",
+        "hash of the source's resolved path (and DICOM series): the scan's identity for --resume",
+    ),
+    Column(
+        "source_fingerprint",
+        "",
+        "hash of source_id, file sizes and modification times: a changed file is screened again on --resume",
+    ),
+    Column(
+        "attempt",
+        "",
+        "1 for the first attempt at this case_id in this OUT, 2 for the next (earlier attempts: attempts.jsonl)",
+    ),
+    Column("run_id", "", "identifier of the run that wrote the row (also in run.json)"),
+    Column("finished_at", "UTC", "when the row was written (ISO 8601)"),
+    Column("schema_version", "", "version of this column list"),
+    Column("tool_version", "", "HepaScreen version"),
+    Column("segmenter", "", "triton (served model) | masks (label maps from --masks)"),
+    Column("model_name", "", "served model name (empty with --masks)"),
+    Column("model_version", "", "served model version (empty with --masks)"),
+    Column(
+        "model_sha256",
+        "",
+        "SHA-256 of the served model file when known (bundled server); empty for a remote --url server",
+    ),
 )
-STATUSES = ("ok", "flagged", "error")
+RESULT_COLUMNS = tuple(c.name for c in RESULT_SCHEMA)

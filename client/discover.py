@@ -1,33 +1,48 @@
 """Finding the scans in the batch's INPUTs and naming them (DESIGN.md section 7).
 
 One :class:`ScanSource` per NIfTI/NRRD/MHA file and per DICOM volume series.
+Every path under an INPUT ends up as a source, in ``skipped`` (non-volume DICOM
+series, with the reason) or in ``ignored`` (with the reason): nothing vanishes.
 
 * ``case_id`` = the path relative to its INPUT root, image extension dropped,
   ``/`` replaced by ``__``; an INPUT that is itself a file or a single-series
   folder is named by its own name (extension dropped). A DICOM series is named by
   the folder holding its files; when one folder holds several volume series
   (bone and soft-tissue reconstructions side by side) each gets
-  ``__S<SeriesNumber>`` appended.
-* Walking is recursive and sorted, so the result is deterministic. Files without
-  an image extension are probed for DICOM (header only); other files
-  (``DIRFILE``, notes, spreadsheets) are ignored and listed in ``ignored``.
+  ``__S<SeriesNumber>`` appended. A case_id longer than :data:`MAX_CASE_ID_BYTES`
+  (UTF-8) is cut and ends in ``~`` + 12 hex digits of a hash of the whole id, so
+  it stays unique, deterministic and usable as a file name.
+* Walking is recursive and sorted, so the result is deterministic. Symlinks to
+  files and folders are followed; a folder reached again (a symlink loop, or the
+  same folder through two links) is walked once and the other path is listed in
+  ``ignored``. Hidden names (starting with ``.``), unreadable files and folders,
+  names that are not valid UTF-8, broken links and special files are listed in
+  ``ignored`` with the reason. Files without an image extension are probed for
+  DICOM (header only); other files are listed in ``ignored``.
 * Non-volume DICOM series (localizers, dose screens, SEG, RTSTRUCT) are not
-  scans: they are listed in ``skipped`` with the reason, not turned into error
-  rows. A file with a ``.dcm`` suffix that is not readable DICOM IS a scan (it
-  will produce an error row), since it claims to be one.
+  scans: they are listed in ``skipped`` with the reason. A file with a ``.dcm``
+  suffix that is not readable DICOM IS a scan (it will produce an error row),
+  since it claims to be one.
 * The same file reached twice (two INPUTs overlapping) is kept once. Two
-  different scans with the same ``case_id`` keep the first (in sorted order)
-  and get ``-2``, ``-3``... appended to the others.
+  different scans with the same ``case_id``: the first (in sorted order) keeps
+  it, the others get ``-<8 hex digits of a hash of their path>``, so adding a
+  file never renames other scans. ``pins`` (``source_id -> case_id``, from an
+  earlier run in the same OUT) keep case_ids stable across ``--resume``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import _dicom
+from .errors import ScanReadError
 from .io import image_suffix, strip_image_suffix
+
+MAX_CASE_ID_BYTES = 200  # leaves room for ".seg.dcm" etc. under the 255-byte name limit
 
 IGNORED_SUFFIXES = {
     ".txt",
@@ -52,9 +67,23 @@ IGNORED_SUFFIXES = {
 }
 
 
+def _hash(text: str, n: int) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:n]
+
+
+def printable(path) -> str:
+    """``path`` as text that is valid UTF-8 (undecodable bytes shown as ``\\xNN``)."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
 @dataclass
 class ScanSource:
-    """Where one scan comes from."""
+    """Where one scan comes from.
+
+    ``key`` identifies the source for de-duplication and resume (resolved path, plus
+    the series UID for one series of a multi-series folder); ``source_id`` is its
+    hash (rows carry it, never the UID itself).
+    """
 
     case_id: str
     path: Path  # image file, DICOM folder, or single DICOM file
@@ -62,6 +91,31 @@ class ScanSource:
     series_uid: str | None = None
     n_files: int = 1
     files: tuple[Path, ...] | None = None  # a DICOM series' own files, known from discovery
+    key: str = ""
+
+    def __post_init__(self):
+        if not self.key:
+            self.key = str(Path(self.path).resolve())
+
+    @property
+    def source_id(self) -> str:
+        """16 hex digits identifying the source (stable when the file's content changes)."""
+        return _hash(self.key, 16)
+
+    def fingerprint(self) -> str:
+        """16 hex digits of ``source_id`` plus each file's size and modification time.
+
+        A scan whose files changed since its row was written gets a new fingerprint
+        and is screened again on ``--resume``.
+        """
+        parts = [self.key]
+        for f in self.files or (self.path,):
+            try:
+                st = os.stat(f)
+                parts.append(f"{Path(f).name}:{st.st_size}:{st.st_mtime_ns}")
+            except OSError:
+                parts.append(f"{Path(f).name}:missing")
+        return _hash("\n".join(parts), 16)
 
     def read(self, **kwargs):
         from .io import read_scan
@@ -73,8 +127,21 @@ class ScanSource:
 class Discovery:
     sources: list[ScanSource] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)  # non-volume DICOM series
-    ignored: list[str] = field(default_factory=list)  # files that are not scans
+    ignored: list[dict] = field(default_factory=list)  # {"path", "reason"}: not scans
     missing: list[str] = field(default_factory=list)  # INPUTs that do not exist
+
+    def ignore(self, path, reason: str) -> None:
+        self.ignored.append({"path": printable(path), "reason": reason})
+
+
+def shorten_case_id(case_id: str, limit: int = MAX_CASE_ID_BYTES) -> str:
+    """``case_id`` cut to ``limit`` UTF-8 bytes with ``~<12 hex of its hash>`` (unchanged when short)."""
+    raw = case_id.encode("utf-8")
+    if len(raw) <= limit:
+        return case_id
+    tail = "~" + _hash(case_id, 12)
+    head = raw[: limit - len(tail)].decode("utf-8", "ignore")
+    return head + tail
 
 
 def _case_from_rel(rel: Path) -> str:
@@ -84,35 +151,85 @@ def _case_from_rel(rel: Path) -> str:
     return "__".join(p for p in parts if p not in ("", "."))
 
 
-def _walk(root: Path):
-    for dirpath, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if not name.startswith("."):
-                yield Path(dirpath) / name
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
-def _discover_one(root: Path, out: Discovery, found: list[tuple[str, ScanSource]]) -> None:
-    if root.is_file():
-        if image_suffix(root):
-            found.append(
-                (str(root.resolve()), ScanSource(_case_from_rel(Path(root.name)), root, "image"))
-            )
+def _walk(root: Path, out: Discovery, visited: dict, excluded: dict):
+    """Yield the regular files under ``root`` (sorted, links followed, each folder once)."""
+    try:
+        st = os.stat(root)
+    except OSError as exc:
+        out.ignore(root, f"cannot open folder ({exc.strerror})")
+        return
+    visited.setdefault((st.st_dev, st.st_ino), root)
+    try:
+        with os.scandir(root) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except PermissionError:
+        out.ignore(root, "permission denied: folder not readable")
+        return
+    except OSError as exc:
+        out.ignore(root, f"cannot list folder ({exc.strerror})")
+        return
+    for e in entries:
+        p = Path(e.path)
+        if not _utf8(e.name):
+            out.ignore(p, "name is not valid UTF-8: rename it to be screened")
+            continue
+        if e.name.startswith("."):
+            out.ignore(p, "hidden (name starts with '.')")
+            continue
+        try:
+            st = os.stat(p)  # follows symlinks
+        except OSError as exc:
+            why = "symlink loop" if exc.errno == 40 else f"broken symlink ({exc.strerror})"
+            out.ignore(p, why if e.is_symlink() else f"cannot stat ({exc.strerror})")
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            if (st.st_dev, st.st_ino) in excluded:
+                out.ignore(p, "the output folder of this run")
+                continue
+            first = visited.get((st.st_dev, st.st_ino))
+            if first is not None:
+                out.ignore(
+                    p,
+                    f"folder already searched as {printable(first)} (symlink loop or second link)",
+                )
+                continue
+            visited[(st.st_dev, st.st_ino)] = p
+            yield from _walk(p, out, visited, excluded)
+        elif stat.S_ISREG(st.st_mode):
+            if not os.access(p, os.R_OK):
+                out.ignore(p, "permission denied: file not readable")
+                continue
+            yield p
         else:
-            name = root.name[: -len(root.suffix)] if root.suffix.lower() == ".dcm" else root.name
-            found.append((str(root.resolve()), ScanSource(name, root, "dicom")))
+            out.ignore(p, "not a regular file (device, socket or pipe)")
+
+
+def _discover_one(root: Path, out: Discovery, found: list, excluded: dict) -> None:
+    if root.is_file():
+        if not os.access(root, os.R_OK):
+            out.ignore(root, "permission denied: file not readable")
+            return
+        found.append((str(root.resolve()), source_for_file(root)))
         return
     # Grouped by (folder, SeriesInstanceUID): copies of one series kept in two
     # folders (e.g. the same slices in two transfer syntaxes) stay two scans.
     dicom: dict[tuple[Path, str], list[_dicom.SliceHeader]] = {}
-    for f in _walk(root):
+    for f in _walk(root, out, {}, excluded):
         if image_suffix(f):
             rel = f.relative_to(root)
             found.append((str(f.resolve()), ScanSource(_case_from_rel(rel), f, "image")))
             continue
         suffix = f.suffix.lower()
         if suffix in IGNORED_SUFFIXES:
-            out.ignored.append(str(f))
+            out.ignore(f, f"not a scan ({suffix} file)")
             continue
         h = _dicom.read_header(f)
         if h is None:
@@ -122,7 +239,7 @@ def _discover_one(root: Path, out: Discovery, found: list[tuple[str, ScanSource]
                     (str(f.resolve()), ScanSource(_case_from_rel(rel.with_suffix("")), f, "dicom"))
                 )
             else:
-                out.ignored.append(str(f))
+                out.ignore(f, "not DICOM and no image extension")
             continue
         h.ds = None  # keep headers small while walking big archives
         dicom.setdefault((f.parent, h.series_uid), []).append(h)
@@ -130,7 +247,7 @@ def _discover_one(root: Path, out: Discovery, found: list[tuple[str, ScanSource]
     for (folder, uid), hs in dicom.items():
         why = _dicom.why_not_volume(hs)
         if why:
-            entry = {"path": str(folder), "series_files": len(hs), "reason": why}
+            entry = {"path": printable(folder), "series_files": len(hs), "reason": why}
             if entry not in out.skipped:
                 out.skipped.append(entry)
             continue
@@ -147,6 +264,7 @@ def _discover_one(root: Path, out: Discovery, found: list[tuple[str, ScanSource]
         single_folder_series = len(volumes) == 1 and per_folder[folder] == 1
         if per_folder[folder] > 1:
             case = f"{case}__S{hs[0].series_number}"
+        key = f"{folder.resolve()}#{uid}"
         src = ScanSource(
             case,
             folder,
@@ -154,33 +272,100 @@ def _discover_one(root: Path, out: Discovery, found: list[tuple[str, ScanSource]
             None if single_folder_series else uid,
             len(hs),
             files=tuple(h.path for h in hs),
+            key=key,
         )
-        found.append((f"{folder.resolve()}#{uid}", src))
+        found.append((key, src))
 
 
-def discover(inputs) -> Discovery:
-    """Find every scan under ``inputs`` (files and folders), with unique case_ids."""
+def source_for_file(path: Path) -> ScanSource:
+    """The source of one file given directly (named by its own name)."""
+    path = Path(path)
+    if image_suffix(path):
+        return ScanSource(_case_from_rel(Path(path.name)), path, "image")
+    name = path.name[: -len(path.suffix)] if path.suffix.lower() == ".dcm" else path.name
+    return ScanSource(name, path, "dicom")
+
+
+def source_for_path(path: Path | str) -> ScanSource:
+    """The one scan of a file or series folder (library use; the first scan of a study folder).
+
+    Raises
+    ------
+    ScanReadError
+        When ``path`` does not exist or holds no scan (with the reasons found).
+    """
+    d = discover([path])
+    if d.sources:
+        return d.sources[0]
+    why = [f"{x['path']}: {x['reason']}" for x in d.skipped + d.ignored][:5]
+    raise ScanReadError(
+        f"{path}: " + ("no such file or folder" if d.missing else "no scan found")
+        + (" (" + "; ".join(why) + ")" if why else "")
+    )  # fmt: skip
+
+
+def discover(inputs, pins: dict[str, str] | None = None, exclude=()) -> Discovery:
+    """Find every scan under ``inputs`` (files and folders), with unique case_ids.
+
+    Parameters
+    ----------
+    inputs : iterable of str or Path
+    pins : dict, optional
+        ``source_id -> case_id`` from an earlier run: those sources keep their case_id.
+    exclude : iterable of paths
+        Folders not to search (the run's OUT when it lies inside an INPUT).
+
+    Returns
+    -------
+    Discovery
+    """
     out = Discovery()
     found: list[tuple[str, ScanSource]] = []
+    excluded = {}
+    for p in exclude:
+        try:
+            st = os.stat(p)
+            excluded[(st.st_dev, st.st_ino)] = p
+        except OSError:
+            pass
     for item in inputs:
         root = Path(item)
+        if not _utf8(str(root)):
+            out.ignore(root, "name is not valid UTF-8: rename it to be screened")
+            continue
         if not root.exists():
             out.missing.append(str(root))
             continue
-        _discover_one(root, out, found)
-    seen_keys: set[str] = set()
-    used: dict[str, int] = {}
+        _discover_one(root, out, found, excluded)
+    firsts: dict[str, ScanSource] = {}
+    unique: list[ScanSource] = []
     for key, src in found:
-        if key in seen_keys:
+        if key in firsts:
+            out.ignore(src.path, f"same scan as {printable(firsts[key].path)} (reached twice)")
             continue
-        seen_keys.add(key)
-        base = src.case_id or "scan"
+        firsts[key] = src
+        src.case_id = shorten_case_id(src.case_id or "scan")
+        unique.append(src)
+    used: set[str] = set()
+    pins = pins or {}
+    pinned = set()
+    for src in unique:  # earlier runs' case_ids first, so adding files renames nothing
+        cid = pins.get(src.source_id)
+        if cid and cid not in used:
+            src.case_id = cid
+            used.add(cid)
+            pinned.add(id(src))
+    for src in unique:
+        if id(src) in pinned:
+            continue
+        base = src.case_id
         if base in used:
-            n = used[base] + 1
-            while f"{base}-{n}" in used:
+            cid = shorten_case_id(f"{base}-{_hash(src.key, 8)}")
+            n = 2
+            while cid in used:  # a hash collision: practically never
+                cid = shorten_case_id(f"{base}-{_hash(src.key, 8)}-{n}")
                 n += 1
-            used[base] = n
-            src.case_id = f"{base}-{n}"
-        used.setdefault(src.case_id, 1)
-        out.sources.append(src)
+            src.case_id = cid
+        used.add(src.case_id)
+    out.sources = unique
     return out

@@ -86,7 +86,8 @@ def test_one_row_per_scan_error_rows_and_exit_code(screened, archive):
     assert run["status"] == "finished" and run["n_failed"] == 2
     assert {f["case_id"] for f in run["failures"]} == set(errors)
     assert set(run["timings"]["stage_seconds"]) >= {"read", "infer", "measure"}
-    assert (out / "report.html").read_text().count("<tr") == len(rows) + 1
+    report = (out / "report.html").read_text()
+    assert all(r["case_id"] in report for r in rows)
     assert (out / "server.log").stat().st_size > 0
 
 
@@ -149,21 +150,39 @@ def test_server_gone_after_a_startup_error(tmp_path, archive):
 
 
 @pytest.mark.server
-def test_resume_skips_finished_and_repairs_a_cut_line(screened, tmp_path):
+def test_resume_keeps_exactly_one_row_per_case_and_starts_no_server(screened, tmp_path):
     out, _, _, _ = screened
     copy = tmp_path / "out"
     shutil.copytree(out, copy)
     with open(copy / "results.jsonl", "a") as fh:
         fh.write('{"case_id": "half-writ')  # a crash in the middle of a line
-    n_before = len(read_csv(copy / "results.csv"))
+    rows_before = {r["case_id"]: r for r in read_csv(copy / "results.csv")}
     scans = out.parent / "scans"
+    # Only the two failed scans are tried again; --masks so that they fail again fast.
     rc = batch_main([str(scans), "-o", str(copy), "--quiet", "--resume", "--masks", str(tmp_path)])
-    # Only the two failed scans were tried again (and failed again); nothing was lost.
+    assert rc == 1
     rows = read_csv(copy / "results.csv")
-    assert rc == 1 and len(rows) == n_before + 2
-    lines = (copy / "results.jsonl").read_text().splitlines()
-    assert sum(1 for ln in lines if ln.startswith('{"case_id": "half-writ')) == 1
-    assert json.loads(lines[-1])["case_id"].startswith("broken__")
+    jsonl = [json.loads(x) for x in (copy / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["case_id"] for r in rows) == sorted(rows_before)  # one row per case_id
+    assert [r["case_id"] for r in jsonl] == [r["case_id"] for r in rows]
+    attempts = [json.loads(x) for x in (copy / "attempts.jsonl").read_text().splitlines()]
+    assert sorted(a["case_id"] for a in attempts) == ["broken__not_an_image", "broken__truncated"]
+    new = {r["case_id"]: r for r in jsonl}
+    assert all(new[a["case_id"]]["attempt"] == 2 for a in attempts)
+    retried = {a["case_id"] for a in attempts}
+    assert all(new[c]["run_id"] == rows_before[c]["run_id"] for c in new if c not in retried)
+    # Nothing left to do now: no server is started, nothing is rewritten but the manifest.
+    rc = batch_main([str(scans), "-o", str(copy), "--quiet", "--resume"])
+    run = json.loads((copy / "run.json").read_text())
+    assert rc == 1 and run["n_todo"] == 2  # the two broken files are still to do
+    # The same scans through other INPUTs (without the broken ones): case_ids are pinned
+    # by source, so every scan is recognised as done.
+    parts = [str(scans / p) for p in ("real", "phantoms", "dicom")]
+    log_size = (copy / "server.log").stat().st_size
+    rc = batch_main([*parts, "-o", str(copy), "--quiet", "--resume"])
+    run = json.loads((copy / "run.json").read_text())
+    assert rc == 0 and run["n_todo"] == 0 and run["status"] == "finished" and "model" not in run
+    assert (copy / "server.log").stat().st_size == log_size  # no server was started
 
 
 def test_masks_mode_on_real_ct_needs_no_server(tmp_path, shared_data):

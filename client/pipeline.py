@@ -1,0 +1,594 @@
+"""The per-scan screening pipeline as a library: ``screen_scan(source, segmenter, config)``.
+
+The CLI (``client.batch``), notebooks and distributed workers all call
+:func:`screen_scan`; nothing here reads command-line options. Data flow of one
+scan (:func:`_stages`, top to bottom)::
+
+    read (client.io)  ->  segment (Segmenter: preprocess -> infer -> map back, or read a mask)
+      ->  measure (postprocess.assess)  ->  outputs (mask, QC picture, DICOM SEG/SR)
+
+Timing, the error policy (a bad scan is an error row, never an exception) and the
+row wrap that list in :func:`screen_scan`.
+
+Example (the README's library example)::
+
+    from client import EmbeddedServer
+    from client.pipeline import ScreenConfig, TritonSegmenter, screen_scan
+
+    with EmbeddedServer() as server, TritonSegmenter.connect(server.grpc_url) as seg:
+        result = screen_scan("ct.nii.gz", seg, ScreenConfig())
+    print(result.status, result.grade, result.row["ratio"], result.row["flags"])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from . import contract
+from .discover import ScanSource, source_for_path
+from .errors import ConfigError, ScanReadError, ScreeningError
+from .scan import ScanVolume
+
+DEVICES = ("cpu", "gpu")
+MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+
+
+def _assess_config():
+    from postprocess.config import AssessConfig
+
+    return AssessConfig()
+
+
+@dataclass(frozen=True)
+class ScreenConfig:
+    """Everything :func:`screen_scan` needs besides the scan and the segmenter.
+
+    Attributes
+    ----------
+    assess : postprocess.AssessConfig
+        The measurement (cubes, seed, contrast policy, thresholds).
+    device : {"cpu", "gpu"}
+        Array module of the measurement: NumPy/SciPy or CuPy (needs the ``gpu``
+        extra and a CUDA device). Where the model runs is the segmenter's business.
+    out_dir : Path, optional
+        Folder for per-scan files (``masks/``, ``qc/``, ``dicom/``); None writes no file.
+    write_masks : bool
+        Write ``masks/<case_id>.nii.gz`` on the scan grid (not for ``--masks`` input).
+    write_qc : bool
+        Write ``qc/<case_id>.png``.
+    dicom_seg, dicom_sr : bool
+        Write ``dicom/<case_id>.seg.dcm`` / ``.sr.dcm`` for DICOM inputs
+        (:mod:`client.dicom_out`; these copy the patient/study identifiers on purpose).
+    link_uids : bool
+        Put Study/Series Instance UIDs in the row (off: no identifiers in rows).
+    """
+
+    assess: object = field(default_factory=_assess_config)
+    device: str = "cpu"
+    out_dir: Path | None = None
+    write_masks: bool = True
+    write_qc: bool = True
+    dicom_seg: bool = False
+    dicom_sr: bool = False
+    link_uids: bool = False
+
+    def __post_init__(self):
+        if self.device not in DEVICES:
+            raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.out_dir is not None:
+            object.__setattr__(self, "out_dir", Path(self.out_dir))
+
+
+class StageTimer:
+    """Seconds spent per stage (``with timer("read"): ...``) and the stage in progress."""
+
+    def __init__(self):
+        self.seconds = dict.fromkeys(contract.STAGES, 0.0)
+        self.current: str | None = None
+
+    @contextmanager
+    def __call__(self, stage: str):
+        self.current = stage
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
+        self.current = None
+
+
+@runtime_checkable
+class Segmenter(Protocol):
+    """Turns a scan into a liver/spleen label map on the scan's own grid (1 liver, 2 spleen)."""
+
+    kind: str  # "triton" | "masks": the ``segmenter`` column
+
+    def segment(self, scan: ScanVolume, source: ScanSource, timer: StageTimer) -> np.ndarray:
+        """Label map ``[z, y, x]`` uint8 on ``scan``'s grid; raises a ScreeningError on failure."""
+        ...
+
+    def describe(self) -> dict:
+        """``model_name``, ``model_version``, ``model_sha256`` (None where not applicable)."""
+        ...
+
+
+class TritonSegmenter:
+    """The served VNet on one Triton gRPC endpoint.
+
+    Parameters
+    ----------
+    client : client.triton.SegmentationClient
+        A connected client (its model shape drives the preprocessing).
+    model_sha256 : str, optional
+        SHA-256 of the served model file, when known (the bundled server's repository).
+    """
+
+    kind = "triton"
+
+    def __init__(self, client, model_sha256: str | None = None):
+        self.client = client
+        self.model_sha256 = model_sha256
+
+    @classmethod
+    def connect(cls, url: str, model_repository: Path | str | None = None, **client_kw):
+        """Connect to ``url`` (``host:port``); ``model_repository`` (when the server runs
+        from a local repository) gives the model's SHA-256. ``client_kw`` go to
+        :class:`client.triton.SegmentationClient` (``max_in_flight``, TLS options, ...)."""
+        from .triton import SegmentationClient
+
+        client = SegmentationClient(url, **client_kw)
+        sha = model_file_sha256(model_repository) if model_repository else None
+        return cls(client, sha)
+
+    def segment(self, scan: ScanVolume, source: ScanSource, timer: StageTimer) -> np.ndarray:
+        from .preprocess import preprocess_scan, to_scan_grid
+
+        with timer("preprocess"):
+            tensor, record = preprocess_scan(scan, self.client.model_shape)
+        with timer("infer"):
+            small = self.client.submit(tensor).result()
+        with timer("map_back"):
+            return to_scan_grid(small, record)
+
+    def describe(self) -> dict:
+        version = None
+        try:  # the model's served versions (tritonclient metadata)
+            meta = self.client._client.get_model_metadata(self.client.model_name, as_json=True)
+            version = ",".join(meta.get("versions", [])) or None
+        except Exception:
+            pass
+        return {
+            "model_name": self.client.model_name,
+            "model_version": version,
+            "model_sha256": self.model_sha256,
+        }
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> TritonSegmenter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class MaskFolderSegmenter:
+    """Label maps brought by the user (``--masks DIR``) instead of the model.
+
+    For a scan with case_id ``C`` it reads ``DIR/C.nii.gz`` (or ``.nii``, ``.nrrd``,
+    ``.mha``), a multilabel map with the values of ``label_map``; or, failing that,
+    TotalSegmentator's per-organ output folder ``DIR/C/liver.nii.gz`` +
+    ``DIR/C/spleen.nii.gz`` (binary masks). A map is resampled onto the scan by
+    nearest neighbour only when it covers the same physical box; otherwise the scan
+    gets the error "mask does not match scan".
+
+    Parameters
+    ----------
+    folder : Path
+    label_map : str or dict
+        A key of :data:`client.contract.LABEL_MAPS` or ``{"liver": v, "spleen": v}``.
+    """
+
+    kind = "masks"
+
+    def __init__(self, folder: Path | str, label_map: str | dict = "default"):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise ConfigError(f"--masks {folder}: not a folder")
+        if isinstance(label_map, str) and label_map not in contract.LABEL_MAPS:
+            raise ConfigError(
+                f"label map {label_map!r}: expected one of {', '.join(contract.LABEL_MAPS)}"
+            )
+        self.label_map = label_map
+
+    def find(self, case_id: str) -> tuple[Path, ...]:
+        """The mask file(s) for ``case_id``: (multilabel,) or (liver, spleen); () when none."""
+        for s in MASK_SUFFIXES:
+            p = self.folder / f"{case_id}{s}"
+            if p.is_file():
+                return (p,)
+        organ_dir = self.folder / case_id
+        if organ_dir.is_dir():
+            organs = []
+            for organ in ("liver", "spleen"):
+                hits = [organ_dir / f"{organ}{s}" for s in MASK_SUFFIXES]
+                hit = next((p for p in hits if p.is_file()), None)
+                if hit is None:
+                    raise ScanReadError(
+                        f"{organ_dir}: per-organ mask folder without {organ}.nii.gz"
+                    )
+                organs.append(hit)
+            return tuple(organs)
+        return ()
+
+    def segment(self, scan: ScanVolume, source: ScanSource, timer: StageTimer) -> np.ndarray:
+        from .io import read_label_map
+
+        with timer("read"):
+            files = self.find(source.case_id)
+            if not files:
+                raise ScanReadError(
+                    f"{self.folder / (source.case_id + '.nii.gz')}: label map not found "
+                    f"(nor a per-organ folder {self.folder / source.case_id}/liver.nii.gz)"
+                )
+            for f in files:
+                check_mask_matches_scan(f, scan)
+            if len(files) == 1:
+                return read_label_map(files[0], scan, self.label_map)
+            liver = read_label_map(files[0], scan, {"liver": 1, "spleen": -1})
+            spleen = read_label_map(files[1], scan, {"liver": -1, "spleen": 1})
+            return np.where(liver > 0, liver, spleen).astype(np.uint8)
+
+    def describe(self) -> dict:
+        return {"model_name": None, "model_version": None, "model_sha256": None}
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> MaskFolderSegmenter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _physical_box(size, spacing, origin, direction) -> np.ndarray:
+    """(2, 3) min/max LPS corners of the voxel-edge box of an ITK image (size/spacing x, y, z)."""
+    d = np.asarray(direction, float).reshape(3, 3)
+    corners = []
+    for i in (-0.5, size[0] - 0.5):
+        for j in (-0.5, size[1] - 0.5):
+            for k in (-0.5, size[2] - 0.5):
+                corners.append(np.asarray(origin) + d @ (np.array([i, j, k]) * np.asarray(spacing)))
+    c = np.array(corners)
+    return np.stack([c.min(0), c.max(0)])
+
+
+def check_mask_matches_scan(path: Path, scan: ScanVolume) -> None:
+    """Refuse a label map that does not cover the scan's physical box (header only).
+
+    Same grid, or the same box within ``max(1.5 voxels, 1 mm)`` per side (a map saved
+    in another orientation or at another resolution is resampled); anything else,
+    e.g. the label map of another scan, raises ScanReadError "mask does not match scan".
+    """
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise ScanReadError(
+            f"{path}: unreadable label map ({str(exc).strip().splitlines()[-1][:200]})"
+        ) from exc
+    if reader.GetDimension() != 3:
+        raise ScanReadError(f"{path}: expected a 3D label map, got {reader.GetDimension()}D")
+    m_box = _physical_box(
+        reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection()
+    )
+    s_size, s_spacing = scan.shape[::-1], scan.spacing[::-1]
+    s_box = _physical_box(s_size, s_spacing, scan.origin, scan.direction)
+    tol = max(1.0, 1.5 * max(max(s_spacing), max(reader.GetSpacing())))
+    off = float(np.abs(m_box - s_box).max())
+    if off > tol:
+        fmt = lambda b: " x ".join(f"{lo:.0f}..{hi:.0f}" for lo, hi in zip(b[0], b[1]))  # noqa: E731
+        raise ScanReadError(
+            f"{path}: mask does not match scan {scan.source}: the label map covers "
+            f"{fmt(m_box)} mm (LPS), the scan {fmt(s_box)} mm; sides differ by up to "
+            f"{off:.1f} mm (tolerance {tol:.1f} mm; grids {tuple(reader.GetSize())} vs {tuple(s_size)})"
+        )
+
+
+def model_file_sha256(model_repository: Path | str) -> str | None:
+    """SHA-256 of ``<repository>/hepascreen_vnet/1/<onnx_file>`` (None when absent)."""
+    path = Path(model_repository) / contract.MODEL_NAME / "1" / "model.onnx"
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --- covariates ---------------------------------------------------------------------
+_COVARIATE_KEYS = {  # row column -> ScanVolume.metadata key (client._dicom.SAFE_TAGS)
+    "manufacturer": "manufacturer",
+    "manufacturer_model": "manufacturer_model",
+    "kvp": "kvp",
+    "convolution_kernel": "convolution_kernel",
+    "slice_thickness_mm": "slice_thickness",
+    "contrast_agent": "contrast_agent",
+    "series_description": "series_description",
+}
+_HEADER_TAGS = {  # read from the series' first file when the reader did not keep them
+    "manufacturer_model": "ManufacturerModelName",
+    "study_instance_uid": "StudyInstanceUID",
+    "series_instance_uid": "SeriesInstanceUID",
+}
+
+
+def covariates(scan: ScanVolume, source: ScanSource, link_uids: bool = False) -> dict:
+    """Acquisition covariates for the row: no identifiers unless ``link_uids``."""
+    meta = scan.metadata
+    row = {col: meta.get(key) for col, key in _COVARIATE_KEYS.items()}
+    wanted = [c for c in _HEADER_TAGS if row.get(c) is None]
+    if not link_uids:
+        wanted = [c for c in wanted if not c.endswith("_uid")]
+    if source.kind == "dicom" and wanted:
+        first = source.files[0] if source.files else source.path
+        if Path(first).is_dir():
+            first = next((p for p in sorted(Path(first).iterdir()) if p.is_file()), None)
+        try:
+            import pydicom
+
+            ds = pydicom.dcmread(
+                str(first), stop_before_pixels=True, force=True,
+                specific_tags=[_HEADER_TAGS[c] for c in wanted],
+            )  # fmt: skip
+            for c in wanted:
+                v = ds.get(_HEADER_TAGS[c])
+                row[c] = str(v) if v not in (None, "") else None
+        except Exception:  # covariates are best effort: the scan itself was read
+            pass
+    for k in ("kvp", "slice_thickness_mm"):
+        try:
+            row[k] = None if row[k] is None else float(row[k])
+        except (TypeError, ValueError):
+            row[k] = None
+    return row
+
+
+# --- the pipeline -------------------------------------------------------------------
+@dataclass
+class ScanResult:
+    """Outcome of :func:`screen_scan` for one scan.
+
+    Attributes
+    ----------
+    case_id, source : str
+    status : str
+        ``ok``, ``flagged`` or ``error`` (:data:`client.contract.STATUSES`).
+    row : dict
+        The scan's result columns (schema order is the writer's business); run-level
+        provenance (run_id, model, ...) is added by :class:`client.results.ResultStore`.
+    assessment : postprocess.Assessment or None
+        None when the scan failed.
+    labels : numpy.ndarray or None
+        The label map on the scan grid (None when the scan failed).
+    files : dict
+        Paths written (``mask``, ``qc``, ``dicom_seg``, ``dicom_sr``).
+    stage_seconds : dict
+    """
+
+    case_id: str
+    source: str
+    status: str
+    row: dict
+    assessment: object = None
+    labels: np.ndarray | None = None
+    files: dict = field(default_factory=dict)
+    stage_seconds: dict = field(default_factory=dict)
+
+    @property
+    def grade(self) -> str:
+        return self.row.get("grade")
+
+    @property
+    def error(self) -> str:
+        return self.row.get("error") or ""
+
+
+def _as_source(source) -> ScanSource:
+    if isinstance(source, ScanSource):
+        return source
+    return source_for_path(Path(source))
+
+
+_ASSESS_HAS_DIRECTION: bool | None = None
+
+
+def _assess(scan: ScanVolume, labels, config: ScreenConfig):
+    global _ASSESS_HAS_DIRECTION
+    from postprocess import assess
+    from postprocess._xp import to_device
+
+    if _ASSESS_HAS_DIRECTION is None:
+        _ASSESS_HAS_DIRECTION = "direction" in inspect.signature(assess).parameters
+    gpu = config.device == "gpu"
+    kw = {"direction": scan.direction} if _ASSESS_HAS_DIRECTION else {}
+    return assess(
+        to_device(scan.array, gpu),
+        to_device(labels, gpu),
+        scan.spacing,
+        config.assess,
+        contrast_hint=True if scan.metadata.get("contrast_agent") else None,
+        **kw,
+    )
+
+
+def _stages(src: ScanSource, segmenter: Segmenter, config: ScreenConfig, timer: StageTimer):
+    """The data flow of one scan, top to bottom."""
+    with timer("read"):
+        scan = src.read()
+    labels = segmenter.segment(scan, src, timer)  # preprocess -> infer -> map back
+    with timer("measure"):
+        assessment = _assess(scan, labels, config)
+    row = _measured_row(scan, src, assessment, config)
+    with timer("write"):
+        files = write_outputs(src, scan, labels, row, segmenter, config, assessment)
+    return labels, assessment, row, files
+
+
+def screen_scan(source, segmenter: Segmenter, config: ScreenConfig | None = None) -> ScanResult:
+    """Screen one scan: read, segment, measure, write its files; never raises for a bad scan.
+
+    Parameters
+    ----------
+    source : ScanSource, str or Path
+        A discovered source, or an image file / DICOM folder (case_id from its name).
+    segmenter : Segmenter
+        :class:`TritonSegmenter`, :class:`MaskFolderSegmenter` or your own.
+    config : ScreenConfig, optional
+
+    Returns
+    -------
+    ScanResult
+        ``status`` ``error`` with the message in ``row["error"]`` when the scan
+        could not be measured (unreadable file, server failure, mask mismatch, ...).
+    """
+    config = config or ScreenConfig()
+    src = _as_source(source)
+    timer = StageTimer()
+    t0 = time.perf_counter()
+    labels = assessment = None
+    files: dict = {}
+    try:
+        labels, assessment, row, files = _stages(src, segmenter, config, timer)
+    except ScreeningError as exc:
+        row = _error_row(str(exc))
+    except MemoryError:
+        row = _error_row(f"{src.path}: out of memory in stage {timer.current}")
+    except Exception as exc:  # noqa: BLE001 - a bad scan never stops the batch
+        row = _error_row(
+            f"{src.path}: unexpected {type(exc).__name__} in stage {timer.current}: {exc}"
+        )
+    row.update(
+        case_id=src.case_id,
+        source=str(src.path),
+        source_id=src.source_id,
+        source_fingerprint=src.fingerprint(),
+        segmenter=segmenter.kind,
+        seconds=round(time.perf_counter() - t0, 3),
+        **{f"seconds_{k}": round(v, 4) for k, v in timer.seconds.items()},
+    )
+    return ScanResult(
+        src.case_id,
+        str(src.path),
+        row["status"],
+        row,
+        assessment,
+        labels,
+        files,
+        dict(timer.seconds),
+    )
+
+
+def _error_row(message: str) -> dict:
+    return {
+        "status": contract.STATUS_ERROR,
+        "grade": contract.GRADE_INDETERMINATE,
+        "error": message,
+    }
+
+
+def _measured_row(scan: ScanVolume, src: ScanSource, assessment, config: ScreenConfig) -> dict:
+    row = dict(assessment.to_row())
+    notes = [str(n) for n in scan.metadata.get("notes", [])]
+    extra = row.get("notes")
+    if extra:
+        notes += [n for n in (extra.split(";") if isinstance(extra, str) else extra) if n]
+    row["notes"] = ";".join(notes)
+    ev = row.get("contrast_evidence")
+    if isinstance(ev, (list, tuple)):
+        row["contrast_evidence"] = ";".join(str(x) for x in ev)
+    row.update(covariates(scan, src, config.link_uids))
+    flagged = bool(assessment.flags) or assessment.grade == contract.GRADE_INDETERMINATE
+    row["status"] = contract.STATUS_FLAGGED if flagged else contract.STATUS_OK
+    row["error"] = ""
+    return row
+
+
+def write_outputs(
+    src: ScanSource,
+    scan: ScanVolume,
+    labels,
+    row: dict,
+    segmenter: Segmenter,
+    config: ScreenConfig,
+    assessment=None,
+) -> dict:
+    """Per-scan files in ``config.out_dir``: mask (with 3D Slicer / ITK-SNAP label files),
+    QC picture, DICOM SEG/SR (as configured). Returns ``{kind: Path}``."""
+    files: dict = {}
+    out = config.out_dir
+    if out is None:
+        return files
+    from postprocess._xp import to_numpy
+
+    labels = to_numpy(labels)
+    case = src.case_id
+    if config.write_masks and segmenter.kind != "masks":
+        from .io import write_label_map
+        from .labels_sidecar import write_label_sidecars
+
+        files["mask"] = write_label_map(labels, scan, out / "masks" / f"{case}.nii.gz")
+        files.update(write_label_sidecars(files["mask"]))
+    if config.write_qc:
+        from .report import qc_png
+
+        ratio = "n/a" if row.get("ratio") is None else f"{row['ratio']:.3f}"
+        title = f"{case}  L/S ratio {ratio}  {row['grade']}  {row.get('flags', '')}"
+        files["qc"] = qc_png(
+            scan.array, labels, scan.spacing, out / "qc" / f"{case}.png", title, scan.direction,
+            row=row, assessment=assessment,
+        )  # fmt: skip
+    if (config.dicom_seg or config.dicom_sr) and src.kind == "dicom":
+        from . import dicom_out
+
+        model = segmenter.describe().get("model_name")
+        where = src.files or src.path
+        if config.dicom_seg:
+            files["dicom_seg"] = dicom_out.write_dicom_seg(
+                where, labels, row, out / "dicom" / f"{case}.seg.dcm",
+                scan=scan, series_uid=src.series_uid, model_name=model,
+            )  # fmt: skip
+        if config.dicom_sr:
+            files["dicom_sr"] = dicom_out.write_dicom_sr(
+                where, row, out / "dicom" / f"{case}.sr.dcm",
+                seg_path=files.get("dicom_seg"), series_uid=src.series_uid, model_name=model,
+            )  # fmt: skip
+    return files
+
+
+__all__ = [
+    "MaskFolderSegmenter",
+    "ScanResult",
+    "ScreenConfig",
+    "Segmenter",
+    "StageTimer",
+    "TritonSegmenter",
+    "check_mask_matches_scan",
+    "covariates",
+    "screen_scan",
+    "write_outputs",
+]
