@@ -12,19 +12,36 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import InferenceError
-from .server import DEFAULT_REPOSITORY, EmbeddedServer, install_interrupt_handlers
+from ._paths import model_repository
+from .errors import ConfigError, InferenceError
+from .server import EmbeddedServer, install_interrupt_handlers
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m client.serve", description=__doc__.splitlines()[0])
-    ap.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY)
+def main(argv=None, prog: str = "python -m client.serve") -> int:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--model-repository",
+        type=Path,
+        default=None,
+        help="default: $HEPASCREEN_MODEL_REPOSITORY, the installed copy, or the checkout's",
+    )
+    ap.add_argument(
+        "--device",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="gpu: ONNX Runtime's CUDA provider (configs/gpu.pbtxt; needs onnxruntime-gpu)",
+    )
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--grpc-port", type=int, default=None)
     ap.add_argument("--http-port", type=int, default=None)
     ap.add_argument("--metrics-port", type=int, default=None)
     ap.add_argument("--log", type=Path, default=Path("tritonserver.log"), help="server log file")
     args = ap.parse_args(argv)
+    try:
+        args.model_repository = model_repository(args.model_repository)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     srv = EmbeddedServer(
         args.model_repository,
         log_path=args.log,
@@ -32,6 +49,7 @@ def main(argv=None) -> int:
         grpc_port=args.grpc_port,
         http_port=args.http_port,
         metrics_port=args.metrics_port,
+        extra_args=["--model-config-name=gpu"] if args.device == "gpu" else None,
     )
     install_interrupt_handlers()  # Ctrl-C and SIGTERM end the loop and stop the server
     try:

@@ -1,7 +1,8 @@
 """Triton Python-backend model: ONNX Runtime on the exported VNet (uint8 in, uint8 out).
 
 Plain on purpose (python_backend examples/add_sub): ``initialize`` opens the ONNX
-session, ``execute`` concatenates the batched requests into one ONNX Runtime call
+session (on the CPU, or with ONNX Runtime's CUDA provider when the config parameter
+``device`` is ``gpu``: ``configs/gpu.pbtxt``, chosen by ``--model-config-name=gpu``), ``execute`` concatenates the batched requests into one ONNX Runtime call
 and returns one response per request, a bad request gets a ``TritonError`` in its
 own response and the others still run.
 """
@@ -26,9 +27,25 @@ class TritonPythonModel:
         threads = int(params.get("intra_op_num_threads", "0") or 0)
         if threads > 0:
             opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(
-            path, sess_options=opts, providers=["CPUExecutionProvider"]
-        )
+        device = params.get("device", "cpu").strip().lower()
+        if device == "gpu":
+            # Never run here (no GPU on this project's machines): needs onnxruntime-gpu
+            # (same version range) in the server's Python and a CUDA device.
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise pb_utils.TritonModelException(
+                    "device gpu: this ONNX Runtime has no CUDAExecutionProvider "
+                    f"(available: {', '.join(ort.get_available_providers())}); "
+                    "install onnxruntime-gpu in the server's Python, or use --device cpu"
+                )
+            gpu_id = int(args.get("model_instance_device_id", 0) or 0)
+            providers = [("CUDAExecutionProvider", {"device_id": gpu_id}), "CPUExecutionProvider"]
+        elif device == "cpu":
+            providers = ["CPUExecutionProvider"]
+        else:
+            raise pb_utils.TritonModelException(
+                f"config parameter device: expected cpu or gpu, got {device!r}"
+            )
+        self.session = ort.InferenceSession(path, sess_options=opts, providers=providers)
         inp = self.model_config["input"][0]
         out = self.model_config["output"][0]
         self.input_name, self.output_name = inp["name"], out["name"]

@@ -1,0 +1,67 @@
+"""The ``hepascreen`` console command (``[project.scripts]``).
+
+::
+
+    hepascreen screen INPUT... -o OUT [options]   screen scans (same options as python -m client.batch)
+    hepascreen serve [options]                    run the bundled Triton server in the foreground
+    hepascreen version                            tool, schema and model versions
+    hepascreen --version                          the tool's version
+"""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: hepascreen {screen,serve,version} ... | --version
+
+  screen INPUT... -o OUT   screen CT scans (hepascreen screen --help)
+  serve                    run the bundled Triton server (hepascreen serve --help)
+  version                  tool, result-schema and model versions
+"""
+
+
+def version_info() -> dict:
+    """Tool version, result schema version and the bundled model (path and SHA-256)."""
+    from . import __version__, contract
+    from ._paths import model_repository
+    from .errors import ConfigError
+    from .pipeline import model_file_sha256
+
+    info = {"hepascreen": __version__, "result_schema": contract.SCHEMA_VERSION}
+    try:
+        repo = model_repository()
+        info.update(model_repository=str(repo), model_sha256=model_file_sha256(repo))
+    except ConfigError as exc:
+        info.update(model_repository=None, model_error=str(exc))
+    return info
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, end="", file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    cmd, rest = argv[0], argv[1:]
+    if cmd in ("--version", "-V"):
+        from . import __version__
+
+        print(f"hepascreen {__version__}")
+        return 0
+    if cmd == "version":
+        for k, v in version_info().items():
+            print(f"{k}: {v}")
+        return 0
+    if cmd == "screen":
+        from .batch import main as screen
+
+        return screen(rest, prog="hepascreen screen")
+    if cmd == "serve":
+        from .serve import main as serve
+
+        return serve(rest, prog="hepascreen serve")
+    print(f"hepascreen: unknown command {cmd!r}\n{USAGE}", end="", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
