@@ -207,7 +207,7 @@ def _histogram_svg(ratios: list[float], t=contract.GRADE_THRESHOLDS) -> str:
         out.append(
             f'<line x1="{x(v):.1f}" y1="{top - 4}" x2="{x(v):.1f}" y2="{top + ph}" '
             f'stroke="#222" stroke-dasharray="4 3"/>'
-            f'<text x="{x(v) + 3:.1f}" y="{top + 6}">{v:g}</text>'
+            f'<text x="{x(v) + 3:.1f}" y="{top + 6}">{v:.1f}</text>'
             f"<title>{name}</title>"
         )
     out.append("</svg>")
@@ -228,7 +228,8 @@ _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:1em 1.5em;color:#222}
 h1{font-size:1.4em;margin:.2em 0} h2{font-size:1.1em;margin:1.2em 0 .4em}
 table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}
-th{background:#f2f2f2;position:sticky;top:0;cursor:pointer;white-space:nowrap}
+th{background:#f2f2f2;position:sticky;top:0;cursor:pointer;vertical-align:bottom}
+td.txt{max-width:26em;overflow-wrap:break-word}
 th.sorted{background:#dde8f5} td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.st-error{background:#fde2e2} tr.st-flagged{background:#fff6d6}
 .g{display:inline-block;padding:0 6px;border-radius:3px;color:#fff;font-weight:600}
@@ -261,8 +262,8 @@ function fmt(v,c){if(v===null||v===undefined)return '';var d=D.decimals[c];
  if(typeof v==='number'){if(d!==undefined&&d!==null){var s=v.toFixed(d);return /^-0(\.0+)?$/.test(s)?s.slice(1):s;}
   return Number.isInteger(v)?String(v):String(+v.toPrecision(4));}
  return String(v);}
-function visible(){if(st.cols==='all')return C.slice();if(st.cols)return st.cols.split(',').filter(function(c){return c in I;});
- return C.filter(function(c){return D.visible.indexOf(c)>=0;});}
+function visible(){var v=st.cols==='all'?C.slice():st.cols?st.cols.split(',').filter(function(c){return c in I;}):C.filter(function(c){return D.visible.indexOf(c)>=0;});
+ return ['case_id'].concat(v.filter(function(c){return c!=='case_id';}));}
 function rowsNow(){var q=st.q.toLowerCase(),out=[];
  var gi=I.grade,si=I.status,txt=['case_id','flags','notes','error','source'].filter(function(c){return c in I;}).map(function(c){return I[c];});
  for(var i=0;i<N;i++){var r=D.rows[i];
@@ -281,14 +282,17 @@ function rowsNow(){var q=st.q.toLowerCase(),out=[];
 function render(){parse();var vis=visible(),sel=rowsNow(),pages=Math.max(1,Math.ceil(sel.length/st.size));
  if(st.page>pages)st.page=pages;var a=(st.page-1)*st.size,b=Math.min(sel.length,a+st.size);
  var h='<tr>'+vis.map(function(c){var cls=c===st.sort?' class="sorted"':'';var m=D.meaning[c]||'';var u=D.units[c]?' ['+D.units[c]+']':'';
-   return '<th data-col="'+esc(c)+'"'+cls+' title="'+esc(m+u)+'">'+esc(c)+(c===st.sort?(st.desc?' \u25BC':' \u25B2'):'')+'</th>';}).join('')+'<th>qc</th></tr>';
+   var th='<th data-col="'+esc(c)+'"'+cls+' title="'+esc(m+u)+'">'+esc(c).replace(/_/g,'_<wbr>')+(c===st.sort?(st.desc?' \u25BC':' \u25B2'):'')+'</th>';
+   return c==='case_id'?th+'<th>qc</th>':th;}).join('')+'</tr>';
  var body=[];for(var k=a;k<b;k++){var i=sel[k],r=D.rows[i],cid=String(r[I.case_id]);
-  var cells=vis.map(function(c){var v=r[I[c]];var t=fmt(v,c);
-   if(c==='grade'&&v)return '<td><span class="g" style="background:'+(D.gradeCss[v]||'#888')+'">'+esc(t)+'</span></td>';
-   var num=typeof v==='number';return '<td'+(num?' class="num" title="'+esc(v)+'"':'')+'>'+esc(t)+'</td>';}).join('');
   var img='';if(D.qc[i]){var u='qc/'+encodeURIComponent(cid)+'.png';
    img='<a href="'+esc(u)+'"><img class="qc" loading="lazy" src="'+esc(u)+'" alt="QC picture of '+esc(cid)+'"></a>';}
-  body.push('<tr class="st-'+esc(r[I.status]||'')+'" data-case="'+esc(cid)+'">'+cells+'<td>'+img+'</td></tr>');}
+  var cells=vis.map(function(c){var v=r[I[c]];var t=fmt(v,c);var td;
+   if(c==='grade'&&v)td='<td><span class="g" style="background:'+(D.gradeCss[v]||'#888')+'">'+esc(t)+'</span></td>';
+   else if(typeof v==='number')td='<td class="num" title="'+esc(v)+'">'+esc(t)+'</td>';
+   else td='<td class="txt">'+esc(t).replace(/(;|__|\/)/g,'$1<wbr>')+'</td>';
+   return c==='case_id'?td+'<td class="qc">'+img+'</td>':td;}).join('');
+  body.push('<tr class="st-'+esc(r[I.status]||'')+'" data-case="'+esc(cid)+'">'+cells+'</tr>');}
  document.getElementById('hs-head').innerHTML=h;document.getElementById('hs-body').innerHTML=body.join('');
  document.getElementById('hs-count').textContent=(sel.length?('rows '+(a+1)+'-'+b+' of '+sel.length):'no rows')+
   (sel.length!==N?' (filtered from '+N+')':'')+'; page '+st.page+' of '+pages;

@@ -64,7 +64,7 @@ class _Table(HTMLParser):
             self.cols.append(a["data-col"])
         elif self._where == "hs-body" and tag == "tr":
             self.rows.append({"case": a.get("data-case"), "cells": [], "img": None})
-        elif self._where == "hs-body" and tag == "td":
+        elif self._where == "hs-body" and tag == "td" and a.get("class") != "qc":
             self._cell = []
         elif self._where == "hs-body" and tag == "img":
             self.rows[-1]["img"] = a.get("src")
