@@ -292,9 +292,16 @@ def run_level(endpoints, batches, concurrency: int, n_requests: int, max_seconds
     }
 
 
-def _drive(cfg: LoadConfig, url: str) -> dict:
-    import tritonclient
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def _drive(cfg: LoadConfig, url: str) -> dict:
     from client.triton import SegmentationClient
 
     with SegmentationClient(
@@ -307,7 +314,6 @@ def _drive(cfg: LoadConfig, url: str) -> dict:
         timeout_s=cfg.timeout_s,
     ) as sc:
         model_shape, max_batch, model_cfg = sc.model_shape, sc.max_batch_size, sc.config
-        server_meta = sc._client.get_server_metadata(as_json=True)
     if cfg.batch < 1 or cfg.batch > max_batch:
         raise ValueError(
             f"--batch must be 1..{max_batch} (the model's max_batch_size), got {cfg.batch}"
@@ -322,6 +328,7 @@ def _drive(cfg: LoadConfig, url: str) -> dict:
     n_workers = max(cfg.concurrency)
     endpoints = [_Endpoint(cfg, url) for _ in range(n_workers)]
     try:
+        server_meta = endpoints[0].client.get_server_metadata(as_json=True)
         wire = wire_bytes(endpoints[0], batches[0])
         for i in range(cfg.warmup):
             endpoints[0].infer(*endpoints[0].request(batches[i % len(batches)]))
@@ -343,7 +350,7 @@ def _drive(cfg: LoadConfig, url: str) -> dict:
     return {
         "machine": machine_info(
             numpy=np.__version__,
-            tritonclient=getattr(tritonclient, "__version__", "?"),
+            tritonclient=_version("tritonclient"),
             python=platform.python_version(),
         ),
         "endpoint": {

@@ -7,6 +7,16 @@ Only what was measured is shown: every section reads one JSON result written by 
 benchmark script (machine info included) and says which script and command made it.
 Plots whose data is missing are listed under "Not measured yet" instead of drawn.
 Nothing is measured here; run the benchmark scripts first (``benchmarks/README.md``).
+
+Keys read beyond what today's scripts write, so that extended benchmarks show up
+without changing this file:
+
+* ``postprocess.json`` (or ``postprocess_scaling.json``) ``"scaling"``: a list of
+  ``{"grid": [z, y, x] or "voxels": n, "<name>_s": seconds, ..., "<name>_peak_mb": MB, ...}``
+  (every ``*_s`` key is drawn on the time plot, every ``*mb``/``peak``/``rss`` key on the
+  memory plot);
+* ``batch.json`` ``"runs"`` entries: ``overlap_efficiency``, ``peak_rss_mb``,
+  ``wire_bytes_per_scan``, ``cpu_s_per_scan``, ``n_scans`` (runs at N = 20 and 100).
 """
 
 from __future__ import annotations
@@ -236,49 +246,54 @@ def section_serving(res, plots, out_md, missing) -> list[str]:
         ]
     plt = _plt()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    drew = False
-    for mode, style in (("on", "o-"), ("off", "s--")):
+    triton = [r for r in rows.values() if r.get("path") == "triton_grpc"]
+    series = sorted({(r.get("dynamic_batching"), r.get("batch")) for r in triton})
+    for n, (mode, batch) in enumerate(series):
         pts = sorted(
-            (r["concurrency"], r)
-            for r in rows.values()
-            if r.get("path") == "triton_grpc"
-            and r.get("dynamic_batching") == mode
-            and r.get("batch") == 1
+            (
+                (r["concurrency"], r)
+                for r in triton
+                if (r.get("dynamic_batching"), r.get("batch")) == (mode, batch)
+            ),
+            key=lambda p: p[0],
         )
-        if not pts:
-            continue
-        drew = True
         cs = [c for c, _ in pts]
-        a1.plot(
-            cs,
-            [r["volumes_per_s"] for _, r in pts],
-            style,
-            label=f"Triton, dynamic batching {mode}",
-        )
-        for q, alpha in (("p50_s", 1.0), ("p95_s", 0.6), ("p99_s", 0.35)):
-            a2.plot(
-                cs, [r["latency"][q] for _, r in pts], style, alpha=alpha, label=f"{mode} {q[:-2]}"
-            )
+        style = "o-" if mode == "on" else "s--"
+        label = f"Triton, batching {mode}, {batch} vol/request"
+        a1.plot(cs, [r["volumes_per_s"] for _, r in pts], style, color=f"C{n}", label=label)
+        if batch == 1:
+            for q, alpha in (("p50_s", 1.0), ("p95_s", 0.55), ("p99_s", 0.3)):
+                a2.plot(
+                    cs,
+                    [r["latency"][q] for _, r in pts],
+                    style,
+                    color=f"C{n}",
+                    alpha=alpha,
+                    label=f"batching {mode} {q[:3]}",
+                )
     ort = sorted(
         (r["batch"], r) for r in rows.values() if r.get("path") == "onnxruntime_in_process"
     )
-    for b, r in ort:
+    for k, (b, r) in enumerate(ort):
         a1.axhline(
             r["volumes_per_s"],
-            lw=0.8,
+            lw=1,
             ls=":",
-            color=f"C{2 + b % 6}",
+            color=f"C{len(series) + k}",
             label=f"ONNX Runtime in-process, batch {b}",
         )
-    if drew:
-        a1.set_xscale("log", base=2)
-        a2.set_xscale("log", base=2)
-        a1.set_xlabel("requests in flight (1 volume each)")
+    if triton:
+        for ax in (a1, a2):
+            ax.set_xscale("log", base=2)
+            levels = sorted({r["concurrency"] for r in triton})
+            ax.set_xticks(levels, [str(c) for c in levels])
+            ax.minorticks_off()
+            ax.set_ylim(bottom=0)
+            ax.set_xlabel("requests in flight")
         a1.set_ylabel("volumes / s")
         a1.set_title("throughput")
         a1.legend(fontsize=7)
-        a2.set_xlabel("requests in flight")
-        a2.set_ylabel("seconds per request")
+        a2.set_ylabel("seconds per request (1 volume)")
         a2.set_title("latency p50 / p95 / p99")
         a2.legend(fontsize=7, ncol=2)
         lines += [_save(fig, plots, "serving.png", out_md), ""]
@@ -448,7 +463,7 @@ def section_load(name, res, plots, out_md, missing) -> list[str]:
         "",
         _machine_line(res),
         "",
-        f"Endpoint {res.get('endpoint', {}).get('server')}, model input {m.get('input_shape')}, "
+        f"Endpoint: {' '.join(str(v) for v in res.get('endpoint', {}).get('server', {}).values())}, model input {m.get('input_shape')}, "
         f"dynamic batching {'on' if m.get('dynamic_batching') not in (None, 'off') else 'off'}, batch {res.get('config', {}).get('batch')}.",
         "",
     ]
@@ -495,6 +510,12 @@ def build(results_dir: Path, out_md: Path, plots: Path) -> str:
             results[p.name] = json.loads(p.read_text())
         except json.JSONDecodeError as exc:
             raise ValueError(f"{p}: not valid JSON ({exc})") from exc
+    if "postprocess_scaling.json" in results:
+        scaling = results.pop("postprocess_scaling.json")
+        merged = dict(results.get("postprocess.json", {}))
+        merged["scaling"] = scaling.get("scaling")
+        merged.setdefault("machine", scaling.get("machine", {}))
+        results["postprocess.json"] = merged
     missing: list[str] = []
     body: list[str] = []
     for name, fn in SECTIONS:
