@@ -259,6 +259,11 @@ def _bootstrap_ci(lm: np.ndarray, sm: np.ndarray, n_boot: int, rng) -> tuple[flo
     return (float(lo), float(hi))
 
 
+def _median_sd(m: OrganMeasurement) -> float:
+    sd = m.sds[m.kept] if m.sds.size else m.sds
+    return float(np.median(sd)) if sd.size else float("nan")
+
+
 def _validate_direction(direction):
     if direction is None:
         return None
@@ -403,6 +408,7 @@ def assess(
             liver.volume_ml,
             spleen.volume_ml,
             cfg.gate,
+            noise_sd=(_median_sd(liver), _median_sd(spleen)),
         )
         flags += g.flags
         notes += g.notes

@@ -24,7 +24,9 @@ class GateConfig:
     liver_median_hu: tuple = (-60.0, 200.0)
     spleen_median_hu: tuple = (20.0, 220.0)
     band_hu: float = 50.0
-    min_frac_in_band: float = 0.7
+    band_min_hu: float = 20.0
+    band_sd_k: float = 3.5
+    min_frac_in_band: float = 0.85
     air_hu: float = -400.0
     fat_hu: float = -60.0
     body_hu: float = -500.0
@@ -41,7 +43,7 @@ class GateConfig:
     max_spleen_below_liver_mm: float = 40.0
     min_spleen_reach: float = 0.6
     min_liver_reach: float = 0.7
-    max_reach: float = 1.0
+    max_reach: float = 1.05
     min_liver_to_spleen_volume: float = 1.0
 
 
@@ -57,7 +59,7 @@ class ContrastConfig:
     enabled: bool = True
     liver_hu: float = 80.0
     vessel_excess_hu: float = 30.0
-    vessel_noise_k: float = 3.0
+    vessel_noise_k: float = 2.5
     vessel_min_fraction: float = 0.01
     spleen_spread_hu: float = 12.0
 

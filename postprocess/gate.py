@@ -45,6 +45,7 @@ class OrganEvidence:
     si_range: tuple = (float("nan"), float("nan"))
     x_range: tuple = (float("nan"), float("nan"))
     hu_median: float = float("nan")
+    band_hu: float = float("nan")
     frac_in_band: float = float("nan")
     frac_air: float = float("nan")
     frac_fat: float = float("nan")
@@ -126,7 +127,7 @@ cfg_min_slices = 3
 
 
 def organ_evidence(
-    name, hu_c, comp_c, n_all_c, stride, spacing, direction, cfg: GateConfig, volume_ml
+    name, hu_c, comp_c, n_all_c, stride, spacing, direction, cfg: GateConfig, volume_ml, noise_sd
 ) -> OrganEvidence:
     """Evidence for one organ from coarse views (``comp_c``: largest piece on the coarse grid)."""
     xp, ndi = get_xp(comp_c)
@@ -151,7 +152,13 @@ def organ_evidence(
     vals = hu_c[comp_c].astype(xp.float32)
     med = float(xp.median(vals))
     ev.hu_median = med
-    ev.frac_in_band = float(xp.mean(xp.abs(vals - med) <= cfg.band_hu))
+    # Band: wide enough for the organ's own noise and texture (median SD of its
+    # measuring cubes), narrow enough that fat, air, bone and neighbours leave it.
+    band = cfg.band_hu
+    if math.isfinite(noise_sd):
+        band = max(cfg.band_min_hu, min(cfg.band_hu, cfg.band_sd_k * noise_sd))
+    ev.band_hu = band
+    ev.frac_in_band = float(xp.mean(xp.abs(vals - med) <= band))
     ev.frac_air = float(xp.mean(vals < cfg.air_hu))
     ev.frac_fat = float(xp.mean((vals >= cfg.air_hu) & (vals < cfg.fat_hu)))
     # Shell: coarse voxels within cfg.shell_mm outside the organ (inside the scan).
@@ -218,6 +225,7 @@ def check_segmentation(
     liver_volume_ml: float,
     spleen_volume_ml: float,
     cfg: GateConfig,
+    noise_sd: tuple = (float("nan"), float("nan")),
 ) -> GateResult:
     """Plausibility of the liver and spleen masks; flags and notes when doubtful.
 
@@ -235,6 +243,9 @@ def check_segmentation(
     liver_volume_ml, spleen_volume_ml : float
         Volumes of the largest pieces at full resolution.
     cfg : GateConfig
+    noise_sd : (float, float)
+        Median HU standard deviation of the liver's and the spleen's kept cubes
+        (noise plus texture inside the organ); sets the attenuation band.
 
     Returns
     -------
@@ -247,14 +258,14 @@ def check_segmentation(
     hu_c = hu[sl]
     res = GateResult()
     ev = {}
-    for name, comp, allm, vol in (
-        ("liver", liver_comp, liver_all, liver_volume_ml),
-        ("spleen", spleen_comp, spleen_all, spleen_volume_ml),
+    for name, comp, allm, vol, nsd in (
+        ("liver", liver_comp, liver_all, liver_volume_ml, noise_sd[0]),
+        ("spleen", spleen_comp, spleen_all, spleen_volume_ml, noise_sd[1]),
     ):
         xp, _ = get_xp(comp)
         n_all_c = int(xp.count_nonzero(allm[sl]))
         ev[name] = organ_evidence(
-            name, hu_c, comp[sl], n_all_c, stride, spacing, direction, cfg, vol
+            name, hu_c, comp[sl], n_all_c, stride, spacing, direction, cfg, vol, nsd
         )
     res.liver, res.spleen = ev["liver"], ev["spleen"]
     half = float("nan")
@@ -302,7 +313,7 @@ def judge(res: GateResult, cfg: GateConfig) -> None:
         if e.frac_in_band < cfg.min_frac_in_band:
             r.append(
                 f"{e.name} attenuation not uniform: {100 * e.frac_in_band:.0f} % of voxels within "
-                f"{cfg.band_hu:.0f} HU of its median (>= {100 * cfg.min_frac_in_band:.0f} %)"
+                f"{e.band_hu:.0f} HU of its median (>= {100 * cfg.min_frac_in_band:.0f} %)"
             )
         if e.frac_air > cfg.max_frac_air:
             r.append(f"{e.name} mask contains air ({100 * e.frac_air:.0f} % of voxels)")

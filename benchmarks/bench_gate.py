@@ -1,0 +1,274 @@
+"""Benchmark: the segmentation-quality gate on good and deliberately broken masks.
+
+``python benchmarks/bench_gate.py [--phantoms 40] [--broken-phantoms 4] [--out benchmarks/results]``
+
+* Broken: every breakage of benchmarks/gate_cases.py on the shared real CT (with
+  other organs of its 61-structure map labelled as spleen or liver) and on
+  phantoms stored in random orientations. "Flagged" = grade ``indeterminate``.
+  "Harmful" = the same masks graded with the gate switched off give a grade other
+  than the truth (the cases the gate exists for).
+* Good: the real CT with its reference masks (native and resampled to
+  0.8 x 0.8 x 5 mm), the shipped model's own masks of the real CT, and phantoms of
+  every grade, size, orientation and noise level, some cut by the scan's edge.
+  "Falsely flagged" = a gate flag (segmentation doubtful, implausible placement or
+  attenuation) on a good mask.
+* No abdomen: the real CT cropped to the chest (lung bases up) and to the pelvis,
+  phantoms cropped below the organs, and the real GE head CT, all segmented by the
+  REAL shipped model (model_repository/cpu/hepascreen_vnet/1/model.onnx through
+  ONNX Runtime and client.preprocess): every one must be ``indeterminate``.
+
+Writes benchmarks/results/gate.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._common import machine_info, save_result  # noqa: E402
+from benchmarks.gate_cases import (  # noqa: E402
+    broken_generic,
+    broken_real,
+    load_real,
+    resample_real,
+)
+
+GATE_FLAGS = {
+    "liver_segmentation_doubtful",
+    "spleen_segmentation_doubtful",
+    "organs_implausibly_placed",
+    "liver_hu_implausible",
+    "spleen_hu_implausible",
+    "ratio_implausible",
+}
+MODEL = ROOT / "model_repository" / "cpu" / "hepascreen_vnet" / "1" / "model.onnx"
+
+
+def model_segmenter():
+    """The shipped model through ONNX Runtime and the shared preprocessing (None if absent)."""
+    if not MODEL.exists():
+        return None
+    import onnxruntime as ort
+
+    from client.preprocess import preprocess, to_scan_grid
+
+    sess = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    shape = tuple(int(n) for n in inp.shape[2:])
+
+    def seg(hu, spacing, direction):
+        t, rec = preprocess(hu, spacing, direction, shape)
+        out = sess.run(None, {inp.name: t[None]})[0]
+        return to_scan_grid(out[0], rec)
+
+    return seg
+
+
+def good_cases(n_phantoms: int, seg=None):
+    """``[(name, hu, labels, spacing, direction, true_grade)]`` of good segmentations."""
+    from training.phantoms import make_phantom
+
+    hu, lab, _, _, sp, d = load_real()
+    out = [("real_reference", hu, lab, sp, d, "normal")]
+    h5, l5 = resample_real(hu, lab, sp, d, (5.0, 0.8, 0.8))
+    out.append(("real_reference_0.8x0.8x5mm", h5, l5, (5.0, 0.8, 0.8), d, "normal"))
+    if seg is not None:
+        out.append(("real_model_masks", hu, seg(hu, sp, d), sp, d, "normal"))
+    shapes = [(48, 96, 96), (64, 128, 128), (40, 80, 100), (80, 112, 112), (32, 96, 96)]
+    for seed in range(n_phantoms):
+        grade = ("normal", "mild", "moderate", "severe")[seed % 4]
+        p = make_phantom(
+            2000 + seed,
+            shape=shapes[seed % len(shapes)],
+            grade=grade,
+            random_orientation=seed % 3 != 0,
+            cut_liver=seed % 6 == 5,
+            noise_sd=(None, 25.0, 5.0)[seed % 3],
+            fov_mm=(350.0, 300.0, 420.0)[seed % 3],
+        )
+        out.append((f"phantom_{seed}", p.hu, p.labels, p.spacing, p.direction, p.truth["grade"]))
+    return out
+
+
+def broken_cases(n_phantoms: int, rng):
+    """``[(name, hu, labels, spacing, direction, true_grade)]`` of broken segmentations."""
+    from training.phantoms import make_phantom
+
+    hu, lab, lab_all, names, sp, d = load_real()
+    out = [
+        (f"real/{k}", hu, v, sp, d, "normal")
+        for k, v in broken_real(hu, lab, lab_all, names, sp, d, rng).items()
+    ]
+    for seed in range(n_phantoms):
+        grade = ("normal", "mild", "moderate", "severe")[seed % 4]
+        p = make_phantom(3000 + seed, shape=(64, 128, 128), grade=grade, random_orientation=True)
+        for k, v in broken_generic(p.labels, p.spacing, p.direction, rng).items():
+            out.append((f"phantom{seed}/{k}", p.hu, v, p.spacing, p.direction, p.truth["grade"]))
+    return out
+
+
+def no_abdomen_cases(seg):
+    """Scans without an abdomen, segmented by the shipped model."""
+    from client.io import read_scan
+    from training.phantoms import make_phantom
+
+    hu, _, lab_all, names, sp, d = load_real()
+    lungs = np.isin(lab_all, [v for k, v in names.items() if k.startswith("lung")])
+    liver = lab_all == names["liver"]
+    z_lung = int(np.nonzero(lungs.any(axis=(1, 2)))[0].min())
+    z_liver = int(np.nonzero(liver.any(axis=(1, 2)))[0].min())
+    out = []
+    for name, sl in (
+        ("real_chest_from_lung_base", slice(z_lung, None)),
+        ("real_pelvis_below_liver", slice(0, z_liver)),
+        ("real_pelvis_lower_half", slice(0, hu.shape[0] // 2)),
+    ):
+        h = np.ascontiguousarray(hu[sl])
+        out.append((name, h, seg(h, sp, d), sp, d))
+    for seed in range(3):
+        p = make_phantom(4000 + seed, shape=(64, 128, 128))
+        zs = np.nonzero(np.isin(p.labels, (1, 2)).any(axis=(1, 2)))[0]
+        h = np.ascontiguousarray(p.hu[: max(4, int(zs.min()) - 1)])
+        out.append(
+            (
+                f"phantom_{seed}_below_organs",
+                h,
+                seg(h, p.spacing, p.direction),
+                p.spacing,
+                p.direction,
+            )
+        )
+    head_dir = ROOT.parent / "shared" / "data" / "dicom_edge_cases" / "ge_head_ct_gantry_tilt"
+    if head_dir.exists():
+        s = read_scan(head_dir)
+        out.append(
+            (
+                "real_ge_head_ct",
+                s.array,
+                seg(s.array, s.spacing, s.direction),
+                s.spacing,
+                s.direction,
+            )
+        )
+    return out
+
+
+def run(n_good: int, n_broken_phantoms: int, seed: int = 0) -> dict:
+    from postprocess import AssessConfig, assess
+    from postprocess.config import GateConfig
+
+    off = AssessConfig(gate=GateConfig(enabled=False))
+    rng = np.random.default_rng(seed)
+    seg = model_segmenter()
+    res: dict = {}
+    t0 = time.perf_counter()
+    rows = []
+    for name, hu, lab, sp, d, truth in good_cases(n_good, seg):
+        a = assess(hu, lab, sp, direction=d)
+        gate = sorted(GATE_FLAGS & set(a.flags))
+        rows.append(
+            {
+                "case": name,
+                "grade": a.grade,
+                "truth": truth,
+                "gate_flags": gate,
+                "notes": list(a.notes),
+            }
+        )
+    n_false = sum(bool(r["gate_flags"]) for r in rows)
+    res["good"] = {
+        "n": len(rows),
+        "falsely_flagged": n_false,
+        "false_flag_rate": round(n_false / len(rows), 4),
+        "graded_right": sum(r["grade"] == r["truth"] for r in rows),
+        "cases": rows,
+    }
+    rows = []
+    for name, hu, lab, sp, d, truth in broken_cases(n_broken_phantoms, rng):
+        a = assess(hu, lab, sp, direction=d)
+        b = assess(hu, lab, sp, off, direction=d)
+        harmful = b.grade not in ("indeterminate", truth)
+        rows.append(
+            {
+                "case": name,
+                "grade": a.grade,
+                "flagged": a.grade == "indeterminate",
+                "grade_without_gate": b.grade,
+                "truth": truth,
+                "harmful_without_gate": harmful,
+                "flags": list(a.flags),
+                "notes": list(a.notes),
+            }
+        )
+    n = len(rows)
+    flagged = sum(r["flagged"] for r in rows)
+    harmful = [r for r in rows if r["harmful_without_gate"]]
+    res["broken"] = {
+        "n": n,
+        "flagged": flagged,
+        "flag_rate": round(flagged / n, 4),
+        "n_real": sum(r["case"].startswith("real/") for r in rows),
+        "flag_rate_real": round(
+            np.mean([r["flagged"] for r in rows if r["case"].startswith("real/")]), 4
+        ),
+        "flag_rate_phantoms": round(
+            np.mean([r["flagged"] for r in rows if not r["case"].startswith("real/")]), 4
+        ),
+        "n_harmful_without_gate": len(harmful),
+        "harmful_flagged": sum(r["flagged"] for r in harmful),
+        "wrong_grades_with_gate": sum(
+            (not r["flagged"]) and r["grade"] != r["truth"] for r in rows
+        ),
+        "missed": [r["case"] for r in rows if not r["flagged"]],
+        "flags_fired": dict(
+            Counter(f for r in rows for f in r["flags"] if f in GATE_FLAGS).most_common()
+        ),
+        "cases": rows,
+    }
+    if seg is not None:
+        rows = []
+        for name, hu, lab, sp, d in no_abdomen_cases(seg):
+            a = assess(hu, lab, sp, direction=d)
+            rows.append(
+                {"case": name, "grade": a.grade, "flags": list(a.flags), "notes": list(a.notes)}
+            )
+        res["no_abdomen"] = {
+            "model": str(MODEL.relative_to(ROOT)),
+            "n": len(rows),
+            "indeterminate": sum(r["grade"] == "indeterminate" for r in rows),
+            "cases": rows,
+        }
+    res["seconds"] = round(time.perf_counter() - t0, 1)
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--phantoms", type=int, default=40, help="good phantoms")
+    ap.add_argument("--broken-phantoms", type=int, default=4, help="phantoms to break")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = ap.parse_args(argv)
+    res = {"machine": machine_info(), **run(args.phantoms, args.broken_phantoms)}
+    save_result(res, args.out, "gate.json")
+    b, g = res["broken"], res["good"]
+    print(
+        f"broken: {b['flagged']}/{b['n']} flagged ({100 * b['flag_rate']:.1f} %), harmful "
+        f"{b['harmful_flagged']}/{b['n_harmful_without_gate']} flagged; good: "
+        f"{g['falsely_flagged']}/{g['n']} falsely flagged; missed: {b['missed']}"
+    )
+    if "no_abdomen" in res:
+        na = res["no_abdomen"]
+        print(f"no abdomen: {na['indeterminate']}/{na['n']} indeterminate")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
