@@ -1,0 +1,145 @@
+"""Segmentation-quality gate: broken masks flagged, good masks graded, no abdomen no grade.
+
+The full tally (160+ broken, 80+ good) is benchmarks/bench_gate.py; here a smaller
+set asserts the same targets: >= 95 % of broken masks indeterminate, <= 5 % of good
+masks carrying a gate flag.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks.bench_gate import GATE_FLAGS, good_cases, model_segmenter, no_abdomen_cases
+from benchmarks.gate_cases import broken_generic, broken_real, load_real, mirror
+from client.errors import MeasurementError
+from postprocess import AssessConfig, assess
+from postprocess.flags import BLOCKING, FLAGS
+from training.phantoms import make_phantom
+
+
+@pytest.fixture(scope="module")
+def real(shared_data):
+    return load_real()
+
+
+def test_broken_masks_are_flagged(real):
+    hu, lab, lab_all, names, sp, d = real
+    rng = np.random.default_rng(0)
+    results = []
+    for name, labels in broken_real(hu, lab, lab_all, names, sp, d, rng).items():
+        results.append((f"real/{name}", assess(hu, labels, sp, direction=d)))
+    p = make_phantom(3001, shape=(48, 96, 96), grade="mild", random_orientation=True)
+    for name, labels in broken_generic(p.labels, p.spacing, p.direction, rng).items():
+        results.append((f"phantom/{name}", assess(p.hu, labels, p.spacing, direction=p.direction)))
+    assert len(results) >= 50
+    flagged = [n for n, a in results if a.grade == "indeterminate"]
+    missed = [n for n, a in results if a.grade != "indeterminate"]
+    assert len(flagged) >= 0.95 * len(results), missed
+    for n, a in results:
+        assert set(a.flags) <= set(FLAGS), (n, set(a.flags) - set(FLAGS))
+        if GATE_FLAGS & set(a.flags):
+            assert a.notes and a.to_row()["notes"], n  # a reason in words
+
+
+def test_good_masks_pass(shared_data):
+    rows = [(n, assess(hu, lab, sp, direction=d), t) for n, hu, lab, sp, d, t in good_cases(16)]
+    false = [(n, a.notes) for n, a, _ in rows if GATE_FLAGS & set(a.flags)]
+    assert len(false) <= 0.05 * len(rows), false
+    wrong = [(n, a.grade, t) for n, a, t in rows if a.grade not in (t, "indeterminate")]
+    assert not wrong
+
+
+def test_mirrored_and_swapped_real_masks_say_why(real):
+    hu, lab, _, _, sp, d = real
+    m = assess(hu, mirror(lab, d, "LR"), sp, direction=d)
+    assert m.grade == "indeterminate" and "organs_implausibly_placed" in m.flags
+    assert "left" in m.to_row()["notes"]
+    swapped = np.select([lab == 1, lab == 2], [2, 1], 0).astype(np.uint8)
+    s = assess(hu, swapped, sp, direction=d)
+    assert s.grade == "indeterminate" and "organs_implausibly_placed" in s.flags
+
+
+def test_laterality_needs_the_direction(real):
+    hu, lab, _, _, sp, d = real
+    a = assess(hu, lab, sp)
+    assert "laterality_unchecked" in a.flags and a.grade == "normal"
+    b = assess(hu, lab, sp, direction=d)
+    assert "laterality_unchecked" not in b.flags and b.notes == ()
+    # The same scan stored in another orientation gives the same verdict.
+    flipped = np.ascontiguousarray(hu[:, :, ::-1])
+    lab_f = np.ascontiguousarray(lab[:, :, ::-1])
+    d_f = d.copy()
+    d_f[:, 0] *= -1
+    c = assess(flipped, lab_f, sp, direction=d_f)
+    assert c.grade == "normal" and not (GATE_FLAGS & set(c.flags))
+    e = assess(flipped, lab_f, sp, direction=d)  # wrong direction: mirrored anatomy
+    assert e.grade == "indeterminate" and "organs_implausibly_placed" in e.flags
+
+
+@pytest.mark.parametrize("bad", [np.zeros((3, 3)), np.ones((2, 2)), np.full((3, 3), np.nan)])
+def test_bad_direction_raises(bad):
+    p = make_phantom(1, shape=(32, 64, 64))
+    with pytest.raises(MeasurementError, match="direction"):
+        assess(p.hu, p.labels, p.spacing, direction=bad)
+
+
+def test_flags_registry_is_complete():
+    assert BLOCKING <= set(FLAGS)
+    assert all(isinstance(v, str) and v for v in FLAGS.values())
+    for old in (
+        "liver_missing",
+        "spleen_cut_by_edge",
+        "contrast_enhanced",
+        "spleen_hu_nonpositive",
+    ):
+        assert old in FLAGS
+
+
+def test_kept_cubes_exposed_beside_corners():
+    p = make_phantom(11, shape=(64, 128, 128), liver_hu=20.0, spleen_hu=45.0)
+    hu = p.hu.copy()
+    z, y, x = np.nonzero(p.labels == 1)
+    sel = x % 9 == 0
+    hu[z[sel], y[sel], x[sel]] = 200  # bright vessels: some cubes rejected
+    a = assess(hu, p.labels, p.spacing, direction=p.direction)
+    lv = a.liver
+    assert lv.corners.shape == (lv.n_sampled, 3) and lv.kept.shape == (lv.n_sampled,)
+    assert lv.means.shape == lv.kept.shape and lv.kept.dtype == bool
+    assert int((~lv.kept).sum()) == lv.n_rejected > 0
+    assert a.to_row()["n_cubes_liver"] == int(lv.kept.sum())
+    assert lv.hu == pytest.approx(float(lv.means[lv.kept].mean()))
+    # Each cube (margin included) lies inside the liver.
+    s, m = lv.cube_voxels, lv.margin_voxels
+    liver = p.labels == 1
+    for c in lv.corners[:20]:
+        lo = [int(c[i]) - m[i] for i in range(3)]
+        hi = [int(c[i]) + s[i] + m[i] for i in range(3)]
+        assert liver[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].all()
+
+
+def test_implausible_attenuation_and_ratio_never_graded():
+    p = make_phantom(5, shape=(48, 96, 96))
+    a = assess(p.hu, p.labels, p.spacing, direction=p.direction)
+    assert a.grade == p.truth["grade"]
+    hu = p.hu.astype(np.int16).copy()
+    hu[p.labels == 1] -= 300  # liver at about -250 HU: not liver tissue
+    b = assess(hu, p.labels, p.spacing, direction=p.direction)
+    assert b.grade == "indeterminate" and "liver_hu_implausible" in b.flags
+    assert "ratio_implausible" in b.flags
+    cfg = AssessConfig(ratio_range=(0.05, 1.0))
+    c = assess(p.hu, p.labels, p.spacing, cfg, direction=p.direction)
+    assert ("ratio_implausible" in c.flags) == (c.ratio > 1.0)
+
+
+def test_scans_without_abdomen_through_the_shipped_model(shared_data):
+    """Chest and pelvis crops of the real CT, the real head CT and cropped phantoms,
+    segmented by the REAL shipped ONNX model: never graded."""
+    seg = model_segmenter()
+    if seg is None:
+        pytest.fail("model_repository/cpu/hepascreen_vnet/1/model.onnx is missing")
+    cases = no_abdomen_cases(seg)
+    assert len(cases) >= 6
+    for name, hu, lab, sp, d in cases:
+        a = assess(hu, lab, sp, direction=d)
+        assert a.grade == "indeterminate", (name, a.ratio, a.flags)
