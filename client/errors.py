@@ -16,7 +16,15 @@ class PreprocessError(ScreeningError):
 
 
 class InferenceError(ScreeningError):
-    """The Triton server or the model failed, or does not match the contract."""
+    """The Triton server or the model failed, or does not match the contract.
+
+    ``status`` is the gRPC status name when the failure came from gRPC
+    (``UNAVAILABLE``, ``DEADLINE_EXCEEDED``, ``INVALID_ARGUMENT``, ...), else None.
+    """
+
+    def __init__(self, message: str = "", *, status: str | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 class MeasurementError(ScreeningError):

@@ -9,11 +9,21 @@ stub finds its packages through the ``python3`` first on ``PATH`` (so the virtua
 environment's ``bin`` goes first). Every endpoint binds to 127.0.0.1 unless told
 otherwise; the server runs in its own process group, so stopping it kills the
 Python-backend stubs too.
+
+No orphans, whatever happens to the process that started the server: the server
+is launched through a one-line shell that leaves a watcher in the server's
+process group, blocked reading a pipe whose only writer is this process. When
+this process ends in any way (SIGKILL and crashes included) the kernel closes
+the pipe, the watcher reads end-of-file and SIGKILLs the whole group (server and
+stubs). Temporary folders and shared-memory regions carry the owner's pid and
+start time in their names, so the next start removes those of dead owners
+(:func:`cleanup_stale`).
 """
 
 from __future__ import annotations
 
 import atexit
+import itertools
 import os
 import shutil
 import signal
@@ -33,6 +43,108 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REPOSITORY = PROJECT_ROOT / "model_repository" / "cpu"
 
 _LIVE: weakref.WeakSet = weakref.WeakSet()
+_SERIAL = itertools.count()
+TMP_PREFIX = "hepascreen-triton-"
+SHM_PREFIX = "hepascreen-shm-"
+SHM_DIR = Path("/dev/shm")
+# Two watchers stay in the server's process group, then the shell becomes tritonserver
+# (same pid and group, stdin from /dev/null):
+# 1. reads the pipe (the shell's stdin, kept as fd 3) until EOF, i.e. until the
+#    owner is gone however it ended, then SIGKILLs the group;
+# 2. polls the server's /proc state each second (shell builtins plus sleep) and
+#    SIGKILLs the group once it has exited: its Python-backend stubs inherit the
+#    server's sockets, so without this a dead server's connections stay open and
+#    requests hang until their deadline instead of failing at once.
+_LAUNCHER = (
+    "exec 3<&0; "
+    "( read _ <&3; kill -KILL 0 ) & "
+    '( while read -r _ _ st _ </proc/$$/stat && [ "$st" != Z ]; do sleep 1; done; '
+    "kill -KILL 0 ) 3<&- 2>/dev/null & "
+    'exec "$@" 3<&- </dev/null'
+)
+
+
+def _start_time(pid: int) -> str | None:
+    """Start time of process ``pid`` (clock ticks since boot), or None if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def owner_tag(pid: int | None = None) -> str:
+    """``<pid>-<start time>`` of this process: unique even when pids are reused."""
+    pid = os.getpid() if pid is None else pid
+    return f"{pid}-{_start_time(pid) or 0}"
+
+
+def _owner_alive(tag: str) -> bool:
+    try:
+        pid, start = tag.split("-")[:2]
+        return _start_time(int(pid)) == start
+    except ValueError:
+        return True  # not ours to judge
+
+
+def _cmdlines_mentioning(text: str) -> bool:
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if text in (d / "cmdline").read_bytes().decode(errors="replace"):
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+def cleanup_stale(tmp_dir: str | Path | None = None, shm_dir: str | Path = SHM_DIR) -> dict:
+    """Remove temporary folders and shared-memory files left by dead earlier runs.
+
+    Names made by this module hold the owner's ``pid-starttime``; they are removed
+    when that process no longer exists. Older unnamed leftovers (folders of runs
+    before this scheme) are removed when no running process refers to them and
+    they are over two minutes old.
+
+    Returns
+    -------
+    dict
+        ``{"folders": [...], "shm": [...]}``, the names removed.
+    """
+    removed = {"folders": [], "shm": []}
+    tmp = Path(tmp_dir or tempfile.gettempdir())
+    now = time.time()
+    try:
+        entries = list(tmp.glob(TMP_PREFIX + "*"))
+    except OSError:
+        entries = []
+    for d in entries:
+        rest = d.name[len(TMP_PREFIX) :]
+        parts = rest.split("-")
+        if len(parts) >= 3 and parts[0].isdigit() and parts[1].isdigit():
+            stale = not _owner_alive(f"{parts[0]}-{parts[1]}")
+        else:
+            try:
+                old = now - d.stat().st_mtime > 120
+            except OSError:
+                continue
+            stale = old and not _cmdlines_mentioning(str(d))
+        if stale:
+            shutil.rmtree(d, ignore_errors=True)
+            removed["folders"].append(d.name)
+    try:
+        shm = list(Path(shm_dir).glob(SHM_PREFIX + "*"))
+    except OSError:
+        shm = []
+    for f in shm:
+        parts = f.name[len(SHM_PREFIX) :].split("-")
+        if len(parts) >= 2 and not _owner_alive(f"{parts[0]}-{parts[1]}"):
+            try:
+                f.unlink()
+                removed["shm"].append(f.name)
+            except OSError:
+                pass
+    return removed
 
 
 def _pytriton_dirs() -> tuple[Path, Path]:
@@ -145,6 +257,10 @@ class EmbeddedServer:
         self.log_path = Path(log_path) if log_path else None
         self._proc: subprocess.Popen | None = None
         self._log_fh = None
+        self._lifeline: int | None = None
+        self.started_at: float | None = None
+        self.last_log_tail = ""
+        self.cleaned: dict = {}
 
     @property
     def grpc_url(self) -> str:
@@ -199,20 +315,33 @@ class EmbeddedServer:
             return self
         if not self.model_repository.is_dir():
             raise InferenceError(f"model repository not found: {self.model_repository}")
-        self._tmp = tempfile.mkdtemp(prefix="hepascreen-triton-")
+        self.cleaned = cleanup_stale()
+        tag = owner_tag()
+        self._tmp = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{tag}-")
         backend_dir = build_backend_dir(Path(self._tmp) / "backends")
-        if self.log_path is None:
+        if self._own_log:
             self.log_path = Path(self._tmp) / "tritonserver.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_fh = open(self.log_path, "ab")
-        self._proc = subprocess.Popen(
-            self.command(backend_dir),
-            stdout=self._log_fh,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=self.environment(),
-            start_new_session=True,  # own process group: stop() reaches the stubs too
-        )
+        shm = f"{SHM_PREFIX}{tag}-{next(_SERIAL)}-"
+        cmd = [*self.command(backend_dir), f"--backend-config=python,shm-region-prefix-name={shm}"]
+        r, w = os.pipe()  # both ends non-inheritable; the child gets r explicitly
+        try:
+            self._proc = subprocess.Popen(
+                ["/bin/sh", "-c", _LAUNCHER, "hepascreen-watch", *cmd],
+                stdout=self._log_fh,
+                stderr=subprocess.STDOUT,
+                stdin=r,
+                env=self.environment(),
+                start_new_session=True,  # own process group: stop() reaches the stubs too
+            )
+        except BaseException:
+            os.close(w)
+            raise
+        finally:
+            os.close(r)
+        self._lifeline = w
+        self.started_at = time.monotonic()
         _LIVE.add(self)
         try:
             self._wait_ready()
@@ -250,6 +379,16 @@ class EmbeddedServer:
             f"{self._log_tail()}"
         )
 
+    def kill(self) -> None:
+        """SIGKILL the server's whole process group now (a frozen server ignores SIGTERM)."""
+        if self._proc is not None:
+            for sig in (signal.SIGKILL, signal.SIGCONT):
+                try:
+                    os.killpg(self._proc.pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        self.stop(timeout_s=5.0)
+
     def stop(self, timeout_s: float = 15.0) -> None:
         """Stop the server and its process group (idempotent)."""
         proc, self._proc = self._proc, None
@@ -272,15 +411,19 @@ class EmbeddedServer:
                 os.killpg(proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+        if self._lifeline is not None:
+            try:
+                os.close(self._lifeline)  # the watcher (if still there) kills the group
+            except OSError:
+                pass
+            self._lifeline = None
         if self._log_fh is not None:
             self._log_fh.close()
             self._log_fh = None
         if self._tmp is not None:
-            keep_log = not self._own_log
-            if keep_log or self.log_path is None or not str(self.log_path).startswith(self._tmp):
-                shutil.rmtree(self._tmp, ignore_errors=True)
-            else:
-                shutil.rmtree(Path(self._tmp) / "backends", ignore_errors=True)
+            if self._own_log and self.log_path is not None:
+                self.last_log_tail = self._log_tail()
+            shutil.rmtree(self._tmp, ignore_errors=True)  # a temporary log goes with it
             self._tmp = None
         _LIVE.discard(self)
 

@@ -107,8 +107,9 @@ class SegmentationClient:
         last = "no answer"
         while True:
             try:
-                if self._client.is_server_live() and self._client.is_server_ready():
-                    if self._client.is_model_ready(self.model_name):
+                c = self._client
+                if c.is_server_live(client_timeout=2.0) and c.is_server_ready(client_timeout=2.0):
+                    if c.is_model_ready(self.model_name, client_timeout=2.0):
                         return
                     last = f"model {self.model_name!r} is not ready"
                 else:
@@ -121,7 +122,9 @@ class SegmentationClient:
 
     def _read_config(self) -> None:
         try:
-            cfg = self._client.get_model_config(self.model_name, as_json=True)["config"]
+            cfg = self._client.get_model_config(self.model_name, as_json=True, client_timeout=10.0)[
+                "config"
+            ]
         except Exception as exc:
             raise InferenceError(
                 f"Triton at {self.url}: cannot read the model config: {exc}"
@@ -138,8 +141,26 @@ class SegmentationClient:
         self.max_batch_size = int(cfg.get("max_batch_size", 0) or 0)
 
     # -- inference ----------------------------------------------------------------
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Segment a batch: uint8 ``[N, 1, z, y, x]`` -> uint8 ``[N, z, y, x]`` (retries included)."""
+    def infer(
+        self, batch: np.ndarray, *, timeout_s: float | None = None, retries: int | None = None
+    ) -> np.ndarray:
+        """Segment a batch: uint8 ``[N, 1, z, y, x]`` -> uint8 ``[N, z, y, x]`` (retries included).
+
+        Parameters
+        ----------
+        batch : numpy.ndarray
+        timeout_s : float, optional
+            Deadline of each attempt (default: the client's ``timeout_s``).
+        retries : int, optional
+            Retries of a transient failure (default: the client's ``retries``).
+
+        Raises
+        ------
+        InferenceError
+            With ``status`` set to the gRPC status name of the last failure.
+        """
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        retries = self.retries if retries is None else retries
         batch = np.ascontiguousarray(batch)
         expected = (contract.INPUT_CHANNELS, *self.model_shape)
         if batch.dtype != np.uint8 or batch.ndim != 5 or tuple(batch.shape[1:]) != expected:
@@ -148,13 +169,13 @@ class SegmentationClient:
             )
         g = _grpc()
         delay = 0.5
-        for attempt in range(self.retries + 1):
+        for attempt in range(retries + 1):
             inp = g.InferInput(contract.INPUT_NAME, list(batch.shape), "UINT8")
             inp.set_data_from_numpy(batch)
             out = g.InferRequestedOutput(contract.OUTPUT_NAME)
             try:
                 res = self._client.infer(
-                    self.model_name, [inp], outputs=[out], client_timeout=self.timeout_s
+                    self.model_name, [inp], outputs=[out], client_timeout=timeout_s
                 )
                 labels = res.as_numpy(contract.OUTPUT_NAME)
                 if labels is None or labels.shape != (batch.shape[0], *self.model_shape):
@@ -166,13 +187,15 @@ class SegmentationClient:
                 raise
             except Exception as exc:
                 status = _status_name(exc)
-                if status in _TRANSIENT and attempt < self.retries:
+                if status in _TRANSIENT and attempt < retries:
                     time.sleep(delay)
                     delay *= 2
                     continue
                 msg = exc.message() if hasattr(exc, "message") else str(exc)
                 raise InferenceError(
-                    f"inference on {self.model_name!r} at {self.url} failed ({status or type(exc).__name__}): {msg}"
+                    f"inference on {self.model_name!r} at {self.url} failed "
+                    f"({status or type(exc).__name__}): {msg}",
+                    status=status or None,
                 ) from exc
         raise InferenceError("unreachable")  # pragma: no cover
 
@@ -190,10 +213,19 @@ class SegmentationClient:
         fut.add_done_callback(lambda _f: self._slots.release())
         return fut
 
-    def statistics(self) -> dict:
+    def is_live(self, timeout_s: float = 2.0) -> bool:
+        """True when the server answers a liveness check within ``timeout_s``."""
+        try:
+            return bool(self._client.is_server_live(client_timeout=timeout_s))
+        except Exception:
+            return False
+
+    def statistics(self, timeout_s: float = 10.0) -> dict:
         """Inference statistics of the model: ``inference_count``, ``execution_count``, ..."""
         try:
-            st = self._client.get_inference_statistics(self.model_name, as_json=True)
+            st = self._client.get_inference_statistics(
+                self.model_name, as_json=True, client_timeout=timeout_s
+            )
         except Exception as exc:
             raise InferenceError(f"cannot read statistics from {self.url}: {exc}") from exc
         ms = st.get("model_stats", [{}])[0]

@@ -1,0 +1,239 @@
+"""Server faults against the REAL bundled Triton server: kill, freeze, dead URL, no orphans."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from client import contract
+from client.errors import InferenceError
+from client.server import (
+    DEFAULT_REPOSITORY,
+    SHM_DIR,
+    SHM_PREFIX,
+    TMP_PREFIX,
+    EmbeddedServer,
+    _free_port,
+    cleanup_stale,
+)
+from client.supervisor import SupervisedSegmenter
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[1]
+ONNX = DEFAULT_REPOSITORY / contract.MODEL_NAME / "1" / "model.onnx"
+
+
+def _group(pgid: int) -> list[tuple[int, str]]:
+    """Live (non-zombie) processes of process group ``pgid``: (pid, command)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            out.append((int(d.name), cmd[:120]))
+    return out
+
+
+def _wait_gone(pgid: int, timeout_s: float = 10.0) -> list:
+    deadline = time.monotonic() + timeout_s
+    while (left := _group(pgid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+@pytest.fixture(scope="module")
+def inputs_and_reference():
+    import onnxruntime as ort
+
+    from client.preprocess import preprocess
+    from training.phantoms import make_phantom
+
+    sess = ort.InferenceSession(str(ONNX), providers=["CPUExecutionProvider"])
+    shape = tuple(int(d) for d in sess.get_inputs()[0].shape[2:])
+    x = []
+    for seed in range(3):
+        p = make_phantom(seed, shape=(40, 80, 80), spacing=(5.0, 3.5, 3.5))
+        x.append(preprocess(p.hu, p.spacing, p.direction, shape)[0])
+    x = np.stack(x)
+    (ref,) = sess.run(None, {contract.INPUT_NAME: x})
+    assert (ref == 1).mean() > 0.01  # the model segments something: a real comparison
+    return x, ref
+
+
+def test_sigkill_of_the_owner_leaves_no_server_and_the_next_start_cleans_up(tmp_path):
+    code = (
+        "import os, sys, time\n"
+        "from client.server import EmbeddedServer\n"
+        "s = EmbeddedServer().start()\n"
+        "print(s.pid, s._tmp, flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        line = proc.stdout.readline().split()
+        assert line, "the owner did not start a server"
+        pid, tmp = int(line[0]), Path(line[1])
+        members = _group(pid)
+        cmds = " ".join(c for _, c in members)
+        assert "tritonserver" in cmds and "triton_python_backend_stub" in cmds, members
+        shm = [f for f in SHM_DIR.glob(f"{SHM_PREFIX}{proc.pid}-*")]
+        assert shm, "the stub's shared memory carries the owner's tag"
+        proc.send_signal(signal.SIGKILL)  # no handler, no finally, no atexit
+        proc.wait(timeout=10)
+        t = time.monotonic()
+        left = _wait_gone(pid, 10.0)
+        assert not left, f"orphans after SIGKILL of the owner: {left}"
+        assert time.monotonic() - t < 5.0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # The dead owner's temporary folder and shared memory are still there ...
+    assert tmp.exists() and all(f.exists() for f in shm)
+    removed = cleanup_stale()  # ... until the next start (EmbeddedServer.start calls this)
+    assert tmp.name in removed["folders"] and not tmp.exists()
+    assert all(f.name in removed["shm"] and not f.exists() for f in shm)
+
+
+def test_cleanup_keeps_what_live_owners_use(tmp_path):
+    live = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=tmp_path))
+    from client.server import owner_tag
+
+    mine = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{owner_tag()}-", dir=tmp_path))
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    dead_pid = int(dead.stdout)
+    gone = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{dead_pid}-12345-", dir=tmp_path))
+    shm_dir = tmp_path / "shm"
+    shm_dir.mkdir()
+    (shm_dir / f"{SHM_PREFIX}{owner_tag()}-0-abc").write_bytes(b"x")
+    (shm_dir / f"{SHM_PREFIX}{dead_pid}-12345-0-abc").write_bytes(b"x")
+    removed = cleanup_stale(tmp_path, shm_dir)
+    assert mine.exists() and not gone.exists()
+    assert live.exists()  # no start time in the name: judged by use and age, and it is new
+    assert removed["shm"] == [f"{SHM_PREFIX}{dead_pid}-12345-0-abc"]
+
+
+def test_killed_server_is_restarted_and_requests_in_flight_retried(inputs_and_reference, tmp_path):
+    x, ref = inputs_and_reference
+    with SupervisedSegmenter(
+        log_path=tmp_path / "server.log", max_in_flight=4, watch_interval_s=0
+    ) as seg:
+        first = seg.server.pid
+        assert np.array_equal(seg.segment(x[0]), ref[0])
+        futures = [seg.submit(x[i % 3]) for i in range(9)]
+        os.kill(first, signal.SIGKILL)  # the server dies with requests in flight
+        results = [f.result(timeout=120) for f in futures]
+        for i, r in enumerate(results):
+            assert np.array_equal(r, ref[i % 3]), i
+        assert seg.restarts == 1 and seg.server.pid != first
+        assert any("exited" in e["event"] for e in seg.events), seg.events
+        assert not _wait_gone(first, 10.0), "the dead server's stubs were not cleared"
+        st = seg.statistics()
+        assert st["volumes"] == 10 and st["restarts"] == 1
+    assert (tmp_path / "server.log").stat().st_size > 0
+
+
+def test_frozen_server_hits_the_deadline_and_is_restarted(inputs_and_reference, tmp_path):
+    x, ref = inputs_and_reference
+    with SupervisedSegmenter(
+        log_path=tmp_path / "server.log", max_in_flight=2, min_deadline_s=3.0, watch_interval_s=0
+    ) as seg:
+        assert np.array_equal(seg.segment(x[1]), ref[1])
+        deadline = seg.deadline_s()
+        assert 3.0 <= deadline < 60.0  # derived from the measured time, not the old 300 s
+        frozen = seg.server.pid
+        os.killpg(frozen, signal.SIGSTOP)  # hung: alive but silent
+        try:
+            t = time.monotonic()
+            futures = [seg.submit(x[i]) for i in range(3)]
+            results = [f.result(timeout=120) for f in futures]
+            took = time.monotonic() - t
+        finally:
+            try:
+                os.killpg(frozen, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        for i, r in enumerate(results):
+            assert np.array_equal(r, ref[i])
+        assert seg.restarts == 1
+        assert any("stopped answering" in e["event"] for e in seg.events), seg.events
+        assert took < deadline + 60.0, took  # deadline + liveness check + restart
+        assert not _wait_gone(frozen, 10.0), "the frozen server was not killed"
+
+
+def test_watchdog_restarts_a_server_that_died_between_requests(inputs_and_reference, tmp_path):
+    x, ref = inputs_and_reference
+    with SupervisedSegmenter(log_path=tmp_path / "s.log", watch_interval_s=0.2) as seg:
+        first = seg.server.pid
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while seg.restarts == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert seg.restarts == 1 and "watchdog" in seg.events[0]["event"]
+        assert np.array_equal(seg.segment(x[2]), ref[2])
+
+
+def test_restarts_are_bounded_then_requests_fail_at_once(inputs_and_reference, tmp_path):
+    x, _ = inputs_and_reference
+    with SupervisedSegmenter(
+        log_path=tmp_path / "s.log", max_restarts=1, watch_interval_s=0
+    ) as seg:
+        os.kill(seg.server.pid, signal.SIGKILL)
+        seg.segment(x[0])  # restart 1
+        os.kill(seg.server.pid, signal.SIGKILL)
+        with pytest.raises(InferenceError, match=r"gave up after 1 restarts .*s\.log"):
+            seg.segment(x[0])
+        t = time.monotonic()
+        with pytest.raises(InferenceError, match="gave up"):
+            seg.segment(x[0])
+        assert time.monotonic() - t < 1.0
+        assert not seg.server.is_running()
+
+
+def test_dead_remote_url_fails_scans_quickly_with_a_clear_message(inputs_and_reference, tmp_path):
+    x, ref = inputs_and_reference
+    srv = EmbeddedServer(log_path=tmp_path / "remote.log").start()
+    try:
+        # Earlier traffic on the "remote" server: not this run's statistics.
+        with SupervisedSegmenter(srv.grpc_url) as other:
+            other.segment(x[0])
+        seg = SupervisedSegmenter(srv.grpc_url, down_recheck_s=60).start()
+        assert np.array_equal(seg.segment(x[1]), ref[1])
+        deadline = time.monotonic() + 10
+        while (st := seg.statistics())["inference_count"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert st["inference_count"] == 1 and st["volumes"] == 1, st
+    finally:
+        srv.stop()
+    times = []
+    for _ in range(4):
+        t = time.monotonic()
+        with pytest.raises(InferenceError, match=rf"Triton at {srv.grpc_url} is not reachable"):
+            seg.segment(x[0])
+        times.append(time.monotonic() - t)
+    seg.close()
+    assert times[0] < 5.0 and max(times[1:]) < 0.5, times
+
+
+def test_unreachable_url_at_start_is_a_clear_error():
+    url = f"127.0.0.1:{_free_port('127.0.0.1')}"
+    t = time.monotonic()
+    with pytest.raises(InferenceError, match=rf"Triton at {url}"):
+        SupervisedSegmenter(url, ready_timeout_s=2).start()
+    assert time.monotonic() - t < 10
