@@ -12,8 +12,6 @@ error or nothing to do (OUT refused, no scans found), 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import platform
-import shutil
 import sys
 import time
 from collections import deque
@@ -118,46 +116,15 @@ def _screen_config(args):
     )  # fmt: skip
 
 
-def _segmenter(args, out: Path, stack: ExitStack):
-    """The segmenter for this run; the bundled server is started (and stopped by ``stack``)."""
-    from .pipeline import MaskFolderSegmenter, TritonSegmenter
-
-    if args.masks:
-        return MaskFolderSegmenter(args.masks, args.label_map), None
-    url, repo = args.url, None
-    if not url:
-        from ._paths import model_repository
-        from .server import EmbeddedServer
-
-        repo = model_repository(args.model_repository)
-        extra = ["--model-config-name=gpu"] if args.device == "gpu" else []
-        server = EmbeddedServer(repo, log_path=out / "server.log", extra_args=extra)
-        url = stack.enter_context(server).grpc_url
-    seg = TritonSegmenter.connect(
-        url, repo, max_in_flight=args.concurrency, ssl=args.ssl,
-        root_certificates=args.root_certificates, private_key=args.private_key,
-        certificate_chain=args.certificate_chain,
-    )  # fmt: skip
-    stack.callback(seg.close)
-    return seg, repo
-
-
-def _statistics(seg) -> dict | None:
-    try:
-        return seg.client.statistics() if seg is not None and seg.kind == "triton" else None
-    except InferenceError:
-        return None
-
-
 def run(args) -> int:
+    from ._atomic import remove_stale_temporaries
     from .discover import discover
+    from .pipeline import open_segmenter
 
     _check_args(args)
     out = Path(args.out)
     if args.overwrite and out.is_dir():
-        for name in results.OUTPUT_NAMES:
-            p = out / name
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+        results.clear_outputs(out)
     context = results.RunContext()
     store = results.ResultStore(out, context) if out.is_dir() else None
     found = discover(args.inputs, pins=store.pins() if store else None, exclude=[out])
@@ -168,15 +135,13 @@ def run(args) -> int:
         return 2
     store = store or results.ResultStore(out, context)
     todo = [s for s in found.sources if not store.is_done(s.case_id, s.fingerprint())]
-    from ._atomic import remove_stale_temporaries
-
     remove_stale_temporaries(out)  # left by a killed run
     previous = results.RunManifest.previous(out / results.RUN_JSON) or {}
     manifest = results.RunManifest(out / results.RUN_JSON, {
         "tool": "hepascreen", "tool_version": context.tool_version, "run_id": context.run_id,
         "schema_version": contract.SCHEMA_VERSION,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv[1:],
-        "versions": _versions(), "machine": _machine(), "device": args.device,
+        **results.environment(), "device": args.device,
         "mode": "masks" if args.masks else ("remote" if args.url else "embedded"),
         "n_found": len(found.sources), "n_skipped_resume": len(found.sources) - len(todo),
         "n_todo": len(todo), "skipped_series": found.skipped, "ignored": found.ignored,
@@ -191,32 +156,28 @@ def run(args) -> int:
     try:
         with ExitStack() as stack, store:
             if todo:  # --resume with nothing left to do starts no server
-                seg, repo = _segmenter(args, out, stack)
+                seg = open_segmenter(
+                    stack, masks=args.masks, label_map=args.label_map, url=args.url,
+                    model_repository=args.model_repository, device=args.device,
+                    server_log=out / "server.log", max_in_flight=args.concurrency,
+                    ssl=args.ssl, root_certificates=args.root_certificates,
+                    private_key=args.private_key, certificate_chain=args.certificate_chain,
+                )  # fmt: skip
                 d = seg.describe()
                 context.segmenter, context.model_name = seg.kind, d["model_name"]
                 context.model_version, context.model_sha256 = d["model_version"], d["model_sha256"]
-                manifest.update(model={**d, "url": args.url or "embedded",
-                                       "repository": str(repo) if repo else None})  # fmt: skip
-                stats0 = _statistics(seg)
+                repo = str(seg.repository) if seg.repository else None
+                manifest.update(model={**d, "url": args.url or "embedded", "repository": repo})
+                stats0 = seg.statistics()
             _run_pool(todo, seg, config, store, manifest, written, args)
-            stats1 = _statistics(seg)
+            stats1 = seg.statistics() if seg else None
         status = "finished"
     except ScreeningError as exc:
         status, error = "failed", str(exc)
         raise
     finally:
         wall = time.perf_counter() - t_wall
-        totals = {k: sum(r.get(f"seconds_{k}") or 0.0 for r in written) for k in contract.STAGES}
-        busy = sum(totals.values()) or 1.0
-        manifest.update(
-            inference_statistics=_stats_delta(stats0, stats1),
-            timings={
-                "wall_s": round(wall, 2),
-                "scans_per_minute": round(60.0 * len(written) / wall, 2) if written else None,
-                "stage_seconds": {k: round(v, 2) for k, v in totals.items()},
-                "stage_fraction": {k: round(v / busy, 3) for k, v in totals.items()},
-            },
-        )
+        manifest.timings(written, wall, stats0, stats1)
         status, error = _write_report(out, manifest, status, error)
         manifest.update(status=status, error=error, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     n_err = sum(r["status"] == contract.STATUS_ERROR for r in written)
@@ -236,14 +197,6 @@ def _write_report(out: Path, manifest, status: str, error):
     except Exception as exc:  # noqa: BLE001 - the rows are safe; say what failed
         return "failed", f"report.html not written: {type(exc).__name__}: {exc}"
     return status, error
-
-
-def _stats_delta(before: dict | None, after: dict | None) -> dict | None:
-    """This run's share of the server's lifetime statistics (remote servers serve others too)."""
-    if not after:
-        return None
-    keys = ("inference_count", "execution_count")
-    return {k: after[k] - (before or {}).get(k, 0) for k in keys}
 
 
 def _run_pool(todo, seg, config, store, manifest, written: list, args) -> None:
@@ -271,26 +224,6 @@ def _run_pool(todo, seg, config, store, manifest, written: list, args) -> None:
             f.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
-
-
-def _versions() -> dict:
-    from importlib import metadata
-
-    out = {"python": platform.python_version(), "hepascreen": results.tool_version()}
-    for pkg in ("numpy", "scipy", "SimpleITK", "pydicom", "onnxruntime", "tritonclient",
-                "nvidia-pytriton"):  # fmt: skip
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-def _machine() -> dict:
-    import os
-
-    return {"platform": platform.platform(), "machine": platform.machine(),
-            "cpu_count": os.cpu_count(), "processor": platform.processor()}  # fmt: skip
 
 
 def main(argv=None, prog: str = "python -m client.batch") -> int:

@@ -247,7 +247,8 @@ def _discover_one(root: Path, out: Discovery, found: list, excluded: dict) -> No
     for (folder, uid), hs in dicom.items():
         why = _dicom.why_not_volume(hs)
         if why:
-            entry = {"path": printable(folder), "series_files": len(hs), "reason": why}
+            where = hs[0].path if len(hs) == 1 else folder  # a lone file is named itself
+            entry = {"path": printable(where), "series_files": len(hs), "reason": why}
             if entry not in out.skipped:
                 out.skipped.append(entry)
             continue
@@ -256,6 +257,14 @@ def _discover_one(root: Path, out: Discovery, found: list, excluded: dict) -> No
     for folder, _, _ in volumes:
         per_folder[folder] = per_folder.get(folder, 0) + 1
     for folder, uid, hs in sorted(volumes, key=lambda v: (str(v[0]), v[2][0].series_number, v[1])):
+        if len(hs) == 1 and per_folder[folder] > 1:
+            # One file of its own series beside others (single DICOM files collected in a
+            # folder): named and read as that file, so its error names the file.
+            f = hs[0].path
+            rel = f.relative_to(root)
+            case = _case_from_rel(rel.with_suffix("") if f.suffix.lower() == ".dcm" else rel)
+            found.append((str(f.resolve()), ScanSource(case, f, "dicom")))
+            continue
         rel = folder.relative_to(root)
         if str(rel) in ("", "."):
             case = root.name  # the INPUT is itself the series (or study) folder

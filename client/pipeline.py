@@ -171,6 +171,15 @@ class TritonSegmenter:
             "model_sha256": self.model_sha256,
         }
 
+    def statistics(self) -> dict | None:
+        """The served model's inference statistics (None when the server does not answer)."""
+        from .errors import InferenceError
+
+        try:
+            return self.client.statistics()
+        except InferenceError:
+            return None
+
     def close(self) -> None:
         self.client.close()
 
@@ -251,6 +260,9 @@ class MaskFolderSegmenter:
     def describe(self) -> dict:
         return {"model_name": None, "model_version": None, "model_sha256": None}
 
+    def statistics(self) -> None:
+        return None
+
     def close(self) -> None:
         pass
 
@@ -259,6 +271,43 @@ class MaskFolderSegmenter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def open_segmenter(
+    stack,
+    *,
+    masks: Path | str | None = None,
+    label_map: str | dict = "default",
+    url: str | None = None,
+    model_repository: Path | str | None = None,
+    device: str = "cpu",
+    server_log: Path | str | None = None,
+    **client_kw,
+) -> Segmenter:
+    """The segmenter a run asks for; whatever it starts is stopped by ``stack`` (an ExitStack).
+
+    ``masks`` gives a :class:`MaskFolderSegmenter`; otherwise a :class:`TritonSegmenter` on
+    ``url``, or on the bundled server started from ``model_repository`` (found by the rule
+    of :mod:`client._paths`; ``device="gpu"`` loads its ``configs/gpu.pbtxt``). The
+    segmenter gets a ``repository`` attribute (None for remote servers and masks).
+    ``client_kw`` go to :class:`client.triton.SegmentationClient`.
+    """
+    if masks:
+        seg = MaskFolderSegmenter(masks, label_map)
+        seg.repository = None
+        return seg
+    repo = None
+    if not url:
+        from ._paths import model_repository as find_repository
+        from .server import EmbeddedServer
+
+        repo = find_repository(model_repository)
+        extra = ["--model-config-name=gpu"] if device == "gpu" else []
+        server = EmbeddedServer(repo, log_path=server_log, extra_args=extra)
+        url = stack.enter_context(server).grpc_url
+    seg = stack.enter_context(TritonSegmenter.connect(url, repo, **client_kw))
+    seg.repository = repo
+    return seg
 
 
 def _physical_box(size, spacing, origin, direction) -> np.ndarray:
@@ -588,6 +637,7 @@ __all__ = [
     "StageTimer",
     "TritonSegmenter",
     "check_mask_matches_scan",
+    "open_segmenter",
     "covariates",
     "screen_scan",
     "write_outputs",

@@ -301,6 +301,35 @@ def _csv_header() -> str:
     return buf.getvalue()
 
 
+def clear_outputs(out_dir: Path) -> None:
+    """Remove what a run writes into ``out_dir`` (``--overwrite``); other files stay."""
+    import shutil
+
+    for name in OUTPUT_NAMES:
+        p = Path(out_dir) / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def environment() -> dict:
+    """``versions`` (Python and key packages) and ``machine`` entries of the manifest."""
+    import platform
+    from importlib import metadata
+
+    versions = {"python": platform.python_version(), "hepascreen": tool_version()}
+    for pkg in ("numpy", "scipy", "SimpleITK", "pydicom", "onnxruntime", "tritonclient",
+                "nvidia-pytriton", "highdicom"):  # fmt: skip
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    machine = {"platform": platform.platform(), "machine": platform.machine(),
+               "cpu_count": os.cpu_count(), "processor": platform.processor()}  # fmt: skip
+    return {"versions": versions, "machine": machine}
+
+
 class RunManifest:
     """``run.json``, rewritten atomically whenever something changes, so it is true at every moment.
 
@@ -340,6 +369,28 @@ class RunManifest:
     def update(self, **kw) -> None:
         self.info.update(kw)
         self.write()
+
+    def timings(self, rows: list[dict], wall_s: float, stats0=None, stats1=None) -> None:
+        """Record wall time, throughput, time per stage and this run's inference statistics.
+
+        ``stats0``/``stats1``: the server's statistics before and after the run (a remote
+        server serves others too, so only the difference belongs to this run).
+        """
+        totals = {k: sum(r.get(f"seconds_{k}") or 0.0 for r in rows) for k in contract.STAGES}
+        busy = sum(totals.values()) or 1.0
+        delta = None
+        if stats1:
+            keys = ("inference_count", "execution_count")
+            delta = {k: stats1[k] - (stats0 or {}).get(k, 0) for k in keys}
+        self.update(
+            inference_statistics=delta,
+            timings={
+                "wall_s": round(wall_s, 2),
+                "scans_per_minute": round(60.0 * len(rows) / wall_s, 2) if rows else None,
+                "stage_seconds": {k: round(v, 2) for k, v in totals.items()},
+                "stage_fraction": {k: round(v / busy, 3) for k, v in totals.items()},
+            },
+        )
 
     def row_written(self, row: dict) -> None:
         """Count one written row (and list it among the failures when it is an error)."""

@@ -238,3 +238,16 @@ def test_unreadable_file_is_listed_as_a_non_root_user_would_see(tmp_path, monkey
     assert found.ignored == [
         {"path": str(locked), "reason": "permission denied: file not readable"}
     ]
+
+
+def test_single_dicom_files_in_a_folder_are_named_by_their_file(shared_data):
+    folder = shared_data / "dicom_edge_cases" / "pydicom_files"
+    d = discover([folder])
+    by_id = {s.case_id: s for s in d.sources}
+    assert by_id["CT_small"].path == folder / "CT_small.dcm"
+    assert by_id["no_meta"].path == folder / "no_meta.dcm"
+    skipped = {Path(x["path"]).name: x["reason"] for x in d.skipped}
+    assert "segmentation" in skipped["liver_1frame.dcm"].lower()
+    assert "rt structure" in skipped["rtstruct.dcm"].lower()
+    n_files = sum(1 for p in folder.iterdir() if p.is_file())
+    assert _accounted(d) == n_files  # nothing vanishes

@@ -143,8 +143,10 @@ def _dicom_phantom(folder: Path):
 
     p = make_phantom(3, shape=(40, 96, 96), grade="mild")
     write_series(p.to_scan(), folder / "series", shuffle_seed=1)
+    frame_uid = pydicom.uid.generate_uid()
     for f in (folder / "series").iterdir():
         ds = pydicom.dcmread(f)
+        ds.FrameOfReferenceUID = frame_uid  # as a scanner writes it (DICOM SEG needs it)
         ds.Manufacturer, ds.ManufacturerModelName = "ACME", "Scanner 9000"
         ds.PatientName, ds.PatientBirthDate = "Doe^Jane", "19700101"
         ds.save_as(f)
