@@ -122,6 +122,8 @@ def _cell(v):
     """JSON-safe cell: numbers stay numbers, lists/dicts become compact text."""
     if v is None:
         return None
+    if hasattr(v, "item") and getattr(v, "ndim", None) == 0:
+        v = v.item()  # NumPy scalar
     if isinstance(v, float):
         return v if math.isfinite(v) else None
     if isinstance(v, (int, str, bool)):

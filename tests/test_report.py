@@ -156,3 +156,21 @@ def test_flag_glossary_comes_from_postprocess_flags(tmp_path):
     ]
     text = write_report(rows, tmp_path).read_text()
     assert "<dt>liver_cut_by_edge</dt>" in text and "<dt>zz_new</dt>" in text
+
+
+def test_numpy_scalars_nan_and_nested_values_are_embedded(tmp_path):
+    rows = [
+        {
+            "case_id": "a",
+            "status": "ok",
+            "grade": "normal",
+            "ratio": np.float32(1.25),
+            "n_pairs": np.int64(4),
+            "liver_hu": float("nan"),
+            "stage_seconds": {"read": 0.1},
+        }
+    ]
+    data = _data(write_report(rows, tmp_path).read_text())
+    row = dict(zip(data["columns"], data["rows"][0]))
+    assert row["ratio"] == 1.25 and row["n_pairs"] == 4 and row["liver_hu"] is None
+    assert row["stage_seconds"] == '{"read":0.1}'
