@@ -184,6 +184,59 @@ def read_itk_checked(path: str | Path, *, max_voxels: int | None = None, what: s
             ) from None
 
 
+def read_image_info(path: str | Path, *, max_voxels: int | None = None, what: str = "label map"):
+    """Header facts of a NIfTI/NRRD/MetaImage file, after the same checks as a full read.
+
+    For callers that compare geometry before reading voxels (e.g. a label map
+    against its scan): no HDF5 probing noise, no abort on undecodable names.
+
+    Returns
+    -------
+    dict
+        ``dimension``, ``size`` (x, y, z, ...), ``spacing``, ``origin``, ``direction``
+        (ITK order, as ``SimpleITK.ImageFileReader`` reports them).
+
+    Raises
+    ------
+    ScanReadError
+        As :func:`read_itk_checked`.
+    """
+    import SimpleITK as sitk
+
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)
+    path = Path(path)
+    suffix = image_suffix(path)
+    if suffix is None:
+        raise ScanReadError(
+            f"{show(path)}: unknown {what} format: expected one of {', '.join(IMAGE_SUFFIXES)}"
+        )
+    info = precheck(path, suffix, max_voxels, what)
+    reader = sitk.ImageFileReader()
+    reader.SetImageIO(_IMAGE_IO[suffix])
+    with itk_safe_path(path, suffix, info) as name:
+        reader.SetFileName(name)
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as exc:
+            text = str(exc).replace(name, show(path))
+            if "determinant is 0" in text:
+                raise ScanReadError(
+                    f"{show(path)}: singular direction matrix: two image axes point the same "
+                    "way, so voxels have no 3D position"
+                ) from None
+            last = [ln.strip() for ln in text.strip().splitlines() if ln.strip()][-1:]
+            raise ScanReadError(
+                f"{show(path)}: corrupt or not a readable {what} ({(last or ['?'])[0][:200]})"
+            ) from None
+    return {
+        "dimension": reader.GetDimension(),
+        "size": tuple(reader.GetSize()),
+        "spacing": tuple(reader.GetSpacing()),
+        "origin": tuple(reader.GetOrigin()),
+        "direction": tuple(reader.GetDirection()),
+    }
+
+
 def _read_itk_file(path: Path, min_slices: int, max_voxels: int | None = None) -> ScanVolume:
     import SimpleITK as sitk
 

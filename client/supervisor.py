@@ -75,8 +75,9 @@ class SupervisedSegmenter:
     watch_interval_s : float
         How often the watchdog thread checks the bundled server (0: no thread).
     server_kwargs, client_kwargs : dict, optional
-        More arguments for :class:`EmbeddedServer` / :class:`SegmentationClient`
-        (e.g. TLS options for a remote server).
+        More arguments for :class:`EmbeddedServer` (e.g. ``extra_args``) /
+        :class:`SegmentationClient` (e.g. TLS options for a remote server); other
+        keyword arguments go to the client too.
 
     Raises
     ------
@@ -101,6 +102,7 @@ class SupervisedSegmenter:
         watch_interval_s: float = 1.0,
         server_kwargs: dict | None = None,
         client_kwargs: dict | None = None,
+        **more_client_kwargs,
     ):
         self.remote_url = url
         self.model_repository = model_repository
@@ -114,7 +116,7 @@ class SupervisedSegmenter:
         self.down_recheck_s = float(down_recheck_s)
         self.watch_interval_s = float(watch_interval_s)
         self.server_kwargs = dict(server_kwargs or {})
-        self.client_kwargs = dict(client_kwargs or {})
+        self.client_kwargs = {**(client_kwargs or {}), **more_client_kwargs}
         self.server = None
         self.client = None
         self.restarts = 0
@@ -423,6 +425,20 @@ class SupervisedSegmenter:
                 return  # gave up; requests report it
             except Exception:  # noqa: BLE001 - the watchdog must not die silently mid-run
                 continue
+
+    @property
+    def _client(self):
+        """The current tritonclient object (for callers written against SegmentationClient)."""
+        return self.client._client
+
+    def model_metadata(self) -> dict:
+        """The served model's metadata (name, versions, inputs, outputs) as JSON."""
+        try:
+            return self.client._client.get_model_metadata(
+                self.model_name, as_json=True, client_timeout=10.0
+            )
+        except Exception as exc:  # noqa: BLE001 - translated where it enters
+            raise InferenceError(f"cannot read the model metadata from {self.url}: {exc}") from exc
 
     # -- statistics ---------------------------------------------------------------------------
     def statistics(self) -> dict:

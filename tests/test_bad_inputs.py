@@ -371,6 +371,8 @@ def build_corpus(root: Path, shared_data: Path | None = None) -> list[Case]:
         p.unlink()
     add("DICOM with 3 slices", dcm / "too_few", r"at least 8 slices, got at most 3")
     fs = series("single_file")
+    for p in fs[1:]:
+        p.unlink()
     add("single DICOM slice", fs[0], r"got a single 2D slice")
     (dcm / "not_dicom").mkdir()
     (dcm / "not_dicom" / "DIRFILE").write_bytes(b"\0" * 300)
@@ -553,16 +555,31 @@ def test_folder_instead_of_label_map_prints_nothing(tmp_path):
     (tmp_path / "case.nii.gz").mkdir()
     (tmp_path / "odd.h5.nii.gz").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 600)
     code = (
-        "from client.io import read_label_map\nfrom client.errors import ScanReadError\n"
+        "from client.io import read_label_map, read_image_info\n"
+        "from client.errors import ScanReadError\n"
         "from tests.test_bad_inputs import phantom\n"
         f"for p in ({str(tmp_path / 'case.nii.gz')!r}, {str(tmp_path / 'odd.h5.nii.gz')!r}):\n"
-        "    try:\n        read_label_map(p, phantom())\n"
-        "    except ScanReadError as e:\n        print('ERR', e)\n"
+        "    for read in (lambda: read_label_map(p, phantom()), lambda: read_image_info(p)):\n"
+        "        try:\n            read()\n"
+        "        except ScanReadError as e:\n            print('ERR', e)\n"
     )
     r = _run_isolated(code)
     assert r.returncode == 0 and r.stderr == "", r.stderr
-    assert "is a folder, expected a label map" in r.stdout
-    assert "odd.h5.nii.gz: named .nii.gz but not gzip-compressed" in r.stdout
+    assert r.stdout.count("is a folder, expected a label map") == 2
+    assert r.stdout.count("odd.h5.nii.gz: named .nii.gz but not gzip-compressed") == 2
+
+
+def test_image_info_agrees_with_simpleitk(shared_data):
+    from client.io import read_image_info
+
+    p = shared_data / "totalseg_example" / "labels.nii.gz"
+    info = read_image_info(p)
+    r = sitk.ImageFileReader()
+    r.SetFileName(str(p))
+    r.ReadImageInformation()
+    assert info["size"] == r.GetSize() and info["dimension"] == 3
+    assert np.allclose(info["direction"], r.GetDirection())
+    assert np.allclose(info["origin"], r.GetOrigin())
 
 
 def test_lying_header_is_refused_before_any_allocation(tmp_path):
