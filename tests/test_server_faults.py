@@ -237,3 +237,71 @@ def test_unreachable_url_at_start_is_a_clear_error():
     with pytest.raises(InferenceError, match=rf"Triton at {url}"):
         SupervisedSegmenter(url, ready_timeout_s=2).start()
     assert time.monotonic() - t < 10
+
+
+def _holding(path: Path) -> list[tuple[int, str]]:
+    """Live processes with ``path`` open (e.g. a server whose log is OUT/server.log)."""
+    out = []
+    target = str(path)
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if (d / "stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                continue
+            fds = list((d / "fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) == target:
+                    cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ")[:100]
+                    out.append((int(d.name), cmd.decode(errors="replace")))
+                    break
+            except OSError:
+                continue
+    return out
+
+
+def test_sigkill_of_the_batch_leaves_no_server(tmp_path, shared_data):
+    """The real batch CLI owns the bundled server; SIGKILL it mid-run: nothing survives."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for i in range(6):
+        os.symlink(shared_data / "totalseg_example" / "ct.nii.gz", inp / f"ct{i}.nii.gz")
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "client.batch",
+            str(inp),
+            "-o",
+            str(out),
+            "--quiet",
+            "--concurrency",
+            "1",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    log = out / "server.log"
+    try:
+        deadline = time.monotonic() + 120
+        server = []
+        while time.monotonic() < deadline and proc.poll() is None:
+            server = [p for p in _holding(log) if p[0] != proc.pid]
+            if any("tritonserver" in c for _, c in server):
+                break
+            time.sleep(0.2)
+        assert any("tritonserver" in c for _, c in server), "the batch never started its server"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        t = time.monotonic()
+        while (left := _holding(log)) and time.monotonic() - t < 10:
+            time.sleep(0.1)
+        assert not left, f"orphans after SIGKILL of the batch: {left}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
