@@ -26,6 +26,7 @@ Usage (one scan, after the measurement)::
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -103,6 +104,40 @@ def source_series(source, series_uid: str | None = None) -> list:
     _, _, normal = _dicom._orientation_frame(hs, folder)
     dist = np.array([float(h.position @ normal) for h in hs])
     return [hs[i] for i in np.argsort(dist, kind="stable")]
+
+
+# Type 2 Patient/Study attributes highdicom reads from the first source image. An
+# anonymised series often lacks them; they are then written empty ("unknown" in DICOM),
+# never invented.
+_TYPE2_LINKAGE = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
+
+
+def _source_datasets(hs) -> list:
+    """Header datasets of the source slices, missing Type 2 linkage attributes set empty."""
+    import copy
+
+    out = []
+    for h in hs:
+        ds = h.ds
+        missing = [k for k in _TYPE2_LINKAGE if k not in ds]
+        if missing:
+            ds = copy.copy(ds)  # shallow: only top-level elements are added
+            for k in missing:
+                setattr(ds, k, "")
+        if "StudyInstanceUID" not in ds:
+            raise ScanReadError(f"{h.path}: no StudyInstanceUID; PACS could not file the output")
+        out.append(ds)
+    return out
 
 
 def _grid_from_headers(hs) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
@@ -264,8 +299,20 @@ def write_dicom_seg(
         )
         for value, name in SEGMENTS.items()
     ]
-    seg = hd.seg.Segmentation(
-        source_images=[h.ds for h in hs],
+    with warnings.catch_warnings():
+        # highdicom warns about one-component names ("ANONYMOUS"); they are the source's.
+        warnings.filterwarnings("ignore", message=".*person name.*", category=UserWarning)
+        seg = _segmentation(hd, hs, frames, descriptions)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_path, ".dcm") as tmp:
+        seg.save_as(tmp)
+    return out_path
+
+
+def _segmentation(hd, hs, frames, descriptions):
+    return hd.seg.Segmentation(
+        source_images=_source_datasets(hs),
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
@@ -282,11 +329,6 @@ def write_dicom_seg(
         series_description="HepaScreen liver/spleen segmentation",
         omit_empty_frames=True,
     )
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_path, ".dcm") as tmp:
-        seg.save_as(tmp)
-    return out_path
 
 
 def _code(value: str, meaning: str):
@@ -470,10 +512,21 @@ def write_dicom_sr(
         procedure_reported=codes.cid100.CTUnspecifiedBodyRegion,
         imaging_measurements=groups,
     )
-    evidence = [h.ds for h in hs]
+    evidence = _source_datasets(hs)
     if seg is not None:
         evidence.append(seg)
-    sr = hd.sr.Comprehensive3DSR(
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*person name.*", category=UserWarning)
+        sr = _comprehensive_sr(hd, evidence, report)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_path, ".dcm") as tmp:
+        sr.save_as(tmp)
+    return out_path
+
+
+def _comprehensive_sr(hd, evidence, report):
+    return hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report,
         series_instance_uid=hd.UID(),
@@ -483,11 +536,6 @@ def write_dicom_sr(
         manufacturer=MANUFACTURER,
         series_description="HepaScreen liver/spleen measurements",
     )
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_path, ".dcm") as tmp:
-        sr.save_as(tmp)
-    return out_path
 
 
 def _flags(row: dict) -> Sequence[str]:
