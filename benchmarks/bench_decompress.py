@@ -45,8 +45,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._common import machine_info, save_result  # noqa: E402
 
 
-def make_file(shape, work: Path) -> tuple[Path, Path]:
-    """Write (once) a phantom as ``.nii.gz`` and ``.nii``; return both paths."""
+def make_file(shape, work: Path) -> tuple[Path, Path, Path]:
+    """Write (once) a phantom as ``.nii.gz`` and ``.nii`` and its label map as ``.npy``."""
     import SimpleITK as sitk
 
     from training.phantoms import make_phantom
@@ -54,15 +54,55 @@ def make_file(shape, work: Path) -> tuple[Path, Path]:
     work.mkdir(parents=True, exist_ok=True)
     tag = "x".join(map(str, shape))
     gz, raw = work / f"phantom_{tag}.nii.gz", work / f"phantom_{tag}.nii"
-    if not gz.exists() or not raw.exists():
-        img = make_phantom(4242, shape=tuple(shape), grade="mild").to_scan().to_sitk()
+    lab = work / f"labels_{tag}.npy"
+    if not gz.exists() or not raw.exists() or not lab.exists():
+        p = make_phantom(4242, shape=tuple(shape), grade="mild")
+        np.save(lab, p.labels.astype(np.uint8))
+        img = p.to_scan().to_sitk()
         sitk.WriteImage(img, str(raw), useCompression=False)
         tmp = work / f"partial_{tag}.nii.gz"
         sitk.WriteImage(
             img, str(tmp), useCompression=True
         )  # ITK's default level, as scanners' exports
         tmp.rename(gz)
-    return gz, raw
+    return gz, raw, lab
+
+
+def time_mask_writes(labels: np.ndarray, like_path: Path, work: Path, repeats: int) -> dict:
+    """Writing the label map (uint8) as .nii.gz at several zlib levels, as client.io does.
+
+    ``client.io.write_label_map`` calls ``sitk.WriteImage(..., useCompression=True)``
+    (ITK's default level); SimpleITK 2.5 also takes ``compressionLevel``. Every file is
+    read back and compared with the labels.
+    """
+    import SimpleITK as sitk
+
+    ref = sitk.ReadImage(str(like_path))
+    img = sitk.GetImageFromArray(labels)
+    img.CopyInformation(ref)
+    variants = {"default_level": -1, "level_1": 1, "level_3": 3}
+    out = {}
+    for name, level in variants.items():
+        path = work / f"mask_{name}.nii.gz"
+        cpus, walls = [], []
+        for _ in range(repeats):
+            t, c = time.perf_counter(), time.process_time()
+            sitk.WriteImage(img, str(path), useCompression=True, compressionLevel=level)
+            walls.append(time.perf_counter() - t)
+            cpus.append(time.process_time() - c)
+        back = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+        if not np.array_equal(back, labels):
+            raise SystemExit(f"{path}: label map read back differs")
+        out[name] = {
+            "compression_level": level,
+            "median_s": round(statistics.median(walls), 4),
+            "cpu_median_s": round(statistics.median(cpus), 4),
+            "bytes": path.stat().st_size,
+        }
+    base = out["default_level"]["cpu_median_s"]
+    for v in out.values():
+        v["cpu_ratio_to_default"] = round(v["cpu_median_s"] / base, 2)
+    return out
 
 
 def _children_cpu() -> float:
@@ -150,7 +190,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/hs_bench_decompress"))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args(argv)
-    gz, raw = make_file(args.shape, args.work)
+    gz, raw, lab = make_file(args.shape, args.work)
     data = gz.read_bytes()
     ref = sitk.GetArrayFromImage(sitk.ReadImage(str(gz)))
     raw_bytes = len(zlib_stream(data))
@@ -236,6 +276,8 @@ def main(argv=None) -> int:
             "ratio_to_gzip_dc": round(med / base_w, 2),
             "cpu_ratio_to_gzip_dc": round(cmed / base_c, 2),
         }
+    labels = np.load(lab)
+    mask_writes = time_mask_writes(labels, gz, args.work, args.repeats)
     res = {
         "machine": machine_info(**versions),
         "shared_machine": True,
@@ -248,6 +290,13 @@ def main(argv=None) -> int:
         },
         "repeats": args.repeats,
         "results": rows,
+        "mask_write": {
+            "what": "uint8 label map on the same grid, sitk.WriteImage(useCompression=True, compressionLevel=L)",
+            "label_voxels": {
+                str(k): int(v) for k, v in zip(*np.unique(labels, return_counts=True))
+            },
+            "results": mask_writes,
+        },
         "notes": notes,
         "checks": "all byte readers return identical bytes; prototype array == SimpleITK array",
     }

@@ -401,6 +401,19 @@ def section_decompress(res, plots, out_md, missing) -> list[str]:
         ],
     )
     lines.append("")
+    mw = res.get("mask_write", {})
+    if mw.get("results"):
+        lines += [f"Writing the label map: {mw.get('what')}; read back equal.", ""]
+        lines += _table(
+            ["zlib level", "CPU s (median)", "CPU vs default", "bytes"],
+            [
+                [k, r.get("cpu_median_s"), r.get("cpu_ratio_to_default"), r.get("bytes")]
+                for k, r in mw["results"].items()
+            ],
+        )
+        lines.append("")
+    else:
+        missing.append("Mask writing at lower zlib levels (rerun bench_decompress.py)")
     for k, v in res.get("notes", {}).items():
         lines.append(f"- {k}: {v}")
     if res.get("checks"):
