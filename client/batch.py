@@ -152,7 +152,7 @@ def run(args) -> int:
     config = _screen_config(args)
     manifest.update(config=asdict(config.assess))
     status, error, t_wall, written = "interrupted", None, time.perf_counter(), []
-    stats0 = stats1 = seg = None
+    stats = seg = None
     try:
         with ExitStack() as stack, store:
             if todo:  # --resume with nothing left to do starts no server
@@ -168,16 +168,15 @@ def run(args) -> int:
                 context.model_version, context.model_sha256 = d["model_version"], d["model_sha256"]
                 repo = str(seg.repository) if seg.repository else None
                 manifest.update(model={**d, "url": args.url or "embedded", "repository": repo})
-                stats0 = seg.statistics()
             _run_pool(todo, seg, config, store, manifest, written, args)
-            stats1 = seg.statistics() if seg else None
+            stats = seg.statistics() if seg else None  # this run's
         status = "finished"
     except ScreeningError as exc:
         status, error = "failed", str(exc)
         raise
     finally:
         wall = time.perf_counter() - t_wall
-        manifest.timings(written, wall, stats0, stats1)
+        manifest.timings(written, wall, stats)
         status, error = _write_report(out, manifest, status, error)
         manifest.update(status=status, error=error, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     n_err = sum(r["status"] == contract.STATUS_ERROR for r in written)

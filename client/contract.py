@@ -144,7 +144,7 @@ RESULT_SCHEMA: tuple[Column, ...] = (
     Column(
         "notes",
         "",
-        "';'-separated notes on what was done to the data (gantry tilt corrected, spacing regularised, ...)",
+        "'; '-separated notes: what the reader did to the data (gantry tilt corrected, spacing regularised, ...) and what the measurement found (why a mask was doubted, ...)",
     ),
     Column(
         "error",

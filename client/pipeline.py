@@ -12,11 +12,10 @@ row wrap that list in :func:`screen_scan`.
 
 Example (the README's library example)::
 
-    from client import EmbeddedServer
-    from client.pipeline import ScreenConfig, TritonSegmenter, screen_scan
+    from client import ScreenConfig, TritonSegmenter, screen_scan
 
-    with EmbeddedServer() as server, TritonSegmenter.connect(server.grpc_url) as seg:
-        result = screen_scan("ct.nii.gz", seg, ScreenConfig())
+    with TritonSegmenter.bundled() as segmenter:  # or TritonSegmenter.connect("host:8001")
+        result = screen_scan("ct.nii.gz", segmenter, ScreenConfig())
     print(result.status, result.grade, result.row["ratio"], result.row["flags"])
 """
 
@@ -121,32 +120,65 @@ class Segmenter(Protocol):
 
 
 class TritonSegmenter:
-    """The served VNet on one Triton gRPC endpoint.
+    """The served VNet behind Triton, through :class:`client.supervisor.SupervisedSegmenter`
+    (per-request deadlines, restarts of a dead or frozen bundled server, quick failure of
+    a dead remote endpoint, this run's statistics).
+
+    Use :meth:`bundled` (start the bundled server) or :meth:`connect` (a running server).
 
     Parameters
     ----------
-    client : client.triton.SegmentationClient
-        A connected client (its model shape drives the preprocessing).
+    client : object
+        Anything with ``submit(tensor) -> Future``, ``model_shape``, ``model_name``,
+        ``statistics()`` and ``close()`` (a started ``SupervisedSegmenter``, or a
+        ``client.triton.SegmentationClient``).
     model_sha256 : str, optional
         SHA-256 of the served model file, when known (the bundled server's repository).
+    repository : Path, optional
+        The bundled server's model repository (None for a remote server).
     """
 
     kind = "triton"
 
-    def __init__(self, client, model_sha256: str | None = None):
+    def __init__(self, client, model_sha256: str | None = None, repository: Path | None = None):
         self.client = client
         self.model_sha256 = model_sha256
+        self.repository = repository
 
     @classmethod
-    def connect(cls, url: str, model_repository: Path | str | None = None, **client_kw):
-        """Connect to ``url`` (``host:port``); ``model_repository`` (when the server runs
-        from a local repository) gives the model's SHA-256. ``client_kw`` go to
-        :class:`client.triton.SegmentationClient` (``max_in_flight``, TLS options, ...)."""
-        from .triton import SegmentationClient
+    def bundled(
+        cls,
+        model_repository: Path | str | None = None,
+        *,
+        device: str = "cpu",
+        log_path: Path | str | None = None,
+        max_in_flight: int = 4,
+        **supervisor_kw,
+    ) -> TritonSegmenter:
+        """Start the bundled Triton server and connect to it (stopped by :meth:`close`).
 
-        client = SegmentationClient(url, **client_kw)
-        sha = model_file_sha256(model_repository) if model_repository else None
-        return cls(client, sha)
+        ``model_repository`` is found by the rule of :mod:`client._paths` when omitted;
+        ``device="gpu"`` loads the model's ``configs/gpu.pbtxt`` (ONNX Runtime CUDA provider).
+        """
+        from ._paths import model_repository as find_repository
+        from .supervisor import SupervisedSegmenter
+
+        repo = find_repository(model_repository)
+        extra = ["--model-config-name=gpu"] if device == "gpu" else []
+        sup = SupervisedSegmenter(
+            None, model_repository=repo, log_path=log_path, max_in_flight=max_in_flight,
+            server_kwargs={"extra_args": extra}, **supervisor_kw,
+        ).start()  # fmt: skip
+        return cls(sup, model_file_sha256(repo), repo)
+
+    @classmethod
+    def connect(cls, url: str, *, max_in_flight: int = 4, **client_kw) -> TritonSegmenter:
+        """Use the Triton server at ``url`` (``host:port``); ``client_kw`` (TLS options, ...)
+        go to :class:`client.triton.SegmentationClient`."""
+        from .supervisor import SupervisedSegmenter
+
+        sup = SupervisedSegmenter(url, max_in_flight=max_in_flight, client_kwargs=client_kw)
+        return cls(sup.start())
 
     def segment(self, scan: ScanVolume, source: ScanSource, timer: StageTimer) -> np.ndarray:
         from .preprocess import preprocess_scan, to_scan_grid
@@ -160,8 +192,9 @@ class TritonSegmenter:
 
     def describe(self) -> dict:
         version = None
+        grpc = getattr(self.client, "client", self.client)  # SupervisedSegmenter -> its client
         try:  # the model's served versions (tritonclient metadata)
-            meta = self.client._client.get_model_metadata(self.client.model_name, as_json=True)
+            meta = grpc._client.get_model_metadata(self.client.model_name, as_json=True)
             version = ",".join(meta.get("versions", [])) or None
         except Exception:
             pass
@@ -172,7 +205,7 @@ class TritonSegmenter:
         }
 
     def statistics(self) -> dict | None:
-        """The served model's inference statistics (None when the server does not answer)."""
+        """This run's inference statistics (None when the server does not answer)."""
         from .errors import InferenceError
 
         try:
@@ -208,6 +241,7 @@ class MaskFolderSegmenter:
     """
 
     kind = "masks"
+    repository = None
 
     def __init__(self, folder: Path | str, label_map: str | dict = "default"):
         self.folder = Path(folder)
@@ -282,32 +316,24 @@ def open_segmenter(
     model_repository: Path | str | None = None,
     device: str = "cpu",
     server_log: Path | str | None = None,
+    max_in_flight: int = 4,
     **client_kw,
 ) -> Segmenter:
     """The segmenter a run asks for; whatever it starts is stopped by ``stack`` (an ExitStack).
 
-    ``masks`` gives a :class:`MaskFolderSegmenter`; otherwise a :class:`TritonSegmenter` on
-    ``url``, or on the bundled server started from ``model_repository`` (found by the rule
-    of :mod:`client._paths`; ``device="gpu"`` loads its ``configs/gpu.pbtxt``). The
-    segmenter gets a ``repository`` attribute (None for remote servers and masks).
-    ``client_kw`` go to :class:`client.triton.SegmentationClient`.
+    ``masks`` gives a :class:`MaskFolderSegmenter`; ``url`` a :class:`TritonSegmenter`
+    on that server; neither the bundled server (:meth:`TritonSegmenter.bundled`).
+    ``client_kw`` (TLS options) go to :class:`client.triton.SegmentationClient`.
     """
     if masks:
-        seg = MaskFolderSegmenter(masks, label_map)
-        seg.repository = None
-        return seg
-    repo = None
-    if not url:
-        from ._paths import model_repository as find_repository
-        from .server import EmbeddedServer
-
-        repo = find_repository(model_repository)
-        extra = ["--model-config-name=gpu"] if device == "gpu" else []
-        server = EmbeddedServer(repo, log_path=server_log, extra_args=extra)
-        url = stack.enter_context(server).grpc_url
-    seg = stack.enter_context(TritonSegmenter.connect(url, repo, **client_kw))
-    seg.repository = repo
-    return seg
+        return MaskFolderSegmenter(masks, label_map)
+    if url:
+        seg = TritonSegmenter.connect(url, max_in_flight=max_in_flight, **client_kw)
+    else:
+        seg = TritonSegmenter.bundled(
+            model_repository, device=device, log_path=server_log, max_in_flight=max_in_flight
+        )
+    return stack.enter_context(seg)
 
 
 def _physical_box(size, spacing, origin, direction) -> np.ndarray:
@@ -562,11 +588,10 @@ def _error_row(message: str) -> dict:
 
 def _measured_row(scan: ScanVolume, src: ScanSource, assessment, config: ScreenConfig) -> dict:
     row = dict(assessment.to_row())
-    notes = [str(n) for n in scan.metadata.get("notes", [])]
-    extra = row.get("notes")
-    if extra:
-        notes += [n for n in (extra.split(";") if isinstance(extra, str) else extra) if n]
-    row["notes"] = ";".join(notes)
+    notes = [str(n) for n in scan.metadata.get("notes", [])]  # what the reader did
+    extra = row.get("notes")  # what the measurement found
+    notes += [extra] if isinstance(extra, str) and extra else list(extra or [])
+    row["notes"] = "; ".join(notes)
     ev = row.get("contrast_evidence")
     if isinstance(ev, (list, tuple)):
         row["contrast_evidence"] = ";".join(str(x) for x in ev)

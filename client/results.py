@@ -370,20 +370,12 @@ class RunManifest:
         self.info.update(kw)
         self.write()
 
-    def timings(self, rows: list[dict], wall_s: float, stats0=None, stats1=None) -> None:
-        """Record wall time, throughput, time per stage and this run's inference statistics.
-
-        ``stats0``/``stats1``: the server's statistics before and after the run (a remote
-        server serves others too, so only the difference belongs to this run).
-        """
+    def timings(self, rows: list[dict], wall_s: float, statistics: dict | None = None) -> None:
+        """Record wall time, throughput, time per stage and this run's inference statistics."""
         totals = {k: sum(r.get(f"seconds_{k}") or 0.0 for r in rows) for k in contract.STAGES}
         busy = sum(totals.values()) or 1.0
-        delta = None
-        if stats1:
-            keys = ("inference_count", "execution_count")
-            delta = {k: stats1[k] - (stats0 or {}).get(k, 0) for k in keys}
         self.update(
-            inference_statistics=delta,
+            inference_statistics=statistics,
             timings={
                 "wall_s": round(wall_s, 2),
                 "scans_per_minute": round(60.0 * len(rows) / wall_s, 2) if rows else None,

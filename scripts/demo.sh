@@ -2,7 +2,7 @@
 # Set up .venv (runtime dependencies only) and screen a sample archive with the
 # bundled Triton server: the real CT from ../shared/data plus generated phantoms
 # at every grade (NIfTI and DICOM series). Results go to out/demo/.
-# Extra arguments go to client.batch (e.g. --concurrency 2).
+# Extra arguments go to `hepascreen screen` (e.g. --concurrency 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh ""
@@ -10,7 +10,7 @@ SAMPLE=out/demo_sample
 rm -rf "$SAMPLE" out/demo out/demo_sample_truth.json out/demo_sample_truth_masks
 .venv/bin/python scripts/make_sample.py "$SAMPLE" --n-phantoms 4
 set +e
-.venv/bin/python -m client.batch "$SAMPLE" -o out/demo "$@"
+.venv/bin/hepascreen screen "$SAMPLE" -o out/demo "$@"
 rc=$?
 set -e
 echo

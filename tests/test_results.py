@@ -147,3 +147,11 @@ def test_docs_results_md_is_in_sync_with_the_schema():
     assert doc == results.results_markdown(), "run: python -m client.results docs/results.md"
     for c in contract.RESULT_SCHEMA:
         assert f"| `{c.name}` |" in doc
+
+
+def test_every_flag_is_documented():
+    from postprocess.flags import FLAGS
+
+    doc = (ROOT / "docs" / "results.md").read_text()
+    for name, meaning in FLAGS.items():
+        assert f"| `{name}` | {meaning.replace('|', chr(92) + '|')} |" in doc
