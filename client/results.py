@@ -388,7 +388,11 @@ class RunManifest:
         """Count one written row (and list it among the failures when it is an error)."""
         i = self.info
         i["n_processed"] += 1
-        key = {"ok": "n_ok", "flagged": "n_flagged", "error": "n_failed"}[row["status"]]
+        key = {
+            contract.STATUS_OK: "n_ok",
+            contract.STATUS_FLAGGED: "n_flagged",
+            contract.STATUS_ERROR: "n_failed",
+        }[row["status"]]
         i[key] += 1
         if row["status"] == contract.STATUS_ERROR:
             i["failures"].append({"case_id": row["case_id"], "error": row["error"]})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -307,7 +308,8 @@ def test_sigterm_mid_batch_stops_the_server_and_keeps_rows_whole(archive, tmp_pa
     assert writers_of(out / "server.log") == set()
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert 1 <= len(rows) < N_PHANTOMS + 3
-    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "interrupted" and run["n_processed"] == len(rows)  # counts are true
     assert len(read_csv(out / "results.csv")) == len(rows)
 
 
@@ -437,3 +439,55 @@ def test_dicom_seg_and_sr_are_written_for_dicom_inputs(tmp_path):
     seg = pydicom.dcmread(tmp_path / "o" / "dicom" / "series.seg.dcm")
     sr = pydicom.dcmread(tmp_path / "o" / "dicom" / "series.sr.dcm")
     assert seg.Modality == "SEG" and sr.Modality == "SR"
+
+
+def test_resume_rescreens_a_changed_file_and_keeps_case_ids_when_files_are_added(
+    small_archive, tmp_path
+):
+    scans, masks = small_archive
+    (scans / "a_broken.nii.gz").unlink()
+    out = tmp_path / "out"
+    args = [str(scans), "-o", str(out), "--masks", str(masks), "--quiet", "--no-qc"]
+    assert batch_main(args) == 0
+    first = {r["case_id"]: r for r in read_csv(out / "results.csv")}
+    os.utime(scans / "s2.nii.gz")  # the file changed (new modification time)
+    # A new file that sorts before s3.nii.gz and has the same case_id "s3".
+    sitk.WriteImage(sitk.ReadImage(str(scans / "s3.nii.gz")), str(scans / "s3.mha"))
+    assert batch_main([*args, "--resume"]) == 1  # the new scan has no mask: an error row
+    rows = {r["case_id"]: r for r in read_csv(out / "results.csv")}
+    run = json.loads((out / "run.json").read_text())
+    assert run["n_todo"] == 2 and len(rows) == 7
+    new_id = next(c for c in rows if c not in first)
+    assert re.fullmatch(r"s3-[0-9a-f]{8}", new_id) and rows[new_id]["source"].endswith("s3.mha")
+    assert rows["s3"]["run_id"] == first["s3"]["run_id"]  # untouched, same case_id
+    assert rows["s2"]["attempt"] == "2" and rows["s2"]["run_id"] == run["run_id"]
+    (old,) = [json.loads(x) for x in (out / "attempts.jsonl").read_text().splitlines()]
+    assert old["case_id"] == "s2" and old["source_fingerprint"] != rows["s2"]["source_fingerprint"]
+
+
+def test_serve_command_help_says_where_the_model_runs(capsys):
+    from client.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as e:
+        cli_main(["serve", "--help"])
+    assert e.value.code == 0 and "CUDA provider" in capsys.readouterr().out
+
+
+def test_over_long_case_id_is_screened_and_reported(tmp_path, shared_data):
+    from client.discover import shorten_case_id
+
+    d = shared_data / "totalseg_example"
+    parts = ["patient_folder_" + "y" * 70 + f"_{i}" for i in range(4)]
+    scan = tmp_path.joinpath("scans", *parts, "ct_small.nii.gz")
+    scan.parent.mkdir(parents=True)
+    shutil.copyfile(d / "ct_small.nii.gz", scan)
+    case_id = shorten_case_id("__".join(parts) + "__ct_small")
+    (tmp_path / "masks").mkdir()
+    shutil.copyfile(d / "labels_small.nii.gz", tmp_path / "masks" / f"{case_id}.nii.gz")
+    out = tmp_path / "out"
+    rc = batch_main([str(tmp_path / "scans"), "-o", str(out), "--masks", str(tmp_path / "masks"),
+                     "--quiet"])  # fmt: skip
+    (row,) = read_csv(out / "results.csv")
+    assert rc == 0 and row["case_id"] == case_id and row["status"] != "error"
+    assert (out / "qc" / f"{case_id}.png").exists() and case_id in (out / "report.html").read_text()
+    assert json.loads((out / "run.json").read_text())["status"] == "finished"
