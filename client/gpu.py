@@ -143,7 +143,10 @@ class GpuSlots:
         import cupy
 
         free, _total = cupy.cuda.runtime.memGetInfo()
-        n = int(os.environ.get(ENV_SLOTS, "0") or 0) or choose_slots(free)
+        raw = os.environ.get(ENV_SLOTS, "").strip()
+        if raw and not (raw.isdigit() and int(raw) > 0):
+            raise ValueError(f"{ENV_SLOTS}={raw!r}: expected a positive whole number of GPU slots")
+        n = int(raw) if raw else choose_slots(free)
         if concurrency:
             n = min(n, int(concurrency))
         return cls(max(1, n), enabled=True, budget_bytes=int(free * BUDGET_FRACTION))
@@ -182,3 +185,34 @@ class GpuSlots:
             with self._lock:
                 self._in_use -= 1
             self._free.put(s)
+
+
+_DEFAULT: GpuSlots | None = None
+_DEFAULT_LOCK = threading.Lock()
+_CPU = None
+
+
+def default_slots(gpu: bool) -> GpuSlots:
+    """The process-wide pool: a no-op one for CPU runs, one sized from free GPU memory for GPU.
+
+    Created on first use (after the GPU check, ``postprocess._xp.require_gpu``) and shared
+    by every worker thread, so the bound holds whatever ``--concurrency`` is.
+    """
+    global _DEFAULT, _CPU
+    if not gpu:
+        if _CPU is None:
+            _CPU = GpuSlots(1, enabled=False)
+        return _CPU
+    with _DEFAULT_LOCK:
+        if _DEFAULT is None:
+            _DEFAULT = GpuSlots.for_run(gpu=True)
+        return _DEFAULT
+
+
+def measurement_slot(gpu: bool):
+    """``with measurement_slot(gpu): ...``: hold a GPU slot for one scan's measurement.
+
+    A no-op on CPU. Inside the block, copy the scan to the GPU, measure it and bring the
+    results to the host (``postprocess.assess`` returns host values).
+    """
+    return default_slots(gpu).slot()

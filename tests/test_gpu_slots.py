@@ -231,3 +231,10 @@ def test_without_cupy_the_reason_names_the_extra(fresh_status, monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy -> ImportError
     ok, why = _xp.gpu_status()
     assert not ok and "hepascreen[gpu]" in why
+
+
+def test_process_wide_cpu_slot_needs_no_cupy(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)  # any CuPy import would fail
+    with gpu.measurement_slot(False) as s:
+        assert s is None
+    assert gpu.default_slots(False) is gpu.default_slots(False)

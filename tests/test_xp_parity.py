@@ -376,14 +376,14 @@ def _cli_rows(base, out, gpu):
     from client.batch import main as batch_main
 
     argv = [str(base / "scans"), "-o", str(out), "--masks", str(base / "masks"), "--quiet"]
-    rc = batch_main(argv + (["--gpu"] if gpu else []))
+    rc = batch_main(argv + (["--device", "gpu"] if gpu else []))
     with open(out / "results.csv", newline="") as f:
         rows = {r["case_id"]: r for r in csv.DictReader(f)}
     return rc, rows
 
 
 def test_whole_screen_through_the_cli(xp, archive, phantoms, tmp_path):
-    """``python -m client.batch --masks`` on the two phantoms; ``--gpu`` on the CuPy leg."""
+    """``python -m client.batch --masks`` on the two phantoms; ``--device gpu`` on the CuPy leg."""
     rc_cpu, cpu = _cli_rows(archive, tmp_path / "cpu", gpu=False)
     assert rc_cpu == 0 and set(cpu) == {"p0", "p1"}
     for i, p in enumerate(phantoms):

@@ -479,7 +479,10 @@ def build_cached(plan: dict, out: Path, cache_dir: Path, trtexec: str | None, gp
     if not cached.is_file() or cached.stat().st_size == 0:
         cc = (gpu.compute_capability or "unknown") if gpu else "unknown"
         plan = dict(plan, timing_cache=str(cache_dir / f"timing_trt{trt_version}_cc{cc}.cache"))
-        print(f"building TensorRT engine {cached.name} ({json.dumps(record)})", file=sys.stderr)
+        print(
+            f"building TensorRT engine {cached.name} ({json.dumps(record, sort_keys=True)})",
+            file=sys.stderr,
+        )
         build_plan_file(plan, cached, trtexec)
         _write_atomic(
             cached.with_suffix(".json"), json.dumps(record, indent=2, sort_keys=True).encode()
