@@ -167,7 +167,12 @@ def organ_evidence(
     hi_p = [min(s, b + r + 1) for b, s in zip(hi_h, shape)]
     box = tuple(slice(a, b) for a, b in zip(lo_p, hi_p))
     sub = comp_c[box]
-    grown = ndi.binary_dilation(sub, structure=xp.asarray(_ball(r)))
+    # Box-shaped neighbourhood by three 1D maximum filters (separable; a ball-shaped
+    # binary_dilation costs several times more and the shell's shape does not matter).
+    grown = sub.astype(xp.uint8)
+    for ax in range(3):
+        grown = ndi.maximum_filter1d(grown, 2 * r + 1, axis=ax, mode="constant", cval=0)
+    grown = grown.astype(bool)
     shell = grown & ~sub
     ns = int(xp.count_nonzero(shell))
     if ns:
@@ -175,11 +180,6 @@ def organ_evidence(
     at_border = [(a == 0, b == n - 1) for a, b, n in zip(lo_h, hi_h, shape)]
     ev.end_face = _end_face(sub, at_border)
     return ev
-
-
-def _ball(r: int) -> np.ndarray:
-    g = np.mgrid[-r : r + 1, -r : r + 1, -r : r + 1]
-    return (g**2).sum(0) <= r * r + 0.5
 
 
 def _body_midline_x(hu_c, stride, spacing, direction, cfg: GateConfig):
@@ -255,7 +255,8 @@ def check_segmentation(
     """
     stride = coarse_strides(spacing, cfg.coarse_mm)
     sl = tuple(slice(None, None, s) for s in stride)
-    hu_c = hu[sl]
+    xp, _ = get_xp(hu)
+    hu_c = xp.ascontiguousarray(hu[sl])
     res = GateResult()
     ev = {}
     for name, comp, allm, vol, nsd in (
@@ -265,7 +266,16 @@ def check_segmentation(
         xp, _ = get_xp(comp)
         n_all_c = int(xp.count_nonzero(allm[sl]))
         ev[name] = organ_evidence(
-            name, hu_c, comp[sl], n_all_c, stride, spacing, direction, cfg, vol, nsd
+            name,
+            hu_c,
+            xp.ascontiguousarray(comp[sl]),
+            n_all_c,
+            stride,
+            spacing,
+            direction,
+            cfg,
+            vol,
+            nsd,
         )
     res.liver, res.spleen = ev["liver"], ev["spleen"]
     half = float("nan")

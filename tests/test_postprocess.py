@@ -326,3 +326,25 @@ def test_margin_voxels():
     assert cube_margin_voxels(2.0, (5.0, 0.8, 0.8)) == (1, 3, 3)
     assert cube_margin_voxels(2.0, (3.0, 3.0, 3.0)) == (1, 1, 1)
     assert cube_margin_voxels(0.0, (1.0, 1.0, 1.0)) == (1, 1, 1)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_edge_touch_from_box_matches_faces(seed):
+    from postprocess.components import touches_edge
+
+    rng = np.random.default_rng(seed)
+    lab = np.zeros((20, 22, 24), np.uint8)
+    lo = rng.integers(0, 6, 3)
+    hi = lo + rng.integers(12, 18, 3)
+    lab[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = 1
+    from postprocess.assess import measure_organ
+
+    m, flags = measure_organ(
+        lab.astype(np.int16) * 50,
+        lab == 1,
+        (1, 1, 1),
+        "liver",
+        AssessConfig(min_organ_ml=0),
+        np.random.default_rng(0),
+    )
+    assert m.touches_edge == touches_edge(lab == 1) == ("liver_cut_by_edge" in flags)
