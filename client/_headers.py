@@ -172,6 +172,8 @@ class HeaderInfo:
     encoding: str = "raw"  # raw | gzip | zlib | other
     compressed_size: int | None = None
     notes: list = field(default_factory=list)
+    array: np.ndarray | None = field(default=None, repr=False)  # float NIfTI voxels, file order
+    scaling: tuple = (0.0, 0.0)  # NIfTI scl_slope, scl_inter
 
     @property
     def n_voxels(self) -> int:
@@ -346,6 +348,7 @@ def _nifti_info(path: Path, st, max_voxels: int) -> HeaderInfo:
         data_offset=max(0, h["offset"]),
         encoding="gzip" if is_gz else "raw",
         compressed_size=st.st_size,
+        scaling=(h["slope"], h["inter"]),
     )
     return info
 
@@ -590,17 +593,20 @@ def check_data(info: HeaderInfo, path: Path, check_finite: bool) -> None:
                 f"truncated or corrupt: header describes {need:,} bytes of image data, more than "
                 f"{avail:,} compressed bytes{where} can hold",
             )
-        if info.fmt == "nifti" and not finite:  # O(1): the trailer holds the size mod 2^32
-            with open(path, "rb") as fh:
+        if info.encoding == "gzip" and not finite:  # O(1): the trailer holds the size mod 2^32
+            whole = need + (info.data_offset if info.fmt == "nifti" else 0)
+            with open(info.data_file, "rb") as fh:
                 fh.seek(-4, os.SEEK_END)
                 isize = struct.unpack("<I", fh.read(4))[0]
-            if isize == (need + info.data_offset) % (1 << 32):
+            if isize == whole % (1 << 32):
                 return
     else:
         return
     skip = info.data_offset if (info.fmt == "nifti" and info.encoding == "gzip") else 0
-    total, bad, carry = 0, 0, b""
+    total, bad, carry, filled = 0, 0, b"", 0
     size = info.itemsize
+    # Float NIfTI voxels are kept (native byte order) so the caller need not decompress twice.
+    keep = np.empty(info.n_voxels, info.dtype.newbyteorder("=")) if finite else None
     try:
         for chunk in _stream(info):
             if skip:
@@ -614,6 +620,8 @@ def check_data(info: HeaderInfo, path: Path, check_finite: bool) -> None:
                 n = (len(buf) // size) * size
                 a = np.frombuffer(buf[:n], dtype=info.dtype)
                 bad += int(a.size - np.count_nonzero(np.isfinite(a)))
+                keep[filled : filled + a.size] = a
+                filled += a.size
                 carry = buf[n:]
             if total >= need:
                 break
@@ -628,6 +636,8 @@ def check_data(info: HeaderInfo, path: Path, check_finite: bool) -> None:
         raise _fail(
             path, f"{bad:,} voxel values are NaN or infinity (expected finite HU everywhere)"
         )
+    if keep is not None and filled == keep.size:
+        info.array = keep
 
 
 def precheck(
@@ -645,7 +655,9 @@ def precheck(
         info = _nrrd_info(path, st, max_voxels)
     else:
         info = _meta_info(path, st, max_voxels)
-    check_data(info, path, check_finite=True)
+    # ITK keeps NaN/inf of NRRD and MetaImage data (the read array is checked after
+    # reading); only NIfTI float data must be checked in the raw bytes.
+    check_data(info, path, check_finite=info.fmt == "nifti")
     return info
 
 

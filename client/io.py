@@ -166,6 +166,11 @@ def read_itk_checked(path: str | Path, *, max_voxels: int | None = None, what: s
     with itk_safe_path(path, suffix, info) as name:
         reader.SetFileName(name)
         try:
+            if info.array is not None and 3 <= len(info.dims) <= 4:
+                reader.ReadImageInformation()
+                img = _image_from_checked_voxels(reader, info)
+                if img is not None:
+                    return img
             return reader.Execute()
         except RuntimeError as exc:
             text = str(exc).replace(name, show(path))
@@ -182,6 +187,31 @@ def read_itk_checked(path: str | Path, *, max_voxels: int | None = None, what: s
             raise ScanReadError(
                 f"{show(path)}: corrupt or not a readable {what} ({detail})"
             ) from None
+
+
+def _image_from_checked_voxels(reader, info):
+    """The image from voxels already decompressed by the NaN check, geometry from ITK's header read.
+
+    Float NIfTI only (ITK would decompress the file a second time); scaling as ITK
+    applies it (``scl_slope`` not 0 and not the identity). None when the header read
+    disagrees with what the check saw (then ITK reads the file itself).
+    """
+    import SimpleITK as sitk
+
+    size = tuple(reader.GetSize())
+    if int(np.prod(size)) != info.array.size or reader.GetNumberOfComponents() != 1:
+        return None
+    a = info.array.reshape(size[::-1])
+    slope, inter = info.scaling
+    if slope != 0.0 and (slope != 1.0 or inter != 0.0):
+        a = a * a.dtype.type(slope) + a.dtype.type(inter)
+    img = sitk.GetImageFromArray(a, isVector=False)
+    img.SetSpacing(reader.GetSpacing())
+    img.SetOrigin(reader.GetOrigin())
+    img.SetDirection(reader.GetDirection())
+    for key in reader.GetMetaDataKeys():
+        img.SetMetaData(key, reader.GetMetaData(key))
+    return img
 
 
 def read_image_info(path: str | Path, *, max_voxels: int | None = None, what: str = "label map"):

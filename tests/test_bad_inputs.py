@@ -620,3 +620,28 @@ def test_good_files_in_every_format_still_read(tmp_path, shared_data):
     f = ct.array.astype(np.float32) + 0.5  # float data without NaN passes the raw check
     sitk.WriteImage(ct.to_sitk(f), str(tmp_path / "float.nii.gz"))
     assert np.allclose(read_scan(tmp_path / "float.nii.gz").array, f)
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_float_nifti_voxels_from_the_nan_check_equal_itk(tmp_path, suffix, dtype):
+    """Float NIfTI voxels come from the NaN check's own decompression (read once):
+    identical to SimpleITK's reading, scl_slope/scl_inter included, geometry from ITK."""
+    from client.io import read_itk_checked
+
+    ct = phantom()
+    a = (ct.array.astype(np.float64) + 0.25).astype(dtype)
+    img = ct.to_sitk(a)
+    img.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    base = tmp_path / "base.nii"
+    sitk.WriteImage(img, str(base))
+    raw = bytearray(base.read_bytes())
+    _patch(raw, 112, "2f", 2.0, -1024.0)
+    p = tmp_path / f"scaled{suffix}"
+    p.write_bytes(gzip.compress(bytes(raw)) if suffix.endswith("gz") else bytes(raw))
+    ours = read_itk_checked(p)
+    ref = sitk.ReadImage(str(p))
+    assert np.array_equal(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(ref))
+    assert np.allclose(sitk.GetArrayFromImage(ours), a.astype(np.float64) * 2 - 1024)
+    assert ours.GetDirection() == ref.GetDirection() and ours.GetSpacing() == ref.GetSpacing()
+    assert ours.GetOrigin() == ref.GetOrigin()
