@@ -1,21 +1,41 @@
-"""Train the CPU demo VNet quickly with the PyTorch twin, save a Paddle checkpoint.
+"""Train the CPU VNet with the PyTorch twin, save checkpoints and a Paddle state dict.
 
-``python -m training.demo_train --pool runs/demo/pool_a.npz --save_dir runs/demo``
+``python -m training.demo_train --pool_dir runs/pool_synth --save_dir training/checkpoints/RUN``
 
-The recipe used for the shipped demo model (docs/model_card.md): quarter-width
-VNet, isotropic 2x2x2 down/up convs, 64^3 input, a pre-generated pool of phantom
-and augmented real-CT samples (``training.samples``; same preprocessing as
-serving), MedicalSeg's MixedLoss (0.3 cross-entropy + 0.7 Dice), AdamW with a
-polynomial decay driven by the larger of iteration and wall-time progress, so a
-time budget still ends at a low learning rate. Writes ``latest.pt`` (resume),
-``model.pdparams`` (MedicalSeg/Paddle names, loads into ``training.vnet.VNet``),
-``train_log.jsonl`` and ``train_summary.json``.
+Data: pre-generated pools at model size, all made through ``client.preprocess`` (the
+serving code): ``--pool`` npz files (``training.samples``: phantoms and augmented
+real CT) and/or ``--pool_dir``, a folder of shards written by ``training.synth``
+(label-map synthesis) that is re-read every ``--reload_every`` iterations, so
+training starts while the pool is still being generated.
+
+Recipe (docs/model_card.md): MedicalSeg's MixedLoss (0.3 cross-entropy + 0.7 Dice),
+AdamW with a polynomial decay driven by the larger of iteration and wall-time
+progress (a time budget still ends at a low learning rate), random translations of
+up to 4 voxels, an exponential moving average (EMA) of the weights that is what gets
+validated and exported (a long run can be stopped at any time).
+
+Run directory (``--save_dir``): ``latest.pt`` (model, EMA, optimizer, iteration,
+elapsed time; written atomically every ``--ckpt_minutes``; ``--resume`` continues
+from it), ``train_log.jsonl`` (loss every 50 iterations; every ``--val_every``
+iterations Dice per validation set at model size and the real CT variants on their
+original grid), ``model_paddle_names.npz`` / ``model.pdparams`` (EMA weights,
+MedicalSeg names; ``--checkpoint_only`` converts without training) and
+``train_summary.json``.
+
+Validation sets: ``plain_phantoms`` (``training.samples.phantom_sample`` seeds
+900,000+), ``synth_real_anatomy`` (``training.synth`` seeds 5,000,000+ painted from
+the shared CT's label map) and ``synth_phantom_anatomy`` (seeds 5,100,000+ on phantom
+anatomies 1,000+, never used by the pools), and ``real_ct_*``: the shared real CT
+(``training.evaluate.real_ct_cases``: native, resampled to 0.8 x 0.8 x 5 mm, painted
+contrast phases), Dice on the scan's own grid.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
+import os
 import time
 from pathlib import Path
 
@@ -50,16 +70,73 @@ def _mixed_loss(torch, logits, target, num_classes=3, coef=(0.3, 0.7)):
     return coef[0] * ce + coef[1] * dice
 
 
+def load_pools(files, pool_dir, seen=None):
+    """Images and labels of the npz ``files`` and of the shards in ``pool_dir``.
+
+    ``seen`` (a dict path -> (images, labels)) caches shards already read.
+    """
+    seen = {} if seen is None else seen
+    paths = list(files or [])
+    if pool_dir:
+        paths += sorted(glob.glob(os.path.join(pool_dir, "synth_*.npz")))
+    for p in paths:
+        if p not in seen:
+            with np.load(p) as z:
+                seen[p] = (z["images"], z["labels"])
+    if not seen:
+        raise SystemExit(f"no training samples: --pool {files} --pool_dir {pool_dir}")
+    images = np.concatenate([seen[p][0] for p in paths])
+    labels = np.concatenate([seen[p][1] for p in paths])
+    return images, labels, seen
+
+
+def validation_sets(model_shape, n_plain=16, n_synth=24):
+    """Fixed validation sets at model size: name -> (images, labels)."""
+    from client.preprocess import labels_to_model, preprocess
+
+    from .samples import phantom_sample
+    from .synth import synth_scan
+
+    sets = {}
+    val = [phantom_sample(900_000 + i, model_shape) for i in range(n_plain)]
+    sets["plain_phantoms"] = (np.stack([v[0] for v in val]), np.stack([v[1] for v in val]))
+    for name, source, s0 in (
+        ("synth_real_anatomy", "real", 5_000_000),
+        ("synth_phantom_anatomy", "phantom", 5_100_000),
+    ):
+        xs, ys = [], []
+        for i in range(n_synth):
+            aseed = 1000 + i if source == "phantom" else None
+            s = synth_scan(s0 + i, source, anatomy_seed=aseed)
+            xs.append(preprocess(s["hu"], s["spacing"], s["direction"], model_shape)[0])
+            ys.append(labels_to_model(s["labels"], s["direction"], model_shape))
+        sets[name] = (np.stack(xs), np.stack(ys))
+    return sets
+
+
+def _atomic_save(torch, obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pool", nargs="+", default=None, help="npz files with images/labels")
+    ap.add_argument("--pool_dir", default=None, help="folder of training.synth shards")
+    ap.add_argument("--reload_every", type=int, default=200, help="iterations between re-reads")
     ap.add_argument("--save_dir", required=True)
     ap.add_argument("--width", type=float, default=0.25)
     ap.add_argument("--iters", type=int, default=3000)
     ap.add_argument("--max_minutes", type=float, default=60.0)
     ap.add_argument("--batch_size", type=int, default=2)
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--ema", type=float, default=0.998, help="EMA decay (0 disables)")
     ap.add_argument("--val_phantoms", type=int, default=16)
+    ap.add_argument("--val_synth", type=int, default=24, help="per synthetic validation set")
+    ap.add_argument("--val_every", type=int, default=250)
+    ap.add_argument("--no_real_ct", action="store_true", help="skip the real-CT validation")
+    ap.add_argument("--ckpt_minutes", type=float, default=10.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
@@ -72,39 +149,68 @@ def main(argv=None) -> int:
 
     import torch
 
-    from .samples import phantom_sample
     from .torch_vnet import TorchVNet, torch_state_to_paddle
 
-    if not args.checkpoint_only and not args.pool:
-        ap.error("--pool is required for training")
+    save = Path(args.save_dir)
     if args.checkpoint_only:
-        ck = torch.load(Path(args.save_dir) / "latest.pt", weights_only=False)
-        save_pdparams(torch_state_to_paddle(ck["model"]), Path(args.save_dir) / "model.pdparams")
-        print(f"iteration {ck['iter']}: wrote {Path(args.save_dir) / 'model.pdparams'}")
+        ck = torch.load(save / "latest.pt", weights_only=False)
+        state = ck.get("ema") or ck["model"]
+        pd = torch_state_to_paddle({k: torch.as_tensor(v).float() for k, v in state.items()})
+        np.savez(save / "model_paddle_names.npz", **pd)
+        save_pdparams(pd, save / "model.pdparams")
+        print(f"iteration {ck['iter']}: wrote {save / 'model.pdparams'}")
         return 0
+    if not args.pool and not args.pool_dir:
+        ap.error("--pool or --pool_dir is required for training")
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-    save = Path(args.save_dir)
     save.mkdir(parents=True, exist_ok=True)
-    images = np.concatenate([np.load(p)["images"] for p in args.pool])
-    labels = np.concatenate([np.load(p)["labels"] for p in args.pool])
+    images, labels, seen = load_pools(args.pool, args.pool_dir)
     model_shape = images.shape[2:]
-    val = [phantom_sample(900_000 + i, model_shape) for i in range(args.val_phantoms)]
-    val_x = np.stack([v[0] for v in val])
-    val_y = np.stack([v[1] for v in val])
+    vsets = validation_sets(model_shape, args.val_phantoms, args.val_synth)
+    real_cases = []
+    if not args.no_real_ct:
+        from .evaluate import DATA_DIR, real_ct_cases
+
+        if (DATA_DIR / "ct.nii.gz").exists():
+            real_cases = real_ct_cases()
 
     model = TorchVNet(width=args.width, num_classes=3)
+    ema = TorchVNet(width=args.width, num_classes=3)
+    ema.load_state_dict(model.state_dict())
+    ema.eval()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    it0 = 0
-    elapsed0 = 0.0
+    it0, elapsed0 = 0, 0.0
+    rng_state = None
     if args.resume and (save / "latest.pt").exists():
         ck = torch.load(save / "latest.pt", weights_only=False)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
+        if ck.get("ema"):
+            ema.load_state_dict({k: torch.as_tensor(v) for k, v in ck["ema"].items()})
+        else:
+            ema.load_state_dict(model.state_dict())
         it0, elapsed0 = ck["iter"], ck["elapsed"]
+        rng_state = ck.get("rng")
+        print(f"resumed {save / 'latest.pt'} at iteration {it0}", flush=True)
+    rng = np.random.default_rng([args.seed, it0])
+    if rng_state is not None:
+        rng.bit_generator.state = rng_state
     log = open(save / "train_log.jsonl", "a")
+    log.write(
+        json.dumps(
+            {
+                "event": "start",
+                "iter": it0,
+                "pool_size": int(len(images)),
+                "args": {k: v for k, v in vars(args).items()},
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+        )
+        + "\n"
+    )
+    log.flush()
     budget = args.max_minutes * 60.0
     t0 = time.time() - elapsed0
 
@@ -113,67 +219,105 @@ def main(argv=None) -> int:
         m = x.amax(dim=(1, 2, 3, 4), keepdim=True).clamp(min=1.0)
         return x / m  # client.preprocess.normalise_network_input
 
-    def evaluate():
-        model.eval()
-        preds = []
+    def predict(u8):
         with torch.no_grad():
-            for i in range(0, len(val_x), 4):
-                preds.append(model(to_input(val_x[i : i + 4]))[0].argmax(1).numpy())
-        model.train()
-        return dice_per_class(np.concatenate(preds), val_y)
+            return ema(to_input(u8))[0].argmax(1).numpy().astype(np.uint8)
+
+    def validate():
+        from .evaluate import evaluate_case
+
+        out = {}
+        for name, (vx, vy) in vsets.items():
+            preds = np.concatenate([predict(vx[i : i + 4]) for i in range(0, len(vx), 4)])
+            d = dice_per_class(preds, vy)
+            out[f"val_{name}_liver"], out[f"val_{name}_spleen"] = round(d[0], 4), round(d[1], 4)
+        for name, hu, lab, sp, d in real_cases:
+            r = evaluate_case(predict, hu, lab, sp, d, model_shape, assess_ratio=False)
+            out[f"real_ct_{name}_liver"] = round(r["dice_liver"], 4)
+            out[f"real_ct_{name}_spleen"] = round(r["dice_spleen"], 4)
+        return out
+
+    def checkpoint(it):
+        _atomic_save(
+            torch,
+            {
+                "model": model.state_dict(),
+                # EMA stored in half precision to keep the resume file small (< 40 MB).
+                "ema": {
+                    k: (v.half() if v.is_floating_point() else v)
+                    for k, v in ema.state_dict().items()
+                },
+                "opt": opt.state_dict(),
+                "iter": it,
+                "elapsed": time.time() - t0,
+                "rng": rng.bit_generator.state,
+                "width": args.width,
+                "model_shape": list(model_shape),
+            },
+            save / "latest.pt",
+        )
 
     it = it0
     losses = []
+    last_ckpt = time.time()
     while it < args.iters and time.time() - t0 < budget:
         progress = max(it / args.iters, (time.time() - t0) / budget)
         for g in opt.param_groups:
             g["lr"] = args.lr * (1.0 - min(progress, 0.999)) ** 0.9
+        if args.pool_dir and it % args.reload_every == 0 and it > it0:
+            n_before = len(images)
+            images, labels, seen = load_pools(args.pool, args.pool_dir, seen)
+            if len(images) != n_before:
+                log.write(
+                    json.dumps({"event": "pool", "iter": it, "pool_size": len(images)}) + "\n"
+                )
         idx = rng.integers(0, len(images), size=args.batch_size)
         xb, yb = images[idx], labels[idx]
         # Random translation by a few voxels (no flips: orientation is canonical).
         shift = rng.integers(-4, 5, size=3)
         xb = np.roll(xb, shift, axis=(2, 3, 4))
         yb = np.roll(yb, shift, axis=(1, 2, 3))
+        model.train()
         logits = model(to_input(xb))[0]
         loss = _mixed_loss(torch, logits, torch.from_numpy(yb.astype(np.int64)))
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if args.ema > 0:
+            decay = min(args.ema, (1.0 + it) / (10.0 + it))
+            with torch.no_grad():
+                for e, p in zip(ema.state_dict().values(), model.state_dict().values()):
+                    if e.is_floating_point():
+                        e.mul_(decay).add_(p.detach(), alpha=1.0 - decay)
+                    else:
+                        e.copy_(p)
+        else:
+            ema.load_state_dict(model.state_dict())
         losses.append(float(loss.detach()))
         it += 1
         if it % 50 == 0:
             rec = {
                 "iter": it,
-                "loss": float(np.mean(losses[-50:])),
+                "loss": round(float(np.mean(losses[-50:])), 5),
                 "lr": opt.param_groups[0]["lr"],
                 "elapsed_s": round(time.time() - t0, 1),
+                "pool_size": int(len(images)),
             }
-            if it % 250 == 0:
-                rec["val_dice_liver"], rec["val_dice_spleen"] = evaluate()
-                torch.save(
-                    {
-                        "model": model.state_dict(),
-                        "opt": opt.state_dict(),
-                        "iter": it,
-                        "elapsed": time.time() - t0,
-                    },
-                    save / "latest.pt",
-                )
+            if it % args.val_every == 0:
+                rec.update(validate())
             log.write(json.dumps(rec) + "\n")
             log.flush()
-    d_liver, d_spleen = evaluate()
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "opt": opt.state_dict(),
-            "iter": it,
-            "elapsed": time.time() - t0,
-        },
-        save / "latest.pt",
-    )
-    state = torch_state_to_paddle(model.state_dict())
+        if time.time() - last_ckpt > args.ckpt_minutes * 60:
+            checkpoint(it)
+            last_ckpt = time.time()
+    final = validate()
+    checkpoint(it)
+    state = torch_state_to_paddle(ema.state_dict())
     np.savez(save / "model_paddle_names.npz", **state)
-    save_pdparams(state, save / "model.pdparams")
+    try:
+        save_pdparams(state, save / "model.pdparams")
+    except ImportError:  # Paddle absent: the npz has the same arrays
+        pass
     summary = {
         "iters": it,
         "wall_time_s": round(time.time() - t0, 1),
@@ -181,10 +325,12 @@ def main(argv=None) -> int:
         "width": args.width,
         "model_shape": list(model_shape),
         "pool_size": int(len(images)),
-        "val_dice_model_size": {"liver": d_liver, "spleen": d_spleen},
+        "validation": final,
         "final_loss": float(np.mean(losses[-50:])) if losses else None,
     }
     (save / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    log.write(json.dumps({"event": "end", "iter": it, **final}) + "\n")
+    log.close()
     print(json.dumps(summary), flush=True)
     return 0
 

@@ -1,0 +1,644 @@
+"""Label-map-driven synthesis of training CT (the SynthSeg idea, Billot et al.).
+
+A training image is painted from an anatomical label map, never copied from a real
+image: the 61-structure map of the shared real CT (``labels_all.nii.gz``, its
+anatomy, not its intensities) or a phantom anatomy map
+(:func:`training.phantoms.make_anatomy_map`). Per sample, deterministic for a seed:
+
+1. geometry: random affine (scale 0.8-1.25 with a little anisotropy, rotation up
+   to +-15 degrees about the body axis and +-6 degrees about the others,
+   translation) and a smooth elastic displacement, applied by sampling the label
+   map (nearest neighbour) at the scan's voxel positions;
+2. field of view: a whole abdomen, a scan whose edge cuts the liver or spleen, a
+   thin slab of 20-60 mm of abdomen (which the whole-volume resize stretches
+   strongly), a chest-only or pelvis-only range (labels then empty or nearly), a
+   tight in-plane field of view, arms beside the body or not;
+3. attenuation: every tissue drawn from CT-plausible ranges of one contrast phase
+   (unenhanced, arterial, portal-venous, delayed; :data:`HU_RANGES`), liver
+   steatosis (liver/spleen ratio 0.2-1.5 unenhanced), smooth texture, vessels inside
+   the liver, heterogeneous arterial spleen, air/fluid/food in stomach and bowel,
+   oral contrast, occasional liver lesions;
+4. acquisition: slice interval 0.6-5 mm with a slice profile (Gaussian, FWHM =
+   slice thickness) blurred along z on a finer grid and then sampled, noise that
+   grows as slices get thinner, streaks; the image is then stored as int16 HU in a
+   random orientation (30 %);
+5. the serving code's :func:`client.preprocess.preprocess` and
+   :func:`client.preprocess.labels_to_model` bring image and labels to model size.
+
+The acquisition is simulated at a moderate grid (96-128 pixels in-plane, at least
+about 1.25 mm between simulated slices) rather than 512 x 512: the model sees 64^3
+anyway, and a sample then costs about a second.
+
+``python -m training.synth --out_dir runs/pool_synth --start 0 --count 2000`` writes
+deterministic shards (``synth_<start>.npz``) that ``training.demo_train --pool_dir``
+picks up while it trains.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from client.contract import LABEL_LIVER, LABEL_SPLEEN
+from client.preprocess import canonical_axes, labels_to_model, preprocess
+
+from .phantoms import N_TISSUES, TISSUES, _store_with_direction, make_anatomy_map
+
+PHASES = ("unenhanced", "arterial", "portal", "delayed")
+PHASE_P = (0.3, 0.2, 0.35, 0.15)
+SCENARIOS = ("full", "cut", "slab", "chest", "pelvis")
+SCENARIO_P = (0.55, 0.15, 0.14, 0.08, 0.08)
+
+_ROOT = Path(__file__).resolve().parents[1]
+TOTALSEG_DIR = _ROOT.parent / "shared" / "data" / "totalseg_example"
+
+T = TISSUES
+# Mean attenuation ranges (HU) per tissue and phase: (unenhanced, arterial, portal, delayed).
+# Liver is drawn from the spleen and a liver/spleen ratio (steatosis), see _draw_means.
+HU_RANGES: dict[str, tuple] = {
+    "air": ((-1010, -990),) * 4,
+    "gas": ((-1000, -900),) * 4,
+    "fat": ((-125, -80),) * 4,
+    "muscle": ((35, 60), (40, 70), (45, 75), (45, 70)),
+    "bone": ((200, 600),) * 4,
+    "spleen": ((35, 55), (90, 150), (100, 150), (80, 115)),
+    "kidney_cortex": ((25, 40), (150, 260), (150, 220), (110, 160)),
+    "kidney_medulla": ((25, 40), (50, 100), (130, 200), (120, 180)),
+    "stomach": ((0, 40),) * 4,
+    "small_bowel": ((0, 40),) * 4,
+    "colon": ((-80, 40),) * 4,
+    "pancreas": ((25, 50), (90, 140), (80, 120), (60, 90)),
+    "gallbladder": ((0, 25),) * 4,
+    "artery": ((35, 50), (200, 350), (130, 220), (90, 140)),
+    "vein": ((35, 50), (60, 130), (120, 190), (90, 140)),
+    "portal_vein": ((35, 50), (90, 160), (140, 210), (90, 140)),
+    "lung": ((-900, -780),) * 4,
+    "bladder": ((0, 20), (0, 20), (0, 25), (0, 300)),
+    "soft": ((20, 50), (40, 90), (50, 100), (50, 90)),
+    "heart": ((35, 50), (200, 380), (130, 210), (90, 140)),
+    "cord": ((15, 40),) * 4,
+    "cartilage": ((60, 150),) * 4,
+}
+# Texture SD (HU) of each tissue: low-frequency and fine components.
+_TEX = {
+    "fat": 8,
+    "muscle": 6,
+    "bone": 120,
+    "liver": 6,
+    "spleen": 6,
+    "kidney_cortex": 10,
+    "kidney_medulla": 10,
+    "stomach": 10,
+    "small_bowel": 10,
+    "colon": 60,
+    "pancreas": 10,
+    "lung": 30,
+    "soft": 10,
+}
+
+# TotalSegmentator structure name -> tissue class (by prefix, first match wins).
+_TOTALSEG_TISSUE = (
+    ("spleen", "spleen"),
+    ("kidney", "kidney"),
+    ("gallbladder", "gallbladder"),
+    ("liver", "liver"),
+    ("stomach", "stomach"),
+    ("pancreas", "pancreas"),
+    ("adrenal", "soft"),
+    ("lung", "lung"),
+    ("small_bowel", "small_bowel"),
+    ("duodenum", "small_bowel"),
+    ("colon", "colon"),
+    ("urinary_bladder", "bladder"),
+    ("prostate", "soft"),
+    ("sacrum", "bone"),
+    ("vertebrae", "bone"),
+    ("femur", "bone"),
+    ("hip", "bone"),
+    ("rib", "bone"),
+    ("aorta", "artery"),
+    ("iliac_artery", "artery"),
+    ("inferior_vena_cava", "vein"),
+    ("iliac_vena", "vein"),
+    ("portal_vein", "portal_vein"),
+    ("spinal_cord", "cord"),
+    ("gluteus", "muscle"),
+    ("autochthon", "muscle"),
+    ("iliopsoas", "muscle"),
+    ("costal_cartilages", "cartilage"),
+)
+
+
+# --- anatomy sources -----------------------------------------------------------------
+def totalseg_tissue_map(labels_all: np.ndarray, names: dict, hu: np.ndarray) -> np.ndarray:
+    """Tissue-class map of a TotalSegmentator multi-structure segmentation.
+
+    Voxels of named structures get their tissue class (kidneys split into cortex and
+    medulla by a 6 mm erosion); unlabelled voxels get a coarse class from a
+    threshold of the scan (outside air, gas inside the body, fat, soft tissue,
+    bone): the anatomy of that scan, not its intensities, is kept.
+
+    Parameters
+    ----------
+    labels_all : int ndarray [z, y, x]
+    names : dict
+        Label value (str or int) -> structure name.
+    hu : ndarray
+        The scan on the same grid (for the unlabelled voxels only).
+    """
+    if labels_all.shape != hu.shape:
+        raise ValueError(f"label map {labels_all.shape} and scan {hu.shape} differ in shape")
+    out = np.zeros(labels_all.shape, np.uint8)
+    inside = hu > -500
+    body = np.zeros_like(inside)
+    lab, n = ndi.label(inside)
+    if n:
+        sizes = ndi.sum(inside, lab, range(1, n + 1))
+        body = lab == (1 + int(np.argmax(sizes)))
+    body = np.stack([ndi.binary_fill_holes(s) for s in body])
+    out[body & (hu <= -500)] = T["gas"]
+    out[body & (hu > -500) & (hu <= -20)] = T["fat"]
+    out[body & (hu > -20) & (hu <= 180)] = T["muscle"]
+    out[body & (hu > 180)] = T["bone"]
+    kidney = np.zeros(labels_all.shape, bool)
+    for value, name in names.items():
+        tissue = next((t for prefix, t in _TOTALSEG_TISSUE if name.startswith(prefix)), None)
+        if tissue is None:
+            continue
+        m = labels_all == int(value)
+        if tissue == "kidney":
+            kidney |= m
+        else:
+            out[m] = T[tissue]
+    if kidney.any():
+        out[kidney] = T["kidney_cortex"]
+        out[ndi.binary_erosion(kidney, iterations=2)] = T["kidney_medulla"]
+    return out
+
+
+@functools.lru_cache(maxsize=2)
+def real_anatomy(data_dir: str = str(TOTALSEG_DIR)):
+    """Tissue map of the shared real CT's 61-structure segmentation, canonical orientation.
+
+    Returns
+    -------
+    tissue : uint8 [z, y, x] (axes z superior, y posterior, x patient left), spacing (z, y, x)
+    """
+    import SimpleITK as sitk
+
+    d = Path(data_dir)
+    for f in ("ct.nii.gz", "labels_all.nii.gz", "labels_all_names.json"):
+        if not (d / f).exists():
+            raise FileNotFoundError(f"{d / f}: needed for the real-anatomy synthesis source")
+    img = sitk.ReadImage(str(d / "ct.nii.gz"))
+    hu = sitk.GetArrayFromImage(img)
+    lab = sitk.GetArrayFromImage(sitk.ReadImage(str(d / "labels_all.nii.gz")))
+    names = json.loads((d / "labels_all_names.json").read_text())
+    tissue = totalseg_tissue_map(lab, names, hu)
+    direction = np.asarray(img.GetDirection()).reshape(3, 3)
+    spacing = tuple(img.GetSpacing())[::-1]
+    axes, flips = canonical_axes(direction)
+    tissue = np.transpose(tissue, axes)
+    fl = tuple(a for a in range(3) if flips[a])
+    if fl:
+        tissue = np.flip(tissue, fl)
+    return np.ascontiguousarray(tissue), tuple(float(spacing[a]) for a in axes)
+
+
+@functools.lru_cache(maxsize=48)
+def phantom_anatomy(anatomy_seed: int):
+    """Cached :func:`training.phantoms.make_anatomy_map` (3 mm grid)."""
+    return make_anatomy_map(int(anatomy_seed))
+
+
+# --- random fields -----------------------------------------------------------------
+def _smooth_field(rng, axes_mm, corr_mm):
+    """Smooth zero-mean, unit-SD random field on the separable grid ``axes_mm``.
+
+    Random coefficients on a coarse grid (spacing ``corr_mm``) spread by Gaussian
+    weights along each axis (separable contractions: cheap on large grids).
+    """
+    ws = []
+    for a in axes_mm:
+        lo, hi = float(a.min()) - corr_mm, float(a.max()) + corr_mm
+        g = np.arange(lo, hi + corr_mm, corr_mm, dtype=np.float32)
+        w = np.exp(-0.5 * ((a[:, None] - g[None, :]) / (0.6 * corr_mm)) ** 2).astype(np.float32)
+        ws.append(w)
+    c = rng.standard_normal(tuple(w.shape[1] for w in ws)).astype(np.float32)
+    f = np.tensordot(c, ws[2], axes=([2], [1]))  # gz, gy, nx
+    f = np.tensordot(f, ws[1], axes=([1], [1]))  # gz, nx, ny
+    f = np.tensordot(ws[0], f, axes=([1], [0]))  # nz, nx, ny
+    f = np.ascontiguousarray(np.swapaxes(f, 1, 2))
+    f -= f.mean()
+    sd = float(f.std())
+    return f / sd if sd > 0 else f
+
+
+def _rot(rng, deg_z, deg_other):
+    """Rotation matrix in (z, y, x) coordinates: about z (axial plane) and y/x tilts."""
+    a = np.deg2rad(rng.uniform(-deg_z, deg_z))
+    b, c = np.deg2rad(rng.uniform(-deg_other, deg_other, 2))
+    rz = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    rx = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+# --- attenuation ---------------------------------------------------------------------
+def draw_means(rng, phase: str) -> tuple[np.ndarray, dict]:
+    """Mean HU of every tissue for one phase; liver from the spleen and a steatosis ratio."""
+    k = PHASES.index(phase)
+    mean = np.zeros(N_TISSUES, np.float32)
+    for name, ranges in HU_RANGES.items():
+        mean[T[name]] = rng.uniform(*ranges[k])
+    spleen = float(mean[T["spleen"]])
+    if phase == "unenhanced":
+        ratio = float(rng.uniform(0.2, 1.5))
+        liver = ratio * spleen
+        if rng.random() < 0.08:  # severe steatosis: liver below 10 HU
+            liver = float(rng.uniform(-30, 10))
+    elif phase == "arterial":
+        liver = float(rng.uniform(55, 95) - rng.uniform(0, 45) * (rng.random() < 0.4))
+    else:
+        ratio = float(rng.uniform(0.45, 1.3))
+        liver = ratio * spleen
+    mean[T["liver"]] = liver
+    return mean, {"phase": phase, "liver_hu": liver, "spleen_hu": spleen}
+
+
+# --- one synthetic scan ----------------------------------------------------------------
+def _z_range(rng, scen, src_lo, src_hi, org_lo, org_hi, organs, sz):
+    """Scan range [a, b] in source mm along z for a field-of-view scenario."""
+    h = org_hi - org_lo
+    if scen == "cut":
+        lo, hi = organs[int(rng.integers(len(organs)))]
+        oh = hi - lo
+        frac, length = rng.uniform(0.15, 0.6), rng.uniform(150, 350) / sz
+        a = lo + frac * oh  # the bottom of the scan cuts the organ
+        b = a + length
+        if rng.random() < 0.5 or src_hi - a < 100 / sz:  # the top cuts it instead
+            b = hi - frac * oh
+            a = b - length
+    elif scen == "slab":
+        t = rng.uniform(20, 60) / sz
+        c = rng.uniform(org_lo + 0.2 * h, org_hi - 0.1 * h)
+        a, b = c - t / 2, c + t / 2
+    elif scen == "chest":
+        a = org_hi + rng.uniform(5, 40)
+        b = a + rng.uniform(120, 250) / sz
+    elif scen == "pelvis":
+        b = org_lo - rng.uniform(5, 40)
+        a = b - rng.uniform(120, 250) / sz
+    else:
+        a = org_lo - rng.uniform(20, 200) / sz
+        b = org_hi + rng.uniform(10, 150) / sz
+    return max(a, src_lo), min(b, src_hi)
+
+
+def warp_map(src: np.ndarray, spacing, p) -> np.ndarray:
+    """Sample a label map at physical points (nearest neighbour).
+
+    Parameters
+    ----------
+    src : ndarray [z, y, x]
+        Label map; its voxel centres sit at ``(i + 0.5) * spacing - extent / 2`` mm
+        (coordinates centred on the map).
+    spacing : 3 floats
+    p : three arrays (broadcastable to one shape)
+        z, y, x source coordinates in mm of every output voxel.
+
+    Returns
+    -------
+    ndarray of ``src.dtype``: points beyond the map in-plane are air (0); beyond its
+    ends along z they take the nearest slice (the scan range is chosen inside the map).
+    """
+    s = np.asarray(spacing, np.float64)
+    ext = np.array(src.shape) * s
+    idx = [
+        np.clip(np.rint((p[i] + ext[i] / 2) / s[i] - 0.5), 0, src.shape[i] - 1).astype(np.intp)
+        for i in range(3)
+    ]
+    idx = np.broadcast_arrays(*idx)
+    out = src[idx[0], idx[1], idx[2]]
+    outside = np.zeros(out.shape, bool)
+    for i in (1, 2):
+        outside |= (p[i] < -ext[i] / 2) | (p[i] > ext[i] / 2)
+    out[outside] = 0
+    return out
+
+
+def synth_scan(
+    seed: int,
+    source: str = "real",
+    anatomy_seed: int | None = None,
+    phase: str | None = None,
+    scenario: str | None = None,
+) -> dict:
+    """Synthesise one CT scan with its liver/spleen labels on the scan grid.
+
+    Parameters
+    ----------
+    seed : int
+        Seed of everything random in this sample (deterministic).
+    source : {"real", "phantom"}
+        Anatomy: the shared real CT's 61-structure map or a phantom anatomy map.
+    anatomy_seed : int, optional
+        Phantom anatomy seed (default drawn from ``seed``, 48 distinct anatomies).
+    phase, scenario : str, optional
+        Force the contrast phase (:data:`PHASES`) or the field-of-view scenario
+        (:data:`SCENARIOS`); the random draws are made anyway, so the rest of the
+        sample stays the one of ``seed``.
+
+    Returns
+    -------
+    dict with ``hu`` (int16 [z, y, x]), ``labels`` (uint8, 1 liver, 2 spleen, same
+    grid), ``spacing`` (z, y, x mm), ``direction`` (3 x 3) and ``info`` (phase,
+    scenario, slice thickness, ...).
+    """
+    rng = np.random.default_rng(seed)
+    if source == "real":
+        src, s_src = real_anatomy()
+    elif source == "phantom":
+        aseed = int(anatomy_seed) if anatomy_seed is not None else int(rng.integers(0, 48))
+        src, s_src = phantom_anatomy(aseed)
+    else:
+        raise ValueError(f"unknown anatomy source {source!r} (expected 'real' or 'phantom')")
+    s_src = np.asarray(s_src, np.float32)
+    ext_src = np.array(src.shape) * s_src
+    phase_drawn = str(rng.choice(PHASES, p=PHASE_P))
+    scen_drawn = str(rng.choice(SCENARIOS, p=SCENARIO_P))
+    for value, allowed in ((phase, PHASES), (scenario, SCENARIOS)):
+        if value is not None and value not in allowed:
+            raise ValueError(f"unknown phase or scenario {value!r} (expected one of {allowed})")
+    phase = phase or phase_drawn
+    scen = scenario or scen_drawn
+
+    # Organ extents along z in source mm (centred coordinates).
+    def zext(mask_t):
+        zs = np.nonzero((src == mask_t).any((1, 2)))[0]
+        return (
+            (zs.min() + 0.5) * s_src[0] - ext_src[0] / 2,
+            (zs.max() + 0.5) * s_src[0] - ext_src[0] / 2,
+        )
+
+    organs = [zext(T["liver"]), zext(T["spleen"])]
+    org_lo, org_hi = min(o[0] for o in organs), max(o[1] for o in organs)
+    src_lo, src_hi = -ext_src[0] / 2 + 3, ext_src[0] / 2 - 3
+
+    scale = rng.uniform(0.8, 1.25) * rng.uniform(0.93, 1.07, 3)
+    a, b = _z_range(rng, scen, src_lo, src_hi, org_lo, org_hi, organs, scale[0])
+    if b - a < 15 / scale[0]:  # too little room (e.g. no chest above the organs): whole abdomen
+        scen = "full"
+        a, b = _z_range(rng, scen, src_lo, src_hi, org_lo, org_hi, organs, scale[0])
+    ext_z = (b - a) * scale[0]
+
+    # Acquisition grid: slice interval/thickness, in-plane grid and field of view.
+    r = rng.random()
+    dz = (
+        rng.uniform(0.6, 1.5)
+        if r < 0.3
+        else rng.uniform(1.5, 3.0)
+        if r < 0.6
+        else rng.uniform(3, 5)
+    )
+    if scen == "slab":
+        dz = rng.uniform(1.5, 5.0)
+    thick = min(max(dz * rng.uniform(1.0, 1.5), dz), 5.5)
+    dz_out = max(dz, 1.25, ext_z / 240)
+    k = max(1, int(round(dz_out / 1.6)))
+    dzf = dz_out / k
+    nz = max(2, int(round(ext_z / dz_out)))
+    nzf = nz * k
+    n_xy = int(rng.integers(96, 129))
+    fov = rng.uniform(330, 480) if rng.random() > 0.12 else rng.uniform(250, 330)
+    dxy = fov / n_xy
+    qz = ((np.arange(nzf) + 0.5) * dzf - nz * dz_out / 2).astype(np.float32)
+    qy = ((np.arange(n_xy) + 0.5) * dxy - fov / 2 + rng.uniform(-25, 25)).astype(np.float32)
+    qx = ((np.arange(n_xy) + 0.5) * dxy - fov / 2 + rng.uniform(-25, 25)).astype(np.float32)
+
+    # Output -> source: p = M q + c + elastic(q).
+    rot = _rot(rng, 15, 6)
+    m = (rot.T / scale[None, :]).astype(np.float32)  # q scaled down, then rotated back
+    body_yx = np.argwhere(src[src.shape[0] // 2] > 0)
+    cy, cx = (body_yx.mean(0) + 0.5) * s_src[1:] - ext_src[1:] / 2 if len(body_yx) else (0, 0)
+    centre = np.array([(a + b) / 2, cy, cx], np.float32)
+    amp = rng.uniform(2, 8)
+    corr = rng.uniform(40, 80)
+    axes_mm = (qz, qy, qx)
+    p = [
+        m[i, 0] * qz[:, None, None]
+        + m[i, 1] * qy[None, :, None]
+        + m[i, 2] * qx[None, None, :]
+        + centre[i]
+        + amp * _smooth_field(rng, axes_mm, corr)
+        for i in range(3)
+    ]
+    tissue = warp_map(src, s_src, p)
+    del p
+
+    # Arms beside the body (outside the source label map).
+    arms = bool(rng.random() < 0.35)
+    if arms:
+        mid = tissue[nzf // 2] > 0
+        cols = np.nonzero(mid.any(0))[0]
+        if len(cols):
+            yy, xx = np.meshgrid(qy, qx, indexing="ij")
+            for side, col in ((-1, cols.min()), (1, cols.max())):
+                rad = rng.uniform(35, 55)
+                cxa = qx[col] + side * (rad + rng.uniform(5, 40))
+                cya = rng.uniform(-30, 40)
+                d2 = (yy - cya) ** 2 + (xx - cxa) ** 2
+                arm2d = np.where(
+                    d2 < 14**2, T["bone"], np.where(d2 < (rad - 8) ** 2, T["muscle"], T["fat"])
+                )
+                arm2d = np.where(d2 < rad**2, arm2d, 0).astype(np.uint8)
+                put = (arm2d > 0)[None] & (tissue == T["air"])
+                tissue[put] = np.broadcast_to(arm2d[None], tissue.shape)[put]
+
+    # Paint: mean + texture per tissue, then organ-specific features.
+    mean, info = draw_means(rng, phase)
+    tex_lo = np.zeros(N_TISSUES, np.float32)
+    for name, sd in _TEX.items():
+        tex_lo[T[name]] = sd * rng.uniform(0.3, 1.2)
+    f_lo = _smooth_field(rng, axes_mm, rng.uniform(15, 30))
+    f_mid = _smooth_field(rng, axes_mm, rng.uniform(5, 9))
+    hu = mean[tissue] + tex_lo[tissue] * (0.6 * f_lo + 0.8 * f_mid)
+    liver = tissue == T["liver"]
+    spleen = tissue == T["spleen"]
+    # Vessels in the liver: intersections of two smooth level sets (tubes).
+    g1 = _smooth_field(rng, axes_mm, rng.uniform(12, 20))
+    g2 = _smooth_field(rng, axes_mm, rng.uniform(12, 20))
+    t = rng.uniform(0.15, 0.35)
+    vessels = liver & (np.abs(g1) < t) & (np.abs(g2) < t)
+    vessel_hu = mean[T["portal_vein"]] if rng.random() < 0.5 else mean[T["vein"]]
+    hu[vessels] = vessel_hu + 5 * f_mid[vessels]
+    del g1, g2
+    if rng.random() < 0.15:  # focal liver lesions (cysts or hypodense masses)
+        les = liver & (f_lo > rng.uniform(1.8, 2.4))
+        hu[les] = rng.uniform(0, 60) + 5 * f_mid[les]
+    if phase == "arterial":  # heterogeneous ("zebra") spleen
+        hu[spleen] += rng.uniform(15, 45) * np.sign(f_mid[spleen]) * np.abs(f_mid[spleen]) ** 0.5
+    # Hollow organs: walls, gas (rises anteriorly: low y), fluid, food, oral contrast.
+    hollow = np.isin(tissue, (T["stomach"], T["small_bowel"], T["colon"]))
+    inner = hollow.copy()
+    for ax_, sh in ((1, 1), (1, -1), (2, 1), (2, -1)):
+        inner &= np.roll(hollow, sh, axis=ax_)
+    wall = hollow & ~inner
+    hu[wall] = mean[T["soft"]] + 5 * f_mid[wall]
+    stomach_in = inner & (tissue == T["stomach"])
+    if stomach_in.any():
+        kind = rng.random()
+        if kind < 0.15:
+            hu[stomach_in] = rng.uniform(150, 400)
+        elif kind < 0.5:
+            hu[stomach_in] = rng.uniform(20, 60) + 25 * f_mid[stomach_in]
+        if rng.random() < 0.6:
+            ys = np.nonzero(stomach_in.any((0, 2)))[0]
+            level = rng.uniform(0.0, 0.6)
+            yl = ys.min() + level * (ys.max() - ys.min())
+            air = stomach_in & (np.arange(n_xy)[None, :, None] < yl)
+            hu[air] = mean[T["gas"]]
+    bowel_in = inner & (tissue != T["stomach"])
+    if bowel_in.any():
+        if rng.random() < 0.15:
+            sel = bowel_in & (tissue == T["small_bowel"])
+            hu[sel] = rng.uniform(150, 350) + 20 * f_mid[sel]
+        gas = bowel_in & (f_mid > rng.uniform(0.3, 1.5)) | (tissue == T["gas"])
+        hu[gas] = mean[T["gas"]]
+    info.update(
+        scenario=scen,
+        slice_interval_mm=float(dz),
+        slice_thickness_mm=float(thick),
+        fov_mm=float(fov),
+        scale=[float(s) for s in scale],
+        arms=arms,
+        source=source,
+    )
+
+    # Acquisition: slice profile along z (and a little in-plane blur), sample the slices.
+    sig_z = thick / 2.3548 / dzf
+    sig_xy = rng.uniform(0.2, 0.6)
+    hu = ndi.gaussian_filter(hu, (sig_z, sig_xy, sig_xy), truncate=2.5)
+    sl = slice(k // 2, nzf, k)
+    hu = np.ascontiguousarray(hu[sl])
+    tissue = tissue[sl]
+    labels = np.zeros(tissue.shape, np.uint8)
+    labels[tissue == T["liver"]] = LABEL_LIVER
+    labels[tissue == T["spleen"]] = LABEL_SPLEEN
+    sd = float(min(rng.uniform(5, 22) * np.sqrt(3.0 / thick), 60.0))
+    noise = rng.standard_normal(hu.shape, dtype=np.float32)
+    noise = ndi.gaussian_filter(noise, (0, 0.5, 0.5))
+    hu += noise * (sd / max(float(noise.std()), 1e-6))
+    if rng.random() < 0.2:  # streaks through a bright point, over a few slices
+        yy, xx = np.meshgrid(np.arange(n_xy), np.arange(n_xy), indexing="ij")
+        img = np.zeros((n_xy, n_xy), np.float32)
+        py, px = rng.uniform(0.3, 0.7, 2) * n_xy
+        for _ in range(int(rng.integers(3, 9))):
+            th = rng.uniform(0, np.pi)
+            dist = np.abs((yy - py) * np.cos(th) - (xx - px) * np.sin(th))
+            img += rng.choice([-1, 1]) * rng.uniform(50, 250) * np.exp(-0.5 * (dist / 0.8) ** 2)
+        z0 = int(rng.integers(0, hu.shape[0]))
+        z1 = min(hu.shape[0], z0 + int(rng.integers(1, 8)))
+        hu[z0:z1] += img[None]
+    info.update(noise_sd=sd, n_slices=int(hu.shape[0]))
+    hu = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
+    spacing = (float(dz_out), float(dxy), float(dxy))
+    direction = np.eye(3)
+    if rng.random() < 0.3:
+        perm = rng.permutation(3)
+        signs = rng.choice([-1.0, 1.0], size=3)
+        d = np.zeros((3, 3))
+        for c in range(3):
+            d[perm[c], c] = signs[c]
+        hu, labels, spacing, direction = _store_with_direction(hu, labels, spacing, d)
+    return {"hu": hu, "labels": labels, "spacing": spacing, "direction": direction, "info": info}
+
+
+def synth_sample(seed: int, model_shape, source: str = "real"):
+    """One synthetic sample at model size through the serving preprocessing.
+
+    Returns
+    -------
+    image : uint8 [1, z, y, x], labels : uint8 [z, y, x], info : dict
+    """
+    s = synth_scan(seed, source)
+    image, _ = preprocess(s["hu"], s["spacing"], s["direction"], model_shape)
+    labels = labels_to_model(s["labels"], s["direction"], model_shape)
+    return image, labels, s["info"]
+
+
+# Mixture of a pool: fraction of samples per kind, by seed (deterministic).
+MIXTURE = (("real", 0.45), ("phantom", 0.40), ("plain", 0.15))
+
+
+def kind_of_seed(seed: int) -> str:
+    """The kind of pool sample a seed gives (``real``/``phantom`` synthesis or a plain phantom)."""
+    u = np.random.default_rng([int(seed), 7]).random()
+    acc = 0.0
+    for kind, frac in MIXTURE:
+        acc += frac
+        if u < acc:
+            return kind
+    return MIXTURE[-1][0]
+
+
+def pool_sample(seed: int, model_shape):
+    """The pool sample of a seed: synthetic from real or phantom anatomy, or a plain phantom."""
+    kind = kind_of_seed(seed)
+    if kind == "plain":
+        from .samples import phantom_sample
+
+        image, labels = phantom_sample(int(seed), model_shape)
+        return image, labels, {"source": "plain_phantom"}
+    return synth_sample(seed, model_shape, kind)
+
+
+def write_shards(out_dir, start: int, count: int, shard: int = 100, model_shape=(64, 64, 64)):
+    """Write pool shards ``synth_<first seed>.npz`` for seeds ``start .. start+count-1``.
+
+    Existing complete shards are skipped, so an interrupted run resumes; every shard
+    is written to a temporary name and renamed (a reader never sees half a shard).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model_shape = tuple(int(n) for n in model_shape)
+    for s0 in range(start, start + count, shard):
+        path = out / f"synth_{s0:07d}.npz"
+        if path.exists():
+            continue
+        n = min(shard, start + count - s0)
+        images = np.zeros((n, 1, *model_shape), np.uint8)
+        labels = np.zeros((n, *model_shape), np.uint8)
+        infos = []
+        for j in range(n):
+            images[j], labels[j], info = pool_sample(s0 + j, model_shape)
+            infos.append(info)
+        tmp = out / f".tmp_synth_{s0:07d}.npz"
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, images=images, labels=labels, seeds=np.arange(s0, s0 + n))
+        tmp.rename(path)
+        (out / f"synth_{s0:07d}.json").write_text(json.dumps(infos, default=float))
+        print(f"wrote {path} ({n} samples)", flush=True)
+
+
+def main(argv=None) -> int:
+    """``python -m training.synth --out_dir runs/pool_synth --start 0 --count 2000``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Write deterministic synthetic training pool shards")
+    ap.add_argument("--out_dir", required=True)
+    ap.add_argument("--start", type=int, default=0, help="first seed")
+    ap.add_argument("--count", type=int, default=2000)
+    ap.add_argument("--shard", type=int, default=100)
+    ap.add_argument("--model_shape", type=int, nargs=3, default=(64, 64, 64))
+    args = ap.parse_args(argv)
+    write_shards(args.out_dir, args.start, args.count, args.shard, args.model_shape)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
