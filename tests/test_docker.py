@@ -87,7 +87,8 @@ def test_every_copied_path_exists_and_is_in_the_build_context(name):
 
 def test_dockerignore_keeps_the_virtualenv_git_and_data_out():
     pats = _dockerignore()
-    for heavy in (".venv/lib/x.so", ".git/objects/ab", "runs/x/model.pdparams", "out/results.csv"):
+    heavy_paths = (".venv/lib/x.so", ".git/objects/ab", "runs/x/model.pdparams", "out/results.csv")
+    for heavy in heavy_paths + ("training/checkpoints/run/model.pdparams",):
         assert _dockerignore_excludes(heavy, pats), heavy
     assert _dockerignore_excludes("client/__pycache__/batch.cpython-311.pyc", pats)
     assert not _dockerignore_excludes("model_repository/gpu/hepascreen_vnet/1/model.plan", pats)
