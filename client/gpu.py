@@ -32,11 +32,12 @@ Numbers behind the slot count (ESTIMATES: nothing could be measured on a GPU her
   (0.625 mm slices over 62.5 cm): 262 M voxels x 12 B = 3.1 GB. A routine
   512 x 512 x 300 scan needs about 0.9 GB.
 * Budget: 80 % of the GPU memory free when the client starts. Compose starts
-  the client after the server is healthy, so Triton's engine, its execution
-  context (full-size VNet 128^3, batch 8, FP16: roughly 3-4 GB of activations
-  and weights, estimated from the tensor sizes: 16 channels x 128^3 x 2 bytes =
-  67 MB per feature map per volume) and both CUDA contexts are already
-  accounted for.
+  the client after the server is healthy, so Triton's engine and execution context
+  and both CUDA contexts are already accounted for. (For scale: the original
+  full-width VNet at 128^3 writes 314 M activation elements per volume,
+  benchmarks/GPU.md, i.e. 0.63 GB per volume in FP16 if nothing were reused;
+  TensorRT reuses activation memory, so a batch-8 context is estimated at 3-4 GB
+  with weights and workspace; the shipped quarter-width 64^3 model needs far less.)
 * Slots = budget // reference scan, at least 1, at most :data:`MAX_SLOTS` = 4
   (beyond a few concurrent measurements the small, memory-bound kernels of
   labelling and filtering no longer overlap usefully on one GPU). Examples:

@@ -451,7 +451,9 @@ def build_plan_file(plan: dict, out: Path, trtexec: str | None) -> None:
             if exe is None:
                 raise SystemExit(
                     "error: neither the tensorrt Python package nor trtexec is available: run this "
-                    "inside NVIDIA's TensorRT or Triton container on the target GPU (docs/deployment.md)"
+                    "inside NVIDIA's TensorRT or Triton container on the target GPU; if this Triton "
+                    "image has neither, build into the same --cache-dir with "
+                    "nvcr.io/nvidia/tensorrt:<same release>-py3 (docs/gpu-first-run.md)"
                 )
             subprocess.run(trtexec_command(plan, exe, tmp), check=True)
         os.chmod(tmp, 0o644)
