@@ -12,6 +12,7 @@ error or nothing to do (OUT refused, no scans found), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections import deque
@@ -64,8 +65,11 @@ def build_parser(prog: str = "python -m client.batch") -> argparse.ArgumentParse
     add("--gpu", action="store_true", help=argparse.SUPPRESS)  # deprecated: --device gpu
     add("--link-uids", action="store_true",
         help="add Study/Series Instance UIDs to the rows (identifiers; off by default)")  # fmt: skip
-    add("--dicom-seg", action="store_true", help="write dicom/<case_id>.seg.dcm (DICOM inputs)")
-    add("--dicom-sr", action="store_true", help="write dicom/<case_id>.sr.dcm (DICOM inputs)")
+    add("--dicom-seg", action="store_true",
+        help="write dicom/<case_id>.seg.dcm for DICOM inputs (copies the patient/study "
+        "identifiers of the source, so that PACS files it with the study)")  # fmt: skip
+    add("--dicom-sr", action="store_true",
+        help="write dicom/<case_id>.sr.dcm, the measurement report (same identifiers)")  # fmt: skip
     add("--no-qc", action="store_true", help="no QC pictures")
     add("--quiet", action="store_true", help="no progress bar")
     add("--model-repository", default=None, help="repository for the bundled server")
@@ -123,6 +127,10 @@ def run(args) -> int:
 
     _check_args(args)
     out = Path(args.out)
+    config = _screen_config(args)
+    measurement = json.loads(json.dumps(asdict(config.assess)))
+    if args.resume:  # one OUT, one set of measurement settings
+        results.check_same_config(out / results.RUN_JSON, measurement)
     if args.overwrite and out.is_dir():
         results.clear_outputs(out)
     context = results.RunContext()
@@ -134,7 +142,7 @@ def run(args) -> int:
         print("nothing to do: no scans found in " + ", ".join(args.inputs), file=sys.stderr)
         return 2
     store = store or results.ResultStore(out, context)
-    todo = [s for s in found.sources if not store.is_done(s.case_id, s.fingerprint())]
+    todo = [s for s in found.sources if not store.is_done(s)]
     remove_stale_temporaries(out)  # left by a killed run
     previous = results.RunManifest.previous(out / results.RUN_JSON) or {}
     manifest = results.RunManifest(out / results.RUN_JSON, {
@@ -145,12 +153,10 @@ def run(args) -> int:
         "mode": "masks" if args.masks else ("remote" if args.url else "embedded"),
         "n_found": len(found.sources), "n_skipped_resume": len(found.sources) - len(todo),
         "n_todo": len(todo), "skipped_series": found.skipped, "ignored": found.ignored,
-        "missing_inputs": found.missing,
+        "missing_inputs": found.missing, "config": measurement,
     })  # fmt: skip
     manifest.info.update(previous)
     store.retire([s.case_id for s in todo])  # exactly one row per case_id at the end
-    config = _screen_config(args)
-    manifest.update(config=asdict(config.assess))
     status, error, t_wall, written = "interrupted", None, time.perf_counter(), []
     stats = seg = None
     try:
@@ -179,6 +185,8 @@ def run(args) -> int:
         manifest.timings(written, wall, stats)
         status, error = _write_report(out, manifest, status, error)
         manifest.update(status=status, error=error, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    if status == "interrupted":  # a signal during the report: exit 130 as run.json says
+        raise KeyboardInterrupt
     n_err = sum(r["status"] == contract.STATUS_ERROR for r in written)
     if not args.quiet:
         print(f"{len(written)} scans screened ({n_err} failed, {len(found.sources) - len(todo)} "

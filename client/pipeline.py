@@ -22,7 +22,6 @@ Example (the README's library example)::
 from __future__ import annotations
 
 import hashlib
-import inspect
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -489,25 +488,18 @@ def _as_source(source) -> ScanSource:
     return source_for_path(Path(source))
 
 
-_ASSESS_HAS_DIRECTION: bool | None = None
-
-
 def _assess(scan: ScanVolume, labels, config: ScreenConfig):
-    global _ASSESS_HAS_DIRECTION
     from postprocess import assess
     from postprocess._xp import to_device
 
-    if _ASSESS_HAS_DIRECTION is None:
-        _ASSESS_HAS_DIRECTION = "direction" in inspect.signature(assess).parameters
     gpu = config.device == "gpu"
-    kw = {"direction": scan.direction} if _ASSESS_HAS_DIRECTION else {}
     return assess(
         to_device(scan.array, gpu),
         to_device(labels, gpu),
         scan.spacing,
         config.assess,
         contrast_hint=True if scan.metadata.get("contrast_agent") else None,
-        **kw,
+        direction=scan.direction,  # organ laterality check (postprocess.gate)
     )
 
 

@@ -220,13 +220,17 @@ class ResultStore:
         self._jsonl = self._csv = None
 
     # -- resume ---------------------------------------------------------------------
-    def is_done(self, case_id: str, fingerprint: str | None) -> bool:
-        """True when ``case_id``'s row is ok/flagged and was made from the same source version."""
-        row = self.rows.get(case_id)
+    def is_done(self, source) -> bool:
+        """True when ``source``'s row is ok/flagged and was made from the same file version.
+
+        ``source`` is a :class:`client.discover.ScanSource` (its fingerprint, which stats
+        every file of a series, is computed only when a row exists).
+        """
+        row = self.rows.get(source.case_id)
         return (
             row is not None
             and row.get("status") in DONE_STATUSES
-            and (fingerprint is None or row.get("source_fingerprint") == fingerprint)
+            and row.get("source_fingerprint") == source.fingerprint()
         )
 
     def pins(self) -> dict[str, str]:
@@ -299,6 +303,29 @@ def _csv_header() -> str:
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerow(contract.RESULT_COLUMNS)
     return buf.getvalue()
+
+
+def check_same_config(run_json: Path, config: dict) -> None:
+    """Refuse ``--resume`` with measurement settings other than the OUT's (mixed results).
+
+    Raises
+    ------
+    ConfigError
+        Naming the settings that differ.
+    """
+    try:
+        old = json.loads(Path(run_json).read_text()).get("config")
+    except (OSError, ValueError):
+        return
+    if not old or old == config:
+        return
+    diff = [
+        f"{k} {old.get(k)!r} -> {config.get(k)!r}" for k in config if old.get(k) != config.get(k)
+    ]
+    raise ConfigError(
+        f"--resume: {run_json.parent} was screened with other measurement settings "
+        f"({'; '.join(diff)}); use the same options, --overwrite, or another OUT"
+    )
 
 
 def clear_outputs(out_dir: Path) -> None:

@@ -491,3 +491,31 @@ def test_over_long_case_id_is_screened_and_reported(tmp_path, shared_data):
     assert rc == 0 and row["case_id"] == case_id and row["status"] != "error"
     assert (out / "qc" / f"{case_id}.png").exists() and case_id in (out / "report.html").read_text()
     assert json.loads((out / "run.json").read_text())["status"] == "finished"
+
+
+def test_resume_with_other_measurement_settings_is_refused(small_archive, tmp_path, capsys):
+    scans, masks = small_archive
+    out = tmp_path / "out"
+    args = [str(scans / "s0.nii.gz"), "-o", str(out), "--masks", str(masks), "--quiet"]
+    assert batch_main(args) == 0
+    before = _tree(out)
+    assert batch_main([*args, "--resume", "--cubes", "50"]) == 2
+    assert "n_cubes 200 -> 50" in capsys.readouterr().err and _tree(out) == before
+    assert batch_main([*args, "--resume", "--concurrency", "2"]) == 0  # not a measurement setting
+
+
+def test_signal_during_the_report_exits_130_and_run_json_says_interrupted(
+    small_archive, tmp_path, monkeypatch
+):
+    import client.report
+
+    def interrupted(*a, **k):  # Ctrl-C arriving while report.html is written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(client.report, "write_report", interrupted)
+    scans, masks = small_archive
+    out = tmp_path / "out"
+    rc = batch_main([str(scans / "s0.nii.gz"), "-o", str(out), "--masks", str(masks), "--quiet"])
+    run = json.loads((out / "run.json").read_text())
+    assert rc == 130 and run["status"] == "interrupted" and run["n_processed"] == 1
+    assert not list(out.rglob(".tmp-*"))

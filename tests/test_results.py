@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -79,8 +80,9 @@ def test_resume_moves_earlier_attempts_and_keeps_one_row_per_case(tmp_path):
         fh.write(json.dumps(results.ordered_row(dup)) + "\n")
         fh.write('{"case_id": "c", "sta')
     s = _store(tmp_path)
-    assert s.is_done("a", "fa") and not s.is_done("b", "fb")
-    assert not s.is_done("a", "changed")  # the file changed: screen again
+    src = lambda c, fp: SimpleNamespace(case_id=c, fingerprint=lambda: fp)  # noqa: E731
+    assert s.is_done(src("a", "fa")) and not s.is_done(src("b", "fb"))
+    assert not s.is_done(src("a", "changed"))  # the file changed: screen again
     s.retire(["b"])
     with s:
         s.write(_row("b"))
