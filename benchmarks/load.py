@@ -79,6 +79,9 @@ class LoadConfig:
         TLS options, as :class:`client.triton.SegmentationClient`.
     model_repository : Path or None
         Repository for the bundled server (default: the project's CPU repository).
+    server_pgid : int or None
+        Process group of a server on this machine, to report its CPU seconds per volume
+        (set automatically for the bundled server).
     """
 
     url: str | None = None
@@ -96,6 +99,7 @@ class LoadConfig:
     private_key: str | None = None
     certificate_chain: str | None = None
     model_repository: Path | None = None
+    server_pgid: int | None = None
 
 
 def input_pool(
@@ -226,6 +230,64 @@ def wire_bytes(endpoint: _Endpoint, batch: np.ndarray) -> dict:
     }
 
 
+def process_group_cpu_s(pgid: int) -> float | None:
+    """User + system CPU seconds of every live process in process group ``pgid`` (Linux /proc).
+
+    The bundled server runs in its own process group (the tritonserver binary and its
+    Python-backend stubs), so this is the server's CPU time. None where /proc is absent.
+    """
+    import os
+
+    tick = os.sysconf("SC_CLK_TCK")
+    total, found = 0, False
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return None
+    for e in entries:
+        if not e.isdigit():
+            continue
+        try:
+            with open(f"/proc/{e}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields after the name: state, ppid, pgrp, ...
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+            found = True
+    return total / tick if found else None
+
+
+def measure_level(
+    endpoints, batches, concurrency, n_requests, max_seconds, server_pgid=None
+) -> dict:
+    """:func:`run_level` plus the server's statistics and CPU seconds per volume.
+
+    CPU seconds per volume (this client process; the server's process group when
+    ``server_pgid`` is given) barely change when other processes compete for the cores,
+    unlike volumes/s: on a shared machine they are the steadier measure of cost.
+    """
+    import time as _time
+
+    before = _statistics(endpoints[0])
+    cpu0 = _time.process_time()
+    srv0 = process_group_cpu_s(server_pgid) if server_pgid else None
+    lvl = run_level(endpoints, batches, concurrency, n_requests, max_seconds)
+    cpu1 = _time.process_time()
+    srv1 = process_group_cpu_s(server_pgid) if server_pgid else None
+    after = _statistics(endpoints[0])
+    n_inf = after["inference_count"] - before["inference_count"]
+    n_exec = after["execution_count"] - before["execution_count"]
+    lvl["server_inference_count"] = n_inf
+    lvl["server_execution_count"] = n_exec
+    lvl["mean_server_batch"] = round(n_inf / n_exec, 2) if n_exec else None
+    vols = max(1, lvl["volumes"])
+    lvl["client_cpu_s_per_volume"] = round((cpu1 - cpu0) / vols, 4)
+    if srv0 is not None and srv1 is not None:
+        lvl["server_cpu_s_per_volume"] = round((srv1 - srv0) / vols, 4)
+    return lvl
+
+
 def _statistics(endpoint: _Endpoint) -> dict:
     st = endpoint.client.get_inference_statistics(endpoint.model_name, as_json=True)
     ms = st.get("model_stats", [{}])[0]
@@ -332,17 +394,12 @@ def _drive(cfg: LoadConfig, url: str) -> dict:
         wire = wire_bytes(endpoints[0], batches[0])
         for i in range(cfg.warmup):
             endpoints[0].infer(*endpoints[0].request(batches[i % len(batches)]))
-        levels = []
-        for c in cfg.concurrency:
-            before = _statistics(endpoints[0])
-            lvl = run_level(endpoints, batches, c, cfg.requests, cfg.max_seconds_per_level)
-            after = _statistics(endpoints[0])
-            n_inf = after["inference_count"] - before["inference_count"]
-            n_exec = after["execution_count"] - before["execution_count"]
-            lvl["server_inference_count"] = n_inf
-            lvl["server_execution_count"] = n_exec
-            lvl["mean_server_batch"] = round(n_inf / n_exec, 2) if n_exec else None
-            levels.append(lvl)
+        levels = [
+            measure_level(
+                endpoints, batches, c, cfg.requests, cfg.max_seconds_per_level, cfg.server_pgid
+            )
+            for c in cfg.concurrency
+        ]
     finally:
         for ep in endpoints:
             ep.close()
@@ -396,7 +453,9 @@ def run_load(cfg: LoadConfig) -> dict:
     from client.server import EmbeddedServer
 
     with EmbeddedServer(cfg.model_repository) as srv:
-        res = _drive(cfg, srv.grpc_url)
+        from dataclasses import replace
+
+        res = _drive(replace(cfg, server_pgid=srv.pid), srv.grpc_url)
         res["endpoint"]["bundled_server"] = True
         return res
 
