@@ -519,3 +519,45 @@ def test_signal_during_the_report_exits_130_and_run_json_says_interrupted(
     run = json.loads((out / "run.json").read_text())
     assert rc == 130 and run["status"] == "interrupted" and run["n_processed"] == 1
     assert not list(out.rglob(".tmp-*"))
+
+
+WEIRD_NAMES = [
+    "new\nline",
+    'quote"d',
+    "semi;colon,comma",
+    "<b>tag<b>&amp;",
+    "spaces  in name",
+    "ünïcödé_名前",
+    "tab\there",
+    "back\\slash",
+    "-starts-with-dash",
+    "#hash%percent",
+    "x" * 243,  # 250 bytes with .nii.gz: the longest a file name can be
+]
+
+
+def test_weird_file_names_each_give_a_row_and_nothing_crashes(tmp_path, shared_data):
+    from client.discover import discover
+
+    scans = tmp_path / "scans"
+    (scans / "a").mkdir(parents=True)
+    d = shared_data / "totalseg_example"
+    for name in WEIRD_NAMES:
+        shutil.copyfile(d / "ct_small.nii.gz", scans / f"{name}.nii.gz")
+    shutil.copyfile(d / "ct_small.nii.gz", scans / "a__b.nii.gz")  # same case_id as a/b.nii.gz
+    shutil.copyfile(d / "ct_small.nii.gz", scans / "a" / "b.nii.gz")
+    (tmp_path / "masks").mkdir()
+    for s in discover([scans]).sources:  # masks named by case_id, as a user would
+        shutil.copyfile(d / "labels_small.nii.gz", tmp_path / "masks" / f"{s.case_id}.nii.gz")
+    out = tmp_path / "out"
+    rc = batch_main([str(scans), "-o", str(out), "--masks", str(tmp_path / "masks"), "--quiet"])
+    rows = read_csv(out / "results.csv")
+    assert rc == 0 and all(r["status"] != "error" for r in rows), [r["error"] for r in rows]
+    assert len(rows) == len(WEIRD_NAMES) + 2 and len({r["case_id"] for r in rows}) == len(rows)
+    assert {r["source"] for r in rows} == {str(p) for p in scans.rglob("*.nii.gz")}
+    assert all((out / "qc" / f"{r['case_id']}.png").exists() for r in rows)
+    jsonl = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["case_id"] for r in jsonl] == [r["case_id"] for r in rows]
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "finished" and run["n_processed"] == len(rows)
+    assert (out / "report.html").stat().st_size > 0
