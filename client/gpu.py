@@ -2,7 +2,7 @@
 
 Why
 ---
-With ``--gpu`` every worker thread used to copy its whole scan to the GPU and
+With ``--device gpu`` every worker thread used to copy its whole scan to the GPU and
 measure it there: up to ``--concurrency`` full-size scans at once beside Triton's
 engine, all on CuPy's default stream (so no overlap was gained either). A
 :class:`GpuSlots` pool lets at most ``n_slots`` scans be on the GPU at a time,

@@ -200,3 +200,7 @@ def test_fresh_export_ends_with_the_float_cast(tmp_path):
     assert _tail(onnx.load(str(path)))[0] == ["ArgMax", "Cast:FLOAT", "Cast:UINT8"]
     res = check_export(net, path, (16, 16, 16), batches=(2,))
     assert res["batch2_dtype"] == "uint8" and res["batch2_label_agreement"] >= 0.9999, res
+    # The diagnostic float variant (float32 in, int32 out; not served) still exports.
+    fpath = export_onnx(net, (16, 16, 16), tmp_path / "model_float.onnx", variant="float")
+    res = check_export(net, fpath, (16, 16, 16), variant="float", batches=(2,))
+    assert res["batch2_dtype"] == "int32" and res["batch2_label_agreement"] >= 0.9999, res

@@ -8,6 +8,9 @@ cast, the per-volume division by the maximum (``client.preprocess.
 normalise_network_input``; an all-zero volume stays zero) and the argmax live
 inside the graph, so 1 byte per voxel crosses the wire each way. ``--variant
 logits`` gives the unwrapped network (float in, logits out) for parity checks.
+``--variant float`` (float32 in, int32 labels out) exists only to diagnose a
+TensorRT version that refuses uint8 network I/O (DESIGN.md 3): the client, the
+model configs and the server entrypoint serve the uint8 variant only.
 After export: ``onnx.checker`` and ONNX Runtime vs Paddle on the same inputs at
 batch 1 and 4.
 
@@ -43,7 +46,7 @@ import numpy as np
 
 from client.contract import INPUT_NAME, OUTPUT_NAME
 
-VARIANTS = ("uint8", "logits")
+VARIANTS = ("uint8", "float", "logits")
 
 
 def _wrapper(net, variant: str):
@@ -64,6 +67,8 @@ def _wrapper(net, variant: str):
             xf = xf / paddle.maximum(m, paddle.full_like(m, 1.0))
             logits = self.net(xf)[0]
             lab = paddle.argmax(logits, axis=1)
+            if variant == "float":
+                return paddle.cast(lab, "int32")
             # Through float32, as the ONNX graph does (cast_labels_via_float).
             return paddle.cast(paddle.cast(lab, "float32"), "uint8")
 
@@ -85,7 +90,7 @@ def export_onnx(
     model_shape : 3 ints
         Spatial input size ``[z, y, x]``.
     save_file : path of the ONNX file to write (parent created).
-    variant : {"uint8", "logits"}
+    variant : {"uint8", "float", "logits"}
     opset : int, >= 17
 
     Returns
@@ -250,7 +255,7 @@ def recast_file(path: str | Path) -> bool:
 def check_export(net, onnx_path, model_shape, variant="uint8", batches=(1, 4), seed=0) -> dict:
     """Compare ONNX Runtime with Paddle on the same random inputs.
 
-    Returns per batch size the label agreement (uint8 variant) or the
+    Returns per batch size the label agreement (uint8/float variants) or the
     logits relative L2 error (logits variant).
     """
     import onnx
@@ -268,6 +273,8 @@ def check_export(net, onnx_path, model_shape, variant="uint8", batches=(1, 4), s
             x = rng.random((b, 1, *model_shape), dtype=np.float32)
         else:
             x = _structured_input(rng, b, model_shape)
+            if variant == "float":
+                x = x.astype(np.float32)
         got = sess.run(None, {INPUT_NAME: x})[0]
         with paddle.no_grad():
             ref = wrapped(paddle.to_tensor(x)).numpy()
