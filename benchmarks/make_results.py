@@ -198,8 +198,10 @@ def section_serving(res, plots, out_md, missing) -> list[str]:
         _machine_line(res),
         "",
         f"Model input {'x'.join(map(str, res.get('model_shape', [])))}; inputs: {', '.join(res.get('inputs', []))}; "
-        f"{res.get('requests_per_cell')} requests per cell, median of {res.get('repeats')} repeats; "
-        "latency per request, client side. Ratio: volumes/s over ONNX Runtime batch 1 in the same run.",
+        f"{res.get('requests_per_cell')} volumes per cell, {res.get('repeats')} repeats. "
+        + (res.get("statistic") or "Ratio: volumes/s over ONNX Runtime batch 1 in the same run.")
+        + ". CPU s/vol: CPU seconds per volume of the client process and of the server's "
+        "process group (steadier than volumes/s on a shared machine).",
         "",
     ]
     table = []
@@ -217,6 +219,8 @@ def section_serving(res, plots, out_md, missing) -> list[str]:
                 lat.get("p95_s"),
                 lat.get("p99_s"),
                 r.get("mean_server_batch", "-"),
+                r.get("client_cpu_s_per_volume"),
+                r.get("server_cpu_s_per_volume"),
             ]
         )
     lines += _table(
@@ -231,6 +235,8 @@ def section_serving(res, plots, out_md, missing) -> list[str]:
             "p95 s",
             "p99 s",
             "mean server batch",
+            "client CPU s/vol",
+            "server CPU s/vol",
         ],
         table,
     )
@@ -247,6 +253,12 @@ def section_serving(res, plots, out_md, missing) -> list[str]:
     plt = _plt()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     triton = [r for r in rows.values() if r.get("path") == "triton_grpc"]
+    # Plot the paired ratio when every row has one (robust to a shared machine's drift).
+    metric = (
+        "ratio"
+        if rows and all(r.get("ratio") is not None for r in rows.values())
+        else "volumes_per_s"
+    )
     series = sorted({(r.get("dynamic_batching"), r.get("batch")) for r in triton})
     for n, (mode, batch) in enumerate(series):
         pts = sorted(
@@ -260,7 +272,7 @@ def section_serving(res, plots, out_md, missing) -> list[str]:
         cs = [c for c, _ in pts]
         style = "o-" if mode == "on" else "s--"
         label = f"Triton, batching {mode}, {batch} vol/request"
-        a1.plot(cs, [r["volumes_per_s"] for _, r in pts], style, color=f"C{n}", label=label)
+        a1.plot(cs, [r[metric] for _, r in pts], style, color=f"C{n}", label=label)
         if batch == 1:
             for q, alpha in (("p50_s", 1.0), ("p95_s", 0.55), ("p99_s", 0.3)):
                 a2.plot(
@@ -276,7 +288,7 @@ def section_serving(res, plots, out_md, missing) -> list[str]:
     )
     for k, (b, r) in enumerate(ort):
         a1.axhline(
-            r["volumes_per_s"],
+            r[metric],
             lw=1,
             ls=":",
             color=f"C{len(series) + k}",
@@ -290,8 +302,10 @@ def section_serving(res, plots, out_md, missing) -> list[str]:
             ax.minorticks_off()
             ax.set_ylim(bottom=0)
             ax.set_xlabel("requests in flight")
-        a1.set_ylabel("volumes / s")
-        a1.set_title("throughput")
+        a1.set_ylabel("volumes/s over ONNX Runtime batch 1" if metric == "ratio" else "volumes / s")
+        a1.set_title(
+            "throughput" + (" (ratio to the paired baseline)" if metric == "ratio" else "")
+        )
         a1.legend(fontsize=7)
         a2.set_ylabel("seconds per request (1 volume)")
         a2.set_title("latency p50 / p95 / p99")
