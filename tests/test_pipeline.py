@@ -213,3 +213,23 @@ def test_readme_library_example_runs_as_written(tmp_path, real):
     liver, spleen, qc = measured.split()
     assert 40 < float(liver) < 50 and 28 < float(spleen) < 38  # data README: about 44 and 33
     assert (tmp_path / qc).stat().st_size > 0
+
+
+@pytest.mark.server
+def test_bundled_server_loads_the_gpu_config_for_device_gpu(tmp_path):
+    """The real server picks configs/gpu.pbtxt; without a GPU it refuses its GPU instance.
+
+    (ONNX Runtime's CUDA provider itself cannot run here: no GPU on this machine type.)
+    """
+    from client.errors import InferenceError
+    from client.pipeline import TritonSegmenter
+    from postprocess import gpu_available
+
+    if gpu_available():
+        pytest.skip("a GPU is present: this checks the refusal without one")
+    log = tmp_path / "server.log"
+    with pytest.raises(InferenceError):
+        TritonSegmenter.bundled(device="gpu", log_path=log, ready_timeout_s=60)
+    text = log.read_text()
+    assert "model_config_name                | gpu" in text
+    assert "has kind KIND_GPU but no GPUs are available" in text
