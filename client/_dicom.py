@@ -355,10 +355,11 @@ def load_series(
     for h in hs:
         try:
             img = read_slice(h.path)
-        except RuntimeError as exc:
+        except RuntimeError:
+            check_pixel_data(h)  # says "truncated pixel data: expected ... bytes" when it is
             raise ScanReadError(
-                f"{show(h.path)}: cannot decode pixel data ({str(exc).strip().splitlines()[-1][:200]})"
-            ) from exc
+                f"{show(h.path)}: corrupt DICOM slice: its pixel data cannot be decoded"
+            ) from None
         a = sitk.GetArrayFromImage(img)
         if a.ndim == 4:  # RGB or similar
             raise ScanReadError(

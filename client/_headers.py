@@ -62,6 +62,10 @@ def show(path) -> str:
     return b.decode("utf-8", "backslashreplace")
 
 
+def _n_values(n: int) -> str:
+    return "1 voxel value is" if n == 1 else f"{n:,} voxel values are"
+
+
 def _fail(path, what: str) -> ScanReadError:
     return ScanReadError(f"{show(path)}: {what}")
 
@@ -389,7 +393,7 @@ def _nrrd_info(path: Path, st, max_voxels: int) -> HeaderInfo:
     with open(path, "rb") as fh:
         magic = fh.read(8)
     if not magic.startswith(b"NRRD000"):
-        raise _fail(path, f"not a NRRD file: it starts with {magic[:8]!r}, expected b'NRRD000x'")
+        raise _fail(path, "not a NRRD file: it does not start with the NRRD magic 'NRRD000'")
     lines, pos = _read_text_header(path, lambda ln: ln == "")
     fields = {}
     for ln in lines[1:]:
@@ -633,9 +637,7 @@ def check_data(info: HeaderInfo, path: Path, check_finite: bool) -> None:
             f"truncated: header describes {need:,} bytes of image data, the file{where} holds {total:,}",
         )
     if bad:
-        raise _fail(
-            path, f"{bad:,} voxel values are NaN or infinity (expected finite HU everywhere)"
-        )
+        raise _fail(path, f"{_n_values(bad)} NaN or infinity (expected finite HU everywhere)")
     if keep is not None and filled == keep.size:
         info.array = keep
 

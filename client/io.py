@@ -56,10 +56,9 @@ def check_finite(array: np.ndarray, source: str) -> None:
     if a.dtype.kind in "fc":
         n_ok = int(np.count_nonzero(np.isfinite(a)))
         if n_ok != a.size:
-            raise ScanReadError(
-                f"{source}: {a.size - n_ok:,} voxel values are NaN or infinity "
-                "(expected finite HU everywhere)"
-            )
+            n = a.size - n_ok
+            what = "1 voxel value is" if n == 1 else f"{n:,} voxel values are"
+            raise ScanReadError(f"{source}: {what} NaN or infinity (expected finite HU everywhere)")
 
 
 def check_hu_range(array: np.ndarray, source: str) -> None:
