@@ -32,6 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 REFERENCE = HERE / "first_run_reference.csv"
+SHIPPED_ONNX = ROOT / "model_repository" / "cpu" / "hepascreen_vnet" / "1" / "model.onnx"
 SEEDS = {11: "normal", 12: "mild", 13: "moderate", 14: "severe"}
 SHAPE = (100, 256, 256)
 FIELDS = (
@@ -80,6 +81,25 @@ def screen(archive: Path, out: Path, extra: list[str]) -> dict[str, dict]:
 def read_rows(path: Path) -> dict[str, dict]:
     with open(path, newline="") as f:
         return {r["case_id"]: {k: r.get(k, "") for k in FIELDS} for r in csv.DictReader(f)}
+
+
+def model_sha256(path: Path = SHIPPED_ONNX) -> str | None:
+    """SHA-256 of the ONNX model the engine is built from (None when absent)."""
+    import hashlib
+
+    if not path.is_file():
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def reference_meta(reference: Path) -> dict:
+    """What the reference was made with (``<reference>.json`` beside the CSV)."""
+    import json
+
+    try:
+        return json.loads(reference.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _num(x: str) -> float:
@@ -141,8 +161,20 @@ def main(argv=None) -> int:
             w.writeheader()
             for case in sorted(rows):
                 w.writerow(rows[case])
+        import json
+
+        meta = {"model_onnx_sha256": model_sha256(), "seeds": SEEDS, "shape": list(SHAPE)}
+        args.reference.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
         print(f"wrote {args.reference} ({len(rows)} scans)")
         return 0
+    made_with = reference_meta(args.reference).get("model_onnx_sha256")
+    if made_with and model_sha256() and made_with != model_sha256():
+        print(
+            "warning: the CPU reference was made with another model than "
+            f"{SHIPPED_ONNX.relative_to(ROOT)}: remake it on a CPU machine with "
+            "`python docker/first_run.py --make-reference`",
+            file=sys.stderr,
+        )
     extra = ["--device", args.device] + (["--url", args.url] if args.url else [])
     got = screen(archive, args.out / args.device, extra)
     lines, problems = compare(read_rows(args.reference), got)

@@ -352,3 +352,25 @@ def test_first_run_comparison_passes_equal_rows_and_names_each_mismatch():
     problems = fr.compare(ref, got)[1]
     assert any("ratio" in p for p in problems) and any("grade" in p for p in problems)
     assert any("liver_volume_ml" in p for p in problems) and any("missing" in p for p in problems)
+
+
+def test_cpu_reference_was_made_with_the_shipped_model():
+    """A new export (training/export.py) needs a new reference: the GPU run compares with it."""
+    fr = _first_run()
+    meta = fr.reference_meta(fr.REFERENCE)
+    assert meta.get("model_onnx_sha256") == fr.model_sha256(), (
+        "docker/first_run_reference.csv was made with another model: run "
+        "`python docker/first_run.py --make-reference` on a CPU machine and commit both files"
+    )
+    assert {int(k): v for k, v in meta["seeds"].items()} == fr.SEEDS
+    assert tuple(meta["shape"]) == fr.SHAPE
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_first_run_on_cpu_reproduces_the_reference(tmp_path, capsys):
+    """The whole command 3 of docs/gpu-first-run.md, on this CPU (bundled server, NumPy)."""
+    fr = _first_run()
+    assert fr.main(["--device", "cpu", "--out", str(tmp_path / "first-run")]) == 0
+    out = capsys.readouterr().out
+    assert "FIRST CPU RUN OK: 4/4 scans match the CPU reference" in out
