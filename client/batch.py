@@ -46,7 +46,9 @@ def build_parser(prog: str = "python -m client.batch") -> argparse.ArgumentParse
     add = ap.add_argument
     add("inputs", nargs="+", metavar="INPUT", help="NIfTI/NRRD/MHA files, DICOM folders, folders")
     add("-o", "--out", required=True, metavar="OUT", help="output folder (empty or new)")
-    add("--url", help="Triton gRPC HOST:PORT (default: start the bundled server)")
+    from .scaleout import add_arguments as add_scaleout_arguments
+
+    add_scaleout_arguments(ap)  # --url (repeatable), --url-file, --shard, --ray*
     add("--masks", metavar="DIR", help="measure DIR/<case_id>.nii.gz (or DIR/<case_id>/liver.nii.gz"
         " + spleen.nii.gz) instead of segmenting; no server")  # fmt: skip
     add("--label-map", default="default", choices=sorted(contract.LABEL_MAPS),
@@ -123,7 +125,8 @@ def _screen_config(args):
 def run(args) -> int:
     from ._atomic import remove_stale_temporaries
     from .discover import discover
-    from .pipeline import open_segmenter
+    from .endpoints import open_segmenter  # several --url too
+    from .shard import apply_to_discovery
 
     _check_args(args)
     out = Path(args.out)
@@ -136,6 +139,7 @@ def run(args) -> int:
     context = results.RunContext()
     store = results.ResultStore(out, context) if out.is_dir() else None
     found = discover(args.inputs, pins=store.pins() if store else None, exclude=[out])
+    apply_to_discovery(found, args.shard)  # --shard K/N
     for m in found.missing:
         print(f"warning: {m}: no such file or folder", file=sys.stderr)
     if not found.sources:
@@ -153,7 +157,7 @@ def run(args) -> int:
         "mode": "masks" if args.masks else ("remote" if args.url else "embedded"),
         "n_found": len(found.sources), "n_skipped_resume": len(found.sources) - len(todo),
         "n_todo": len(todo), "skipped_series": found.skipped, "ignored": found.ignored,
-        "missing_inputs": found.missing, "config": measurement,
+        "missing_inputs": found.missing, "shard": getattr(found, "shard", None), "config": measurement,
     })  # fmt: skip
     manifest.info.update(previous)
     store.retire([s.case_id for s in todo])  # exactly one row per case_id at the end
@@ -174,7 +178,12 @@ def run(args) -> int:
                 context.model_version, context.model_sha256 = d["model_version"], d["model_sha256"]
                 repo = str(seg.repository) if seg.repository else None
                 manifest.update(model={**d, "url": args.url or "embedded", "repository": repo})
-            _run_pool(todo, seg, config, store, manifest, written, args)
+            if args.ray:
+                from .ray_runner import run_pool as ray_pool
+
+                ray_pool(todo, seg, config, store, manifest, written, args)
+            else:
+                _run_pool(todo, seg, config, store, manifest, written, args)
             stats = seg.statistics() if seg else None  # this run's
         status = "finished"
     except ScreeningError as exc:

@@ -4,6 +4,7 @@
 
     hepascreen screen INPUT... -o OUT [options]   screen scans (same options as python -m client.batch)
     hepascreen serve [options]                    run the bundled Triton server in the foreground
+    hepascreen merge OUT... -o MERGED             merge shard OUT folders (client.merge)
     hepascreen version                            tool, schema and model versions
     hepascreen --version                          the tool's version
 """
@@ -12,10 +13,11 @@ from __future__ import annotations
 
 import sys
 
-USAGE = """usage: hepascreen {screen,serve,version} ... | --version
+USAGE = """usage: hepascreen {screen,serve,merge,version} ... | --version
 
   screen INPUT... -o OUT   screen CT scans (hepascreen screen --help)
   serve                    run the bundled Triton server (hepascreen serve --help)
+  merge OUT... -o MERGED   merge the OUT folders of shards (hepascreen merge --help)
   version                  tool, result-schema and model versions
 """
 
@@ -55,6 +57,10 @@ def main(argv=None) -> int:
         from .batch import main as screen
 
         return screen(rest, prog="hepascreen screen")
+    if cmd == "merge":
+        from .merge import main as merge
+
+        return merge(rest, prog="hepascreen merge")
     if cmd == "serve":
         from .serve import main as serve
 

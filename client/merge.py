@@ -182,9 +182,8 @@ def merge(outs, dest: Path | str, *, link_files: bool = True) -> dict:
 
 def _summary(out: Path, info: dict, n_rows: int) -> dict:
     t = info.get("timings") or {}
-    argv = info.get("argv") or []
-    shard = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--shard"), None)
-    shard = shard or next((a.split("=", 1)[1] for a in argv if a.startswith("--shard=")), None)
+    shard = info.get("shard")  # {"k", "n", "n_all"} from client.shard.apply_to_discovery
+    shard = f"{shard['k']}/{shard['n']}" if isinstance(shard, dict) else shard
     return {
         "out": str(out),
         "run_id": info.get("run_id"),

@@ -1,0 +1,379 @@
+"""``--ray ADDRESS``: the same screen with its scans spread over the actors of a Ray cluster.
+
+::
+
+    hepascreen screen /archive -o /shared/out --ray local                 # Ray on this machine
+    hepascreen screen /archive -o /shared/out --ray auto --url gpu-a:8001 --url gpu-b:8001
+    hepascreen screen /archive -o /shared/out --ray ray://head:10001 --url-file servers.txt
+
+What runs where:
+
+* **Driver** (the process of the command): discovery, ``--resume`` bookkeeping,
+  and the only writer of results.csv/jsonl, attempts.jsonl, run.json and
+  report.html (:mod:`client.batch` does all of that exactly as without Ray; this
+  module replaces only its worker pool).
+* **Actors** (:class:`ScanWorker`, one per ``--ray-workers``): each opens its own
+  segmenter once and keeps it (a gRPC client or an :class:`client.endpoints.EndpointPool`
+  to the ``--url`` servers, or the ``--masks`` folder) and runs
+  :func:`client.pipeline.screen_scan` for the scans it is sent, writing masks and
+  QC pictures to OUT itself (atomically: :mod:`client._atomic`), which must
+  therefore be a folder every node sees at the same path. It returns the row only.
+* **Backpressure**: at most ``--concurrency`` scans (at least one per actor) are in
+  flight at once; the next scan is sent to the actor with the fewest in flight when
+  one finishes. Actors claim ``--ray-cpus`` CPUs each (default 0.5): whole-CPU
+  actors that claim every CPU of a 2-core machine leave nothing for the driver and
+  the Triton server and starve Ray's own scheduling (the deadlock seen with Ray
+  Data there).
+* **A worker that dies** (killed, out of memory, its node lost) is restarted by Ray;
+  the scans it had in flight are sent again, at most twice each
+  (:data:`MAX_RETRIES`); a scan whose workers died three times gets an error row.
+  The driver writes each case_id once, so a retried scan never gives two rows, and
+  a retried scan's files replace the dead worker's atomically.
+
+Without ``--url`` the driver starts the bundled server and the actors connect to
+it on 127.0.0.1: fine for ``--ray local``; on a cluster give ``--url`` servers the
+worker nodes can reach. Ray is the optional extra ``hepascreen[ray]``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections import deque
+
+from . import contract
+from .errors import ConfigError, InferenceError
+
+MAX_RETRIES = 2  # a scan whose worker died is sent again at most this many times
+DEFAULT_CPUS = 0.5
+
+
+def add_ray_arguments(ap) -> None:
+    """``--ray``, ``--ray-workers``, ``--ray-cpus`` for the screen command."""
+    ap.add_argument(
+        "--ray", metavar="ADDRESS", default=None,
+        help="run the scans in Ray actors: 'local' starts Ray on this machine, 'auto' joins "
+        "the running cluster, or ray://HOST:10001 (needs hepascreen[ray]; OUT must be on a "
+        "folder every node sees)",
+    )  # fmt: skip
+    ap.add_argument("--ray-workers", type=int, default=None, metavar="N",
+                    help="Ray actors (default: one per CPU of the cluster, at most one per scan)")  # fmt: skip
+    ap.add_argument("--ray-cpus", type=float, default=DEFAULT_CPUS, metavar="F",
+                    help=f"CPUs each actor claims (default {DEFAULT_CPUS}; fractions keep "
+                    "room for the driver and servers)")  # fmt: skip
+
+
+def import_ray():
+    """``import ray`` with a message naming the extra when it is missing."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise ConfigError(
+            f"--ray needs Ray: pip install 'hepascreen[ray]' (import failed: {exc})"
+        ) from exc
+    return ray
+
+
+def init_ray(address: str, *, num_cpus: int | None = None) -> bool:
+    """Connect to (or start) Ray. Returns True when this call started a local instance.
+
+    ``local``: a new Ray instance on this machine (``num_cpus``, default all) without
+    dashboard and with a small object store (only rows travel back); ``auto``: the
+    cluster this machine belongs to (``ray start`` ran here); ``ray://HOST:PORT``:
+    Ray Client to a remote head node.
+    """
+    ray = import_ray()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():
+        return False
+    if address == "local":
+        ray.init(
+            num_cpus=num_cpus or os.cpu_count() or 1,
+            include_dashboard=False,
+            object_store_memory=200 * 1024**2,
+            log_to_driver=False,
+            logging_level="WARNING",
+        )
+        return True
+    if address != "auto" and not address.startswith("ray://"):
+        raise ConfigError(f"--ray {address!r}: expected local, auto or ray://HOST:PORT")
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+    except (ConnectionError, RuntimeError) as exc:
+        raise ConfigError(f"--ray {address}: no Ray cluster there ({exc})") from exc
+    return False
+
+
+# --- the segmenter each actor opens ----------------------------------------------
+def worker_spec(seg, *, max_in_flight: int = 2, client_kwargs: dict | None = None) -> dict:
+    """What an actor needs to open its own segmenter like the driver's ``seg``.
+
+    A :class:`client.pipeline.MaskFolderSegmenter` travels as its folder and label
+    map; a :class:`client.pipeline.TritonSegmenter` as its URL(s) (the bundled
+    server's loopback URL when the driver started one).
+    """
+    if seg.kind == "masks":
+        return {"kind": "masks", "folder": str(seg.folder), "label_map": seg.label_map}
+    client = seg.client
+    urls = getattr(client, "urls", None) or [client.url]
+    return {
+        "kind": "triton",
+        "urls": list(urls),
+        "max_in_flight": int(max_in_flight),
+        "client_kwargs": {k: v for k, v in (client_kwargs or {}).items() if v},
+        "model_sha256": getattr(seg, "model_sha256", None),
+    }
+
+
+def segmenter_from_spec(spec: dict):
+    """Open the segmenter described by :func:`worker_spec` (in an actor)."""
+    from .endpoints import connect
+    from .pipeline import MaskFolderSegmenter
+
+    if spec["kind"] == "masks":
+        return MaskFolderSegmenter(spec["folder"], spec["label_map"])
+    seg = connect(
+        spec["urls"], max_in_flight=spec.get("max_in_flight", 2), **spec.get("client_kwargs", {})
+    )
+    seg.model_sha256 = spec.get("model_sha256")
+    return seg
+
+
+class ScanWorker:
+    """A Ray actor's body: one segmenter kept open, :func:`screen_scan` per call.
+
+    Parameters
+    ----------
+    spec : dict
+        From :func:`worker_spec`.
+    config : client.pipeline.ScreenConfig
+    """
+
+    def __init__(self, spec: dict, config):
+        from .pipeline import screen_scan
+
+        self._screen = screen_scan
+        self.config = config
+        self.segmenter = segmenter_from_spec(spec)
+
+    def info(self) -> dict:
+        import socket
+
+        return {"pid": os.getpid(), "host": socket.gethostname()}
+
+    def screen(self, source) -> dict:
+        """Screen one scan; returns its row (never the label map: rows travel, files stay)."""
+        result = self._screen(source, self.segmenter, self.config)
+        return {"row": result.row, "pid": os.getpid()}
+
+    def close(self) -> None:
+        self.segmenter.close()
+
+
+def died_row(src, segmenter_kind: str, message: str) -> dict:
+    """The error row of a scan whose workers died :data:`MAX_RETRIES` + 1 times."""
+    return {
+        "status": contract.STATUS_ERROR,
+        "grade": contract.GRADE_INDETERMINATE,
+        "error": message,
+        "case_id": src.case_id,
+        "source": str(src.path),
+        "source_id": src.source_id,
+        "source_fingerprint": src.fingerprint(),
+        "segmenter": segmenter_kind,
+    }
+
+
+class RayScreen:
+    """Ray actors screening scans with bounded work in flight (library use and the CLI).
+
+    Parameters
+    ----------
+    spec : dict
+        The actors' segmenter (:func:`worker_spec`).
+    config : client.pipeline.ScreenConfig
+    workers : int
+        Number of actors.
+    cpus_per_worker : float
+        CPUs each actor claims from Ray.
+    in_flight : int, optional
+        Scans in flight at once (default: 2 per actor; at least one per actor).
+    max_retries : int
+        Times a scan is sent again after its worker died.
+
+    Use after :func:`init_ray`, in a ``with`` block (actors are killed on exit).
+    """
+
+    def __init__(self, spec: dict, config, *, workers: int, cpus_per_worker: float = DEFAULT_CPUS,
+                 in_flight: int | None = None, max_retries: int = MAX_RETRIES):  # fmt: skip
+        if workers < 1 or cpus_per_worker <= 0:
+            raise ConfigError("--ray-workers must be >= 1 and --ray-cpus > 0")
+        self.ray = import_ray()
+        self.spec, self.config = spec, config
+        self.workers = int(workers)
+        self.cpus = float(cpus_per_worker)
+        self.in_flight = max(self.workers, int(in_flight or 2 * self.workers))
+        self.per_actor = math.ceil(self.in_flight / self.workers)
+        self.max_retries = int(max_retries)
+        self.actors: list = []
+        self.worker_info: list[dict] = []
+        self.retried: list[dict] = []
+
+    def __enter__(self) -> RayScreen:
+        ray = self.ray
+        remote = ray.remote(
+            num_cpus=self.cpus,
+            max_restarts=-1,  # a killed worker comes back (and reopens its segmenter)
+            max_task_retries=0,  # its scans are re-sent by the driver, counted
+            max_concurrency=self.per_actor,
+        )(ScanWorker)
+        self.actors = [remote.remote(self.spec, self.config) for _ in range(self.workers)]
+        try:
+            self.worker_info = ray.get([a.info.remote() for a in self.actors], timeout=300)
+        except Exception as exc:
+            self.__exit__()
+            cause = getattr(exc, "cause", None) or exc
+            raise InferenceError(
+                f"Ray workers could not open their segmenter: {type(cause).__name__}: "
+                f"{str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
+            ) from exc
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for a in self.actors:
+            try:
+                self.ray.kill(a, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        self.actors = []
+
+    def run(self, sources, on_row) -> None:
+        """Screen ``sources``; ``on_row(row)`` is called on this thread for each, once.
+
+        A scan whose actor died is sent again (to the least busy actor; the dead one
+        is being restarted by Ray) at most ``max_retries`` times, then gets
+        :func:`died_row`.
+        """
+        ray = self.ray
+        from ray.exceptions import (
+            NodeDiedError,
+            ObjectLostError,
+            RayActorError,
+            WorkerCrashedError,
+        )
+
+        died = (RayActorError, WorkerCrashedError, NodeDiedError, ObjectLostError)
+        queue = deque(sources)
+        pending: dict = {}  # ObjectRef -> (source, actor index)
+        load = [0] * len(self.actors)
+        tries: dict[str, int] = {}
+        try:
+            while queue or pending:
+                while queue and len(pending) < self.in_flight:
+                    src = queue.popleft()
+                    i = min(range(len(load)), key=lambda j: load[j])
+                    load[i] += 1
+                    pending[self.actors[i].screen.remote(src)] = (src, i)
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    src, i = pending.pop(ref)
+                    load[i] -= 1
+                    try:
+                        out = ray.get(ref)
+                    except died as exc:
+                        n = tries[src.case_id] = tries.get(src.case_id, 0) + 1
+                        why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
+                        self.retried.append({"case_id": src.case_id, "try": n, "reason": why})
+                        if n <= self.max_retries:
+                            queue.appendleft(src)
+                            continue
+                        on_row(died_row(src, self.spec["kind"],
+                                        f"{src.path}: the Ray worker screening it died "
+                                        f"{n} times (last: {why})"))  # fmt: skip
+                        continue
+                    except ray.exceptions.RayTaskError as exc:  # screen_scan never raises
+                        on_row(died_row(src, self.spec["kind"],
+                                        f"{src.path}: unexpected error in the Ray worker: "
+                                        f"{str(exc).strip().splitlines()[-1][:300]}"))  # fmt: skip
+                        continue
+                    on_row(out["row"])
+        finally:
+            for ref in pending:
+                try:
+                    ray.cancel(ref, force=False)
+                except Exception:  # noqa: BLE001 - best effort on the way out
+                    pass
+
+
+def default_workers(n_todo: int) -> int:
+    """One actor per CPU Ray reports (at least 1, at most one per scan)."""
+    ray = import_ray()
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return max(1, min(cpus, n_todo))
+
+
+def run_pool(todo, seg, config, store, manifest, written: list, args) -> None:
+    """:func:`client.batch._run_pool`'s counterpart on Ray (same rows, progress, counts).
+
+    ``seg`` is the driver's segmenter (already open): the actors open their own
+    from :func:`worker_spec`; the driver writes every row through ``store``.
+    """
+    from tqdm import tqdm
+
+    if not todo:
+        return
+    if seg is None:
+        raise ConfigError("--ray: no segmenter opened")
+    started = init_ray(args.ray)
+    if args.ray != "local" and seg.kind == "triton" and not args.url:
+        print("warning: --ray without --url: workers use the bundled server on this machine "
+              "(127.0.0.1), which other nodes cannot reach", file=sys.stderr)  # fmt: skip
+    workers = args.ray_workers or default_workers(len(todo))
+    tls = {k: getattr(args, k, None) for k in ("ssl", "root_certificates", "private_key",
+                                               "certificate_chain")}  # fmt: skip
+    in_flight = max(args.concurrency, workers)
+    spec = worker_spec(seg, max_in_flight=math.ceil(in_flight / workers), client_kwargs=tls)
+    bar = tqdm(total=len(todo), unit="scan", disable=args.quiet, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    screen = RayScreen(spec, config, workers=workers, cpus_per_worker=args.ray_cpus,
+                       in_flight=in_flight)  # fmt: skip
+    info = {"address": args.ray, "started_local": started, "workers": workers,
+            "cpus_per_worker": args.ray_cpus, "in_flight": in_flight,
+            "segmenter": {k: v for k, v in spec.items() if k != "client_kwargs"}}  # fmt: skip
+
+    def on_row(raw: dict) -> None:
+        row = store.write(raw)
+        manifest.row_written(row)
+        written.append(row)
+        bar.update(1)
+        if row["status"] == contract.STATUS_ERROR and not args.quiet:
+            tqdm.write(f"error: {row['case_id']}: {row['error']}", file=sys.stderr)
+
+    try:
+        with screen:
+            info["worker_processes"] = screen.worker_info
+            info["start_s"] = round(time.perf_counter() - t0, 2)
+            manifest.update(ray=info)
+            screen.run(todo, on_row)
+    finally:
+        info["retried"] = screen.retried
+        manifest.update(ray=info)
+        bar.close()
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+__all__ = [
+    "MAX_RETRIES",
+    "RayScreen",
+    "ScanWorker",
+    "add_ray_arguments",
+    "init_ray",
+    "run_pool",
+    "segmenter_from_spec",
+    "worker_spec",
+]
