@@ -45,6 +45,16 @@ DEFAULT_MAX_VOXELS = 1 << 30  # 1.07e9 voxels: 2 GiB as int16, well above any CT
 ORTHO_TOL = 1e-3  # |D^T D - I| allowed for float32-rounded direction cosines
 MAX_DEFLATE_RATIO = 1032  # deflate cannot expand data by more than this
 _CHUNK = 1 << 22
+ALIAS_PREFIX = "hepascreen-alias-"  # + owner pid-starttime: cleaned by client.server.cleanup_stale
+
+
+def _owner() -> str:
+    pid = os.getpid()
+    try:
+        start = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        start = "0"
+    return f"{pid}-{start}"
 
 
 def max_voxels_default() -> int:
@@ -685,7 +695,7 @@ def itk_safe_path(path: Path, suffix: str, info: HeaderInfo | None = None):
     if _itk_ok(s) and (data is None or _itk_ok(os.fspath(data))):
         yield s
         return
-    tmp = tempfile.mkdtemp(prefix="hepascreen-alias-")
+    tmp = tempfile.mkdtemp(prefix=f"{ALIAS_PREFIX}{_owner()}-")
     try:
         alias = os.path.join(tmp, "scan" + suffix)
         os.symlink(os.path.abspath(s), alias)

@@ -101,7 +101,8 @@ def _cmdlines_mentioning(text: str) -> bool:
 def cleanup_stale(tmp_dir: str | Path | None = None, shm_dir: str | Path = SHM_DIR) -> dict:
     """Remove temporary folders and shared-memory files left by dead earlier runs.
 
-    Names made by this module hold the owner's ``pid-starttime``; they are removed
+    Names made by this module (and the ASCII aliases of :mod:`client._headers`) hold
+    the owner's ``pid-starttime``; they are removed
     when that process no longer exists. Older unnamed leftovers (folders of runs
     before this scheme) are removed when no running process refers to them and
     they are over two minutes old.
@@ -114,12 +115,16 @@ def cleanup_stale(tmp_dir: str | Path | None = None, shm_dir: str | Path = SHM_D
     removed = {"folders": [], "shm": []}
     tmp = Path(tmp_dir or tempfile.gettempdir())
     now = time.time()
-    try:
-        entries = list(tmp.glob(TMP_PREFIX + "*"))
-    except OSError:
-        entries = []
-    for d in entries:
-        rest = d.name[len(TMP_PREFIX) :]
+    from ._headers import ALIAS_PREFIX
+
+    entries = []
+    for prefix in (TMP_PREFIX, ALIAS_PREFIX):
+        try:
+            entries += [(prefix, d) for d in tmp.glob(prefix + "*")]
+        except OSError:
+            pass
+    for prefix, d in entries:
+        rest = d.name[len(prefix) :]
         parts = rest.split("-")
         if len(parts) >= 3 and parts[0].isdigit() and parts[1].isdigit():
             stale = not _owner_alive(f"{parts[0]}-{parts[1]}")

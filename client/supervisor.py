@@ -73,7 +73,9 @@ class SupervisedSegmenter:
         A remote server found dead is checked again after this many seconds;
         requests in between fail at once.
     watch_interval_s : float
-        How often the watchdog thread checks the bundled server (0: no thread).
+        How often the watchdog thread checks that the bundled server process lives
+        (0: no thread); every ``max(2, 2 x interval)`` s it also asks for liveness, and
+        three unanswered checks in a row (2 s each) count as a hang.
     server_kwargs, client_kwargs : dict, optional
         More arguments for :class:`EmbeddedServer` (e.g. ``extra_args``) /
         :class:`SegmentationClient` (e.g. TLS options for a remote server); other
@@ -411,7 +413,7 @@ class SupervisedSegmenter:
                         if gen == self._gen and not self._stop.is_set():
                             self._restart("tritonserver exited (seen by the watchdog)")
                     continue
-                if time.monotonic() - last_probe >= 5 * self.watch_interval_s:
+                if time.monotonic() - last_probe >= max(2.0, 2 * self.watch_interval_s):
                     last_probe = time.monotonic()
                     misses = 0 if client.is_live(2.0) else misses + 1
                     if misses >= 3:

@@ -123,8 +123,9 @@ def test_cleanup_keeps_what_live_owners_use(tmp_path):
     shm_dir.mkdir()
     (shm_dir / f"{SHM_PREFIX}{owner_tag()}-0-abc").write_bytes(b"x")
     (shm_dir / f"{SHM_PREFIX}{dead_pid}-12345-0-abc").write_bytes(b"x")
+    alias = Path(tempfile.mkdtemp(prefix=f"hepascreen-alias-{dead_pid}-12345-", dir=tmp_path))
     removed = cleanup_stale(tmp_path, shm_dir)
-    assert mine.exists() and not gone.exists()
+    assert mine.exists() and not gone.exists() and not alias.exists()
     assert live.exists()  # no start time in the name: judged by use and age, and it is new
     assert removed["shm"] == [f"{SHM_PREFIX}{dead_pid}-12345-0-abc"]
 
