@@ -162,9 +162,7 @@ def test_load_generator_against_bundled_server():
     pbtxt = (ROOT / "model_repository" / "cpu" / "hepascreen_vnet" / "config.pbtxt").read_text()
     dims = re.search(r'name: "VOLUME".*?dims: \[([^\]]+)\]', pbtxt, re.S).group(1)
     declared = [int(d) for d in dims.split(",")]
-    res = run_load(
-        LoadConfig(concurrency=[1, 2], requests=4, phantoms=1, warmup=1, data_dir=DATA)
-    )
+    res = run_load(LoadConfig(concurrency=[1, 2], requests=4, phantoms=1, warmup=1, data_dir=DATA))
     assert res["endpoint"]["bundled_server"] and res["endpoint"]["url"].startswith("127.0.0.1:")
     assert res["model"]["input_shape"] == declared
     assert any(n.startswith("real CT") for n in res["inputs"])
