@@ -2,7 +2,8 @@
 
 * **Rows**: exactly one row per case_id in MERGED/results.csv and results.jsonl.
   Where several OUTs hold a row for the same case_id, the latest attempt wins (the
-  row's ``finished_at``; on a tie, the OUT named later); the others go to
+  row's ``finished_at``; within the same second, the OUT whose results.jsonl was
+  written last); the others go to
   MERGED/attempts.jsonl with every OUT's own attempts. Each such case is reported
   as a conflict (on stderr and in run.json ``conflicts``) naming both OUTs and
   whether they screened the same source (``source_id``) and got the same result.
@@ -53,6 +54,16 @@ def _case_files(out: Path, case_id: str) -> list[Path]:
     for sub, suffixes in PER_SCAN.items():
         found += [p for s in suffixes if (p := out / sub / f"{case_id}{s}").is_file()]
     return found
+
+
+def _age(row: dict, out: Path) -> tuple:
+    """Sort key of "latest": the row's ``finished_at`` (whole seconds), then when its
+    OUT's results.jsonl was last written (rows finished within the same second)."""
+    try:
+        mtime = (out / results.RESULTS_JSONL).stat().st_mtime_ns
+    except OSError:
+        mtime = 0
+    return (row.get("finished_at") or "", mtime)
 
 
 def merge(outs, dest: Path | str, *, link_files: bool = True) -> dict:
@@ -114,7 +125,7 @@ def merge(outs, dest: Path | str, *, link_files: bool = True) -> dict:
                 winner[c] = (row, i)
                 continue
             old, j = winner[c]
-            new_wins = (row.get("finished_at") or "") >= (old.get("finished_at") or "")
+            new_wins = _age(row, o) >= _age(old, outs[j])
             keep, keep_i, drop, drop_i = (row, i, old, j) if new_wins else (old, j, row, i)
             winner[c] = (keep, keep_i)
             losers.append(drop)
