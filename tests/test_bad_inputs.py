@@ -649,3 +649,120 @@ def test_float_nifti_voxels_from_the_nan_check_equal_itk(tmp_path, suffix, dtype
     assert np.allclose(sitk.GetArrayFromImage(ours), a.astype(np.float64) * 2 - 1024)
     assert ours.GetDirection() == ref.GetDirection() and ours.GetSpacing() == ref.GetSpacing()
     assert ours.GetOrigin() == ref.GetOrigin()
+
+
+# --- end to end: the corpus through the batch CLI ---------------------------------------------
+# Kinds whose batch-level handling lives outside the reader (discovery, the mask-folder
+# segmenter): known gaps until those parts change; listed so a fix shows up here.
+KNOWN_BATCH_GAPS = {
+    "directory named .nii.gz": "discovery skips an empty folder named like an image silently",
+    "label map cut in half": "pipeline.check_mask_matches_scan reads the header unchecked",
+    "empty label map": "pipeline.check_mask_matches_scan reads the header unchecked",
+    "directory instead of a label map": "MaskFolderSegmenter says 'not found' for a folder",
+}
+
+
+def _batch(args, out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "client.batch", *map(str, args), "-o", str(out), "--quiet"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _judge(cases, out: Path, r) -> tuple[dict, list]:
+    """Per kind: 'clear' (error row naming the file and the defect), 'listed' (a skip
+    with a reason in run.json), else what went wrong."""
+    import csv
+    import json
+    import re
+
+    assert r.returncode in (0, 1) and "Traceback" not in r.stderr, r.stderr[-3000:]
+    with open(out / "results.csv", newline="", encoding="utf-8", errors="replace") as fh:
+        rows = list(csv.DictReader(fh))
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "finished", run.get("status")
+    listed = {
+        str(x.get("path")): x.get("reason")
+        for k in ("skipped_series", "ignored", "missing_inputs")
+        for x in run.get(k) or []
+        if isinstance(x, dict)
+    }
+    verdict, graded = {}, []
+    for c in cases:
+        name = show(c.path)
+        if c.labels:  # the row is the scan's (case_id = the label map's stem)
+            stem = c.path.name[: -len(".nii.gz")]
+            row = next((x for x in rows if x["case_id"] == stem), None)
+        else:
+            row = next((x for x in rows if x.get("source") == name), None)
+        if row is None and c.path.parent.name == "single_file":
+            row = next((x for x in rows if x.get("source") == show(c.path.parent)), None)
+        if row is None:
+            hit = any(p == name or p.startswith(name + "/") for p, why in listed.items() if why)
+            verdict[c.kind] = "listed" if hit else "silent skip"
+        elif c.accepted:
+            verdict[c.kind] = "clear"  # read as it should be (what happens next is not ours)
+        elif row["status"] != "error":
+            graded.append(f"{c.kind}: {row['status']} {row.get('grade')}")
+            verdict[c.kind] = "graded"
+        elif re.search(c.match, row["error"]) and (
+            name in row["error"] or row["source"] in row["error"]
+        ):
+            verdict[c.kind] = "clear"
+        else:
+            verdict[c.kind] = f"unclear: {row['error'][:200]}"
+    return verdict, graded
+
+
+@pytest.mark.slow
+def test_corpus_through_the_batch_gives_a_row_or_a_listed_skip_for_every_kind(
+    tmp_path, shared_data
+):
+    """Scans: the whole corpus folder as one INPUT (with --masks pointing at an empty folder
+    so no server is needed; bad scans fail at reading, before any mask is looked up).
+    Label maps: each bad map beside a good scan, through --masks."""
+    import re
+
+    root = tmp_path / "in"
+    cases = build_corpus(root, shared_data)
+    labels_src = tmp_path / "labels_src"
+    shutil.move(str(root / "labels"), labels_src)
+    scans = [c for c in cases if not c.labels]
+    empty = tmp_path / "no_masks"
+    empty.mkdir()
+    extra = [c.path for c in scans if root not in c.path.parents]
+    r = _batch([root, *extra, "--masks", empty], tmp_path / "out_scans")
+    verdict, graded = _judge(scans, tmp_path / "out_scans", r)
+
+    mscans, masks = tmp_path / "mask_scans", tmp_path / "masks"
+    mscans.mkdir()
+    masks.mkdir()
+    ct = phantom()
+    lab_cases = []
+    for c in (c for c in cases if c.labels):
+        stem = re.sub(r"\.(nii\.gz|mha)$", "", c.path.name)
+        _write(ct.to_sitk(), mscans / f"{stem}.nii.gz")
+        dst = masks / f"{stem}.nii.gz"
+        src = labels_src / c.path.relative_to(root / "labels")
+        if src.is_dir():
+            dst.mkdir()
+        elif src.name.endswith(".mha"):  # --masks takes NIfTI: a sheared NIfTI sform instead
+            lab = np.zeros(ct.shape, np.uint8)
+            lab[4:8, 8:16, 8:16] = 1
+            b = _nifti_bytes(lab, spacing=(1.5, 1.5, 2.0))
+            dst.write_bytes(gzip.compress(bytes(_patch(b, 280, "4f", 1.5, 0.75, 0.0, 0.0))))
+        elif src.exists():
+            shutil.copy(src, dst)
+        lab_cases.append(Case(c.kind, dst, c.match.replace("got a 2D", "got (a )?2D"), True))
+    r2 = _batch([mscans, "--masks", masks], tmp_path / "out_masks")
+    v2, g2 = _judge(lab_cases, tmp_path / "out_masks", r2)
+    verdict.update(v2)
+    assert not graded + g2, graded + g2  # no bad input is ever graded
+    bad = {k: v for k, v in verdict.items() if v not in ("clear", "listed")}
+    unexpected = {k: v for k, v in bad.items() if k not in KNOWN_BATCH_GAPS}
+    print(f"{len(verdict)} kinds; not clear: {bad}")
+    assert not unexpected, unexpected
+    assert len(verdict) >= 40
