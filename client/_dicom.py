@@ -248,6 +248,25 @@ def read_slice(path: Path):
         return reader.Execute()
 
 
+_UNCOMPRESSED = ("", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2")
+
+
+def _uncompressed_pixel_bytes(h: SliceHeader) -> int | None:
+    """Pixel bytes an uncompressed slice must hold (None when compressed or unknown)."""
+    ds = h.ds
+    if ds is None:
+        return None
+    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+    if syntax not in _UNCOMPRESSED:
+        return None
+    try:
+        bits = int(ds.get("BitsAllocated", 16) or 16)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    except (TypeError, ValueError):
+        return None
+    return h.rows * h.cols * max(1, h.frames) * samples * max(1, bits // 8)
+
+
 def check_pixel_data(h: SliceHeader) -> None:
     """Refuse a file whose pixel data is missing, truncated or cannot be decoded."""
     import pydicom
@@ -351,6 +370,14 @@ def load_series(
             f"{show(folder)}: {len(hs)} slices of {hs[0].rows} x {hs[0].cols} = {n_vox:,} voxels, "
             f"more than the limit of {limit:,} (raise HEPASCREEN_MAX_VOXELS for larger images)"
         )
+    for h in hs:  # file size against the header before GDCM allocates what it says
+        need = _uncompressed_pixel_bytes(h)
+        if need is not None and os.path.getsize(h.path) < need:
+            check_pixel_data(h)  # the precise message
+            raise ScanReadError(
+                f"{show(h.path)}: truncated: the header describes {need:,} bytes of pixels, "
+                f"the file holds {os.path.getsize(h.path):,} bytes in all"
+            )
     slices = []
     for h in hs:
         try:

@@ -370,6 +370,18 @@ def build_corpus(root: Path, shared_data: Path | None = None) -> list[Case]:
         dcm / "truncated_slice",
         r"truncated pixel data: expected 2048 bytes",
     )
+    fs = series("huge_rows")
+    for p in fs:
+        ds = pydicom.dcmread(p)
+        ds.Rows, ds.Columns = 30000, 30000  # 1.8 GB per slice from a 2 KB file
+        ds.save_as(p)
+    add("DICOM huge Rows/Columns", dcm / "huge_rows", r"voxels, more than the limit")
+    fs = series("big_rows")
+    for p in fs:
+        ds = pydicom.dcmread(p)
+        ds.Rows, ds.Columns = 4000, 4000  # under the voxel limit, far over the file size
+        ds.save_as(p)
+    add("DICOM Rows/Columns beyond the file", dcm / "big_rows", r"truncated( pixel data)?: ")
     fs = series("too_few")
     for p in fs[3:]:
         p.unlink()
