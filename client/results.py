@@ -119,7 +119,7 @@ def read_jsonl(path: Path) -> list[dict]:
     rows = []
     if not Path(path).exists():
         return rows
-    for line in Path(path).read_text(errors="replace").splitlines():
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
@@ -215,9 +215,20 @@ class ResultStore:
                 f"writes schema {contract.SCHEMA_VERSION}: use --overwrite or another OUT"
             )
         self._attempts: dict[str, int] = {}
+        self._attempt_keys: set = set()
         for r in read_jsonl(self.attempts_path):
-            self._attempts[r["case_id"]] = self._attempts.get(r["case_id"], 0) + 1
+            self._count_attempt(r)
         self._jsonl = self._csv = None
+
+    def _count_attempt(self, row: dict) -> bool:
+        """Count ``row`` as an earlier attempt; False when it is already in attempts.jsonl
+        (a run killed between moving a row and rewriting the results would move it twice)."""
+        key = (row["case_id"], row.get("run_id"), row.get("attempt"), row.get("finished_at"))
+        if key in self._attempt_keys:
+            return False
+        self._attempt_keys.add(key)
+        self._attempts[row["case_id"]] = self._attempts.get(row["case_id"], 0) + 1
+        return True
 
     # -- resume ---------------------------------------------------------------------
     def is_done(self, source) -> bool:
@@ -243,13 +254,11 @@ class ResultStore:
         Called once before screening, with the case_ids about to be screened, so that
         each case_id ends with exactly one row. Returns the number of rows moved.
         """
-        moving = [self.rows[c] for c in case_ids if c in self.rows]
-        if moving:
+        moving = [self.rows.pop(c) for c in case_ids if c in self.rows]
+        new = [r for r in moving if self._count_attempt(r)]
+        if new:
             with open(self.attempts_path, "a", encoding="utf-8") as fh:
-                _append_durable(fh, "".join(_json_line(ordered_row(r)) for r in moving))
-            for r in moving:
-                self._attempts[r["case_id"]] = self._attempts.get(r["case_id"], 0) + 1
-                del self.rows[r["case_id"]]
+                _append_durable(fh, "".join(_json_line(ordered_row(r)) for r in new))
         # Rewritten always: drops damaged lines and duplicates an older run left behind,
         # and brings results.csv in line with results.jsonl.
         kept = [ordered_row(r) for r in self.rows.values()]
@@ -314,7 +323,7 @@ def check_same_config(run_json: Path, config: dict) -> None:
         Naming the settings that differ.
     """
     try:
-        old = json.loads(Path(run_json).read_text()).get("config")
+        old = json.loads(Path(run_json).read_text(encoding="utf-8")).get("config")
     except (OSError, ValueError):
         return
     if not old or old == config:
@@ -380,7 +389,7 @@ class RunManifest:
     def previous(path: Path) -> dict | None:
         """Summary of an earlier run.json in the same OUT (None when there is none)."""
         try:
-            old = json.loads(Path(path).read_text())
+            old = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
         status = old.get("status")
@@ -506,6 +515,6 @@ if __name__ == "__main__":  # python -m client.results docs/results.md
 
     text = results_markdown()
     if len(sys.argv) > 1:
-        Path(sys.argv[1]).write_text(text)
+        Path(sys.argv[1]).write_text(text, encoding="utf-8")
     else:
         print(text, end="")

@@ -43,7 +43,7 @@ def writers_of(path: Path) -> set[int]:
 
 
 def read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
 
 

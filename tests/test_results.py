@@ -48,7 +48,7 @@ def test_csv_and_jsonl_hold_every_column_in_schema_order(tmp_path):
     with _store(tmp_path, model_name="m", model_version="1", model_sha256="ab") as s:
         s.write(_row("a", ratio=1.25, flags="x;y", notes='quote " and, comma'))
         s.write(_row("b", status="error"))
-    with open(tmp_path / "results.csv", newline="") as fh:
+    with open(tmp_path / "results.csv", newline="", encoding="utf-8") as fh:
         reader = csv.reader(fh)
         header = next(reader)
         lines = list(reader)
@@ -89,7 +89,7 @@ def test_resume_moves_earlier_attempts_and_keeps_one_row_per_case(tmp_path):
     rows = results.read_jsonl(tmp_path / "results.jsonl")
     assert [r["case_id"] for r in rows] == ["a", "c", "b"]
     assert rows[-1]["attempt"] == 2
-    with open(tmp_path / "results.csv", newline="") as fh:
+    with open(tmp_path / "results.csv", newline="", encoding="utf-8") as fh:
         assert [r["case_id"] for r in csv.DictReader(fh)] == ["a", "c", "b"]
     attempts = results.read_jsonl(tmp_path / "attempts.jsonl")
     assert [(a["case_id"], a["status"]) for a in attempts] == [("b", "error")]
@@ -157,3 +157,30 @@ def test_every_flag_is_documented():
     doc = (ROOT / "docs" / "results.md").read_text()
     for name, meaning in FLAGS.items():
         assert f"| `{name}` | {meaning.replace('|', chr(92) + '|')} |" in doc
+
+
+def test_a_row_moved_twice_by_a_killed_resume_is_one_attempt(tmp_path):
+    with _store(tmp_path) as s:
+        s.write(_row("a", status="error"))
+    s = _store(tmp_path)
+    # Killed after appending to attempts.jsonl but before rewriting results.jsonl:
+    (tmp_path / "attempts.jsonl").write_text((tmp_path / "results.jsonl").read_text())
+    s = _store(tmp_path)
+    s.retire(["a"])
+    with s:
+        assert s.write(_row("a"))["attempt"] == 2
+    assert len(results.read_jsonl(tmp_path / "attempts.jsonl")) == 1
+
+
+def test_files_are_utf8_whatever_the_locale(tmp_path):
+    """A resume under LANG=C must read back non-ASCII case_ids exactly."""
+    with _store(tmp_path) as s:
+        s.write(_row("ünïcödé_名前"))
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[2]); from client import results;"
+        "rows = results.read_rows(sys.argv[1]); print(rows[0]['case_id'].encode('utf-8').hex())"
+    )
+    env = {**os.environ, "LANG": "C", "LC_ALL": "C", "PYTHONUTF8": "0"}
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(ROOT)], env=env,
+                         capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    assert bytes.fromhex(out).decode("utf-8") == "ünïcödé_名前"
