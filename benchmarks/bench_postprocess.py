@@ -6,7 +6,8 @@ Speed, on one thread, on a 512 x 512 x 300 phantom with realistic organ masks:
 
 * ours: ``postprocess.assess`` (largest components, valid cube positions by a
   separable minimum filter over the organ's bounding box, 200 cubes per organ
-  gathered at once, rejection, bootstrap CI);
+  gathered at once, rejection, bootstrap CI, segmentation gate and contrast
+  evidence; also timed with the gate and the contrast evidence switched off);
 * baseline: the original method re-implemented as it worked - SimpleITK
   ConnectedComponent + RelabelComponent to keep the largest piece, a
   LabelIntensityStatistics filter per organ, cubes placed at random voxels and
@@ -186,11 +187,18 @@ def main(argv=None) -> int:
         "liver_voxels": int((labels == 1).sum()),
         "spleen_voxels": int((labels == 2).sum()),
     }
-    t_ours, a = timed(lambda: assess(hu, labels, spacing))
+    from postprocess.config import ContrastConfig, GateConfig
+
+    no_checks = AssessConfig(gate=GateConfig(enabled=False), contrast=ContrastConfig(enabled=False))
+    t_ours, a = timed(lambda: assess(hu, labels, spacing, direction=p.direction), repeats=5)
+    t_plain, _ = timed(
+        lambda: assess(hu, labels, spacing, no_checks, direction=p.direction), repeats=5
+    )
     t_orig200, _ = timed(lambda: original_method(hu, labels, spacing, n_cubes=200), repeats=1)
     t_orig5, _ = timed(lambda: original_method(hu, labels, spacing, n_cubes=5), repeats=1)
     res["speed_s"] = {
         "ours_assess_200_cubes": round(t_ours, 3),
+        "ours_assess_without_gate_and_contrast": round(t_plain, 3),
         "original_200_cubes": round(t_orig200, 3),
         "original_5_cubes": round(t_orig5, 3),
     }

@@ -34,7 +34,7 @@ class GateConfig:
     max_frac_fat: float = 0.1
     shell_mm: float = 6.0
     max_shell_air: float = 0.3
-    max_end_face: float = 0.5
+    max_end_face: float = 0.6
     min_spleen_left_of_liver_mm: float = 40.0
     max_liver_lateral: float = 0.0
     min_spleen_lateral: float = 0.1
@@ -139,7 +139,7 @@ class AssessConfig:
     allow_contrast: bool = False
     cut_liver_min_ml: float = 500.0
     cut_spleen_min_ml: float = 50.0
-    cube_margin_mm: float = 2.0
+    cube_margin_mm: float = 1.0
     liver_hu_range: tuple = (-80.0, 200.0)
     spleen_hu_range: tuple = (15.0, 250.0)
     ratio_range: tuple = (0.05, 3.0)

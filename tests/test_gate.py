@@ -143,3 +143,15 @@ def test_scans_without_abdomen_through_the_shipped_model(shared_data):
     for name, hu, lab, sp, d in cases:
         a = assess(hu, lab, sp, direction=d)
         assert a.grade == "indeterminate", (name, a.ratio, a.flags)
+
+
+def test_same_verdict_on_every_array_module(xp, real):
+    """assess is written once against xp: CuPy (when a GPU is present) gives NumPy's verdict."""
+    hu, lab, _, _, sp, d = real
+    for labels in (lab, mirror(lab, d, "LR")):
+        ref = assess(hu, labels, sp, direction=d)
+        got = assess(xp.asarray(hu), xp.asarray(labels), sp, direction=d)
+        assert got.grade == ref.grade and got.flags == ref.flags and got.notes == ref.notes
+        assert got.contrast_evidence == ref.contrast_evidence
+        assert got.ratio == pytest.approx(ref.ratio, nan_ok=True)
+        assert np.array_equal(got.liver.kept, ref.liver.kept)

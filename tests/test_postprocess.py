@@ -284,16 +284,24 @@ def test_bounding_boxes_match_argwhere(seed):
 
 def test_thick_slices_keep_the_native_ratio(shared_data):
     """Issue 11: the real CT resampled to 0.8 x 0.8 x 5 mm (linear image, nearest labels)
-    measures within 0.02 of its native ratio (1.379 vs 1.321 before cubes kept a margin)."""
+    measures within 0.02 of its native ratio. Cubes keep a margin from the surface, so the
+    partial-volume border voxels of the thick slices never enter (docs/gate.md: without
+    the margin the thick grid read +0.010 on average over 8 seeds, up to +0.053)."""
     from benchmarks.gate_cases import load_real, resample_real
 
     hu, lab, _, _, sp, d = load_real()
-    native = assess(hu, lab, sp, direction=d)
     h5, l5 = resample_real(hu, lab, sp, d, (5.0, 0.8, 0.8))
-    thick = assess(h5, l5, (5.0, 0.8, 0.8), direction=d)
-    assert abs(thick.ratio - native.ratio) < 0.02, (native.ratio, thick.ratio)
-    assert native.grade == thick.grade == "normal"
-    assert thick.liver.margin_voxels == (1, 3, 3) and native.liver.margin_voxels == (1, 1, 1)
+    diffs = []
+    # 1000 cubes: the sampling SD of a 200-cube ratio (~0.012) would blur a 0.02 test.
+    for seed in range(3):
+        cfg = AssessConfig(seed=seed, n_cubes=1000, n_bootstrap=10)
+        native = assess(hu, lab, sp, cfg, direction=d)
+        thick = assess(h5, l5, (5.0, 0.8, 0.8), cfg, direction=d)
+        diffs.append(thick.ratio - native.ratio)
+        assert abs(diffs[-1]) < 0.02, (seed, native.ratio, thick.ratio)
+        assert native.grade == thick.grade == "normal"
+    assert abs(np.mean(diffs)) < 0.01
+    assert thick.liver.margin_voxels == (1, 2, 2) and native.liver.margin_voxels == (1, 1, 1)
 
 
 @settings(max_examples=30, deadline=None)
@@ -324,6 +332,7 @@ def test_margin_voxels():
     from postprocess.cubes import cube_margin_voxels
 
     assert cube_margin_voxels(2.0, (5.0, 0.8, 0.8)) == (1, 3, 3)
+    assert cube_margin_voxels(1.0, (5.0, 0.8, 0.8)) == (1, 2, 2)
     assert cube_margin_voxels(2.0, (3.0, 3.0, 3.0)) == (1, 1, 1)
     assert cube_margin_voxels(0.0, (1.0, 1.0, 1.0)) == (1, 1, 1)
 
