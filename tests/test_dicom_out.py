@@ -227,6 +227,18 @@ def test_sr_values_equal_the_row_and_reference_the_seg(tmp_path, phantom_series)
     assert seg_uid in evidence and len(evidence) == len(files) + 1
     _assert_no_new_identifiers(ds, pydicom.dcmread(files[0], stop_before_pixels=True))
     assert "phantom" not in text  # the case_id (path-derived) is never written
+    # highdicom's own TID 1500 parser finds one volumetric group per organ, on the SEG.
+    report = hd.sr.srread(path).content
+    groups = report.get_volumetric_roi_measurement_groups()
+    assert [g.finding_sites[0].value.CodeValue for g in groups] == ["10200004", "78961009"]
+    for g, k in zip(groups, (1, 2)):
+        assert g.referenced_segment.referenced_sop_instance_uid == seg_uid
+        assert g.referenced_segment.referenced_segment_numbers == [k]
+    liver = {m.name.meaning: (m.value, m.unit.value) for m in groups[0].get_measurements()}
+    assert liver == {
+        "Attenuation Coefficient": (row["liver_hu"], "[hnsf'U]"),
+        "Volume": (row["liver_volume_ml"], "mL"),
+    }
 
 
 def test_outputs_refuse_an_error_row(tmp_path, phantom_series):
