@@ -234,3 +234,33 @@ def test_screenshot_renders_the_page(report, tmp_path):
     a = np.asarray(Image.open(shot).convert("RGB"))
     assert a.shape[:2] == (900, 1200)
     assert (a.std(axis=(0, 1)) > 10).all()  # not a blank page
+
+
+def test_a_real_batch_report_equals_its_results_csv(tmp_path, shared_data):
+    """End to end: the batch CLI (--masks) writes results.csv, QC pictures and report.html;
+    in chromium the table equals results.csv and every QC link resolves."""
+    from client.batch import main as batch_main
+
+    binary = _chromium()
+    d = shared_data / "totalseg_example"
+    scans, masks, out = tmp_path / "scans", tmp_path / "masks", tmp_path / "out"
+    scans.mkdir()
+    masks.mkdir()
+    for name in ("case #1", "100% fat", "ünï 日本", "plain"):
+        shutil.copyfile(d / "ct_small.nii.gz", scans / f"{name}.nii.gz")
+        shutil.copyfile(d / "labels_small.nii.gz", masks / f"{name}.nii.gz")
+    (scans / "broken.nii.gz").write_bytes(b"not an image\n")
+    assert batch_main([str(scans), "-o", str(out), "--masks", str(masks), "--quiet"]) == 1
+    rep = (binary, out / "report.html", out)
+    t = _dump(rep, "#size=all&cols=all")
+    expected = _csv(out)
+    by_case = {r["case_id"]: r for r in expected}
+    assert sorted(r["case"] for r in t.rows) == sorted(by_case) and len(by_case) == 5
+    assert set(t.cols) == set(expected[0])
+    for row in t.rows:
+        for col, cell in zip(t.cols, row["cells"]):
+            assert _same(cell, by_case[row["case"]][col]), (row["case"], col, cell)
+    imgs = {r["case"]: r["img"] for r in t.rows}
+    assert imgs["broken"] is None
+    for case in ("case #1", "100% fat", "ünï 日本", "plain"):
+        assert (out / unquote(imgs[case])).is_file(), imgs[case]
