@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import locale
 import os
 import re
 import shutil
@@ -550,14 +551,21 @@ def test_weird_file_names_each_give_a_row_and_nothing_crashes(tmp_path, shared_d
     for s in discover([scans]).sources:  # masks named by case_id, as a user would
         shutil.copyfile(d / "labels_small.nii.gz", tmp_path / "masks" / f"{s.case_id}.nii.gz")
     out = tmp_path / "out"
-    rc = batch_main([str(scans), "-o", str(out), "--masks", str(tmp_path / "masks"), "--quiet"])
+    # Some C libraries switch the process to the C locale (seen in this suite: open()
+    # then defaults to ASCII); the results must not depend on it.
+    saved = locale.setlocale(locale.LC_ALL)
+    locale.setlocale(locale.LC_ALL, "C")
+    try:
+        rc = batch_main([str(scans), "-o", str(out), "--masks", str(tmp_path / "masks"), "--quiet"])
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
     rows = read_csv(out / "results.csv")
     assert rc == 0 and all(r["status"] != "error" for r in rows), [r["error"] for r in rows]
     assert len(rows) == len(WEIRD_NAMES) + 2 and len({r["case_id"] for r in rows}) == len(rows)
     assert {r["source"] for r in rows} == {str(p) for p in scans.rglob("*.nii.gz")}
     assert all((out / "qc" / f"{r['case_id']}.png").exists() for r in rows)
-    jsonl = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
-    assert [r["case_id"] for r in jsonl] == [r["case_id"] for r in rows]
-    run = json.loads((out / "run.json").read_text())
+    text = (out / "results.jsonl").read_text(encoding="utf-8")
+    assert [json.loads(x)["case_id"] for x in text.splitlines()] == [r["case_id"] for r in rows]
+    run = json.loads((out / "run.json").read_text(encoding="utf-8"))
     assert run["status"] == "finished" and run["n_processed"] == len(rows)
     assert (out / "report.html").stat().st_size > 0
