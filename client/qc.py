@@ -39,6 +39,7 @@ GRADE_COLOURS = {
     "indeterminate": (150, 150, 150),
 }
 PANEL_HEIGHT = 360
+CORONAL_MAX_HEIGHT = 540
 BACKGROUND = (0, 0, 0)
 TEXT = (235, 235, 235)
 
@@ -136,12 +137,16 @@ def _cube_boxes(assessment, axes, flips, shape) -> list[tuple[np.ndarray, np.nda
     return boxes
 
 
-def _panel(hu2d, lab2d, row_mm, col_mm, rects, height=PANEL_HEIGHT):
-    """One panel: windowed grey, outlines, cube rectangles (in slice index coordinates)."""
+def _panel(hu2d, lab2d, row_mm, col_mm, rects, height=PANEL_HEIGHT, width=None):
+    """One panel: windowed grey, outlines, cube rectangles (in slice index coordinates).
+
+    ``width`` defaults to the physical aspect ratio at ``height``.
+    """
     from PIL import Image, ImageDraw
 
     h_mm, w_mm = hu2d.shape[0] * row_mm, hu2d.shape[1] * col_mm
-    width = max(1, int(round(height * w_mm / max(h_mm, 1e-6))))
+    if width is None:
+        width = max(1, int(round(height * w_mm / max(h_mm, 1e-6))))
     g = np.clip((hu2d.astype(np.float32) - WINDOW[0]) * (255.0 / (WINDOW[1] - WINDOW[0])), 0, 255)
     img = Image.fromarray(g.astype(np.uint8)).resize((width, height), Image.BILINEAR)
     # Outlines on the nearest-neighbour upscaled label map: crisp 1-pixel lines.
@@ -265,50 +270,54 @@ def qc_png(
     else:
         y_cor = ny // 2
 
-    panels = [
-        (
-            _panel(hu[z_liver], labels[z_liver], sy, sx, _rects(boxes, 0, z_liver, 1, 2)),
-            "axial",
-            "liver max",
-        ),
-        (
-            _panel(hu[z_spleen], labels[z_spleen], sy, sx, _rects(boxes, 0, z_spleen, 1, 2)),
-            "axial",
-            "spleen max",
-        ),
-        (
-            _panel(
-                hu[::-1, y_cor, :],
-                labels[::-1, y_cor, :],
-                sz,
-                sx,
-                _rects(boxes, 1, y_cor, 0, 2, flip_rows=nz),
-            ),
-            "coronal",
-            "liver + spleen",
-        ),
+    axial = [
+        _panel(hu[z], labels[z], sy, sx, _rects(boxes, 0, z, 1, 2)) for z in (z_liver, z_spleen)
     ]
+    # The coronal view at the axial views' scale (mm per pixel), so a thin slab stays a
+    # thin strip and a long scan a tall one; capped at CORONAL_MAX_HEIGHT.
+    w_ax = axial[0].width
+    h_cor = max(1.0, nz * sz * PANEL_HEIGHT / (ny * sy))
+    w_cor = float(w_ax)
+    if h_cor > CORONAL_MAX_HEIGHT:
+        w_cor, h_cor = w_cor * CORONAL_MAX_HEIGHT / h_cor, CORONAL_MAX_HEIGHT
+    coronal = _panel(
+        hu[::-1, y_cor, :],
+        labels[::-1, y_cor, :],
+        sz,
+        sx,
+        _rects(boxes, 1, y_cor, 0, 2, flip_rows=nz),
+        height=max(1, int(round(h_cor))),
+        width=max(1, int(round(w_cor))),
+    )
+    panels = [
+        (axial[0], "axial", "liver max"),
+        (axial[1], "axial", "spleen max"),
+        (coronal, "coronal", "liver + spleen"),
+    ]
+    if row is not None and not row.get("case_id"):
+        row = {**row, "case_id": Path(path).stem}  # the picture is named <case_id>.png
     lines = caption_lines(row, title)
     gap, head = 6, 22
+    panels_h = max(p.height for p, _, _ in panels)
     cap_h = 10 + 21 * max(len(lines), 1) + 8
     legend_h = 26
     width = sum(p.width for p, _, _ in panels) + gap * (len(panels) - 1)
     width = max(width, 760)
-    canvas = Image.new("RGB", (width, head + PANEL_HEIGHT + legend_h + cap_h), BACKGROUND)
+    canvas = Image.new("RGB", (width, head + panels_h + legend_h + cap_h), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     x = 0
     small = _font(14)
     for p, kind, what in panels:
         canvas.paste(p, (x, head))
         draw.text((x + 4, 3), f"{kind} ({what})", fill=(200, 200, 200), font=small)
-        box = (x, head, x + p.width, head + PANEL_HEIGHT)
+        box = (x, head, x + p.width, head + p.height)
         if kind == "axial":
             _letters(draw, box, "A", "P")
         else:
             _letters(draw, box, "S", "I")
         x += p.width + gap
     # Legend.
-    y = head + PANEL_HEIGHT + 6
+    y = head + panels_h + 6
     x = 6
     for label, colour, filled in (
         ("liver", COLOURS[LABEL_LIVER], False),
@@ -322,7 +331,7 @@ def qc_png(
         draw.text((x + 20, y), label, fill=TEXT, font=small)
         x += 32 + int(draw.textlength(label, font=small))
     # Caption.
-    y = head + PANEL_HEIGHT + legend_h + 6
+    y = head + panels_h + legend_h + 6
     for i, (text, colour) in enumerate(lines):
         draw.text((6, y), text, fill=colour, font=_font(17, bold=i == 1))
         y += 21
