@@ -1,4 +1,5 @@
-"""Measurement core: organs, cubes, liver/spleen ratio, grade and flags (NumPy or CuPy).
+"""Measurement core: organs, cubes, liver/spleen ratio, grade, flags, segmentation gate
+and contrast evidence (NumPy or CuPy).
 
 Importing this package never needs CuPy; pass cupy arrays to run on the GPU.
 """
@@ -12,15 +13,34 @@ from .components import (
     organ_volume_ml,
     touches_edge,
 )
-from .config import AssessConfig
-from .cubes import cube_size_voxels, cube_stats, sample_cubes, valid_cube_positions
+from .config import AssessConfig, ContrastConfig, GateConfig
+from .contrast import ContrastResult, contrast_evidence
+from .cubes import (
+    cube_margin_voxels,
+    cube_size_voxels,
+    cube_stats,
+    sample_cubes,
+    valid_cube_positions,
+)
+from .flags import BLOCKING, FLAGS
+from .gate import GateResult, OrganEvidence, check_segmentation
 
 __all__ = [
+    "BLOCKING",
+    "FLAGS",
     "AssessConfig",
     "Assessment",
+    "ContrastConfig",
+    "ContrastResult",
+    "GateConfig",
+    "GateResult",
+    "OrganEvidence",
     "OrganMeasurement",
     "assess",
     "bounding_box",
+    "check_segmentation",
+    "contrast_evidence",
+    "cube_margin_voxels",
     "cube_size_voxels",
     "cube_stats",
     "get_xp",

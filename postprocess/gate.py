@@ -101,6 +101,9 @@ def _physical(idx_zyx, stride, spacing, direction):
     return ijk @ xp.asarray(direction, dtype=xp.float64).T
 
 
+_MIN_SLICES = 3  # an organ thinner than this along an axis has no meaningful end faces there
+
+
 def _end_face(sub, at_border) -> float:
     """Largest area of an end slice relative to the organ's largest slice (over axes).
 
@@ -114,16 +117,13 @@ def _end_face(sub, at_border) -> float:
         others = tuple(a for a in range(3) if a != ax)
         prof = sub.sum(axis=others)
         nz = xp.flatnonzero(prof)
-        if nz.size < cfg_min_slices:
+        if nz.size < _MIN_SLICES:
             continue
         peak = float(prof.max())
         for pos, border in ((int(nz[0]), at_border[ax][0]), (int(nz[-1]), at_border[ax][1])):
             if not border:
                 worst = max(worst, float(prof[pos]) / peak)
     return worst
-
-
-cfg_min_slices = 3
 
 
 def organ_evidence(
