@@ -202,12 +202,15 @@ class RayScreen:
         Scans in flight at once (default: 2 per actor; at least one per actor).
     max_retries : int
         Times a scan is sent again after its worker died.
+    restart_timeout_s : float
+        How long a dead actor may take to come back before it is given up.
 
     Use after :func:`init_ray`, in a ``with`` block (actors are killed on exit).
     """
 
     def __init__(self, spec: dict, config, *, workers: int, cpus_per_worker: float = DEFAULT_CPUS,
-                 in_flight: int | None = None, max_retries: int = MAX_RETRIES):  # fmt: skip
+                 in_flight: int | None = None, max_retries: int = MAX_RETRIES,
+                 restart_timeout_s: float = 300.0):  # fmt: skip
         if workers < 1 or cpus_per_worker <= 0:
             raise ConfigError("--ray-workers must be >= 1 and --ray-cpus > 0")
         self.ray = import_ray()
@@ -217,6 +220,7 @@ class RayScreen:
         self.in_flight = max(self.workers, int(in_flight or 2 * self.workers))
         self.per_actor = math.ceil(self.in_flight / self.workers)
         self.max_retries = int(max_retries)
+        self.restart_timeout_s = float(restart_timeout_s)
         self.actors: list = []
         self.worker_info: list[dict] = []
         self.retried: list[dict] = []
@@ -252,9 +256,11 @@ class RayScreen:
     def run(self, sources, on_row) -> None:
         """Screen ``sources``; ``on_row(row)`` is called on this thread for each, once.
 
-        A scan whose actor died is sent again (to the least busy actor; the dead one
-        is being restarted by Ray) at most ``max_retries`` times, then gets
-        :func:`died_row`.
+        A scan whose actor died is sent again at most ``max_retries`` times, then
+        gets :func:`died_row`. A dead actor gets no scan until Ray has restarted it
+        (a readiness probe answers); one that is not back within
+        ``restart_timeout_s`` is given up, and when no actor is left the remaining
+        scans get error rows.
         """
         ray = self.ray
         from ray.exceptions import (
@@ -265,38 +271,69 @@ class RayScreen:
         )
 
         died = (RayActorError, WorkerCrashedError, NodeDiedError, ObjectLostError)
+        kind = self.spec["kind"]
+        n = len(self.actors)
         queue = deque(sources)
         pending: dict = {}  # ObjectRef -> (source, actor index)
-        load = [0] * len(self.actors)
+        probes: dict = {}  # ObjectRef -> actor index (readiness of a restarting actor)
+        load = [0] * n
+        down_since: list[float | None] = [None] * n
+        gone = [False] * n
         tries: dict[str, int] = {}
+
+        def reason(exc) -> str:
+            text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            return f"{type(exc).__name__}: {text}"
+
         try:
             while queue or pending:
-                while queue and len(pending) < self.in_flight:
+                up = [j for j in range(n) if down_since[j] is None and not gone[j]]
+                while queue and up and len(pending) < self.in_flight:
                     src = queue.popleft()
-                    i = min(range(len(load)), key=lambda j: load[j])
+                    i = min(up, key=lambda j: load[j])
                     load[i] += 1
                     pending[self.actors[i].screen.remote(src)] = (src, i)
-                done, _ = ray.wait(list(pending), num_returns=1)
+                if not pending and not probes:  # every actor given up
+                    while queue:
+                        src = queue.popleft()
+                        on_row(died_row(src, kind, f"{src.path}: no Ray worker left "
+                                        f"(restarts did not come back within "
+                                        f"{self.restart_timeout_s:.0f} s)"))  # fmt: skip
+                    break
+                done, _ = ray.wait([*pending, *probes], num_returns=1)
                 for ref in done:
+                    if ref in probes:
+                        i = probes.pop(ref)
+                        try:
+                            ray.get(ref)
+                            down_since[i] = None  # restarted: scans may go there again
+                        except died:
+                            if time.monotonic() - down_since[i] > self.restart_timeout_s:
+                                gone[i] = True
+                            else:
+                                time.sleep(0.2)
+                                probes[self.actors[i].info.remote()] = i
+                        continue
                     src, i = pending.pop(ref)
                     load[i] -= 1
                     try:
                         out = ray.get(ref)
                     except died as exc:
-                        n = tries[src.case_id] = tries.get(src.case_id, 0) + 1
-                        why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
-                        self.retried.append({"case_id": src.case_id, "try": n, "reason": why})
-                        if n <= self.max_retries:
+                        if down_since[i] is None and not gone[i]:
+                            down_since[i] = time.monotonic()
+                            probes[self.actors[i].info.remote()] = i
+                        k = tries[src.case_id] = tries.get(src.case_id, 0) + 1
+                        self.retried.append({"case_id": src.case_id, "try": k,
+                                             "reason": reason(exc)})  # fmt: skip
+                        if k <= self.max_retries:
                             queue.appendleft(src)
                             continue
-                        on_row(died_row(src, self.spec["kind"],
-                                        f"{src.path}: the Ray worker screening it died "
-                                        f"{n} times (last: {why})"))  # fmt: skip
+                        on_row(died_row(src, kind, f"{src.path}: the Ray worker screening it "
+                                        f"died {k} times (last: {reason(exc)})"))  # fmt: skip
                         continue
                     except ray.exceptions.RayTaskError as exc:  # screen_scan never raises
-                        on_row(died_row(src, self.spec["kind"],
-                                        f"{src.path}: unexpected error in the Ray worker: "
-                                        f"{str(exc).strip().splitlines()[-1][:300]}"))  # fmt: skip
+                        on_row(died_row(src, kind, f"{src.path}: unexpected error in the Ray "
+                                        f"worker: {str(exc).strip().splitlines()[-1][:300]}"))  # fmt: skip
                         continue
                     on_row(out["row"])
         finally:

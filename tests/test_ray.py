@@ -1,0 +1,96 @@
+"""``--ray local``: a real local Ray instance (2 actors) and two bundled Triton servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from client.batch import main as batch_main
+
+from .scaleout_data import comparable, make_archive, rows
+
+ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'hepascreen[ray]'")
+
+pytestmark = [pytest.mark.slow, pytest.mark.server]
+N = 6
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, shared_data):
+    from client.server import EmbeddedServer
+
+    base = tmp_path_factory.mktemp("ray")
+    scans, masks = make_archive(base, shared_data, n=N)
+    with EmbeddedServer() as a, EmbeddedServer() as b:
+        ref = base / "single"  # the reference: one process, one server
+        assert batch_main([str(scans), "-o", str(ref), "--url", a.grpc_url, "--quiet"]) == 0
+        yield base, scans, [a.grpc_url, b.grpc_url], ref
+
+
+def _ray_args(scans, out, urls, *extra):
+    args = [str(scans), "-o", str(out), "--quiet", "--ray", "local", "--ray-workers", "2"]
+    for u in urls:
+        args += ["--url", u]
+    return args + list(extra)
+
+
+def test_rows_equal_a_single_process_run_and_resume_needs_no_ray(setup):
+    base, scans, urls, ref = setup
+    out = base / "ray"
+    assert batch_main(_ray_args(scans, out, urls)) == 0
+    want, got = comparable(ref), comparable(out)
+    assert len({r["ratio"] for r in want.values()}) == N  # six different answers to match
+    assert got == want
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "finished" and run["n_processed"] == N
+    info = run["ray"]
+    assert info["workers"] == 2 and len(info["worker_processes"]) == 2
+    assert all(p["pid"] != os.getpid() for p in info["worker_processes"])  # not the driver
+    assert info["retried"] == [] and info["segmenter"]["urls"] == urls
+    assert (out / "report.html").is_file() and len(list((out / "qc").iterdir())) == N
+    assert not ray.is_initialized()  # the local instance was shut down
+    # --resume: nothing left, so no Ray instance and no server are started
+    before = (out / "results.jsonl").read_bytes()
+    assert batch_main(_ray_args(scans, out, ["127.0.0.1:9"], "--resume")) == 0
+    assert (out / "results.jsonl").read_bytes() == before
+
+
+def test_a_worker_killed_mid_run_still_gives_exactly_one_row_per_scan(setup):
+    base, scans, urls, ref = setup
+    out = base / "killed"
+    killed = []
+
+    def kill_one_worker():  # once the first row is written, SIGKILL a worker mid-scan
+        t_end = time.monotonic() + 180
+        while time.monotonic() < t_end and not killed:
+            try:
+                run = json.loads((out / "run.json").read_text())
+                n_rows = len((out / "results.jsonl").read_text().splitlines())
+            except (OSError, ValueError):
+                n_rows, run = 0, {}
+            procs = (run.get("ray") or {}).get("worker_processes")
+            if procs and 1 <= n_rows <= N - 3:
+                os.kill(procs[0]["pid"], signal.SIGKILL)
+                killed.append(procs[0]["pid"])
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=kill_one_worker, daemon=True)
+    watcher.start()
+    rc = batch_main(_ray_args(scans, out, urls))
+    watcher.join(timeout=5)
+    assert killed, "the worker was not killed (run too fast?)"
+    assert rc == 0
+    got = rows(out)
+    assert sorted(r["case_id"] for r in got) == sorted(comparable(ref))  # one row each
+    assert comparable(out) == comparable(ref)
+    run = json.loads((out / "run.json").read_text())
+    retried = run["ray"]["retried"]
+    assert retried and all(r["try"] == 1 for r in retried)  # re-sent once, then done
+    assert "Actor" in retried[0]["reason"] or "Worker" in retried[0]["reason"]
+    assert not list(out.rglob(".tmp-*"))  # no half-written mask or picture left behind
+    assert run["n_processed"] == N and run["status"] == "finished"
