@@ -258,6 +258,8 @@ class MaskFolderSegmenter:
             p = self.folder / f"{case_id}{s}"
             if p.is_file():
                 return (p,)
+            if p.exists():
+                raise ScanReadError(f"{p}: expected a label map file, found a folder")
         organ_dir = self.folder / case_id
         if organ_dir.is_dir():
             organs = []

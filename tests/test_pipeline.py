@@ -233,3 +233,22 @@ def test_bundled_server_loads_the_gpu_config_for_device_gpu(tmp_path):
     text = log.read_text()
     assert "model_config_name                | gpu" in text
     assert "has kind KIND_GPU but no GPUs are available" in text
+
+
+def test_mask_problems_are_error_rows_that_name_the_file(tmp_path, real):
+    import gzip
+
+    ct, labels = real
+    m = tmp_path / "m"
+    m.mkdir()
+    (m / "ct.nii.gz").mkdir()  # a folder where the label map should be
+    res = screen_scan(ct, MaskFolderSegmenter(m))
+    assert res.status == "error" and "found a folder" in res.error and "ct.nii.gz" in res.error
+    (m / "ct.nii.gz").rmdir()
+    raw = gzip.decompress(labels.read_bytes())
+    (m / "ct.nii").write_bytes(raw[: len(raw) // 2])  # cut in half
+    res = screen_scan(ct, MaskFolderSegmenter(m))
+    assert res.status == "error" and "truncated" in res.error and "ct.nii" in res.error
+    (m / "ct.nii").unlink()
+    res = screen_scan(ct, MaskFolderSegmenter(m))
+    assert res.status == "error" and "label map not found" in res.error
