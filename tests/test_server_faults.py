@@ -306,3 +306,69 @@ def test_sigkill_of_the_batch_leaves_no_server(tmp_path, shared_data):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_batch_survives_a_killed_and_a_frozen_server_with_identical_results(tmp_path, shared_data):
+    """The batch CLI end to end: SIGKILL its server, later SIGSTOP the replacement; every
+    scan still gets its row, and copies of one scan get identical measurements."""
+    import json
+    import shutil
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for i in range(6):  # copies (not links: discovery keeps one source per file)
+        shutil.copy(shared_data / "totalseg_example" / "ct_small.nii.gz", inp / f"ct{i}.nii.gz")
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "client.batch",
+            str(inp),
+            "-o",
+            str(out),
+            "--quiet",
+            "--concurrency",
+            "2",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    log = out / "server.log"
+
+    def n_rows() -> int:
+        p = out / "results.jsonl"
+        return len(p.read_text().splitlines()) if p.exists() else 0
+
+    def server_pid(old: int | None = None) -> int:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            pids = [p for p, c in _holding(log) if "tritonserver" in c and p != old]
+            if pids:
+                return pids[0]
+            time.sleep(0.1)
+        raise AssertionError("no (new) server found")
+
+    try:
+        first = server_pid()
+        while n_rows() < 1 and proc.poll() is None:
+            time.sleep(0.1)
+        os.kill(first, signal.SIGKILL)
+        second = server_pid(first)
+        while n_rows() < 3 and proc.poll() is None:
+            time.sleep(0.1)
+        os.killpg(second, signal.SIGSTOP)
+        rc = proc.wait(timeout=300)
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rc == 0, err[-2000:]
+    rows = [json.loads(ln) for ln in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(r["status"] in ("ok", "flagged") for r in rows), rows
+    assert len({(r["grade"], r["ratio"], r["liver_hu"], r["spleen_hu"]) for r in rows}) == 1
+    stats = json.loads((out / "run.json").read_text())["inference_statistics"]
+    assert stats["restarts"] == 2, stats["events"]
+    assert not _wait_gone(second, 10.0) and not _holding(log)
