@@ -355,15 +355,18 @@ def discover(inputs, pins: dict[str, str] | None = None, exclude=()) -> Discover
         firsts[key] = src
         src.case_id = shorten_case_id(src.case_id or "scan")
         unique.append(src)
-    used: set[str] = set()
     pins = pins or {}
+    taken: set[str] = set()
     pinned = set()
     for src in unique:  # earlier runs' case_ids first, so adding files renames nothing
         cid = pins.get(src.source_id)
-        if cid and cid not in used:
+        if cid and cid not in taken:
             src.case_id = cid
-            used.add(cid)
+            taken.add(cid)
             pinned.add(id(src))
+    # The ids of earlier runs stay reserved even for sources not given this time, so a
+    # new scan never takes over (and retires) the row of another.
+    used = taken | set(pins.values())
     for src in unique:
         if id(src) in pinned:
             continue

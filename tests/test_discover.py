@@ -251,3 +251,12 @@ def test_single_dicom_files_in_a_folder_are_named_by_their_file(shared_data):
     assert "rt structure" in skipped["rtstruct.dcm"].lower()
     n_files = sum(1 for p in folder.iterdir() if p.is_file())
     assert _accounted(d) == n_files  # nothing vanishes
+
+
+def test_case_ids_of_earlier_runs_stay_reserved(tmp_path):
+    a = _nii(tmp_path / "x" / "scan.nii.gz", 1)
+    pins = {s.source_id: s.case_id for s in discover([a]).sources}
+    b = _nii(tmp_path / "y" / "scan.nii.gz", 2)
+    (src,) = discover([b], pins=pins).sources  # the first scan is not an INPUT this time
+    assert re.fullmatch(r"scan-[0-9a-f]{8}", src.case_id)
+    assert discover([b]).sources[0].case_id == "scan"  # a fresh OUT: no reservation
