@@ -767,9 +767,9 @@ def test_corpus_through_the_batch_gives_a_row_or_a_listed_skip_for_every_kind(
             dst.write_bytes(gzip.compress(bytes(_patch(b, 280, "4f", 1.5, 0.75, 0.0, 0.0))))
         elif src.exists():
             shutil.copy(src, dst)
-        match = c.match.replace("got a 2D", "got (a )?2D").replace(
-            "is a folder,", "(is|found) a folder"
-        )
+        match = c.match.replace("got a 2D", "got (a )?2D")
+        if src.is_dir():  # the mask-folder segmenter words it itself
+            match = r"(is|found) a folder"
         lab_cases.append(Case(c.kind, dst, match, True))
     r2 = _batch([mscans, "--masks", masks], tmp_path / "out_masks")
     v2, g2 = _judge(lab_cases, tmp_path / "out_masks", r2)
