@@ -364,10 +364,13 @@ def assess(
         )
     stride = coarse_strides(sp, cfg.gate.coarse_mm)
     coarse = tuple(slice(None, None, s) for s in stride)
+    xp, _ = get_xp(hu)
+    checks = cfg.gate.enabled or cfg.contrast.enabled
+    hu_c = xp.ascontiguousarray(hu[coarse]) if checks else None  # one copy for both
     evidence: dict = {}
     # Contrast: the tag, then what the image shows.
     cres = contrast_evidence(
-        hu[coarse],
+        hu_c,
         liver_comp[coarse] if liver.volume_ml >= cfg.min_organ_ml else None,
         lhu,
         shu,
@@ -411,6 +414,7 @@ def assess(
             spleen.volume_ml,
             cfg.gate,
             noise_sd=(_median_sd(liver), _median_sd(spleen)),
+            hu_coarse=hu_c,
         )
         flags += g.flags
         notes += g.notes

@@ -193,7 +193,10 @@ def _body_midline_x(hu_c, stride, spacing, direction, cfg: GateConfig):
     d = np.asarray(direction, dtype=np.float64).reshape(3, 3)
     col = int(np.argmax(np.abs(d[0, :])))  # index axis (i, j, k) nearest physical x
     ax = 2 - col
-    body = hu_c > cfg.body_hu
+    # Every other slice and row is plenty for a centre and a spread along x.
+    sub = [slice(None, None, 2)] * 3
+    sub[ax] = slice(None)
+    body = hu_c[tuple(sub)] > cfg.body_hu
     others = tuple(a for a in range(3) if a != ax)
     prof = to_numpy(body.sum(axis=others)).astype(np.float64)
     tot = prof.sum()
@@ -226,6 +229,7 @@ def check_segmentation(
     spleen_volume_ml: float,
     cfg: GateConfig,
     noise_sd: tuple = (float("nan"), float("nan")),
+    hu_coarse=None,
 ) -> GateResult:
     """Plausibility of the liver and spleen masks; flags and notes when doubtful.
 
@@ -246,6 +250,9 @@ def check_segmentation(
     noise_sd : (float, float)
         Median HU standard deviation of the liver's and the spleen's kept cubes
         (noise plus texture inside the organ); sets the attenuation band.
+    hu_coarse : ndarray, optional
+        ``hu`` already taken at :func:`coarse_strides` (``cfg.coarse_mm``), contiguous;
+        computed here when not given.
 
     Returns
     -------
@@ -256,7 +263,7 @@ def check_segmentation(
     stride = coarse_strides(spacing, cfg.coarse_mm)
     sl = tuple(slice(None, None, s) for s in stride)
     xp, _ = get_xp(hu)
-    hu_c = xp.ascontiguousarray(hu[sl])
+    hu_c = xp.ascontiguousarray(hu[sl]) if hu_coarse is None else hu_coarse
     res = GateResult()
     ev = {}
     for name, comp, allm, vol, nsd in (
