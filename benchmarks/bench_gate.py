@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import machine_info, save_result  # noqa: E402
 from benchmarks.gate_cases import (  # noqa: E402
+    REAL,
     broken_generic,
     broken_real,
     load_real,
@@ -85,8 +86,46 @@ def good_cases(n_phantoms: int, seg=None, n_model_phantoms: int = 0):
     out = [("real_reference", hu, lab, sp, d, "normal")]
     h5, l5 = resample_real(hu, lab, sp, d, (5.0, 0.8, 0.8))
     out.append(("real_reference_0.8x0.8x5mm", h5, l5, (5.0, 0.8, 0.8), d, "normal"))
+    rng = np.random.default_rng(1)
+    noisy = (hu + rng.normal(0, 25, hu.shape)).astype(np.int16)
+    out.append(("real_reference_noise_25hu", noisy, lab, sp, d, "normal"))
+    fov = (slice(None), slice(10, -10), slice(12, -12))
+    out.append(("real_reference_fov_cropped", hu[fov], lab[fov], sp, d, "normal"))
+    # Stored with x and y swapped (direction columns swapped to match).
+    ht, lt = (np.ascontiguousarray(a.transpose(0, 2, 1)) for a in (hu, lab))
+    dt = d[:, [1, 0, 2]]
+    out.append(("real_reference_transposed", ht, lt, sp, dt, "normal"))
+    from client.io import read_label_map, read_scan
+
+    small = read_scan(REAL / "ct_small.nii.gz")
+    small_lab = read_label_map(REAL / "labels_small.nii.gz", small)
+    out.append(
+        ("real_small_30_slices", small.array, small_lab, small.spacing, small.direction, "normal")
+    )
     if seg is not None:
         out.append(("real_model_masks", hu, seg(hu, sp, d), sp, d, "normal"))
+        out.append(("real_model_masks_noise_25hu", noisy, seg(noisy, sp, d), sp, d, "normal"))
+        out.append(("real_model_masks_transposed", ht, seg(ht, sp, dt), sp, dt, "normal"))
+        out.append(
+            (
+                "real_model_masks_0.8x0.8x5mm",
+                h5,
+                seg(h5, (5.0, 0.8, 0.8), d),
+                (5.0, 0.8, 0.8),
+                d,
+                "normal",
+            )
+        )
+        out.append(
+            (
+                "real_small_model_masks",
+                small.array,
+                seg(small.array, small.spacing, small.direction),
+                small.spacing,
+                small.direction,
+                "normal",
+            )
+        )
     shapes = [(48, 96, 96), (64, 128, 128), (40, 80, 100), (80, 112, 112), (32, 96, 96)]
     for seed in range(n_phantoms):
         grade = ("normal", "mild", "moderate", "severe")[seed % 4]
