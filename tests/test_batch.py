@@ -569,3 +569,20 @@ def test_weird_file_names_each_give_a_row_and_nothing_crashes(tmp_path, shared_d
     run = json.loads((out / "run.json").read_text(encoding="utf-8"))
     assert run["status"] == "finished" and run["n_processed"] == len(rows)
     assert (out / "report.html").stat().st_size > 0
+
+
+@pytest.mark.server
+def test_url_mode_reports_this_runs_statistics_only(tmp_path, shared_data):
+    from client.server import EmbeddedServer
+
+    ct = shared_data / "totalseg_example" / "ct_small.nii.gz"
+    with EmbeddedServer(log_path=tmp_path / "server.log") as server:
+        for k in range(2):  # the server's lifetime counters grow; each run reports its own
+            out = tmp_path / f"out{k}"
+            rc = batch_main([str(ct), "-o", str(out), "--url", server.grpc_url, "--quiet"])
+            run = json.loads((out / "run.json").read_text())
+            assert rc == 0 and run["mode"] == "remote" and run["model"]["url"] != "embedded"
+            assert run["inference_statistics"]["inference_count"] == 1
+            assert not (out / "server.log").exists()
+            (row,) = read_csv(out / "results.csv")
+            assert row["model_sha256"] == ""  # not known for a remote server
