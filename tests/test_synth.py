@@ -120,9 +120,16 @@ def test_synth_scan_is_deterministic_and_labels_follow_tissue():
 
 
 @needs_data
-@pytest.mark.parametrize("phase,lo,hi", [("unenhanced", 15, 75), ("portal", 80, 170)])
-def test_spleen_attenuation_follows_the_phase(phase, lo, hi):
-    s = synth.synth_scan(21, "real", phase=phase, scenario="full")
+@pytest.mark.parametrize(
+    "source,phase,lo,hi",
+    [
+        ("real", "unenhanced", 15, 75),
+        ("real", "portal", 80, 170),
+        ("real_image", "portal", 80, 170),
+    ],
+)
+def test_spleen_attenuation_follows_the_phase(source, phase, lo, hi):
+    s = synth.synth_scan(21, source, phase=phase, scenario="full")
     spleen = ndi.binary_erosion(s["labels"] == 2, iterations=1)
     assert spleen.sum() > 50
     med = float(np.median(s["hu"][spleen]))

@@ -209,6 +209,52 @@ def real_anatomy(data_dir: str = str(TOTALSEG_DIR)):
     return np.ascontiguousarray(tissue), tuple(float(spacing[a]) for a in axes)
 
 
+@functools.lru_cache(maxsize=1)
+def real_image(data_dir: str = str(TOTALSEG_DIR)):
+    """The shared real CT itself in canonical orientation, and its median HU per tissue.
+
+    Used only by the ``real_image`` source (augmented real CT for a shippable run);
+    the synthetic-only sources never read these intensities.
+
+    Returns
+    -------
+    hu : float32 [z, y, x], medians : float32 [N_TISSUES] (NaN where a tissue is absent)
+    """
+    import SimpleITK as sitk
+
+    img = sitk.ReadImage(str(Path(data_dir) / "ct.nii.gz"))
+    hu = sitk.GetArrayFromImage(img).astype(np.float32)
+    axes, flips = canonical_axes(np.asarray(img.GetDirection()).reshape(3, 3))
+    hu = np.transpose(hu, axes)
+    fl = tuple(a for a in range(3) if flips[a])
+    if fl:
+        hu = np.flip(hu, fl)
+    hu = np.ascontiguousarray(hu)
+    tissue, _ = real_anatomy(data_dir)
+    med = np.full(N_TISSUES, np.nan, np.float32)
+    for t in range(N_TISSUES):
+        m = tissue == t
+        if m.any():
+            med[t] = float(np.median(hu[m]))
+    return hu, med
+
+
+# Tissues whose mean the ``real_image`` source moves to the drawn phase (contrast and
+# steatosis); the others keep the real scan's values.
+_ENHANCING = (
+    "liver",
+    "spleen",
+    "kidney_cortex",
+    "kidney_medulla",
+    "pancreas",
+    "artery",
+    "vein",
+    "portal_vein",
+    "heart",
+    "muscle",
+)
+
+
 @functools.lru_cache(maxsize=48)
 def phantom_anatomy(anatomy_seed: int):
     """Cached :func:`training.phantoms.make_anatomy_map` (3 mm grid)."""
@@ -344,8 +390,11 @@ def synth_scan(
     ----------
     seed : int
         Seed of everything random in this sample (deterministic).
-    source : {"real", "phantom"}
-        Anatomy: the shared real CT's 61-structure map or a phantom anatomy map.
+    source : {"real", "phantom", "real_image"}
+        Anatomy: the shared real CT's 61-structure map or a phantom anatomy map, each
+        painted; or ``real_image``: the shared real CT's own image (not a synthetic
+        one) through the same geometry and acquisition, its organs moved to the
+        drawn phase's enhancement and liver/spleen ratio (texture kept).
     anatomy_seed : int, optional
         Phantom anatomy seed (default drawn from ``seed``, 48 distinct anatomies).
     phase, scenario : str, optional
@@ -360,13 +409,15 @@ def synth_scan(
     scenario, slice thickness, ...).
     """
     rng = np.random.default_rng(seed)
-    if source == "real":
+    if source in ("real", "real_image"):
         src, s_src = real_anatomy()
     elif source == "phantom":
         aseed = int(anatomy_seed) if anatomy_seed is not None else int(rng.integers(0, 48))
         src, s_src = phantom_anatomy(aseed)
     else:
-        raise ValueError(f"unknown anatomy source {source!r} (expected 'real' or 'phantom')")
+        raise ValueError(
+            f"unknown anatomy source {source!r} (expected 'real', 'phantom' or 'real_image')"
+        )
     s_src = np.asarray(s_src, np.float32)
     ext_src = np.array(src.shape) * s_src
     phase_drawn = str(rng.choice(PHASES, p=PHASE_P))
@@ -438,7 +489,17 @@ def synth_scan(
         for i in range(3)
     ]
     tissue = warp_map(src, s_src, p)
+    real_hu = None
+    if source == "real_image":
+        rimg, rmed = real_image()
+        ext_r = np.array(rimg.shape) * s_src
+        coords = [(p[i] + ext_r[i] / 2) / s_src[i] - 0.5 for i in range(3)]
+        real_hu = ndi.map_coordinates(
+            rimg, np.stack(np.broadcast_arrays(*coords)), order=1, mode="constant", cval=-1000.0
+        ).astype(np.float32)
+        del coords
     del p
+    arm_mask = None
 
     # Arms beside the body (outside the source label map).
     arms = bool(rng.random() < 0.35)
@@ -458,6 +519,7 @@ def synth_scan(
                 arm2d = np.where(d2 < rad**2, arm2d, 0).astype(np.uint8)
                 put = (arm2d > 0)[None] & (tissue == T["air"])
                 tissue[put] = np.broadcast_to(arm2d[None], tissue.shape)[put]
+                arm_mask = put if arm_mask is None else arm_mask | put
 
     # Paint: mean + texture per tissue, then organ-specific features.
     mean, info = draw_means(rng, phase)
@@ -509,6 +571,22 @@ def synth_scan(
             hu[sel] = rng.uniform(150, 350) + 20 * f_mid[sel]
         gas = bowel_in & (f_mid > rng.uniform(0.3, 1.5)) | (tissue == T["gas"])
         hu[gas] = mean[T["gas"]]
+    if real_hu is not None:
+        # Real texture; organs moved to the drawn phase/steatosis; arms and (enhanced)
+        # intrahepatic vessels and the arterial spleen pattern from the painting.
+        w = np.zeros(N_TISSUES, np.float32)
+        for name in _ENHANCING:
+            w[T[name]] = 1.0
+        shift = np.nan_to_num(w * (mean - rmed))
+        out = real_hu + shift[tissue]
+        if phase == "arterial":
+            out[spleen] += hu[spleen] - mean[T["spleen"]]
+        keep = vessels if phase != "unenhanced" else np.zeros_like(vessels)
+        if arm_mask is not None:
+            keep = keep | arm_mask
+        out[keep] = hu[keep]
+        hu = out
+        del real_hu, out
     info.update(
         scenario=scen,
         slice_interval_mm=float(dz),
@@ -571,24 +649,30 @@ def synth_sample(seed: int, model_shape, source: str = "real"):
     return image, labels, s["info"]
 
 
-# Mixture of a pool: fraction of samples per kind, by seed (deterministic).
-MIXTURE = (("real", 0.45), ("phantom", 0.40), ("plain", 0.15))
+# Mixtures of a pool: fraction of samples per kind, by seed (deterministic).
+# "synthetic": no real image (the generalisation run); "shippable": adds the real CT's
+# own image through the same geometry/acquisition/phase augmentation.
+MIXTURES = {
+    "synthetic": (("real", 0.45), ("phantom", 0.40), ("plain", 0.15)),
+    "shippable": (("real", 0.35), ("phantom", 0.30), ("real_image", 0.25), ("plain", 0.10)),
+}
+MIXTURE = MIXTURES["synthetic"]
 
 
-def kind_of_seed(seed: int) -> str:
-    """The kind of pool sample a seed gives (``real``/``phantom`` synthesis or a plain phantom)."""
+def kind_of_seed(seed: int, mixture=MIXTURE) -> str:
+    """The kind of pool sample a seed gives (``real``/``phantom``/``real_image`` or ``plain``)."""
     u = np.random.default_rng([int(seed), 7]).random()
     acc = 0.0
-    for kind, frac in MIXTURE:
+    for kind, frac in mixture:
         acc += frac
         if u < acc:
             return kind
-    return MIXTURE[-1][0]
+    return mixture[-1][0]
 
 
-def pool_sample(seed: int, model_shape):
+def pool_sample(seed: int, model_shape, mixture=MIXTURE):
     """The pool sample of a seed: synthetic from real or phantom anatomy, or a plain phantom."""
-    kind = kind_of_seed(seed)
+    kind = kind_of_seed(seed, mixture)
     if kind == "plain":
         from .samples import phantom_sample
 
@@ -597,7 +681,9 @@ def pool_sample(seed: int, model_shape):
     return synth_sample(seed, model_shape, kind)
 
 
-def write_shards(out_dir, start: int, count: int, shard: int = 100, model_shape=(64, 64, 64)):
+def write_shards(
+    out_dir, start: int, count: int, shard: int = 100, model_shape=(64, 64, 64), mixture=MIXTURE
+):
     """Write pool shards ``synth_<first seed>.npz`` for seeds ``start .. start+count-1``.
 
     Existing complete shards are skipped, so an interrupted run resumes; every shard
@@ -615,7 +701,7 @@ def write_shards(out_dir, start: int, count: int, shard: int = 100, model_shape=
         labels = np.zeros((n, *model_shape), np.uint8)
         infos = []
         for j in range(n):
-            images[j], labels[j], info = pool_sample(s0 + j, model_shape)
+            images[j], labels[j], info = pool_sample(s0 + j, model_shape, mixture)
             infos.append(info)
         tmp = out / f".tmp_synth_{s0:07d}.npz"
         with open(tmp, "wb") as fh:
@@ -635,8 +721,16 @@ def main(argv=None) -> int:
     ap.add_argument("--count", type=int, default=2000)
     ap.add_argument("--shard", type=int, default=100)
     ap.add_argument("--model_shape", type=int, nargs=3, default=(64, 64, 64))
+    ap.add_argument(
+        "--mixture",
+        choices=sorted(MIXTURES),
+        default="synthetic",
+        help="synthetic: no real image (default); shippable: adds the augmented real CT",
+    )
     args = ap.parse_args(argv)
-    write_shards(args.out_dir, args.start, args.count, args.shard, args.model_shape)
+    write_shards(
+        args.out_dir, args.start, args.count, args.shard, args.model_shape, MIXTURES[args.mixture]
+    )
     return 0
 
 
