@@ -1,7 +1,10 @@
 """Measurement core: organs, cubes, liver/spleen ratio, grade, flags, segmentation gate
 and contrast evidence (NumPy or CuPy).
 
-Importing this package never needs CuPy; pass cupy arrays to run on the GPU.
+Importing this package never needs CuPy; pass cupy arrays to run on the GPU. The gate
+(``postprocess.gate.check_segmentation``) and the contrast evidence
+(``postprocess.contrast.contrast_evidence``) run inside :func:`assess`; their NumPy/CuPy
+parity is tested through it.
 """
 
 from ._xp import get_xp, gpu_available
@@ -14,16 +17,15 @@ from .components import (
     touches_edge,
 )
 from .config import AssessConfig, ContrastConfig, GateConfig
-from .contrast import ContrastResult, contrast_evidence
+from .contrast import ContrastResult
 from .cubes import (
-    cube_margin_voxels,
     cube_size_voxels,
     cube_stats,
     sample_cubes,
     valid_cube_positions,
 )
 from .flags import BLOCKING, FLAGS
-from .gate import GateResult, OrganEvidence, check_segmentation
+from .gate import GateResult, OrganEvidence
 
 __all__ = [
     "BLOCKING",
@@ -38,9 +40,6 @@ __all__ = [
     "OrganMeasurement",
     "assess",
     "bounding_box",
-    "check_segmentation",
-    "contrast_evidence",
-    "cube_margin_voxels",
     "cube_size_voxels",
     "cube_stats",
     "get_xp",
