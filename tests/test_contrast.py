@@ -184,3 +184,18 @@ def test_spleen_spread_removes_noise():
     assert spleen_spread(means, np.full(200, 30.0), (10, 10, 10)) < 2.0
     mottled = 100 + rng.normal(0, 25.0, 200)
     assert spleen_spread(mottled, np.full(200, 30.0), (10, 10, 10)) > 20.0
+
+
+def test_vessels_fire_with_the_shipped_models_own_masks(real):
+    """The portal-venous fatty-liver case measured in the masks the REAL shipped model
+    draws on the painted image (not the reference masks)."""
+    from benchmarks.bench_gate import model_segmenter
+
+    seg = model_segmenter()
+    if seg is None:
+        pytest.fail("model_repository/cpu/hepascreen_vnet/1/model.onnx is missing")
+    _, _, _, _, spacing, direction = real
+    for phase, want in ((UNENHANCED, ()), (PORTAL_VENOUS_FATTY, ("vessels",))):
+        hu = paint(real, phase, seed=0)
+        a = assess(hu, seg(hu, spacing, direction), spacing, direction=direction)
+        assert a.contrast_evidence == want, a.evidence["contrast"]
