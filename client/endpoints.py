@@ -296,7 +296,7 @@ class EndpointPool:
         with self._cond:
             return [e.url for e in self.endpoints if e.healthy]
 
-    def _pick(self) -> _Endpoint:
+    def _pick(self):
         deadline = time.monotonic() + self.wait_healthy_s
         with self._cond:
             while True:
@@ -304,7 +304,7 @@ class EndpointPool:
                 if up:
                     ep = min(up, key=lambda e: (e.outstanding, e.requests))
                     ep.outstanding += 1
-                    return ep
+                    return ep, ep.sup  # the client as of now (the prober may replace it)
                 left = deadline - time.monotonic()
                 if left <= 0 or self._stop.is_set():
                     raise InferenceError(
@@ -326,9 +326,9 @@ class EndpointPool:
         """Segment ``[N, 1, z, y, x]`` on the least busy healthy endpoint, failing over."""
         tries = 0
         while True:
-            ep = self._pick()
+            ep, sup = self._pick()
             try:
-                out = ep.sup.infer(batch)
+                out = sup.infer(batch)
             except InferenceError as exc:
                 if exc.status not in ENDPOINT_FAULTS:
                     raise  # the request's fault: another endpoint would refuse it too
@@ -398,7 +398,7 @@ class EndpointPool:
         per = []
         for ep in self.endpoints:
             st = ep.state()
-            if ep.sup is not None:
+            if ep.sup is not None and ep.healthy:  # a dead one would make us wait
                 try:
                     st["supervisor"] = ep.sup.statistics()
                 except Exception:  # noqa: BLE001 - a dead endpoint has no statistics
