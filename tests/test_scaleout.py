@@ -96,7 +96,11 @@ def test_shards_merged_equal_the_full_run(archive, tmp_path, capsys):
     assert _screen(scans, masks, tmp_path / "s2", "--shard", "2/2") == 0
     n1, n2 = len(rows(tmp_path / "s1")), len(rows(tmp_path / "s2"))
     assert n1 and n2 and n1 + n2 == 5
-    rc = merge_main([str(tmp_path / "s1"), str(tmp_path / "s2"), "-o", str(tmp_path / "m")])
+    from client.cli import main as hepascreen
+
+    rc = hepascreen(
+        ["merge", str(tmp_path / "s1"), str(tmp_path / "s2"), "-o", str(tmp_path / "m")]
+    )
     assert rc == 0
     merged, full = comparable(tmp_path / "m"), comparable(tmp_path / "full")
     assert merged == full  # every column of every row, timings and run ids aside
