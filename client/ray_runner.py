@@ -53,16 +53,45 @@ DEFAULT_CPUS = 0.5
 def add_ray_arguments(ap) -> None:
     """``--ray``, ``--ray-workers``, ``--ray-cpus`` for the screen command."""
     ap.add_argument(
-        "--ray", metavar="ADDRESS", default=None,
+        "--ray", metavar="ADDRESS", default=None, type=ray_address,
         help="run the scans in Ray actors: 'local' starts Ray on this machine, 'auto' joins "
         "the running cluster, or ray://HOST:10001 (needs hepascreen[ray]; OUT must be on a "
         "folder every node sees)",
     )  # fmt: skip
-    ap.add_argument("--ray-workers", type=int, default=None, metavar="N",
+    ap.add_argument("--ray-workers", type=_positive(int), default=None, metavar="N",
                     help="Ray actors (default: one per CPU of the cluster, at most one per scan)")  # fmt: skip
-    ap.add_argument("--ray-cpus", type=float, default=DEFAULT_CPUS, metavar="F",
+    ap.add_argument("--ray-cpus", type=_positive(float), default=DEFAULT_CPUS, metavar="F",
                     help=f"CPUs each actor claims (default {DEFAULT_CPUS}; fractions keep "
                     "room for the driver and servers)")  # fmt: skip
+
+
+def _positive(kind):
+    def parse(text: str):
+        import argparse
+
+        try:
+            value = kind(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: must be > 0")
+        return value
+
+    return parse
+
+
+def ray_address(text: str) -> str:
+    """argparse ``type=`` for ``--ray``: the address form, and Ray importable, checked
+    before anything is written to OUT (a usage error, exit 2)."""
+    import argparse
+
+    if text not in ("local", "auto") and not text.startswith("ray://"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected local, auto or ray://HOST:PORT")
+    try:
+        import_ray()
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text
 
 
 def import_ray():

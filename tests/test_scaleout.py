@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -82,6 +83,23 @@ def test_url_file_and_repeated_url(tmp_path):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args(["x", "-o", "o", "--url", "nohostport"])
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "extra", [["--ray", "local", "--ray-workers", "0"], ["--ray", "somewhere"], ["--shard", "3/2"]]
+)
+def test_scaleout_usage_errors_exit_2_before_out_is_touched(extra, tmp_path, archive):
+    with pytest.raises(SystemExit) as e:
+        batch_main([str(archive[0]), "-o", str(tmp_path / "out"), "--quiet", *extra])
+    assert e.value.code == 2 and not (tmp_path / "out").exists()
+
+
+def test_ray_missing_is_a_usage_error_naming_the_extra(tmp_path, archive, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    with pytest.raises(SystemExit) as e:
+        batch_main([str(archive[0]), "-o", str(tmp_path / "out"), "--ray", "local"])
+    assert e.value.code == 2 and not (tmp_path / "out").exists()
+    assert "pip install 'hepascreen[ray]'" in capsys.readouterr().err
 
 
 # --- shards + merge (label maps given: no server) --------------------------------------------
