@@ -65,6 +65,8 @@ def _save(fig, plots: Path, name: str, out_md: Path) -> str:
 def _fmt(v, nd=3) -> str:
     if v is None:
         return "-"
+    if isinstance(v, bool):
+        return "true" if v else "false"
     if isinstance(v, float):
         return f"{v:.{nd}g}" if abs(v) < 1e3 else f"{v:,.0f}"
     if isinstance(v, int):
@@ -241,6 +243,13 @@ def section_serving(res, plots, out_md, missing) -> list[str]:
         table,
     )
     lines.append("")
+    mbs = {v.get("max_batch_size") for v in res.get("servers", {}).values()} - {None}
+    if mbs:
+        lines += [
+            f"Triton requests carry at most the served model's max_batch_size ({', '.join(map(str, sorted(mbs)))}) "
+            "volumes; larger batches ran in-process only.",
+            "",
+        ]
     wire = next(iter(res.get("servers", {}).values()), {}).get("bytes_per_request")
     if wire:
         lines += [
@@ -251,7 +260,7 @@ def section_serving(res, plots, out_md, missing) -> list[str]:
             "",
         ]
     plt = _plt()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(15, 4.2))
     triton = [r for r in rows.values() if r.get("path") == "triton_grpc"]
     # Plot the paired ratio when every row has one (robust to a shared machine's drift).
     metric = (
@@ -273,6 +282,10 @@ def section_serving(res, plots, out_md, missing) -> list[str]:
         style = "o-" if mode == "on" else "s--"
         label = f"Triton, batching {mode}, {batch} vol/request"
         a1.plot(cs, [r[metric] for _, r in pts], style, color=f"C{n}", label=label)
+        cpu = [(c, r.get("server_cpu_s_per_volume")) for c, r in pts]
+        cpu = [(c, v) for c, v in cpu if v is not None]
+        if cpu:
+            a3.plot(*zip(*cpu), style, color=f"C{n}", label=label)
         if batch == 1:
             for q, alpha in (("p50_s", 1.0), ("p95_s", 0.55), ("p99_s", 0.3)):
                 a2.plot(
@@ -294,8 +307,16 @@ def section_serving(res, plots, out_md, missing) -> list[str]:
             color=f"C{len(series) + k}",
             label=f"ONNX Runtime in-process, batch {b}",
         )
+        if r.get("client_cpu_s_per_volume") is not None:
+            a3.axhline(
+                r["client_cpu_s_per_volume"],
+                lw=1,
+                ls=":",
+                color=f"C{len(series) + k}",
+                label=f"ONNX Runtime in-process, batch {b}",
+            )
     if triton:
-        for ax in (a1, a2):
+        for ax in (a1, a2, a3):
             ax.set_xscale("log", base=2)
             levels = sorted({r["concurrency"] for r in triton})
             ax.set_xticks(levels, [str(c) for c in levels])
@@ -310,6 +331,9 @@ def section_serving(res, plots, out_md, missing) -> list[str]:
         a2.set_ylabel("seconds per request (1 volume)")
         a2.set_title("latency p50 / p95 / p99")
         a2.legend(fontsize=7, ncol=2)
+        a3.set_ylabel("CPU seconds per volume")
+        a3.set_title("CPU cost (server process group / in-process)")
+        a3.legend(fontsize=7)
         lines += [_save(fig, plots, "serving.png", out_md), ""]
     else:
         plt.close(fig)
@@ -512,6 +536,37 @@ def section_load(name, res, plots, out_md, missing) -> list[str]:
     return lines + [""]
 
 
+def _flatten(obj, prefix="", depth=0, out=None):
+    """Scalar leaves of nested dicts as (dotted key, value); long lists summarised."""
+    out = [] if out is None else out
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k == "machine":
+                continue
+            _flatten(v, f"{prefix}.{k}" if prefix else str(k), depth + 1, out)
+    elif isinstance(obj, list):
+        if all(isinstance(v, (int, float, str, bool)) or v is None for v in obj) and len(obj) <= 8:
+            out.append((prefix, ", ".join(_fmt(v) for v in obj)))
+        elif depth < 3 and len(obj) <= 12:
+            for i, v in enumerate(obj):
+                _flatten(v, f"{prefix}[{i}]", depth + 1, out)
+        else:
+            out.append((prefix, f"(list of {len(obj)})"))
+    else:
+        out.append((prefix, obj))
+    return out
+
+
+def section_other(name, res, limit=40) -> list[str]:
+    """A result file this script has no section for: its scalar values, as recorded."""
+    flat = _flatten(res)
+    lines = [f"## Other result: `{name}`", "", _machine_line(res), ""]
+    lines += _table(["key", "value"], [[k, v] for k, v in flat[:limit]])
+    if len(flat) > limit:
+        lines.append(f"\n({len(flat) - limit} more values in `results/{name}`)")
+    return lines + [""]
+
+
 SECTIONS = [
     ("decompress.json", section_decompress),
     ("batch.json", section_batch),
@@ -562,14 +617,7 @@ def build(results_dir: Path, out_md: Path, plots: Path) -> str:
         if "levels" in res and "endpoint" in res:
             body += section_load(name, res, plots, out_md, missing)
         else:
-            body += [
-                f"## Other result: `{name}`",
-                "",
-                _machine_line(res),
-                "",
-                "Keys: " + ", ".join(sorted(res)),
-                "",
-            ]
+            body += section_other(name, res)
     head = [
         "# Benchmark results",
         "",
