@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._common import machine_info, save_result  # noqa: E402
 from benchmarks.gate_cases import (  # noqa: E402
     REAL,
+    add_arms,
     broken_generic,
     broken_real,
     load_real,
@@ -95,6 +96,8 @@ def good_cases(n_phantoms: int, seg=None, n_model_phantoms: int = 0):
     ht, lt = (np.ascontiguousarray(a.transpose(0, 2, 1)) for a in (hu, lab))
     dt = d[:, [1, 0, 2]]
     out.append(("real_reference_transposed", ht, lt, sp, dt, "normal"))
+    ha, la = add_arms(hu, lab, sp, d)
+    out.append(("real_reference_arms_beside_body", ha, la, sp, d, "normal"))
     from client.io import read_label_map, read_scan
 
     small = read_scan(REAL / "ct_small.nii.gz")
@@ -106,6 +109,7 @@ def good_cases(n_phantoms: int, seg=None, n_model_phantoms: int = 0):
         out.append(("real_model_masks", hu, seg(hu, sp, d), sp, d, "normal"))
         out.append(("real_model_masks_noise_25hu", noisy, seg(noisy, sp, d), sp, d, "normal"))
         out.append(("real_model_masks_transposed", ht, seg(ht, sp, dt), sp, dt, "normal"))
+        out.append(("real_model_masks_arms_beside_body", ha, seg(ha, sp, d), sp, d, "normal"))
         out.append(
             (
                 "real_model_masks_0.8x0.8x5mm",

@@ -243,3 +243,30 @@ def broken_real(hu, lab, lab_all, names, spacing, direction, rng):
     x[(lab_all == names["iliopsoas_left"]) & (x == 0)] = S
     cases["psoas_as_spleen"] = x
     return cases
+
+
+def add_arms(hu, labels, spacing, direction, pad_mm: float = 120.0, radius_mm: float = 40.0):
+    """The scan widened on both sides along physical x, with an arm beside the body on each.
+
+    Arms (muscle 50 HU around a bone core of 700 HU, separated from the trunk by air)
+    lie in the field of view in many trauma and emergency CTs; they must not move the
+    body's midline or widen it.
+    """
+    ax, _ = array_axis(direction, 0)
+    n = int(round(pad_mm / spacing[ax]))
+    pad = [(0, 0)] * 3
+    pad[ax] = (n, n)
+    h = np.pad(hu, pad, constant_values=-1000)
+    lab = np.pad(labels, pad, constant_values=0)
+    body = np.argwhere(hu > -500)
+    centre = body.mean(0)
+    centre[ax] += n
+    g = np.ogrid[tuple(slice(0, s) for s in h.shape)]
+    ax_z, _ = array_axis(direction, 2)
+    for side in (-1, 1):
+        c = centre.copy()
+        c[ax] = (n * 0.5) if side < 0 else (h.shape[ax] - n * 0.5)
+        d2 = sum(((g[a] - c[a]) * spacing[a]) ** 2 for a in range(3) if a != ax_z)
+        h = np.where(d2 <= radius_mm**2, 50, h)
+        h = np.where(d2 <= (radius_mm / 3) ** 2, 700, h)
+    return h.astype(hu.dtype), lab

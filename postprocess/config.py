@@ -41,8 +41,8 @@ class GateConfig:
     min_si_overlap_mm: float = 20.0
     max_spleen_above_liver_mm: float = 20.0
     max_spleen_below_liver_mm: float = 40.0
-    min_spleen_reach: float = 0.6
-    min_liver_reach: float = 0.7
+    min_spleen_reach: float = 0.5
+    min_liver_reach: float = 0.55
     max_reach: float = 1.05
     min_liver_to_spleen_volume: float = 1.0
 

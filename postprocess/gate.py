@@ -42,6 +42,7 @@ class OrganEvidence:
     largest_fraction: float = float("nan")
     touches_edge: bool = False
     centroid_lps: tuple = (float("nan"),) * 3
+    centroid_index: tuple = (float("nan"),) * 3
     si_range: tuple = (float("nan"), float("nan"))
     x_range: tuple = (float("nan"), float("nan"))
     hu_median: float = float("nan")
@@ -142,6 +143,7 @@ def organ_evidence(
     lo = idx.min(axis=0)
     hi = idx.max(axis=0)
     lo_h, hi_h = to_numpy(lo).tolist(), to_numpy(hi).tolist()
+    ev.centroid_index = tuple(float(v) for v in to_numpy(idx.mean(axis=0)))
     ev.touches_edge = any(a == 0 for a in lo_h) or any(b == s - 1 for b, s in zip(hi_h, shape))
     if direction is not None:
         phys = _physical(idx, stride, spacing, direction)
@@ -182,37 +184,45 @@ def organ_evidence(
     return ev
 
 
-def _body_midline_x(hu_c, stride, spacing, direction, cfg: GateConfig):
-    """Physical x (LPS, mm) of the body's centre and its half-width along x.
+def _trunk_midline_x(hu_c, stride, spacing, direction, cfg: GateConfig, centre_idx):
+    """Physical x (LPS, mm) of the trunk's centre and its half-width, at the organs' level.
 
-    Body = voxels above ``cfg.body_hu`` (skin, fat, organs, bone; the table is
-    symmetric about the midline and does not move it). The half-width is the
-    2-98 % spread of body voxels along the array axis nearest physical x.
+    On the axial slice through ``centre_idx`` (coarse index between the organ
+    centroids), the trunk is the connected region above ``cfg.body_hu`` that contains
+    that point (the largest one when the point lies in bowel gas): arms lying beside
+    the body, a separate table and other objects in the field of view do not count.
+    Its centre and half-width are taken along the array axis nearest physical x.
     """
-    xp, _ = get_xp(hu_c)
+    xp, ndi = get_xp(hu_c)
     d = np.asarray(direction, dtype=np.float64).reshape(3, 3)
-    col = int(np.argmax(np.abs(d[0, :])))  # index axis (i, j, k) nearest physical x
-    ax = 2 - col
-    # Every other slice and row is plenty for a centre and a spread along x.
-    sub = [slice(None, None, 2)] * 3
-    sub[ax] = slice(None)
-    body = hu_c[tuple(sub)] > cfg.body_hu
-    others = tuple(a for a in range(3) if a != ax)
-    prof = to_numpy(body.sum(axis=others)).astype(np.float64)
-    tot = prof.sum()
-    if tot <= 0:
+    col_x = int(np.argmax(np.abs(d[0, :])))  # index axis (i, j, k) nearest physical x
+    col_z = int(np.argmax(np.abs(d[2, :])))
+    ax_x, ax_z = 2 - col_x, 2 - col_z
+    if ax_x == ax_z:  # degenerate (oblique) frame: no clean axial slice
         return float("nan"), float("nan")
-    cdf = np.cumsum(prof) / tot
-    i_lo = int(np.searchsorted(cdf, 0.02))
-    i_hi = int(np.searchsorted(cdf, 0.98))
-    i_mid = float((np.arange(prof.size) * prof).sum() / tot)
-    step = stride[ax] * float(spacing[ax])
-    half = 0.5 * (i_hi - i_lo) * step * abs(d[0, col])
-    # Physical x of the midline relative to voxel 0 (other axes contribute only for
-    # oblique directions; their centre is taken at the array centre).
-    centre = np.array([(n - 1) / 2.0 for n in hu_c.shape], dtype=np.float64)
-    centre[ax] = i_mid
-    mm = centre * np.array([st * float(s) for st, s in zip(stride, spacing)])
+    c = np.asarray(centre_idx, dtype=np.float64)
+    k = int(min(max(round(c[ax_z]), 0), hu_c.shape[ax_z] - 1))
+    body = xp.take(hu_c, k, axis=ax_z) > cfg.body_hu
+    lab, n = ndi.label(body)
+    n = int(n)
+    if n == 0:
+        return float("nan"), float("nan")
+    pix = tuple(int(min(max(round(c[a]), 0), hu_c.shape[a] - 1)) for a in range(3) if a != ax_z)
+    v = int(lab[pix])
+    if v == 0:
+        counts = xp.bincount(lab.ravel(), minlength=n + 1)
+        counts[0] = 0
+        v = int(xp.argmax(counts))
+    trunk = lab == v
+    a2 = ax_x if ax_x < ax_z else ax_x - 1  # axis of physical x in the 2D slice
+    prof = to_numpy(trunk.sum(axis=1 - a2))
+    nz = np.flatnonzero(prof)
+    lo, hi = int(nz[0]), int(nz[-1])
+    step = stride[ax_x] * float(spacing[ax_x])
+    half = 0.5 * (hi - lo + 1) * step * abs(d[0, col_x])
+    centre = c.copy()
+    centre[ax_x] = 0.5 * (lo + hi)
+    mm = centre * np.array([st * float(sp) for st, sp in zip(stride, spacing)])
     x = float((mm[::-1] @ d.T)[0])
     return x, half
 
@@ -287,7 +297,13 @@ def check_segmentation(
     res.liver, res.spleen = ev["liver"], ev["spleen"]
     half = float("nan")
     if direction is not None:
-        res.body_midline_x, half = _body_midline_x(hu_c, stride, spacing, direction, cfg)
+        if res.liver.present and res.spleen.present:
+            centre = 0.5 * (
+                np.asarray(res.liver.centroid_index) + np.asarray(res.spleen.centroid_index)
+            )
+            res.body_midline_x, half = _trunk_midline_x(
+                hu_c, stride, spacing, direction, cfg, centre
+            )
     else:
         res.flags.append("laterality_unchecked")
     for e in (res.liver, res.spleen):
