@@ -19,7 +19,7 @@ class GateConfig:
     enabled: bool = True
     coarse_mm: float = 3.0
     liver_ml: tuple = (600.0, 4000.0)
-    spleen_ml: tuple = (25.0, 1500.0)
+    spleen_ml: tuple = (25.0, 2000.0)
     min_largest_fraction: float = 0.8
     liver_median_hu: tuple = (-60.0, 200.0)
     spleen_median_hu: tuple = (20.0, 220.0)
