@@ -332,8 +332,11 @@ def section_serving(res, plots, out_md, missing) -> list[str]:
         a2.set_title("latency p50 / p95 / p99")
         a2.legend(fontsize=7, ncol=2)
         a3.set_ylabel("CPU seconds per volume")
-        a3.set_title("CPU cost (server process group / in-process)")
-        a3.legend(fontsize=7)
+        if a3.get_legend_handles_labels()[0]:
+            a3.set_title("CPU cost (server process group / in-process)")
+            a3.legend(fontsize=7)
+        else:
+            a3.set_title("CPU cost: not recorded in this file")
         lines += [_save(fig, plots, "serving.png", out_md), ""]
     else:
         plt.close(fig)
