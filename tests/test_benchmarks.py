@@ -156,14 +156,24 @@ def test_repository_without_batching_removes_only_the_batching_block(tmp_path):
 # --- load generator against the real bundled server ----------------------------------
 @pytest.mark.slow
 @pytest.mark.server
-def test_load_generator_against_bundled_server():
-    from benchmarks.load import LoadConfig, run_load
+def test_load_generator_against_bundled_server(tmp_path):
+    """The CLI drives a real server by --url; its counts agree with the server's own."""
+    from benchmarks.load import main
+    from client.server import EmbeddedServer
 
     pbtxt = (ROOT / "model_repository" / "cpu" / "hepascreen_vnet" / "config.pbtxt").read_text()
     dims = re.search(r'name: "VOLUME".*?dims: \[([^\]]+)\]', pbtxt, re.S).group(1)
     declared = [int(d) for d in dims.split(",")]
-    res = run_load(LoadConfig(concurrency=[1, 2], requests=4, phantoms=1, warmup=1, data_dir=DATA))
-    assert res["endpoint"]["bundled_server"] and res["endpoint"]["url"].startswith("127.0.0.1:")
+    out = tmp_path / "load.json"
+    with EmbeddedServer() as srv:
+        rc = main(
+            ["--url", srv.grpc_url, "--concurrency", "1", "2", "--requests", "4",
+             "--phantoms", "1", "--warmup", "1", "--data", str(DATA), "--out", str(out)]
+        )  # fmt: skip
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["endpoint"]["url"] == srv.grpc_url and "bundled_server" not in res["endpoint"]
+    assert res["machine"]["cpu_count"] >= 1 and res["endpoint"]["server"]["version"]
     assert res["model"]["input_shape"] == declared
     assert any(n.startswith("real CT") for n in res["inputs"])
     voxels = int(np.prod(declared))
@@ -179,7 +189,19 @@ def test_load_generator_against_bundled_server():
         lat = lvl["latency"]
         assert 0 < lat["p50_s"] <= lat["p95_s"] <= lat["p99_s"] <= lat["max_s"]
         assert lvl["volumes_per_s"] == pytest.approx(4 / lvl["wall_s"], rel=0.01)
-    json.dumps(res)  # JSON-ready
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_load_generator_starts_and_measures_the_bundled_server():
+    from benchmarks.load import LoadConfig, run_load
+
+    res = run_load(LoadConfig(concurrency=[2], requests=2, phantoms=1, warmup=0, data_dir=DATA))
+    assert res["endpoint"]["bundled_server"] and res["endpoint"]["url"].startswith("127.0.0.1:")
+    (lvl,) = res["levels"]
+    assert lvl["requests_ok"] == 2 and lvl["server_inference_count"] == 2
+    # Server CPU comes from its own process group; the model's work is not free.
+    assert lvl["server_cpu_s_per_volume"] > 0
 
 
 def test_load_generator_refuses_bad_settings():
