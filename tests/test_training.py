@@ -360,3 +360,40 @@ def test_original_project_config_runs_with_only_its_paths_changed(tmp_path):
     res = train(cfg, tmp_path / "run", iters=1, batch_size=1, save_interval=1)
     assert res["iters"] == 1 and np.isfinite(res["losses"][0])
     assert (tmp_path / "run" / "iter_1" / "model.pdparams").exists()
+
+
+@pytest.mark.slow
+def test_demo_train_on_synth_shards_resumes_with_ema_and_validation(tmp_path):
+    """PyTorch-twin trainer: synth shards, EMA, per-set validation, atomic resume."""
+    torch = pytest.importorskip("torch")
+    if not (ROOT.parent / "shared" / "data" / "totalseg_example" / "labels_all.nii.gz").exists():
+        pytest.skip("../shared/data/totalseg_example missing")
+    from training.demo_train import main as demo_main
+    from training.synth import write_shards
+
+    pool = tmp_path / "pool"
+    write_shards(pool, 0, 4, shard=2, model_shape=(32, 32, 32))
+    run = tmp_path / "run"
+    common = ["--pool_dir", str(pool), "--save_dir", str(run), "--val_phantoms", "1"]
+    common += ["--val_synth", "1", "--no_real_ct", "--width", "0.125", "--threads", "1"]
+    assert demo_main([*common, "--iters", "2"]) == 0
+    ck = torch.load(run / "latest.pt", weights_only=False)
+    assert ck["iter"] == 2 and {"model", "ema", "opt", "rng"} <= set(ck)
+    assert all(v.dtype == torch.float16 for v in ck["ema"].values() if v.is_floating_point())
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert set(summary["validation"]) >= {
+        "val_plain_phantoms_liver",
+        "val_synth_real_anatomy_spleen",
+        "val_synth_phantom_anatomy_liver",
+    }
+    assert demo_main([*common, "--iters", "3", "--resume"]) == 0
+    log = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
+    starts = [r for r in log if r.get("event") == "start"]
+    assert [r["iter"] for r in starts] == [0, 2]
+    assert log[-1]["event"] == "end" and log[-1]["iter"] == 3
+    # The EMA weights convert to MedicalSeg names and load into the Paddle VNet.
+    assert demo_main(["--save_dir", str(run), "--checkpoint_only"]) == 0
+    state = dict(np.load(run / "model_paddle_names.npz"))
+    net = VNet(width=0.125)
+    check_state_dict(net, state)
+    net.set_state_dict({k: paddle.to_tensor(v) for k, v in state.items()})
