@@ -522,7 +522,17 @@ def section_load(name, res, plots, out_md, missing) -> list[str]:
         "",
     ]
     lines += _table(
-        ["concurrency", "volumes/s", "p50 s", "p95 s", "p99 s", "failed", "mean server batch"],
+        [
+            "concurrency",
+            "volumes/s",
+            "p50 s",
+            "p95 s",
+            "p99 s",
+            "failed",
+            "mean server batch",
+            "client CPU s/vol",
+            "server CPU s/vol",
+        ],
         [
             [
                 lv["concurrency"],
@@ -532,10 +542,21 @@ def section_load(name, res, plots, out_md, missing) -> list[str]:
                 lv["latency"]["p99_s"],
                 lv["requests_failed"],
                 lv.get("mean_server_batch"),
+                lv.get("client_cpu_s_per_volume"),
+                lv.get("server_cpu_s_per_volume"),
             ]
             for lv in res.get("levels", [])
         ],
     )
+    wire = res.get("bytes_per_request")
+    if wire:
+        lines += [
+            "",
+            f"Bytes per request: tensors {_fmt(wire['payload_total'])}, gRPC messages "
+            f"{_fmt(wire['grpc_message_total'])} (overhead {_fmt(wire['protocol_overhead'])}).",
+        ]
+    lines.append("")
+    lines.append(f"_Source: `results/{name}`, written by `python -m benchmarks.load --out ...`._")
     return lines + [""]
 
 
