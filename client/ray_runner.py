@@ -197,6 +197,11 @@ class ScanWorker:
         result = self._screen(source, self.segmenter, self.config)
         return {"row": result.row, "pid": os.getpid()}
 
+    def statistics(self) -> dict | None:
+        """This actor's segmenter statistics (requests per endpoint, take-outs, ...)."""
+        stats = getattr(self.segmenter, "statistics", None)
+        return {**self.info(), "statistics": stats() if stats else None}
+
     def close(self) -> None:
         self.segmenter.close()
 
@@ -273,6 +278,17 @@ class RayScreen:
                 f"{str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
             ) from exc
         return self
+
+    def statistics(self, timeout_s: float = 30.0) -> list:
+        """Each live actor's :meth:`ScanWorker.statistics` (None for one that does not answer)."""
+        refs = [a.statistics.remote() for a in self.actors]
+        out = []
+        for ref in refs:
+            try:
+                out.append(self.ray.get(ref, timeout=timeout_s))
+            except Exception:  # noqa: BLE001 - a dead or hung actor has no statistics
+                out.append(None)
+        return out
 
     def __exit__(self, *exc) -> None:
         for a in self.actors:
@@ -423,6 +439,8 @@ def run_pool(todo, seg, config, store, manifest, written: list, args) -> None:
             info["start_s"] = round(time.perf_counter() - t0, 2)
             manifest.update(ray=info)
             screen.run(todo, on_row)
+            # The driver's own segmenter served nothing: the actors' statistics tell.
+            info["worker_statistics"] = screen.statistics()
     finally:
         info["retried"] = screen.retried
         manifest.update(ray=info)

@@ -29,7 +29,7 @@ def setup(tmp_path_factory, shared_data):
     with EmbeddedServer() as a, EmbeddedServer() as b:
         ref = base / "single"  # the reference: one process, one server
         assert batch_main([str(scans), "-o", str(ref), "--url", a.grpc_url, "--quiet"]) == 0
-        yield base, scans, [a.grpc_url, b.grpc_url], ref
+        yield base, scans, [a.grpc_url, b.grpc_url], ref, (a, b)
 
 
 def _ray_args(scans, out, urls, *extra):
@@ -40,7 +40,7 @@ def _ray_args(scans, out, urls, *extra):
 
 
 def test_rows_equal_a_single_process_run_and_resume_needs_no_ray(setup):
-    base, scans, urls, ref = setup
+    base, scans, urls, ref, _ = setup
     out = base / "ray"
     assert batch_main(_ray_args(scans, out, urls)) == 0
     want, got = comparable(ref), comparable(out)
@@ -61,7 +61,7 @@ def test_rows_equal_a_single_process_run_and_resume_needs_no_ray(setup):
 
 
 def test_a_worker_killed_mid_run_still_gives_exactly_one_row_per_scan(setup):
-    base, scans, urls, ref = setup
+    base, scans, urls, ref, _ = setup
     out = base / "killed"
     killed = []
 
@@ -94,3 +94,44 @@ def test_a_worker_killed_mid_run_still_gives_exactly_one_row_per_scan(setup):
     assert "Actor" in retried[0]["reason"] or "Worker" in retried[0]["reason"]
     assert not list(out.rglob(".tmp-*"))  # no half-written mask or picture left behind
     assert run["n_processed"] == N and run["status"] == "finished"
+
+
+def _when_actors_ready(out, action, timeout_s: float = 180) -> threading.Thread:
+    """Run ``action()`` once run.json lists the Ray workers (they start their first scans)."""
+
+    def watch():
+        t_end = time.monotonic() + timeout_s
+        while time.monotonic() < t_end:
+            try:
+                run = json.loads((out / "run.json").read_text())
+            except (OSError, ValueError):
+                run = {}
+            if (run.get("ray") or {}).get("worker_processes"):
+                action()
+                return
+            time.sleep(0.02)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    return t
+
+
+def test_an_endpoint_killed_mid_run_the_actors_finish_on_the_other(setup):
+    base, scans, urls, ref, (a, _b) = setup
+    out = base / "endpoint_killed"
+    killed = []
+    watcher = _when_actors_ready(out, lambda: (a.kill(), killed.append(True)))
+    try:
+        rc = batch_main(_ray_args(scans, out, urls))
+        watcher.join(timeout=5)
+    finally:
+        a.start()  # same ports: back for anyone after us
+    assert killed, "the endpoint was not killed mid-run"
+    assert rc == 0 and comparable(out) == comparable(ref)
+    run = json.loads((out / "run.json").read_text())
+    assert run["ray"]["retried"] == []  # no worker died: the endpoint pools failed over
+    per_worker = [w["statistics"] for w in run["ray"]["worker_statistics"]]
+    events = [e["event"] for st in per_worker for e in st["events"]]
+    assert any(f"{a.grpc_url} taken out" in e for e in events), events
+    served = [e["requests"] for st in per_worker for e in st["endpoints"]]
+    assert sum(served) == N
