@@ -415,6 +415,7 @@ def assess(
             cfg.gate,
             noise_sd=(_median_sd(liver), _median_sd(spleen)),
             hu_coarse=hu_c,
+            touches_edge=(liver.touches_edge, spleen.touches_edge),
         )
         flags += g.flags
         notes += g.notes

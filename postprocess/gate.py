@@ -240,6 +240,7 @@ def check_segmentation(
     cfg: GateConfig,
     noise_sd: tuple = (float("nan"), float("nan")),
     hu_coarse=None,
+    touches_edge: tuple = (False, False),
 ) -> GateResult:
     """Plausibility of the liver and spleen masks; flags and notes when doubtful.
 
@@ -263,6 +264,9 @@ def check_segmentation(
     hu_coarse : ndarray, optional
         ``hu`` already taken at :func:`coarse_strides` (``cfg.coarse_mm``), contiguous;
         computed here when not given.
+    touches_edge : (bool, bool)
+        Whether the liver's and the spleen's largest piece touch the scan's border at
+        full resolution (the coarse grid can miss the last slice).
 
     Returns
     -------
@@ -276,9 +280,9 @@ def check_segmentation(
     hu_c = xp.ascontiguousarray(hu[sl]) if hu_coarse is None else hu_coarse
     res = GateResult()
     ev = {}
-    for name, comp, allm, vol, nsd in (
-        ("liver", liver_comp, liver_all, liver_volume_ml, noise_sd[0]),
-        ("spleen", spleen_comp, spleen_all, spleen_volume_ml, noise_sd[1]),
+    for name, comp, allm, vol, nsd, edge in (
+        ("liver", liver_comp, liver_all, liver_volume_ml, noise_sd[0], touches_edge[0]),
+        ("spleen", spleen_comp, spleen_all, spleen_volume_ml, noise_sd[1], touches_edge[1]),
     ):
         xp, _ = get_xp(comp)
         n_all_c = int(xp.count_nonzero(allm[sl]))
@@ -294,6 +298,7 @@ def check_segmentation(
             vol,
             nsd,
         )
+        ev[name].touches_edge = ev[name].touches_edge or bool(edge)
     res.liver, res.spleen = ev["liver"], ev["spleen"]
     half = float("nan")
     if direction is not None:
@@ -325,7 +330,7 @@ def judge(res: GateResult, cfg: GateConfig) -> None:
     vol_range = {"liver": cfg.liver_ml, "spleen": cfg.spleen_ml}
     hu_range = {"liver": cfg.liver_median_hu, "spleen": cfg.spleen_median_hu}
     for e in (res.liver, res.spleen):
-        if e is None or not e.present:
+        if e is None:
             continue
         r = reasons[e.name]
         lo, hi = vol_range[e.name]
@@ -333,6 +338,9 @@ def judge(res: GateResult, cfg: GateConfig) -> None:
             r.append(f"{e.name} volume {e.volume_ml:.0f} ml above the adult range (<= {hi:.0f})")
         if e.volume_ml < lo and not e.touches_edge:
             r.append(f"{e.name} volume {e.volume_ml:.0f} ml below the adult range (>= {lo:.0f})")
+        if not e.present:
+            r.append(f"{e.name} mask too thin to check (no voxel on the {cfg.coarse_mm:g} mm grid)")
+            continue
         if e.largest_fraction < cfg.min_largest_fraction:
             r.append(
                 f"{e.name} mask in pieces: largest holds {100 * e.largest_fraction:.0f} % "

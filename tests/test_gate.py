@@ -155,3 +155,19 @@ def test_same_verdict_on_every_array_module(xp, real):
         assert got.contrast_evidence == ref.contrast_evidence
         assert got.ratio == pytest.approx(ref.ratio, nan_ok=True)
         assert np.array_equal(got.liver.kept, ref.liver.kept)
+
+
+def test_judge_flags_volumes_and_slivers_without_the_image():
+    """judge() alone: a sliver the coarse grid misses and an oversized organ are doubted."""
+    from postprocess.config import GateConfig
+    from postprocess.gate import GateResult, OrganEvidence, judge
+
+    res = GateResult(
+        liver=OrganEvidence(name="liver", present=False, volume_ml=8.0),
+        spleen=OrganEvidence(name="spleen", present=False, volume_ml=2500.0, touches_edge=True),
+    )
+    judge(res, GateConfig())
+    assert {"liver_segmentation_doubtful", "spleen_segmentation_doubtful"} <= set(res.flags)
+    text = " ".join(res.notes)
+    assert "liver volume 8 ml below" in text and "too thin" in text
+    assert "spleen volume 2500 ml above" in text
