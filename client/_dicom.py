@@ -50,6 +50,7 @@ SHARP_KERNEL_HINTS = ("BONE", "LUNG", "SHARP", "B60", "B70", "B80", "YC", "YD", 
 SAFE_TAGS = {
     "modality": "Modality",
     "manufacturer": "Manufacturer",
+    "manufacturer_model": "ManufacturerModelName",
     "kvp": "KVP",
     "convolution_kernel": "ConvolutionKernel",
     "slice_thickness": "SliceThickness",

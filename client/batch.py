@@ -89,12 +89,11 @@ def _check_args(args) -> None:
     if args.concurrency < 1 or args.cubes < 1 or args.cube_mm <= 0:
         raise ConfigError("--concurrency and --cubes must be >= 1 and --cube-mm > 0")
     if args.device == "gpu":
-        from postprocess._xp import gpu_available
+        from postprocess._xp import gpu_problem
 
-        if not gpu_available():
-            raise ConfigError(
-                "--device gpu needs CuPy and a CUDA device: pip install 'hepascreen[gpu]'"
-            )
+        problem = gpu_problem()  # compiles a tiny kernel: one clear stop, not an error per scan
+        if problem:
+            raise ConfigError(f"--device gpu: {problem}")
     if args.masks and not Path(args.masks).is_dir():
         raise ConfigError(f"--masks {args.masks}: not a folder")
     out = Path(args.out)
@@ -192,6 +191,10 @@ def run(args) -> int:
     finally:
         wall = time.perf_counter() - t_wall
         manifest.timings(written, wall, stats)
+        if args.device == "gpu":  # slot count and the estimate behind it (client/gpu.py)
+            from .gpu import default_slots
+
+            manifest.update(gpu_slots=default_slots(True).describe())
         status, error = _write_report(out, manifest, status, error)
         manifest.update(status=status, error=error, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     if status == "interrupted":  # a signal during the report: exit 130 as run.json says

@@ -35,7 +35,8 @@ OUTPUT_NAME = "LABELS"  # uint8 [batch, z, y, x], argmax inside the graph
 INPUT_DTYPE = "TYPE_UINT8"
 OUTPUT_DTYPE = "TYPE_UINT8"
 INPUT_CHANNELS = 1
-# Float-in / int32-out variant for a TensorRT version that refuses uint8 I/O.
+# Float-in / int32-out variant (training.export --float-variant): diagnostic only, never
+# served; the client speaks uint8 only. Kept for a TensorRT version that refuses uint8 I/O.
 INPUT_DTYPE_FLOAT_VARIANT = "TYPE_FP32"
 OUTPUT_DTYPE_FLOAT_VARIANT = "TYPE_INT32"
 MAX_BATCH_SIZE = 8

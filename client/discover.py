@@ -202,6 +202,11 @@ def _walk(root: Path, out: Discovery, visited: dict, excluded: dict):
                 )
                 continue
             visited[(st.st_dev, st.st_ino)] = p
+            if image_suffix(e.name) and not any(os.scandir(p)):
+                # an empty folder named like an image is almost always a failed copy
+                out.ignore(p, f"a folder named like an image file ({image_suffix(e.name)}) "
+                           "and empty; expected a file")  # fmt: skip
+                continue
             yield from _walk(p, out, visited, excluded)
         elif stat.S_ISREG(st.st_mode):
             if not os.access(p, os.R_OK):

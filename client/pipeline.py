@@ -356,31 +356,24 @@ def check_mask_matches_scan(path: Path, scan: ScanVolume) -> None:
     in another orientation or at another resolution is resampled); anything else,
     e.g. the label map of another scan, raises ScanReadError "mask does not match scan".
     """
-    import SimpleITK as sitk
+    from .io import read_image_info
 
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as exc:
-        raise ScanReadError(
-            f"{path}: unreadable label map ({str(exc).strip().splitlines()[-1][:200]})"
-        ) from exc
-    if reader.GetDimension() != 3:
-        raise ScanReadError(f"{path}: expected a 3D label map, got {reader.GetDimension()}D")
-    m_box = _physical_box(
-        reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection()
-    )
+    # Checked header read (client.io): truncated, empty or mis-named files get clear errors.
+    info = read_image_info(path, what="label map")
+    if info["dimension"] != 3:
+        raise ScanReadError(f"{path}: expected a 3D label map, got {info['dimension']}D")
+    m_size, m_spacing = tuple(info["size"]), tuple(info["spacing"])
+    m_box = _physical_box(m_size, m_spacing, info["origin"], info["direction"])
     s_size, s_spacing = scan.shape[::-1], scan.spacing[::-1]
     s_box = _physical_box(s_size, s_spacing, scan.origin, scan.direction)
-    tol = max(1.0, 1.5 * max(max(s_spacing), max(reader.GetSpacing())))
+    tol = max(1.0, 1.5 * max(max(s_spacing), max(m_spacing)))
     off = float(np.abs(m_box - s_box).max())
     if off > tol:
         fmt = lambda b: " x ".join(f"{lo:.0f}..{hi:.0f}" for lo, hi in zip(b[0], b[1]))  # noqa: E731
         raise ScanReadError(
             f"{path}: mask does not match scan {scan.source}: the label map covers "
             f"{fmt(m_box)} mm (LPS), the scan {fmt(s_box)} mm; sides differ by up to "
-            f"{off:.1f} mm (tolerance {tol:.1f} mm; grids {tuple(reader.GetSize())} vs {tuple(s_size)})"
+            f"{off:.1f} mm (tolerance {tol:.1f} mm; grids {m_size} vs {tuple(s_size)})"
         )
 
 
@@ -494,15 +487,19 @@ def _assess(scan: ScanVolume, labels, config: ScreenConfig):
     from postprocess import assess
     from postprocess._xp import to_device
 
+    from .gpu import measurement_slot
+
     gpu = config.device == "gpu"
-    return assess(
-        to_device(scan.array, gpu),
-        to_device(labels, gpu),
-        scan.spacing,
-        config.assess,
-        contrast_hint=True if scan.metadata.get("contrast_agent") else None,
-        direction=scan.direction,  # organ laterality check (postprocess.gate)
-    )
+    # A GPU slot bounds device memory independently of --concurrency (client/gpu.py).
+    with measurement_slot(gpu):
+        return assess(
+            to_device(scan.array, gpu),
+            to_device(labels, gpu),
+            scan.spacing,
+            config.assess,
+            contrast_hint=True if scan.metadata.get("contrast_agent") else None,
+            direction=scan.direction,  # organ laterality check (postprocess.gate)
+        )
 
 
 def _stages(src: ScanSource, segmenter: Segmenter, config: ScreenConfig, timer: StageTimer):

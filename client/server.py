@@ -221,7 +221,8 @@ class EmbeddedServer:
     Parameters
     ----------
     model_repository : Path, optional
-        Model repository (default: the project's ``model_repository/cpu``).
+        Model repository (default: found by ``client._paths.model_repository``:
+        ``HEPASCREEN_MODEL_REPOSITORY``, the installed package data, the checkout).
     log_path : Path, optional
         Server log file (default: a temporary file, removed on stop).
     host : str
@@ -250,7 +251,11 @@ class EmbeddedServer:
         startup_timeout_s: float = 60.0,
         extra_args: list[str] | None = None,
     ):
-        self.model_repository = Path(model_repository or DEFAULT_REPOSITORY).resolve()
+        if model_repository is None:  # the documented rule (client._paths): package data, env
+            from ._paths import model_repository as _find_repository
+
+            model_repository = _find_repository()
+        self.model_repository = Path(model_repository).resolve()
         self.host = host
         self.http_port = http_port or _free_port(host)
         self.grpc_port = grpc_port or _free_port(host)

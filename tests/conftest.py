@@ -7,18 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from postprocess._xp import gpu_available, gpu_problem
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
-
-
-def gpu_available() -> bool:
-    """True when CuPy imports and sees at least one CUDA device."""
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:
-        return False
 
 
 _XP_PARAMS = [pytest.param("numpy", id="numpy")]
@@ -28,7 +20,7 @@ _XP_PARAMS.append(
         id="cupy",
         marks=[
             pytest.mark.gpu,
-            pytest.mark.skipif(not gpu_available(), reason="no CUDA GPU / CuPy here"),
+            pytest.mark.skipif(not gpu_available(), reason=f"no usable GPU: {gpu_problem()}"),
         ],
     )
 )

@@ -666,11 +666,7 @@ def test_float_nifti_voxels_from_the_nan_check_equal_itk(tmp_path, suffix, dtype
 # --- end to end: the corpus through the batch CLI ---------------------------------------------
 # Kinds whose batch-level handling lives outside the reader (discovery, the mask-folder
 # segmenter): known gaps until those parts change; listed so a fix shows up here.
-KNOWN_BATCH_GAPS = {
-    "directory named .nii.gz": "discovery skips an empty folder named like an image silently",
-    "label map cut in half": "pipeline.check_mask_matches_scan reads the header unchecked",
-    "empty label map": "pipeline.check_mask_matches_scan reads the header unchecked",
-}
+KNOWN_BATCH_GAPS: dict[str, str] = {}  # none left
 
 
 def _batch(args, out: Path) -> subprocess.CompletedProcess:
