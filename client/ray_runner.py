@@ -39,7 +39,9 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections import deque
 
@@ -117,22 +119,30 @@ def init_ray(address: str, *, num_cpus: int | None = None) -> bool:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
         return False
-    if address == "local":
-        ray.init(
-            num_cpus=num_cpus or os.cpu_count() or 1,
-            include_dashboard=False,
-            object_store_memory=200 * 1024**2,
-            log_to_driver=False,
-            logging_level="WARNING",
-        )
-        return True
-    if address != "auto" and not address.startswith("ray://"):
+    if address != "local" and address != "auto" and not address.startswith("ray://"):
         raise ConfigError(f"--ray {address!r}: expected local, auto or ray://HOST:PORT")
+    # ray.init replaces the SIGTERM handler with sys.exit: put the caller's back, so
+    # SIGTERM still ends the batch cleanly (rows whole, run.json "interrupted", exit 130).
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
     try:
-        ray.init(address=address, log_to_driver=False, logging_level="WARNING")
-    except (ConnectionError, RuntimeError) as exc:
-        raise ConfigError(f"--ray {address}: no Ray cluster there ({exc})") from exc
-    return False
+        if address == "local":
+            ray.init(
+                num_cpus=num_cpus or os.cpu_count() or 1,
+                include_dashboard=False,
+                object_store_memory=200 * 1024**2,
+                log_to_driver=False,
+                logging_level="WARNING",
+            )
+            return True
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+        except (ConnectionError, RuntimeError) as exc:
+            raise ConfigError(f"--ray {address}: no Ray cluster there ({exc})") from exc
+        return False
+    finally:
+        if main and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 # --- the segmenter each actor opens ----------------------------------------------

@@ -135,3 +135,32 @@ def test_an_endpoint_killed_mid_run_the_actors_finish_on_the_other(setup):
     assert any(f"{a.grpc_url} taken out" in e for e in events), events
     served = [e["requests"] for st in per_worker for e in st["endpoints"]]
     assert sum(served) == N
+
+
+def test_sigterm_ends_a_ray_run_cleanly(setup, tmp_path):
+    import subprocess
+    import sys
+
+    base, scans, *_ = setup
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "client.batch", str(scans), "-o", str(out), "--quiet",
+           "--ray", "local", "--ray-workers", "2", "--masks", str(base / "masks")]  # fmt: skip
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    workers = []
+    t_end = time.monotonic() + 120
+    while not workers and time.monotonic() < t_end and proc.poll() is None:
+        try:
+            workers = json.loads((out / "run.json").read_text())["ray"]["worker_processes"]
+        except (OSError, ValueError, KeyError):
+            time.sleep(0.05)
+    assert workers, "the run did not start its Ray workers"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    run = json.loads((out / "run.json").read_text())
+    assert proc.returncode == 130, err[-2000:]  # as without Ray (Ray's own handler would exit 15)
+    assert run["status"] == "interrupted" and "rerun with --resume" in err
+    assert len(rows(out)) == run["n_processed"]  # rows written so far are whole
+    time.sleep(1)
+    for w in workers:  # the actors went with the run
+        with pytest.raises(ProcessLookupError):
+            os.kill(w["pid"], 0)
