@@ -37,6 +37,7 @@ KNOWN = {
     "decompress.json": "benchmarks/bench_decompress.py",
     "flops.json": "python -m benchmarks.flops",
     "training_step.json": "benchmarks/bench_training_step.py",
+    "postprocess_scaling.json": "benchmarks/bench_postprocess_scaling.py",
 }
 
 
@@ -109,12 +110,14 @@ def section_postprocess(res, plots, out_md, missing) -> list[str]:
     scaling = res.get("scaling") or res.get("sizes")
     if isinstance(scaling, list) and scaling and isinstance(scaling[0], dict):
         xs = [e.get("voxels") or _prod(e.get("grid") or e.get("shape")) for e in scaling]
+        # CPU seconds when recorded (steadier on a shared machine), else wall seconds.
+        cpu_keys = {k for e in scaling for k in e if k.endswith(("_cpu", "_cpu_s"))}
         times = sorted(
             {
                 k
                 for e in scaling
                 for k, v in e.items()
-                if k.endswith("_s") and isinstance(v, (int, float))
+                if (k in cpu_keys if cpu_keys else k.endswith("_s")) and isinstance(v, (int, float))
             }
         )
         mems = sorted(
@@ -126,10 +129,28 @@ def section_postprocess(res, plots, out_md, missing) -> list[str]:
                 and isinstance(v, (int, float))
             }
         )
-        lines += _table(
-            ["voxels", *times, *mems],
-            [[x, *[e.get(k) for k in times + mems]] for x, e in zip(xs, scaling)],
+        speed = sorted(
+            {k for e in scaling for k, v in e.items() if k.startswith("speedup") and v is not None}
         )
+        grids = ["x".join(map(str, e.get("grid") or e.get("shape") or [])) or "-" for e in scaling]
+        lines += [
+            "Time and peak memory vs voxel count"
+            + (f" ({res['scaling_what']})" if res.get("scaling_what") else "")
+            + ":",
+            "",
+        ]
+        lines += _table(
+            ["grid", "voxels", *times, *mems, *speed],
+            [
+                [g, x, *[e.get(k) for k in times + mems + speed]]
+                for g, x, e in zip(grids, xs, scaling)
+            ],
+        )
+        errors = [
+            (g, k, v) for g, e in zip(grids, scaling) for k, v in e.items() if k.endswith("_error")
+        ]
+        for g, k, v in errors:
+            lines.append(f"- {g}: {k[: -len('_error')]} failed: {v}")
         lines.append("")
         plt = _plt()
         if times:
@@ -138,8 +159,8 @@ def section_postprocess(res, plots, out_md, missing) -> list[str]:
                 pts = [(x, e[k]) for x, e in zip(xs, scaling) if e.get(k) is not None]
                 ax.loglog(*zip(*pts), "o-", label=k)
             ax.set_xlabel("voxels")
-            ax.set_ylabel("seconds")
-            ax.set_title("postprocess time vs voxel count")
+            ax.set_ylabel("CPU seconds" if cpu_keys else "seconds")
+            ax.set_title("postprocess time vs voxel count (one thread)")
             ax.legend(fontsize=8)
             lines += [_save(fig, plots, "postprocess_time.png", out_md), ""]
         else:
@@ -620,6 +641,7 @@ def build(results_dir: Path, out_md: Path, plots: Path) -> str:
         scaling = results.pop("postprocess_scaling.json")
         merged = dict(results.get("postprocess.json", {}))
         merged["scaling"] = scaling.get("scaling")
+        merged["scaling_what"] = scaling.get("what")
         merged.setdefault("machine", scaling.get("machine", {}))
         results["postprocess.json"] = merged
     missing: list[str] = []
@@ -627,7 +649,13 @@ def build(results_dir: Path, out_md: Path, plots: Path) -> str:
     for name, fn in SECTIONS:
         if name in results:
             body += fn(results[name], plots, out_md, missing)
-            body.append(f"_Source: `{Path(results_dir).name}/{name}`, written by `{KNOWN[name]}`._")
+            source = f"_Source: `{Path(results_dir).name}/{name}`, written by `{KNOWN[name]}`"
+            if name == "postprocess.json" and results[name].get("scaling_what"):
+                source += (
+                    f"; scaling: `{Path(results_dir).name}/postprocess_scaling.json`, "
+                    f"written by `{KNOWN['postprocess_scaling.json']}`"
+                )
+            body.append(source + "._")
             body.append("")
         else:
             missing.append(f"{name} (`{KNOWN[name]}`): no result file")

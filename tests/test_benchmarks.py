@@ -247,6 +247,16 @@ def test_make_results_shows_measured_and_lists_missing(tmp_path):
         },
     }
     (res / "serving.json").write_text(json.dumps(serving))
+    scaling = {
+        "machine": {"platform": "test", "cpu_count": 2},
+        "what": "test",
+        "scaling": [
+            {"grid": [n, n, n], "voxels": n**3, "ours_cpu": 0.01 * n, "original_cpu": 0.1 * n,
+             "ours_peak_mb": n, "original_peak_mb": 5 * n}
+            for n in (64, 128)
+        ],
+    }  # fmt: skip
+    (res / "postprocess_scaling.json").write_text(json.dumps(scaling))
     out = tmp_path / "RESULTS.md"
     plots = tmp_path / "plots"
     text = build(res, out, plots)
@@ -254,7 +264,10 @@ def test_make_results_shows_measured_and_lists_missing(tmp_path):
     assert "## Serving" in text and "| triton_grpc | on | 1 | 2 | 7 |" in text
     assert (plots / "serving.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     missing = text.split("## Not measured yet")[1]
-    assert "postprocess.json" in missing and "flops.json" in missing
+    assert "flops.json" in missing and "triton.json" in missing
+    assert "| 128x128x128 | 2,097,152 | 12.8 | 1.28 |" in text  # CPU columns, sorted keys
+    assert (plots / "postprocess_time.png").exists() and (plots / "postprocess_memory.png").exists()
+    assert "Postprocess time vs voxel count" not in missing
     for img in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
         assert (out.parent / img).exists()
     (res / "broken.json").write_text("{")
