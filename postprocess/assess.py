@@ -381,16 +381,7 @@ def assess(
         cfg.contrast_spleen_hu,
     )
     evidence["contrast"] = cres.details()
-    contrast_ev = (["tag"] if contrast_hint else []) + cres.evidence
-    if contrast_ev:
-        flags.append("contrast_enhanced")
-        for e, flag in (
-            ("attenuation", "contrast_suspected_by_attenuation"),
-            ("vessels", "contrast_suspected_by_vessels"),
-            ("spleen_pattern", "contrast_suspected_by_spleen_pattern"),
-        ):
-            if e in cres.evidence:
-                flags.append(flag)
+    gate_doubt = False
     if liver.touches_edge and liver.volume_ml < cfg.cut_liver_min_ml:
         flags.append("liver_mostly_outside_scan")
     if spleen.touches_edge and spleen.volume_ml < cfg.cut_spleen_min_ml:
@@ -419,11 +410,31 @@ def assess(
         )
         flags += g.flags
         notes += g.notes
+        gate_doubt = "organs_implausibly_placed" in g.flags
         evidence["gate"] = g.evidence()
         if g.liver is not None:
             liver.volume_all_ml = liver.volume_ml / max(g.liver.largest_fraction, 1e-9)
         if g.spleen is not None:
             spleen.volume_all_ml = spleen.volume_ml / max(g.spleen.largest_fraction, 1e-9)
+    # Contrast: the tag, then what the image shows. Image evidence read from masks that
+    # lie on the wrong structures (sides or levels implausible) says nothing about
+    # contrast (a mirrored "spleen" over bowel looks mottled), so it is dropped then; the
+    # grade is indeterminate anyway and the notes say why. Masks doubted for their
+    # attenuation keep it: a mottled arterial spleen is evidence of contrast.
+    image_ev = list(cres.evidence)
+    if gate_doubt:
+        image_ev = []
+        evidence["contrast"]["ignored_because_organs_misplaced"] = True
+    contrast_ev = (["tag"] if contrast_hint else []) + image_ev
+    if contrast_ev:
+        flags.append("contrast_enhanced")
+        for e, flag in (
+            ("attenuation", "contrast_suspected_by_attenuation"),
+            ("vessels", "contrast_suspected_by_vessels"),
+            ("spleen_pattern", "contrast_suspected_by_spleen_pattern"),
+        ):
+            if e in image_ev:
+                flags.append(flag)
     blocking = set(BLOCKING)
     if not cfg.allow_contrast:
         blocking.add("contrast_enhanced")

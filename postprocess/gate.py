@@ -69,10 +69,15 @@ class OrganEvidence:
 
 @dataclass
 class GateResult:
-    """Flags, notes and the evidence they rest on."""
+    """Flags, notes and the evidence they rest on.
+
+    ``notes`` keeps the first :data:`MAX_NOTES_PER_CHECK` reasons of each failed check
+    (liver, spleen, placement) so that a row stays readable; ``reasons`` has them all.
+    """
 
     flags: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    reasons: dict = field(default_factory=dict)
     liver: OrganEvidence | None = None
     spleen: OrganEvidence | None = None
     body_midline_x: float = float("nan")
@@ -84,7 +89,11 @@ class GateResult:
             "body_midline_x": None
             if not math.isfinite(self.body_midline_x)
             else round(self.body_midline_x, 1),
+            "reasons": {k: list(v) for k, v in self.reasons.items() if v},
         }
+
+
+MAX_NOTES_PER_CHECK = 2
 
 
 def coarse_strides(spacing, target_mm: float) -> tuple[int, int, int]:
@@ -411,9 +420,14 @@ def judge(res: GateResult, cfg: GateConfig) -> None:
         ("spleen", "spleen_segmentation_doubtful"),
         ("placement", "organs_implausibly_placed"),
     ):
-        if reasons[name]:
+        r = reasons[name]
+        if r:
             res.flags.append(flag)
-            res.notes.extend(reasons[name])
+            res.notes.extend(r[:MAX_NOTES_PER_CHECK])
+            if len(r) > MAX_NOTES_PER_CHECK:
+                what = "placement" if name == "placement" else name
+                res.notes.append(f"+{len(r) - MAX_NOTES_PER_CHECK} more {what} findings")
+    res.reasons = reasons
 
 
 __all__ = ["GateResult", "OrganEvidence", "check_segmentation", "coarse_strides", "judge"]

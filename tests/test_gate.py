@@ -171,3 +171,15 @@ def test_judge_flags_volumes_and_slivers_without_the_image():
     text = " ".join(res.notes)
     assert "liver volume 8 ml below" in text and "too thin" in text
     assert "spleen volume 2500 ml above" in text
+
+
+def test_notes_stay_short_and_misplaced_masks_claim_no_contrast(real):
+    hu, lab, _, _, sp, d = real
+    a = assess(hu, mirror(lab, d, "LR"), sp, direction=d)
+    reasons = a.evidence["gate"]["reasons"]
+    assert sum(len(v) for v in reasons.values()) > len(
+        [n for n in a.notes if not n.startswith("+")]
+    )  # all reasons kept in the evidence, only the first ones in the row
+    assert len(a.to_row()["notes"]) < 700
+    assert "contrast_enhanced" not in a.flags and a.contrast_evidence == ()
+    assert a.evidence["contrast"]["ignored_because_organs_misplaced"] is True
