@@ -93,6 +93,22 @@ def child(method: str, folder: Path, repeats: int) -> dict:
     }
 
 
+def code_version(path: str = "postprocess/") -> str:
+    """Commit of ``path`` and whether the working tree differs from it (shared tree)."""
+    try:
+        h = subprocess.run(
+            ["git", "log", "-1", "--format=%h", "--", path],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "--", path], cwd=ROOT, timeout=10)
+        return f"{h}{' + uncommitted changes' if dirty.returncode else ''}"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"  # fmt: skip
+
+
 def add_speedups(row: dict) -> dict:
     """Original method's time over ours, by wall time and by CPU time (steadier when shared)."""
     for m in METHODS[1:]:
@@ -170,8 +186,9 @@ def main(argv=None) -> int:
             "SimpleITK": sitk.Version_VersionString(),
         },
         "shared_machine": True,
+        "postprocess_version": code_version(),
         "what": (
-            "same phantom anatomy at finer grids; each method in a fresh subprocess, one thread; "
+            "same phantom anatomy at finer grids; each method in a fresh subprocess, one thread; assess as shipped (segmentation gate and contrast evidence on); "
             f"*_s wall seconds, *_cpu CPU seconds (medians of {args.repeats} repeats for ours, "
             f"{args.original_repeats} for the original), *_peak_mb peak RSS above the loaded inputs"
         ),
