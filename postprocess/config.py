@@ -112,8 +112,10 @@ class AssessConfig:
     min_organ_ml : float
         An organ smaller than this after keeping its largest piece counts as missing.
     contrast_spleen_hu : float
-        Spleen above this suggests contrast enhancement (unenhanced spleen is ~40-55 HU,
-        portal-venous ~100-130 HU).
+        Spleen above this suggests contrast enhancement (unenhanced spleen is ~40-60 HU,
+        arterial 75-150 HU mottled or homogeneous late, portal-venous ~80-130 HU). 70 HU
+        catches a homogeneous late-arterial spleen of 75 HU and keeps > 10 HU above the
+        unenhanced range (the shared real CT: 34 HU; phantoms 40-55 HU).
     allow_contrast : bool
         Grade contrast-enhanced scans anyway (flag kept).
     cut_liver_min_ml, cut_spleen_min_ml : float
@@ -135,7 +137,7 @@ class AssessConfig:
     mad_k: float = 3.5
     n_bootstrap: int = 2000
     min_organ_ml: float = 5.0
-    contrast_spleen_hu: float = 80.0
+    contrast_spleen_hu: float = 70.0
     allow_contrast: bool = False
     cut_liver_min_ml: float = 500.0
     cut_spleen_min_ml: float = 50.0

@@ -84,8 +84,9 @@ PORTAL_VENOUS_HARD = {
     "kidney_left": 150.0,
     "kidney_right": 150.0,
 }
-# A fatty liver in the portal-venous phase: only the vessels can tell (liver < 80, spleen < 80).
-PORTAL_VENOUS_FATTY = {**PORTAL_VENOUS_HARD, "liver": 55.0, "spleen": 75.0}
+# A fatty liver in the portal-venous phase with a weakly enhanced spleen: only the
+# vessels can tell (liver < 80, spleen < 70 HU).
+PORTAL_VENOUS_FATTY = {**PORTAL_VENOUS_HARD, "liver": 55.0, "spleen": 65.0}
 ARTERIAL = {
     "liver": 62.0,
     "spleen": 75.0,
