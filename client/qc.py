@@ -101,15 +101,25 @@ def caption_lines(row: dict | None, title: str = "") -> list[tuple[str, tuple]]:
     if isinstance(flags, (list, tuple)):
         flags = ";".join(flags)
     if flags:
-        lines.append((f"flags: {flags.replace(';', ', ')}"[:140], (255, 200, 80)))
+        lines += _wrapped(f"flags: {flags.replace(';', ', ')}", (255, 200, 80))
     notes = row.get("notes") or ""
     if isinstance(notes, (list, tuple)):
         notes = ";".join(notes)
     if notes:
-        lines.append((f"notes: {str(notes).replace(';', ', ')}"[:140], (200, 200, 200)))
+        lines += _wrapped(f"notes: {str(notes).replace(';', ', ')}", (200, 200, 200))
     if row.get("status") == "error" and row.get("error"):
-        lines.append((f"error: {row['error']}"[:140], (255, 120, 120)))
+        lines += _wrapped(f"error: {row['error']}", (255, 120, 120))
     return lines
+
+
+def _wrapped(text: str, colour: tuple, width: int = 110, max_lines: int = 4) -> list:
+    """Caption text wrapped (not cut) to the picture; the full text is in the row."""
+    import textwrap
+
+    parts = textwrap.wrap(text, width, subsequent_indent="  ", break_long_words=True)
+    if len(parts) > max_lines:
+        parts = parts[: max_lines - 1] + [parts[max_lines - 1][: width - 5] + " ..."]
+    return [(p, colour) for p in parts]
 
 
 def _cube_boxes(assessment, axes, flips, shape) -> list[tuple[np.ndarray, np.ndarray, bool]]:
