@@ -259,23 +259,29 @@ def process_group_cpu_s(pgid: int) -> float | None:
 
 
 def measure_level(
-    endpoints, batches, concurrency, n_requests, max_seconds, server_pgid=None
+    endpoints, batches, concurrency, n_requests, max_seconds, server_pgid=None, expected_before=None
 ) -> dict:
     """:func:`run_level` plus the server's statistics and CPU seconds per volume.
 
     CPU seconds per volume (this client process; the server's process group when
     ``server_pgid`` is given) barely change when other processes compete for the cores,
     unlike volumes/s: on a shared machine they are the steadier measure of cost.
+
+    Triton counts a request in its statistics only after the response has gone out, so
+    the counts are read once they have caught up: with ``expected_before`` (inferences
+    the server must have counted before this level: earlier requests of this run), until
+    they reach it; without, until two reads 0.2 s apart agree. Either wait is capped at
+    5 s. Requests from other clients of the same server are counted too.
     """
     import time as _time
 
-    before = _statistics(endpoints[0])
+    before = _settled_statistics(endpoints[0], expected_before)
     cpu0 = _time.process_time()
     srv0 = process_group_cpu_s(server_pgid) if server_pgid else None
     lvl = run_level(endpoints, batches, concurrency, n_requests, max_seconds)
     cpu1 = _time.process_time()
     srv1 = process_group_cpu_s(server_pgid) if server_pgid else None
-    after = _statistics(endpoints[0])
+    after = _settled_statistics(endpoints[0], before["inference_count"] + lvl["volumes"])
     n_inf = after["inference_count"] - before["inference_count"]
     n_exec = after["execution_count"] - before["execution_count"]
     lvl["server_inference_count"] = n_inf
@@ -286,6 +292,21 @@ def measure_level(
     if srv0 is not None and srv1 is not None:
         lvl["server_cpu_s_per_volume"] = round((srv1 - srv0) / vols, 4)
     return lvl
+
+
+def _settled_statistics(endpoint, expected=None, timeout_s: float = 5.0) -> dict:
+    """Statistics once ``inference_count >= expected`` (or stable for 0.2 s when None)."""
+    deadline = time.monotonic() + timeout_s
+    last = _statistics(endpoint)
+    while time.monotonic() < deadline:
+        if expected is not None and last["inference_count"] >= expected:
+            return last
+        time.sleep(0.2 if expected is None else 0.05)
+        now = _statistics(endpoint)
+        if expected is None and now == last:
+            return now
+        last = now
+    return last
 
 
 def _statistics(endpoint: _Endpoint) -> dict:
@@ -391,15 +412,24 @@ def _drive(cfg: LoadConfig, url: str) -> dict:
     endpoints = [_Endpoint(cfg, url) for _ in range(n_workers)]
     try:
         server_meta = endpoints[0].client.get_server_metadata(as_json=True)
+        expected = _settled_statistics(endpoints[0])["inference_count"]
         wire = wire_bytes(endpoints[0], batches[0])
         for i in range(cfg.warmup):
             endpoints[0].infer(*endpoints[0].request(batches[i % len(batches)]))
-        levels = [
-            measure_level(
-                endpoints, batches, c, cfg.requests, cfg.max_seconds_per_level, cfg.server_pgid
+        expected += cfg.batch * (1 + cfg.warmup)
+        levels = []
+        for c in cfg.concurrency:
+            lvl = measure_level(
+                endpoints,
+                batches,
+                c,
+                cfg.requests,
+                cfg.max_seconds_per_level,
+                cfg.server_pgid,
+                expected_before=expected,
             )
-            for c in cfg.concurrency
-        ]
+            expected += lvl["volumes"]
+            levels.append(lvl)
     finally:
         for ep in endpoints:
             ep.close()
