@@ -138,7 +138,14 @@ def init_ray(address: str, *, num_cpus: int | None = None) -> bool:
         try:
             ray.init(address=address, log_to_driver=False, logging_level="WARNING")
         except (ConnectionError, RuntimeError) as exc:
-            raise ConfigError(f"--ray {address}: no Ray cluster there ({exc})") from exc
+            hint = ""
+            if "RAY_AUTH_MODE" not in os.environ:
+                hint = (
+                    "; a cluster started with token authentication (the default of `ray start` "
+                    "since Ray 2.59) needs RAY_AUTH_MODE=token and its token "
+                    "(~/.ray/auth_token or RAY_AUTH_TOKEN) here too"
+                )
+            raise ConfigError(f"--ray {address}: no Ray cluster there ({exc}){hint}") from exc
         return False
     finally:
         if main and previous is not None:

@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -164,3 +165,45 @@ def test_sigterm_ends_a_ray_run_cleanly(setup, tmp_path):
     for w in workers:  # the actors went with the run
         with pytest.raises(ProcessLookupError):
             os.kill(w["pid"], 0)
+
+
+def test_ray_auto_joins_a_running_cluster(setup, tmp_path):
+    """``ray start --head`` (this test's own process, stopped by its pid), then ``--ray auto``
+    from a separate driver process (Ray reads RAY_AUTH_MODE when it is imported)."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    base, scans, _, _, _ = setup
+    ray_cli = shutil.which("ray", path=str(Path(sys.executable).parent))
+    assert ray_cli, "the ray command is not installed beside this Python"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_ADDRESS": f"127.0.0.1:{port}"}  # fmt: skip
+    head = subprocess.Popen(
+        [ray_cli, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+         "--include-dashboard=false", "--disable-usage-stats"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
+    )  # fmt: skip
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "client.batch", str(scans), "-o", str(out), "--quiet",
+           "--ray", "auto", "--masks", str(base / "masks")]  # fmt: skip
+    try:
+        t_end, proc = time.monotonic() + 90, None
+        while time.monotonic() < t_end:  # the head takes a while to accept drivers
+            extra = ["--overwrite"] if out.exists() else []
+            proc = subprocess.run(cmd + extra, env=env, capture_output=True, text=True, timeout=180)
+            if proc.returncode != 2:
+                break
+            time.sleep(2)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        run = json.loads((out / "run.json").read_text())
+        assert run["ray"]["started_local"] is False and run["ray"]["workers"] == 2
+        assert run["n_processed"] == N
+        assert head.poll() is None  # joining did not take the cluster down
+    finally:
+        head.terminate()  # `ray start --block` stops its cluster on SIGTERM
+        head.wait(timeout=60)
