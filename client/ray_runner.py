@@ -128,6 +128,7 @@ def init_ray(address: str, *, num_cpus: int | None = None) -> bool:
     try:
         if address == "local":
             ray.init(
+                address="local",  # a new instance even where `ray start` left a cluster file
                 num_cpus=num_cpus or os.cpu_count() or 1,
                 include_dashboard=False,
                 object_store_memory=200 * 1024**2,
