@@ -28,6 +28,7 @@ Cases
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -208,8 +209,12 @@ def real_ct_cases(
     return out
 
 
+@functools.lru_cache(maxsize=32)
 def heldout_phantom(i):
-    """Held-out phantom ``i`` (seed 2,000,000 + i): random size, spacing, orientation, grade."""
+    """Held-out phantom ``i`` (seed 2,000,000 + i): random size, spacing, orientation, grade.
+
+    Cached: several models evaluated in one run see the same phantoms, built once.
+    """
     from .phantoms import make_phantom
 
     seed = 2_000_000 + i
