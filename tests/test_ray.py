@@ -223,3 +223,35 @@ def test_ray_auto_joins_a_running_cluster(setup, tmp_path):
         marker = Path("/tmp/ray/ray_current_cluster")  # left behind, names our dead head
         if marker.is_file() and marker.read_text().strip().endswith(f":{port}"):
             marker.unlink()
+
+
+def test_a_scan_that_kills_its_worker_every_time_gets_one_error_row_after_two_resends(setup):
+    """The library path (client.ray_runner.RayScreen, one Ray session in this process)."""
+    from client.discover import ScanSource
+    from client.pipeline import ScreenConfig
+    from client.ray_runner import RayScreen, init_ray
+
+    base, scans, *_ = setup
+
+    class Poison(ScanSource):  # reading it kills the worker process (pickled by value)
+        def read(self, **kw):
+            os._exit(3)
+
+    files = sorted(scans.iterdir())[:3]
+    sources = [ScanSource(f.name.split(".")[0], f, "image") for f in files[:2]]
+    sources.insert(1, Poison("poison", files[2], "image"))
+    spec = {"kind": "masks", "folder": str(base / "masks"), "label_map": "default"}
+    got = []
+    started = init_ray("local")
+    try:
+        with RayScreen(spec, ScreenConfig(out_dir=None), workers=2) as screen:
+            screen.run(sources, got.append)
+            retried = screen.retried
+    finally:
+        if started:
+            ray.shutdown()
+    assert sorted(r["case_id"] for r in got) == sorted(s.case_id for s in sources)
+    (bad,) = [r for r in got if r["case_id"] == "poison"]
+    assert bad["status"] == "error" and "died 3 times" in bad["error"]
+    assert [r["try"] for r in retried if r["case_id"] == "poison"] == [1, 2, 3]
+    assert all(r["status"] != "error" for r in got if r["case_id"] != "poison")
