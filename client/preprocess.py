@@ -229,12 +229,44 @@ def to_scan_grid(labels, record: PreprocessRecord):
         raise PreprocessError(
             f"expected a label map of model shape {record.model_shape}, got {tuple(labels.shape)}"
         )
-    canon = resize_nearest(labels, record.canonical_shape)
+    out = xp.zeros(record.scan_shape, dtype=labels.dtype)
+    # ``out`` seen in the canonical orientation (a view: writes land on the scan grid).
+    canon = xp.transpose(out, record.axes)
     flip_axes = tuple(a for a in range(3) if record.flips[a])
     if flip_axes:
         canon = xp.flip(canon, flip_axes)
-    inverse = tuple(int(i) for i in np.argsort(record.axes))
-    return xp.ascontiguousarray(xp.transpose(canon, inverse))
+    # Only the labelled box is resampled; everything else is background (0). The
+    # nearest-neighbour source index is non-decreasing along each axis, so the output
+    # voxels whose source lies in the box form one contiguous range per axis.
+    box = _nonzero_box(labels)
+    if box is None:
+        return out
+    idx, sel = [], []
+    for (lo, hi), n_in, n_out in zip(box, labels.shape, record.canonical_shape):
+        src = np.rint(_align_corner_coords(n_in, int(n_out))).astype(np.int64)
+        a, b = int(np.searchsorted(src, lo, "left")), int(np.searchsorted(src, hi, "left"))
+        idx.append(xp.asarray(src[a:b]))
+        sel.append(slice(a, b))
+    canon[tuple(sel)] = labels[xp.ix_(*idx)]
+    return out
+
+
+def _nonzero_box(labels):
+    """``[(lo, hi)] * 3`` half-open index ranges of the nonzero voxels; None when all zero."""
+    xp = _xp(labels)
+    nz = labels != 0
+    box = []
+    for ax in range(3):
+        other = tuple(a for a in range(3) if a != ax)
+        hit = np.flatnonzero(_to_numpy(xp.any(nz, axis=other)))
+        if hit.size == 0:
+            return None
+        box.append((int(hit[0]), int(hit[-1]) + 1))
+    return box
+
+
+def _to_numpy(a):
+    return a.get() if hasattr(a, "get") else np.asarray(a)
 
 
 def normalise_network_input(tensor):

@@ -262,10 +262,20 @@ def qc_png(
     nz, ny, nx = labels.shape
     boxes = _cube_boxes(assessment, axes, flips, labels.shape)
 
-    # Slices: per-organ voxel counts along z and y (one pass per organ).
+    # Slices: per-organ voxel counts along z and y, counted inside the box of all
+    # labels (one pass over the volume for the box; zero outside it).
+    from postprocess.components import bounding_box
+
+    lbox = bounding_box(labels)
+    inbox = labels[lbox] if lbox is not None else None
+
     def counts(lab):
-        m = labels == lab
-        return m.sum(axis=(1, 2)), m.sum(axis=(0, 2))
+        cz, cy = np.zeros(nz, np.int64), np.zeros(ny, np.int64)
+        if inbox is not None:
+            m = inbox == lab
+            cz[lbox[0]] = np.count_nonzero(m, axis=(1, 2))
+            cy[lbox[1]] = np.count_nonzero(m, axis=(0, 2))
+        return cz, cy
 
     lz, ly = counts(LABEL_LIVER)
     spz, spy = counts(LABEL_SPLEEN)

@@ -24,15 +24,14 @@ from client.contract import GRADE_THRESHOLDS, GradeThresholds
 from client.errors import MeasurementError
 
 from ._xp import get_xp, to_numpy
-from .components import largest_component_and_box, organ_volume_ml
+from .components import bounding_box, largest_component_and_box, organ_volume_ml
 from .config import AssessConfig
 from .contrast import contrast_evidence
 from .cubes import (
     cube_margin_voxels,
     cube_size_voxels,
     cube_stats,
-    sample_cubes,
-    valid_cube_positions,
+    sample_valid_cubes,
 )
 from .flags import BLOCKING
 from .gate import check_segmentation, coarse_strides
@@ -188,11 +187,14 @@ def _reject(means, sds, cfg: AssessConfig):
     return keep
 
 
-def _measure_organ(hu, mask, spacing, name: str, cfg: AssessConfig, rng):
-    """:func:`measure_organ` plus the largest piece and its box (for the gate)."""
+def _measure_organ(hu, mask, spacing, name: str, cfg: AssessConfig, rng, within=None):
+    """:func:`measure_organ` plus the largest piece and its box (for the gate).
+
+    ``within``: slices known to contain the whole mask (searched instead of the volume).
+    """
     flags: list[str] = []
     m = OrganMeasurement(name=name)
-    comp, box = largest_component_and_box(mask)
+    comp, box = largest_component_and_box(mask, within)
     m.volume_ml = organ_volume_ml(comp[box], spacing) if box is not None else 0.0
     if m.volume_ml < cfg.min_organ_ml:
         flags.append(f"{name}_missing")
@@ -204,14 +206,15 @@ def _measure_organ(hu, mask, spacing, name: str, cfg: AssessConfig, rng):
         flags.append(f"{name}_cut_by_edge")
     margin = cube_margin_voxels(cfg.cube_margin_mm, spacing)
     cube_mm = cfg.cube_mm
-    positions = None
     while True:
         size = cube_size_voxels(cube_mm, spacing)
-        positions = valid_cube_positions(comp, size, box, margin=margin)
-        if positions.shape[0] > 0 or cube_mm <= cfg.min_cube_mm + 1e-9:
+        # Counts the valid corners and draws cfg.n_cubes of them (rng used only when
+        # there are more than that, i.e. never for a size that has none).
+        n_valid, corners = sample_valid_cubes(comp, size, cfg.n_cubes, rng, box, margin=margin)
+        if n_valid > 0 or cube_mm <= cfg.min_cube_mm + 1e-9:
             break
         cube_mm = max(cfg.min_cube_mm, cube_mm * cfg.cube_mm_step)
-    if positions.shape[0] == 0:
+    if n_valid == 0:
         flags.append(f"{name}_too_small")
         return m, flags, comp, box
     if cube_mm < cfg.cube_mm:
@@ -219,8 +222,7 @@ def _measure_organ(hu, mask, spacing, name: str, cfg: AssessConfig, rng):
     m.cube_mm = cube_mm
     m.cube_voxels = size
     m.margin_voxels = margin
-    m.n_valid_positions = int(positions.shape[0])
-    corners = sample_cubes(positions, cfg.n_cubes, rng)
+    m.n_valid_positions = int(n_valid)
     means, sds = cube_stats(hu, corners, size)
     keep = _reject(means, sds, cfg)
     m.n_sampled = int(means.size)
@@ -327,10 +329,21 @@ def assess(
     sp = _validate(hu, labels, spacing)
     direction = _validate_direction(direction)
     rng = np.random.default_rng(cfg.seed)
-    liver_all = labels == cfg.liver_label
-    spleen_all = labels == cfg.spleen_label
-    liver, f_l, liver_comp, _ = _measure_organ(hu, liver_all, sp, "liver", cfg, rng)
-    spleen, f_s, spleen_comp, _ = _measure_organ(hu, spleen_all, sp, "spleen", cfg, rng)
+    # One pass over the label map for the box of every label; the organ masks are then
+    # compared inside that box only (zeros outside: np.zeros pages stay untouched).
+    xp, _ = get_xp(hu)
+    if cfg.liver_label != 0 and cfg.spleen_label != 0:
+        lbox = bounding_box(labels)  # None: no label at all
+    else:  # a label value 0 (background) is everywhere: the whole volume
+        lbox = tuple(slice(0, n) for n in labels.shape)
+    liver_all = xp.zeros(labels.shape, dtype=bool)
+    spleen_all = xp.zeros(labels.shape, dtype=bool)
+    if lbox is not None:
+        sub = labels[lbox]
+        liver_all[lbox] = sub == cfg.liver_label
+        spleen_all[lbox] = sub == cfg.spleen_label
+    liver, f_l, liver_comp, _ = _measure_organ(hu, liver_all, sp, "liver", cfg, rng, lbox)
+    spleen, f_s, spleen_comp, _ = _measure_organ(hu, spleen_all, sp, "spleen", cfg, rng, lbox)
     flags = f_l + f_s
     notes: list[str] = []
     lm, sm = liver.kept_means, spleen.kept_means

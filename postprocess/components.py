@@ -34,12 +34,24 @@ def largest_connected_component(mask):
     return largest_component_and_box(mask)[0]
 
 
-def largest_component_and_box(mask):
-    """``(largest 26-connected component, its bounding box or None)`` in one pass."""
+def _offset_box(outer, inner):
+    return tuple(slice(o.start + i.start, o.start + i.stop) for o, i in zip(outer, inner))
+
+
+def largest_component_and_box(mask, within=None):
+    """``(largest 26-connected component, its bounding box or None)`` in one pass.
+
+    ``within`` (a tuple of slices known to contain every True voxel of ``mask``, e.g.
+    the bounding box of all labels) limits the search for the mask's box to it.
+    """
     xp, ndi = get_xp(mask)
     mask = mask.astype(bool, copy=False)
     out = xp.zeros(mask.shape, dtype=bool)
-    box = bounding_box(mask)
+    if within is None:
+        box = bounding_box(mask)
+    else:
+        inner = bounding_box(mask[within])
+        box = None if inner is None else _offset_box(within, inner)
     if box is None:
         return out, None
     sub = mask[box]
@@ -52,8 +64,7 @@ def largest_component_and_box(mask):
     counts[0] = 0
     piece = lab == int(xp.argmax(counts))
     out[box] = piece
-    inner = bounding_box(piece)
-    return out, tuple(slice(b.start + i.start, b.start + i.stop) for b, i in zip(box, inner))
+    return out, _offset_box(box, bounding_box(piece))
 
 
 def keep_largest(labels, label_values):

@@ -33,24 +33,21 @@ def cube_margin_voxels(margin_mm: float, spacing) -> tuple[int, int, int]:
     return tuple(max(1, int(math.ceil(float(margin_mm) / float(s) - 1e-9))) for s in spacing)
 
 
-def valid_cube_positions(mask, size, box=None, margin=(0, 0, 0)):
-    """Corner indices ``[n, 3]`` (z, y, x) of every cube of ``size`` lying fully in ``mask``.
+def _valid_corner_map(mask, size, box, margin):
+    """Boolean map of valid cube corners over ``box`` and the index offset of its voxel 0.
 
-    A corner ``c`` is valid when ``mask[c0-m0:c0+s0+m0, c1-m1:c1+s1+m1, c2-m2:c2+s2+m2]``
-    is all True (``m`` = ``margin`` voxels kept from the surface on each side; the
-    default 0 asks only that the cube itself is inside). ``box`` (the mask's bounding
-    box, :func:`bounding_box`) skips recomputing it.
+    ``(None, None)`` when no cube fits in the box at all.
     """
     xp, ndi = get_xp(mask)
     from .components import bounding_box
 
     box = bounding_box(mask) if box is None else box
     if box is None:
-        return xp.zeros((0, 3), dtype=xp.int64)
+        return None, None
     margin = tuple(int(m) for m in margin)
     size = tuple(int(s) + 2 * m for s, m in zip(size, margin))
     if any(b.stop - b.start < s for b, s in zip(box, size)):
-        return xp.zeros((0, 3), dtype=xp.int64)
+        return None, None
     sub = mask[box].astype(xp.uint8)
     # Minimum over the window [i, i + s) along each axis: origin shifts the window so that
     # the output at i covers i..i+s-1 (scipy centres windows at s // 2).
@@ -60,9 +57,23 @@ def valid_cube_positions(mask, size, box=None, margin=(0, 0, 0)):
     # Corners whose cube would leave the box are invalid (the constant 0 border handles it
     # at the far side only when the window reaches outside; trim explicitly).
     sl = tuple(slice(0, sub.shape[a] - size[a] + 1) for a in range(3))
-    corners = xp.argwhere(sub[sl] > 0)
-    offset = xp.asarray([b.start + m for b, m in zip(box, margin)], dtype=corners.dtype)
-    return corners + offset
+    return sub[sl] > 0, tuple(b.start + m for b, m in zip(box, margin))
+
+
+def valid_cube_positions(mask, size, box=None, margin=(0, 0, 0)):
+    """Corner indices ``[n, 3]`` (z, y, x) of every cube of ``size`` lying fully in ``mask``.
+
+    A corner ``c`` is valid when ``mask[c0-m0:c0+s0+m0, c1-m1:c1+s1+m1, c2-m2:c2+s2+m2]``
+    is all True (``m`` = ``margin`` voxels kept from the surface on each side; the
+    default 0 asks only that the cube itself is inside). ``box`` (the mask's bounding
+    box, :func:`bounding_box`) skips recomputing it.
+    """
+    xp, _ = get_xp(mask)
+    valid, offset = _valid_corner_map(mask, size, box, margin)
+    if valid is None:
+        return xp.zeros((0, 3), dtype=xp.int64)
+    corners = xp.argwhere(valid)
+    return corners + xp.asarray(offset, dtype=corners.dtype)
 
 
 def sample_cubes(positions, n: int, rng: np.random.Generator):
@@ -73,6 +84,31 @@ def sample_cubes(positions, n: int, rng: np.random.Generator):
         return positions
     idx = np.sort(rng.choice(m, size=n, replace=False))
     return positions[xp.asarray(idx)]
+
+
+def sample_valid_cubes(mask, size, n: int, rng: np.random.Generator, box=None, margin=(0, 0, 0)):
+    """``(number of valid corners, sampled corners [k, 3])`` without listing every corner.
+
+    Same result, and the same draws from ``rng``, as ``p = valid_cube_positions(mask,
+    size, box, margin)`` followed by ``(len(p), sample_cubes(p, n, rng))``: the valid
+    corners are counted and only the ``n`` drawn ones (raster order, as ``argwhere``
+    lists them) are turned into indices. A large liver has millions of valid corners;
+    listing them all as ``[m, 3]`` int64 cost more than the rest of the measurement.
+    """
+    xp, _ = get_xp(mask)
+    valid, offset = _valid_corner_map(mask, size, box, margin)
+    if valid is None:
+        return 0, xp.zeros((0, 3), dtype=xp.int64)
+    m = int(xp.count_nonzero(valid))
+    if m <= n:
+        corners = xp.argwhere(valid)
+    else:
+        flat = xp.flatnonzero(valid)
+        idx = np.sort(rng.choice(m, size=n, replace=False))
+        flat = flat[xp.asarray(idx)]
+        corners = xp.stack(xp.unravel_index(flat, valid.shape), axis=1)
+    corners = corners.astype(xp.int64, copy=False)
+    return m, corners + xp.asarray(offset, dtype=xp.int64)
 
 
 def cube_stats(hu, corners, size):
