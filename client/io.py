@@ -516,7 +516,7 @@ def write_label_map(labels: np.ndarray, like: ScanVolume, path: str | Path) -> P
     labels = np.asarray(labels)
     if labels.shape != like.shape:
         raise ValueError(f"{path}: labels {labels.shape} do not match the scan {like.shape}")
-    img = like.to_sitk(labels.astype(np.uint8))
+    img = like.to_sitk(labels.astype(np.uint8, copy=False))  # to_sitk copies anyway
     with atomic_path(path, suffix) as tmp:
         sitk.WriteImage(img, tmp, useCompression=True)
     return path
