@@ -420,6 +420,7 @@ def assess(
             noise_sd=(_median_sd(liver), _median_sd(spleen)),
             hu_coarse=hu_c,
             touches_edge=(liver.touches_edge, spleen.touches_edge),
+            within=lbox,
         )
         flags += g.flags
         notes += g.notes

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._xp import get_xp, to_numpy
+from .components import bounding_box
 from .config import GateConfig
 
 
@@ -174,7 +175,11 @@ def organ_evidence(
         return ev
     ev.present = True
     ev.largest_fraction = n / max(int(n_all_c), n)
-    idx = xp.argwhere(comp_c)
+    # Listing the voxels inside the organ's box only: same voxels in the same (raster)
+    # order as argwhere over the whole grid, without a pass over the rest of it.
+    obox = bounding_box(comp_c)
+    inside = comp_c[obox]
+    idx = xp.argwhere(inside) + xp.asarray([b.start for b in obox], dtype=xp.int64)
     shape = comp_c.shape
     lo = idx.min(axis=0)
     hi = idx.max(axis=0)
@@ -187,7 +192,7 @@ def organ_evidence(
         ev.centroid_lps = tuple(float(v) for v in c)
         ev.si_range = (float(phys[:, 2].min()), float(phys[:, 2].max()))
         ev.x_range = (float(phys[:, 0].min()), float(phys[:, 0].max()))
-    vals = hu_c[comp_c].astype(xp.float32)
+    vals = hu_c[obox][inside].astype(xp.float32)
     med = float(xp.median(vals))
     ev.hu_median = med
     # Band: wide enough for the organ's own noise and texture (median SD of its
@@ -263,6 +268,20 @@ def _trunk_midline_x(hu_c, stride, spacing, direction, cfg: GateConfig, centre_i
     return x, half
 
 
+def _strided(box, stride) -> tuple:
+    """Full-resolution slices picking the coarse-grid voxels (multiples of ``stride``) in ``box``."""
+    return tuple(slice(-(-b.start // st) * st, b.stop, st) for b, st in zip(box, stride))
+
+
+def _coarse_copy(mask, box, stride, coarse_shape):
+    """``ascontiguousarray(mask[::s0, ::s1, ::s2])`` for a mask that is False outside ``box``."""
+    xp, _ = get_xp(mask)
+    out = xp.zeros(coarse_shape, dtype=mask.dtype)
+    dst = tuple(slice(-(-b.start // st), -(-b.stop // st)) for b, st in zip(box, stride))
+    out[dst] = mask[_strided(box, stride)]
+    return out
+
+
 def check_segmentation(
     hu,
     liver_comp,
@@ -277,6 +296,7 @@ def check_segmentation(
     noise_sd: tuple = (float("nan"), float("nan")),
     hu_coarse=None,
     touches_edge: tuple = (False, False),
+    within=None,
 ) -> GateResult:
     """Plausibility of the liver and spleen masks; flags and notes when doubtful.
 
@@ -303,6 +323,9 @@ def check_segmentation(
     touches_edge : (bool, bool)
         Whether the liver's and the spleen's largest piece touch the scan's border at
         full resolution (the coarse grid can miss the last slice).
+    within : tuple of slices, optional
+        A box (full resolution) holding every True voxel of the four masks, e.g. the
+        bounding box of all labels: the masks are then read inside it only.
 
     Returns
     -------
@@ -321,11 +344,16 @@ def check_segmentation(
         ("spleen", spleen_comp, spleen_all, spleen_volume_ml, noise_sd[1], touches_edge[1]),
     ):
         xp, _ = get_xp(comp)
-        n_all_c = int(xp.count_nonzero(allm[sl]))
+        if within is None:
+            n_all_c = int(xp.count_nonzero(allm[sl]))
+            comp_c = xp.ascontiguousarray(comp[sl])
+        else:
+            n_all_c = int(xp.count_nonzero(allm[_strided(within, stride)]))
+            comp_c = _coarse_copy(comp, within, stride, hu_c.shape)
         ev[name] = organ_evidence(
             name,
             hu_c,
-            xp.ascontiguousarray(comp[sl]),
+            comp_c,
             n_all_c,
             stride,
             spacing,
