@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError, InferenceError
+from .triton import bounded_submit
 
 # Failures that say something about the endpoint, not about the request.
 ENDPOINT_FAULTS = (
@@ -352,14 +353,7 @@ class EndpointPool:
         """Queue one volume uint8 ``[1, z, y, x]``; the Future resolves to uint8 ``[z, y, x]``."""
         if self._pool is None:
             raise InferenceError("endpoint pool not started (call start() or use a with block)")
-        self._slots.acquire()
-        try:
-            fut = self._pool.submit(lambda: self.infer(tensor[None])[0])
-        except BaseException:
-            self._slots.release()
-            raise
-        fut.add_done_callback(lambda _f: self._slots.release())
-        return fut
+        return bounded_submit(self._pool, self._slots, lambda: self.infer(tensor[None])[0])
 
     # -- probing ------------------------------------------------------------------
     def _probe_loop(self) -> None:

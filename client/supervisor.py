@@ -301,14 +301,9 @@ class SupervisedSegmenter:
         """
         if self._pool is None:
             raise InferenceError("segmenter not started (call start() or use it in a with block)")
-        self._slots.acquire()
-        try:
-            fut = self._pool.submit(lambda: self.infer(tensor[None])[0])
-        except BaseException:
-            self._slots.release()
-            raise
-        fut.add_done_callback(lambda _f: self._slots.release())
-        return fut
+        from .triton import bounded_submit
+
+        return bounded_submit(self._pool, self._slots, lambda: self.infer(tensor[None])[0])
 
     def segment(self, tensor: np.ndarray) -> np.ndarray:
         """``submit(tensor).result()``: one volume ``[1, z, y, x]`` -> ``[z, y, x]``."""

@@ -24,6 +24,22 @@ MAX_MESSAGE_BYTES = 2**31 - 1
 _TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED")
 
 
+def bounded_submit(pool, slots, fn) -> Future:
+    """Run ``fn`` on ``pool`` holding one of ``slots`` (a semaphore) until it finishes.
+
+    Blocks while every slot is taken: the back-pressure that keeps at most
+    ``max_in_flight`` requests (and their volumes) outstanding.
+    """
+    slots.acquire()
+    try:
+        fut = pool.submit(fn)
+    except BaseException:
+        slots.release()
+        raise
+    fut.add_done_callback(lambda _f: slots.release())
+    return fut
+
+
 def _grpc():
     import tritonclient.grpc as grpcclient
 
@@ -204,14 +220,7 @@ class SegmentationClient:
 
         Blocks while ``max_in_flight`` requests are outstanding (back-pressure).
         """
-        self._slots.acquire()
-        try:
-            fut = self._pool.submit(lambda: self.infer(tensor[None])[0])
-        except BaseException:
-            self._slots.release()
-            raise
-        fut.add_done_callback(lambda _f: self._slots.release())
-        return fut
+        return bounded_submit(self._pool, self._slots, lambda: self.infer(tensor[None])[0])
 
     def is_live(self, timeout_s: float = 2.0) -> bool:
         """True when the server answers a liveness check within ``timeout_s``."""
