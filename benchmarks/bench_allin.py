@@ -53,7 +53,7 @@ def make_scans(folder: Path, n: int, shape=SHAPE) -> dict:
 
     folder.mkdir(parents=True, exist_ok=True)
     truth_path = folder / "truth.json"
-    truth = json.loads(truth_path.read_text()) if truth_path.is_file() else {}
+    truth = json.loads(truth_path.read_text(encoding="utf-8")) if truth_path.is_file() else {}
     for i in range(n):
         case = f"p{i:03d}"
         path = folder / f"{case}.nii.gz"
@@ -95,7 +95,7 @@ def run_batch(tree: Path, scans: Path, out: Path, concurrency: int, repo: Path) 
     cmd = [sys.executable, "-m", "client.batch", str(scans), "-o", str(out), "--quiet"]
     cmd += ["--concurrency", str(concurrency), "--model-repository", str(repo)]
     rc, wall, cpu, rss = _run_cpu(cmd, cwd=tree, env=env)
-    run = json.loads((out / "run.json").read_text())
+    run = json.loads((out / "run.json").read_text(encoding="utf-8"))
     return {
         "exit_code": rc,
         "wall_s": wall,

@@ -131,7 +131,7 @@ def served_model_shape() -> tuple[int, int, int]:
     from client import contract
     from client._paths import model_repository
 
-    text = (model_repository() / contract.MODEL_NAME / "config.pbtxt").read_text()
+    text = (model_repository() / contract.MODEL_NAME / "config.pbtxt").read_text(encoding="utf-8")
     dims = re.search(r"dims:\s*\[([^\]]*)\]", text)
     if dims is None:
         raise RuntimeError("no input dims in the bundled model's config.pbtxt")
@@ -154,7 +154,7 @@ def main(argv=None) -> int:
     pool = args.work / "phantoms"
     pool.mkdir(parents=True, exist_ok=True)
     truth_path = pool / "truth.json"
-    truth = json.loads(truth_path.read_text()) if truth_path.is_file() else {}
+    truth = json.loads(truth_path.read_text(encoding="utf-8")) if truth_path.is_file() else {}
     t = time.perf_counter()
     grades = ("normal", "mild", "moderate", "severe")
     for i in range(args.distinct):
@@ -188,7 +188,7 @@ def main(argv=None) -> int:
             os.link(pool / f"p{i % args.distinct:03d}.nii.gz", scans / f"p{i:03d}.nii.gz")
         out = args.work / f"out_n{n}_c{conc}"
         r = run_batch(scans, out, conc)
-        run = json.loads((out / "run.json").read_text())
+        run = json.loads((out / "run.json").read_text(encoding="utf-8"))
         with open(out / "results.csv", newline="") as fh:
             rows = list(csv.DictReader(fh))
         correct = sum(

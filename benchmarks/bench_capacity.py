@@ -68,7 +68,7 @@ def _export(size: int, width: float, path: Path) -> int:
         "print(json.dumps(int(sum(int(np.prod(p.shape)) for p in net.parameters()))))\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=ROOT
+        [sys.executable, "-c", code], capture_output=True, encoding="utf-8", check=False, cwd=ROOT
     )
     if out.returncode != 0:
         raise RuntimeError(f"export of {size}^3 width {width} failed: {out.stderr[-2000:]}")

@@ -168,7 +168,7 @@ def _io_version() -> str:
             ["git", "log", "-1", "--format=%h", "--", "client/io.py"],
             cwd=ROOT,
             capture_output=True,
-            text=True,
+            encoding="utf-8",
             timeout=10,
         ).stdout.strip()
         dirty = subprocess.run(

@@ -55,7 +55,7 @@ def child(method: str, folder: Path, repeats: int) -> dict:
     sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(1)
     hu = np.load(folder / "hu.npy")
     labels = np.load(folder / "labels.npy")
-    meta = json.loads((folder / "meta.json").read_text())
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     spacing = tuple(meta["spacing"])
     direction = np.asarray(meta["direction"])
     if method == "ours_assess_200_cubes":
@@ -100,7 +100,7 @@ def code_version(path: str = "postprocess/") -> str:
             ["git", "log", "-1", "--format=%h", "--", path],
             cwd=ROOT,
             capture_output=True,
-            text=True,
+            encoding="utf-8",
             timeout=10,
         ).stdout.strip()
         dirty = subprocess.run(["git", "diff", "--quiet", "--", path], cwd=ROOT, timeout=10)
@@ -165,7 +165,7 @@ def main(argv=None) -> int:
                 out = subprocess.run(
                     [sys.executable, __file__, "--child", method, "--folder", str(folder),
                      "--repeats", str(reps)],
-                    capture_output=True, text=True, check=False, cwd=ROOT,
+                    capture_output=True, encoding="utf-8", check=False, cwd=ROOT,
                 )  # fmt: skip
                 if out.returncode != 0:
                     row[f"{method}_error"] = out.stderr.strip().splitlines()[-1][:300]

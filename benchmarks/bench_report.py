@@ -47,7 +47,7 @@ def _baseline_module():
     src = subprocess.run(
         ["git", "-C", str(ROOT), "show", f"{BASELINE_COMMIT}:client/report.py"],
         capture_output=True,
-        text=True,
+        encoding="utf-8",
         check=True,
     ).stdout
     tmp = Path(tempfile.mkdtemp()) / "report_before.py"
@@ -272,7 +272,7 @@ def main(argv=None) -> int:
         (shutil.which(b) for b in ("chromium", "chromium-browser") if shutil.which(b)), None
     )
     version = (
-        subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.strip()
+        subprocess.run([binary, "--version"], capture_output=True, encoding="utf-8").stdout.strip()
         if binary
         else None
     )

@@ -49,7 +49,7 @@ def group_cpu_s(pgid: int) -> float:
         if not d.name.isdigit():
             continue
         try:
-            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            fields = (d / "stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()
         except OSError:
             continue
         if int(fields[2]) == pgid:  # field 5 (pgrp), after state and ppid

@@ -53,7 +53,7 @@ def repository_without_batching(src: Path, dest: Path) -> Path:
     """Copy a model repository with every ``dynamic_batching { ... }`` block removed."""
     shutil.copytree(src, dest, symlinks=True)
     for cfg in dest.glob("*/config.pbtxt"):
-        text = cfg.read_text()
+        text = cfg.read_text(encoding="utf-8")
         out, i = [], 0
         for m in re.finditer(r"dynamic_batching\s*\{", text):
             if m.start() < i:

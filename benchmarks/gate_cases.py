@@ -112,7 +112,10 @@ def load_real():
     hu = sitk.GetArrayFromImage(img)
     lab = sitk.GetArrayFromImage(sitk.ReadImage(str(REAL / "labels.nii.gz"))).astype(np.uint8)
     lab_all = sitk.GetArrayFromImage(sitk.ReadImage(str(REAL / "labels_all.nii.gz")))
-    names = {v: int(k) for k, v in json.loads((REAL / "labels_all_names.json").read_text()).items()}
+    names = {
+        v: int(k)
+        for k, v in json.loads((REAL / "labels_all_names.json").read_text(encoding="utf-8")).items()
+    }
     spacing = tuple(float(s) for s in img.GetSpacing()[::-1])
     direction = np.asarray(img.GetDirection()).reshape(3, 3)
     return hu, lab, lab_all, names, spacing, direction

@@ -634,7 +634,7 @@ def build(results_dir: Path, out_md: Path, plots: Path) -> str:
     results = {}
     for p in sorted(Path(results_dir).glob("*.json")):
         try:
-            results[p.name] = json.loads(p.read_text())
+            results[p.name] = json.loads(p.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise ValueError(f"{p}: not valid JSON ({exc})") from exc
     if "postprocess_scaling.json" in results:

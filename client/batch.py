@@ -138,10 +138,15 @@ def run(args) -> int:
     context = results.RunContext()
     store = results.ResultStore(out, context) if out.is_dir() else None
     found = discover(args.inputs, pins=store.pins() if store else None, exclude=[out])
+    n_archive = len(found.sources)
     apply_to_discovery(found, args.shard)  # --shard K/N
     for m in found.missing:
         print(f"warning: {m}: no such file or folder", file=sys.stderr)
-    if not found.sources:
+    if args.shard and n_archive and not found.sources:
+        # A job array's empty shard is not an error: it leaves an empty OUT that merges.
+        print(f"shard {args.shard}: none of the {n_archive} scans falls in this shard",
+              file=sys.stderr)  # fmt: skip
+    elif not found.sources:
         print("nothing to do: no scans found in " + ", ".join(args.inputs), file=sys.stderr)
         return 2
     store = store or results.ResultStore(out, context)

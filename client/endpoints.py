@@ -62,7 +62,7 @@ def read_url_file(path: Path | str) -> list[str]:
     """
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"--url-file {p}: cannot read it ({exc.strerror})") from exc
     urls = []

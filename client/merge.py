@@ -114,7 +114,7 @@ def merge(outs, dest: Path | str, *, link_files: bool = True) -> dict:
     for i, o in enumerate(outs):
         attempts += results.read_jsonl(o / results.ATTEMPTS_JSONL)
         try:
-            info = json.loads((o / results.RUN_JSON).read_text())
+            info = json.loads((o / results.RUN_JSON).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             info = {}
         rows = results.read_rows(o)

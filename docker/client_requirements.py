@@ -29,7 +29,7 @@ def _name(req: str) -> str:
 
 def client_requirements(pyproject: Path) -> list[str]:
     """Requirement strings for the client image, in pyproject order."""
-    project = tomllib.loads(pyproject.read_text())["project"]
+    project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
     reqs = [r for r in project["dependencies"] if _name(r) not in SERVER_ONLY]
     for extra in EXTRAS:
         reqs += project["optional-dependencies"][extra]

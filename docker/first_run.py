@@ -97,7 +97,7 @@ def reference_meta(reference: Path) -> dict:
     import json
 
     try:
-        return json.loads(reference.with_suffix(".json").read_text())
+        return json.loads(reference.with_suffix(".json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
 

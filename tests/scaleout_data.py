@@ -35,7 +35,10 @@ def make_archive(base: Path, shared_data: Path, n: int = 5) -> tuple[Path, Path]
 
 def rows(out: Path) -> list[dict]:
     """results.jsonl rows of ``out`` in file order."""
-    return [json.loads(x) for x in (Path(out) / "results.jsonl").read_text().splitlines()]
+    return [
+        json.loads(x)
+        for x in (Path(out) / "results.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
 
 
 def comparable(out: Path) -> dict[str, dict]:

@@ -502,7 +502,7 @@ def _run_isolated(code: str, *, obey_permissions: bool = False, timeout=60):
     return subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
-        text=True,
+        encoding="utf-8",
         cwd=ROOT,
         timeout=timeout,
         preexec_fn=_drop_file_override if obey_permissions else None,
@@ -674,7 +674,7 @@ def _batch(args, out: Path) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "client.batch", *map(str, args), "-o", str(out), "--quiet"],
         cwd=ROOT,
         capture_output=True,
-        text=True,
+        encoding="utf-8",
         timeout=600,
     )
 
@@ -689,7 +689,7 @@ def _judge(cases, out: Path, r) -> tuple[dict, list]:
     assert r.returncode in (0, 1) and "Traceback" not in r.stderr, r.stderr[-3000:]
     with open(out / "results.csv", newline="", encoding="utf-8", errors="replace") as fh:
         rows = list(csv.DictReader(fh))
-    run = json.loads((out / "run.json").read_text())
+    run = json.loads((out / "run.json").read_text(encoding="utf-8"))
     assert run["status"] == "finished", run.get("status")
     listed = {
         str(x.get("path")): x.get("reason")

@@ -86,13 +86,15 @@ def test_one_row_per_scan_error_rows_and_exit_code(screened, archive):
     assert set(errors) == {"broken__truncated", "broken__not_an_image"}
     assert "truncated" in errors["broken__truncated"]["error"]
     assert "not_an_image.nii.gz" in errors["broken__not_an_image"]["error"]
-    jsonl = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    jsonl = [
+        json.loads(x) for x in (out / "results.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     assert [r["case_id"] for r in jsonl] == [r["case_id"] for r in rows]
-    run = json.loads((out / "run.json").read_text())
+    run = json.loads((out / "run.json").read_text(encoding="utf-8"))
     assert run["status"] == "finished" and run["n_failed"] == 2
     assert {f["case_id"] for f in run["failures"]} == set(errors)
     assert set(run["timings"]["stage_seconds"]) >= {"read", "infer", "measure"}
-    report = (out / "report.html").read_text()
+    report = (out / "report.html").read_text(encoding="utf-8")
     assert all(r["case_id"] in report for r in rows)
     assert (out / "server.log").stat().st_size > 0
 
@@ -121,7 +123,9 @@ def test_phantom_grades_and_masks(screened, archive):
 @pytest.mark.server
 def test_no_identifiers_in_outputs(screened):
     out, _, _, _ = screened
-    text = (out / "results.csv").read_text() + (out / "run.json").read_text()
+    text = (out / "results.csv").read_text(encoding="utf-8") + (out / "run.json").read_text(
+        encoding="utf-8"
+    )
     assert "ANONYMOUS" not in text and "PatientName" not in text and "ANON" not in text
 
 
@@ -129,7 +133,7 @@ def test_no_identifiers_in_outputs(screened):
 def test_rows_carry_acquisition_covariates_and_provenance(screened):
     out, _, _, _ = screened
     rows = {r["case_id"]: r for r in read_csv(out / "results.csv")}
-    run = json.loads((out / "run.json").read_text())
+    run = json.loads((out / "run.json").read_text(encoding="utf-8"))
     dicom = [r for c, r in rows.items() if c.startswith("dicom__")]
     nifti = [r for c, r in rows.items() if c.startswith("phantoms__")]
     assert dicom and nifti
@@ -170,7 +174,7 @@ def test_server_gone_after_a_startup_error(tmp_path, archive):
     )
     assert rc == 1
     assert writers_of(tmp_path / "o" / "server.log") == set()
-    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    run = json.loads((tmp_path / "o" / "run.json").read_text(encoding="utf-8"))
     assert run["n_processed"] == 0 and run["status"] == "failed" and "tritonserver" in run["error"]
 
 
@@ -187,10 +191,14 @@ def test_resume_keeps_exactly_one_row_per_case_and_starts_no_server(screened, tm
     rc = batch_main([str(scans), "-o", str(copy), "--quiet", "--resume", "--masks", str(tmp_path)])
     assert rc == 1
     rows = read_csv(copy / "results.csv")
-    jsonl = [json.loads(x) for x in (copy / "results.jsonl").read_text().splitlines()]
+    jsonl = [
+        json.loads(x) for x in (copy / "results.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     assert sorted(r["case_id"] for r in rows) == sorted(rows_before)  # one row per case_id
     assert [r["case_id"] for r in jsonl] == [r["case_id"] for r in rows]
-    attempts = [json.loads(x) for x in (copy / "attempts.jsonl").read_text().splitlines()]
+    attempts = [
+        json.loads(x) for x in (copy / "attempts.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     assert sorted(a["case_id"] for a in attempts) == ["broken__not_an_image", "broken__truncated"]
     new = {r["case_id"]: r for r in jsonl}
     assert all(new[a["case_id"]]["attempt"] == 2 for a in attempts)
@@ -198,14 +206,14 @@ def test_resume_keeps_exactly_one_row_per_case_and_starts_no_server(screened, tm
     assert all(new[c]["run_id"] == rows_before[c]["run_id"] for c in new if c not in retried)
     # Nothing left to do now: no server is started, nothing is rewritten but the manifest.
     rc = batch_main([str(scans), "-o", str(copy), "--quiet", "--resume"])
-    run = json.loads((copy / "run.json").read_text())
+    run = json.loads((copy / "run.json").read_text(encoding="utf-8"))
     assert rc == 1 and run["n_todo"] == 2  # the two broken files are still to do
     # The same scans through other INPUTs (without the broken ones): case_ids are pinned
     # by source, so every scan is recognised as done.
     parts = [str(scans / p) for p in ("real", "phantoms", "dicom")]
     log_size = (copy / "server.log").stat().st_size
     rc = batch_main([*parts, "-o", str(copy), "--quiet", "--resume"])
-    run = json.loads((copy / "run.json").read_text())
+    run = json.loads((copy / "run.json").read_text(encoding="utf-8"))
     assert rc == 0 and run["n_todo"] == 0 and run["status"] == "finished" and "model" not in run
     assert (copy / "server.log").stat().st_size == log_size  # no server was started
 
@@ -222,7 +230,9 @@ def test_masks_mode_on_real_ct_needs_no_server(tmp_path, shared_data):
     (row,) = read_csv(tmp_path / "out" / "results.csv")
     assert row["grade"] == "normal" and 1.25 < float(row["ratio"]) < 1.4
     assert not (tmp_path / "out" / "server.log").exists()  # no server
-    assert json.loads((tmp_path / "out" / "run.json").read_text())["mode"] == "masks"
+    assert (
+        json.loads((tmp_path / "out" / "run.json").read_text(encoding="utf-8"))["mode"] == "masks"
+    )
 
 
 def test_totalsegmentator_label_map_option(tmp_path, shared_data):
@@ -307,9 +317,9 @@ def test_sigterm_mid_batch_stops_the_server_and_keeps_rows_whole(archive, tmp_pa
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 130
     assert writers_of(out / "server.log") == set()
-    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text(encoding="utf-8").splitlines()]
     assert 1 <= len(rows) < N_PHANTOMS + 3
-    run = json.loads((out / "run.json").read_text())
+    run = json.loads((out / "run.json").read_text(encoding="utf-8"))
     assert run["status"] == "interrupted" and run["n_processed"] == len(rows)  # counts are true
     assert len(read_csv(out / "results.csv")) == len(rows)
 
@@ -349,7 +359,9 @@ def test_non_empty_out_is_refused_untouched_and_overwrite_replaces_results(
     assert batch_main([*args, "--overwrite"]) == 1
     rows = read_csv(out / "results.csv")
     assert len(rows) == 7 and len({r["run_id"] for r in rows}) == 1
-    assert (out / "my_notes.txt").read_text() == "keep me" and not (out / "attempts.jsonl").exists()
+    assert (out / "my_notes.txt").read_text(encoding="utf-8") == "keep me" and not (
+        out / "attempts.jsonl"
+    ).exists()
 
 
 @pytest.mark.slow
@@ -363,29 +375,37 @@ def test_sigkill_three_times_then_resume_gives_exactly_one_row_per_scan(small_ar
     cmd = [sys.executable, "-m", "client.batch", str(scans), "-o", str(out), "--masks",
            str(masks), "--quiet", "--concurrency", "1"]  # fmt: skip
     for k in range(3):
-        n0 = len((out / "results.jsonl").read_text().splitlines()) if out.exists() else 0
+        n0 = (
+            len((out / "results.jsonl").read_text(encoding="utf-8").splitlines())
+            if out.exists()
+            else 0
+        )
         proc = subprocess.Popen(cmd + (["--resume"] if k else []), cwd=ROOT)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
             p = out / "results.jsonl"
-            if p.exists() and len(p.read_text().splitlines()) > n0:
+            if p.exists() and len(p.read_text(encoding="utf-8").splitlines()) > n0:
                 break
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-        run = json.loads((out / "run.json").read_text())
+        run = json.loads((out / "run.json").read_text(encoding="utf-8"))
         assert run["status"] in ("running", "finished")  # a SIGKILL cannot be recorded...
     rc = subprocess.run(cmd + ["--resume"], cwd=ROOT, timeout=120).returncode
     assert rc == 1
     rows = read_csv(out / "results.csv")
-    jsonl = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    jsonl = [
+        json.loads(x) for x in (out / "results.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     ids = sorted(r["case_id"] for r in rows)
     assert ids == sorted(r["case_id"] for r in jsonl) == ["a_broken", *(f"s{i}" for i in range(6))]
-    attempts = [json.loads(x) for x in (out / "attempts.jsonl").read_text().splitlines()]
+    attempts = [
+        json.loads(x) for x in (out / "attempts.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     assert {a["case_id"] for a in attempts} == {"a_broken"}  # tried in every run
     broken = next(r for r in jsonl if r["case_id"] == "a_broken")
     assert len(attempts) == 3 and broken["attempt"] == 4  # first in every run's queue
-    run = json.loads((out / "run.json").read_text())
+    run = json.loads((out / "run.json").read_text(encoding="utf-8"))
     assert run["status"] == "finished" and run["n_failed"] == 1
     assert any(p["status"].startswith("killed") for p in run["previous_runs"])  # ...but is seen
 
@@ -424,7 +444,7 @@ def test_console_command_and_module_entry_point(small_archive, tmp_path):
                    str(masks), "--quiet"])  # fmt: skip
     assert rc == 0 and read_csv(tmp_path / "o" / "results.csv")[0]["case_id"] == "s1"
     out = subprocess.run([sys.executable, "-m", "client", "screen", "--help"], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+                         capture_output=True, encoding="utf-8", check=True).stdout  # fmt: skip
     assert "--device {cpu,gpu}" in out and "where things run" in out and "CUDA provider" in out
 
 
@@ -456,13 +476,15 @@ def test_resume_rescreens_a_changed_file_and_keeps_case_ids_when_files_are_added
     sitk.WriteImage(sitk.ReadImage(str(scans / "s3.nii.gz")), str(scans / "s3.mha"))
     assert batch_main([*args, "--resume"]) == 1  # the new scan has no mask: an error row
     rows = {r["case_id"]: r for r in read_csv(out / "results.csv")}
-    run = json.loads((out / "run.json").read_text())
+    run = json.loads((out / "run.json").read_text(encoding="utf-8"))
     assert run["n_todo"] == 2 and len(rows) == 7
     new_id = next(c for c in rows if c not in first)
     assert re.fullmatch(r"s3-[0-9a-f]{8}", new_id) and rows[new_id]["source"].endswith("s3.mha")
     assert rows["s3"]["run_id"] == first["s3"]["run_id"]  # untouched, same case_id
     assert rows["s2"]["attempt"] == "2" and rows["s2"]["run_id"] == run["run_id"]
-    (old,) = [json.loads(x) for x in (out / "attempts.jsonl").read_text().splitlines()]
+    (old,) = [
+        json.loads(x) for x in (out / "attempts.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     assert old["case_id"] == "s2" and old["source_fingerprint"] != rows["s2"]["source_fingerprint"]
 
 
@@ -490,8 +512,10 @@ def test_over_long_case_id_is_screened_and_reported(tmp_path, shared_data):
                      "--quiet"])  # fmt: skip
     (row,) = read_csv(out / "results.csv")
     assert rc == 0 and row["case_id"] == case_id and row["status"] != "error"
-    assert (out / "qc" / f"{case_id}.png").exists() and case_id in (out / "report.html").read_text()
-    assert json.loads((out / "run.json").read_text())["status"] == "finished"
+    assert (out / "qc" / f"{case_id}.png").exists() and case_id in (out / "report.html").read_text(
+        encoding="utf-8"
+    )
+    assert json.loads((out / "run.json").read_text(encoding="utf-8"))["status"] == "finished"
 
 
 def test_resume_with_other_measurement_settings_is_refused(small_archive, tmp_path, capsys):
@@ -517,7 +541,7 @@ def test_signal_during_the_report_exits_130_and_run_json_says_interrupted(
     scans, masks = small_archive
     out = tmp_path / "out"
     rc = batch_main([str(scans / "s0.nii.gz"), "-o", str(out), "--masks", str(masks), "--quiet"])
-    run = json.loads((out / "run.json").read_text())
+    run = json.loads((out / "run.json").read_text(encoding="utf-8"))
     assert rc == 130 and run["status"] == "interrupted" and run["n_processed"] == 1
     assert not list(out.rglob(".tmp-*"))
 
@@ -580,7 +604,7 @@ def test_url_mode_reports_this_runs_statistics_only(tmp_path, shared_data):
         for k in range(2):  # the server's lifetime counters grow; each run reports its own
             out = tmp_path / f"out{k}"
             rc = batch_main([str(ct), "-o", str(out), "--url", server.grpc_url, "--quiet"])
-            run = json.loads((out / "run.json").read_text())
+            run = json.loads((out / "run.json").read_text(encoding="utf-8"))
             assert rc == 0 and run["mode"] == "remote" and run["model"]["url"] != "embedded"
             assert run["inference_statistics"]["inference_count"] == 1
             assert not (out / "server.log").exists()

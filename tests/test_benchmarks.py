@@ -143,8 +143,8 @@ def test_repository_without_batching_removes_only_the_batching_block(tmp_path):
 
     src = ROOT / "model_repository" / "cpu"
     dest = repository_without_batching(src, tmp_path / "repo")
-    before = (src / "hepascreen_vnet" / "config.pbtxt").read_text()
-    after = (dest / "hepascreen_vnet" / "config.pbtxt").read_text()
+    before = (src / "hepascreen_vnet" / "config.pbtxt").read_text(encoding="utf-8")
+    after = (dest / "hepascreen_vnet" / "config.pbtxt").read_text(encoding="utf-8")
     assert "dynamic_batching" in before and "dynamic_batching" not in after
     assert "preferred_batch_size" not in after and "max_queue_delay" not in after
     for kept in ("max_batch_size", "instance_group", "onnx_file", "VOLUME", "LABELS"):
@@ -161,7 +161,9 @@ def test_load_generator_against_bundled_server(tmp_path):
     from benchmarks.load import main
     from client.server import EmbeddedServer
 
-    pbtxt = (ROOT / "model_repository" / "cpu" / "hepascreen_vnet" / "config.pbtxt").read_text()
+    pbtxt = (ROOT / "model_repository" / "cpu" / "hepascreen_vnet" / "config.pbtxt").read_text(
+        encoding="utf-8"
+    )
     dims = re.search(r'name: "VOLUME".*?dims: \[([^\]]+)\]', pbtxt, re.S).group(1)
     declared = [int(d) for d in dims.split(",")]
     out = tmp_path / "load.json"
@@ -171,7 +173,7 @@ def test_load_generator_against_bundled_server(tmp_path):
              "--phantoms", "1", "--warmup", "1", "--data", str(DATA), "--out", str(out)]
         )  # fmt: skip
     assert rc == 0
-    res = json.loads(out.read_text())
+    res = json.loads(out.read_text(encoding="utf-8"))
     assert res["endpoint"]["url"] == srv.grpc_url and "bundled_server" not in res["endpoint"]
     assert res["machine"]["cpu_count"] >= 1 and res["endpoint"]["server"]["version"]
     assert res["model"]["input_shape"] == declared

@@ -103,7 +103,7 @@ def fakes(tmp_path, monkeypatch):
 def _repo(tmp_path, max_batch=8):
     model = tmp_path / "models" / "hepascreen_vnet"
     (model / "1").mkdir(parents=True)
-    text = GPU_CONFIG.read_text()
+    text = GPU_CONFIG.read_text(encoding="utf-8")
     (model / "config.pbtxt").write_text(text)
     return model / "1" / "model.plan", model / "config.pbtxt"
 
@@ -123,7 +123,7 @@ def _args(onnx_path, out, cache, trtexec, *extra):
 
 
 def _plan(out):
-    return json.loads(Path(out).read_text())
+    return json.loads(Path(out).read_text(encoding="utf-8"))
 
 
 # --- the key ------------------------------------------------------------------------------
@@ -167,7 +167,7 @@ def test_cached_engine_is_reused_and_rebuilt_exactly_when_its_key_changes(tmp_pa
     first = _plan(out)
     assert "--skipInference" in first["argv"] and "--fp16" in first["argv"]
     assert "--maxShapes=VOLUME:8x1x4x4x4" in first["argv"]
-    rec = json.loads(be.record_path(out).read_text())
+    rec = json.loads(be.record_path(out).read_text(encoding="utf-8"))
     assert rec["tensorrt"] == "10.3.0" and rec["gpu"] == {"name": "NVIDIA L4", "cc": "8.9"}
     assert rec["onnx_sha256"] == be.sha256_file(onnx_path)
     assert len(list(cache.glob("*.plan"))) == 1
@@ -182,7 +182,10 @@ def test_cached_engine_is_reused_and_rebuilt_exactly_when_its_key_changes(tmp_pa
     _tiny_onnx(onnx_path, scale=2.0)
     os.utime(onnx_path, (old_time, old_time))
     assert be.main(_args(onnx_path, out, cache, trtexec)) == 0
-    assert json.loads(be.record_path(out).read_text())["onnx_sha256"] != rec["onnx_sha256"]
+    assert (
+        json.loads(be.record_path(out).read_text(encoding="utf-8"))["onnx_sha256"]
+        != rec["onnx_sha256"]
+    )
     assert len(list(cache.glob("*.plan"))) == 2
 
     # Other batch settings and a TensorRT upgrade: new engines too.
@@ -226,15 +229,17 @@ def test_lower_engine_max_batch_fits_the_config(tmp_path, fakes):
         be.main(_args(onnx_path, out, tmp_path / "e", trtexec, "--max-batch", "2", "--fit-config"))
         == 0
     )
-    cfg = _parse_config(config.read_text())
+    cfg = _parse_config(config.read_text(encoding="utf-8"))
     assert cfg.max_batch_size == 2 and list(cfg.dynamic_batching.preferred_batch_size) == [2]
     assert "--optShapes=VOLUME:2x1x4x4x4" in _plan(out)["argv"]  # opt follows max down
 
 
 def test_fit_config_text_keeps_sizes_that_fit():
-    cfg = _parse_config(be.fit_config_text(GPU_CONFIG.read_text(), 4))
+    cfg = _parse_config(be.fit_config_text(GPU_CONFIG.read_text(encoding="utf-8"), 4))
     assert cfg.max_batch_size == 4 and list(cfg.dynamic_batching.preferred_batch_size) == [4]
-    assert be.fit_config_text(GPU_CONFIG.read_text(), 16) == GPU_CONFIG.read_text()
+    assert be.fit_config_text(GPU_CONFIG.read_text(encoding="utf-8"), 16) == GPU_CONFIG.read_text(
+        encoding="utf-8"
+    )
 
 
 # --- several GPUs -------------------------------------------------------------------------
@@ -257,7 +262,7 @@ def test_all_gpus_builds_one_plan_per_compute_capability_on_that_gpu(tmp_path, f
     sm86, sm75 = out.with_name("model_sm86.plan"), out.with_name("model_sm75.plan")
     assert _plan(sm86)["device"] == "GPU-aaaa" and _plan(sm75)["device"] == "GPU-bbbb"
     assert not out.exists()
-    cfg = _parse_config(config.read_text())
+    cfg = _parse_config(config.read_text(encoding="utf-8"))
     assert dict(cfg.cc_model_filenames) == {"8.6": "model_sm86.plan", "7.5": "model_sm75.plan"}
     assert cfg.max_batch_size == 8 and cfg.platform == "tensorrt_plan"
 
@@ -266,8 +271,8 @@ def test_all_gpus_builds_one_plan_per_compute_capability_on_that_gpu(tmp_path, f
     assert be.main(_args(onnx_path, out, tmp_path / "e", trtexec, "--all-gpus")) == 0
     assert _plan(out)["device"] == "GPU-dddd"
     assert sorted(p.name for p in out.parent.glob("*.plan")) == ["model.plan"]
-    assert dict(_parse_config(config.read_text()).cc_model_filenames) == {}
-    assert config.read_text() == GPU_CONFIG.read_text()
+    assert dict(_parse_config(config.read_text(encoding="utf-8")).cc_model_filenames) == {}
+    assert config.read_text(encoding="utf-8") == GPU_CONFIG.read_text(encoding="utf-8")
 
 
 def test_all_gpus_without_compute_capability_and_mixed_models_is_a_clear_error(tmp_path, fakes):

@@ -19,7 +19,9 @@ def test_contract_imports_nothing_heavy():
         "heavy = [m for m in ('SimpleITK', 'paddle', 'onnxruntime', 'tritonclient', 'scipy', 'cupy')"
         " if m in sys.modules]; print(','.join(heavy))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, encoding="utf-8", check=True
+    )
     assert out.stdout.strip() == ""
 
 

@@ -31,7 +31,10 @@ def real(shared_data):
     hu = sitk.GetArrayFromImage(img).astype(np.float32)
     lab = sitk.GetArrayFromImage(sitk.ReadImage(str(d / "labels.nii.gz")))
     lab_all = sitk.GetArrayFromImage(sitk.ReadImage(str(d / "labels_all.nii.gz")))
-    names = {v: int(k) for k, v in json.loads((d / "labels_all_names.json").read_text()).items()}
+    names = {
+        v: int(k)
+        for k, v in json.loads((d / "labels_all_names.json").read_text(encoding="utf-8")).items()
+    }
     direction = np.asarray(img.GetDirection()).reshape(3, 3)
     return hu, lab, lab_all, names, img.GetSpacing()[::-1], direction
 

@@ -35,7 +35,7 @@ CPU_ONNX = ROOT / "model_repository" / "cpu" / "hepascreen_vnet" / "1" / "model.
 
 def _copy_sources(dockerfile: Path) -> list[str]:
     out = []
-    for line in dockerfile.read_text().replace("\\\n", " ").splitlines():
+    for line in dockerfile.read_text(encoding="utf-8").replace("\\\n", " ").splitlines():
         m = re.match(r"\s*COPY\s+(?!--from)(.+)", line)
         if m:
             parts = m.group(1).split()
@@ -44,11 +44,15 @@ def _copy_sources(dockerfile: Path) -> list[str]:
 
 
 def _compose() -> dict:
-    return yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    return yaml.safe_load((DOCKER / "compose.yaml").read_text(encoding="utf-8"))
 
 
 def _config_max_batch() -> int:
-    return int(re.search(r"^max_batch_size:\s*(\d+)", GPU_CONFIG.read_text(), re.M).group(1))
+    return int(
+        re.search(r"^max_batch_size:\s*(\d+)", GPU_CONFIG.read_text(encoding="utf-8"), re.M).group(
+            1
+        )
+    )
 
 
 # --- build context ------------------------------------------------------------------------
@@ -71,7 +75,7 @@ def _dockerignore_excludes(path: str, patterns: list[str]) -> bool:
 
 
 def _dockerignore() -> list[str]:
-    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    lines = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
     return [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
 
 
@@ -96,13 +100,13 @@ def test_dockerignore_keeps_the_virtualenv_git_and_data_out():
 
 # --- server image ---------------------------------------------------------------------------
 def test_server_image_keeps_nvidias_entrypoint_and_builds_the_engine():
-    text = (DOCKER / "Dockerfile.server").read_text()
+    text = (DOCKER / "Dockerfile.server").read_text(encoding="utf-8")
     assert re.search(r"FROM nvcr.io/nvidia/tritonserver:\$\{TRITON_VERSION\}-py3", text)
     assert "model_repository/gpu /models" in text
     entrypoint = json.loads(re.search(r"^ENTRYPOINT\s+(\[.*\])", text, re.M).group(1))
     assert entrypoint == ["/opt/nvidia/nvidia_entrypoint.sh", "/usr/local/bin/entrypoint-server.sh"]
     assert "R560" in text  # driver floor written where the image is defined
-    entry = (DOCKER / "entrypoint-server.sh").read_text()
+    entry = (DOCKER / "entrypoint-server.sh").read_text(encoding="utf-8")
     assert "training.build_engine" in entry and "--cache-dir" in entry and "--all-gpus" in entry
     assert "--disable-auto-complete-config" in entry and "--strict-model-config" not in entry
     assert 'exec tritonserver --model-repository="$REPOSITORY"' in entry
@@ -110,7 +114,7 @@ def test_server_image_keeps_nvidias_entrypoint_and_builds_the_engine():
 
 # --- client image ---------------------------------------------------------------------------
 def test_client_image_has_cuda_runtime_headers_for_cupy():
-    text = (DOCKER / "Dockerfile.client").read_text()
+    text = (DOCKER / "Dockerfile.client").read_text(encoding="utf-8")
     version = re.search(r"ARG CUDA_VERSION=(\d+\.\d+\.\d+)", text).group(1)
     assert re.search(r"FROM nvidia/cuda:\$\{CUDA_VERSION\}-runtime-ubuntu22.04", text)
     # The header package is derived from the image's own CUDA version (12.4.1 -> 12-4).
@@ -127,11 +131,11 @@ def test_client_requirements_are_the_projects_minus_server_only_packages():
     r = subprocess.run(
         [sys.executable, str(DOCKER / "client_requirements.py"), str(ROOT / "pyproject.toml")],
         capture_output=True,
-        text=True,
+        encoding="utf-8",
         check=True,
     )
     reqs = r.stdout.split()
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     names = [re.split(r"[\[<>=!~; ]", x, maxsplit=1)[0].lower() for x in reqs]
     assert "nvidia-pytriton" not in names and "onnxruntime" not in names
     assert any(n.startswith("cupy-cuda12x") for n in names)
@@ -141,14 +145,16 @@ def test_client_requirements_are_the_projects_minus_server_only_packages():
         if not d.lower().startswith(("nvidia-pytriton", "onnxruntime"))
     ] + project["optional-dependencies"]["gpu"]
     assert reqs == [e.replace(" ", "") for e in expected] or r.stdout.splitlines() == expected
-    text = (DOCKER / "Dockerfile.client").read_text()
+    text = (DOCKER / "Dockerfile.client").read_text(encoding="utf-8")
     assert "--no-deps ." in text and '! python -c "import pytriton"' in text
 
 
 def test_cupy_compile_check_runs_where_cupy_is_installed():
     pytest.importorskip("cupy")
     r = subprocess.run(
-        [sys.executable, str(DOCKER / "check_cupy_compile.py")], capture_output=True, text=True
+        [sys.executable, str(DOCKER / "check_cupy_compile.py")],
+        capture_output=True,
+        encoding="utf-8",
     )
     assert r.returncode in (0, 1)
     assert ("NVRTC compiled" in r.stdout) or ("cuda-cudart-dev" in r.stderr)
@@ -174,7 +180,9 @@ def test_engine_batch_settings_agree_with_the_gpu_config_and_contract():
     env = _compose()["services"]["server"]["environment"]
     max_batch, opt_batch = int(env["ENGINE_MAX_BATCH"]), int(env["ENGINE_OPT_BATCH"])
     assert max_batch == _config_max_batch() == contract.MAX_BATCH_SIZE
-    prefs = re.search(r"preferred_batch_size:\s*\[([^\]]*)\]", GPU_CONFIG.read_text()).group(1)
+    prefs = re.search(
+        r"preferred_batch_size:\s*\[([^\]]*)\]", GPU_CONFIG.read_text(encoding="utf-8")
+    ).group(1)
     assert opt_batch in [int(x) for x in prefs.split(",")] and opt_batch <= max_batch
 
 
@@ -196,7 +204,7 @@ def test_compose_config_validates_with_the_compose_cli():
         cmd = ["docker", "compose", "-f", str(DOCKER / "compose.yaml"), "config", "-q"]
     else:
         pytest.skip("no docker compose CLI on this machine (apt-get install docker-compose)")
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = subprocess.run(cmd, capture_output=True, encoding="utf-8")
     assert r.returncode == 0, r.stderr
 
 
@@ -204,7 +212,7 @@ def test_gpu_config_parses_with_tritons_own_protobuf():
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    cfg = text_format.Parse(GPU_CONFIG.read_text(), model_config_pb2.ModelConfig())
+    cfg = text_format.Parse(GPU_CONFIG.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
     assert cfg.platform == "tensorrt_plan" and cfg.max_batch_size == contract.MAX_BATCH_SIZE
     assert cfg.input[0].name == contract.INPUT_NAME and cfg.output[0].name == contract.OUTPUT_NAME
     assert model_config_pb2.DataType.Name(cfg.output[0].data_type) == contract.OUTPUT_DTYPE
@@ -259,7 +267,7 @@ def _run_entrypoint(env, *args):
         ["bash", str(DOCKER / "entrypoint-server.sh"), *args],
         env=env,
         capture_output=True,
-        text=True,
+        encoding="utf-8",
         timeout=120,
     )
     assert r.returncode == 0, r.stderr
@@ -269,11 +277,11 @@ def _run_entrypoint(env, *args):
 def test_entrypoint_first_start_restart_and_lower_batch(server_env):
     env, plan, log, cache = server_env
     _run_entrypoint(env, "--log-verbose=1")
-    argv = json.loads(plan.read_text())["argv"]
+    argv = json.loads(plan.read_text(encoding="utf-8"))["argv"]
     assert "--skipInference" in argv and "--fp16" in argv
     assert f"--maxShapes=VOLUME:{_config_max_batch()}x1x64x64x64" in argv
     assert "--optShapes=VOLUME:4x1x64x64x64" in argv
-    served = log.read_text().split()
+    served = log.read_text(encoding="utf-8").split()
     assert served[:2] == [
         f"--model-repository={env['MODEL_REPOSITORY']}",
         "--disable-auto-complete-config",
@@ -285,8 +293,8 @@ def test_entrypoint_first_start_restart_and_lower_batch(server_env):
     assert len(list(cache.glob("*.plan"))) == 1
 
     _run_entrypoint(dict(env, ENGINE_MAX_BATCH="2"))
-    assert "--maxShapes=VOLUME:2x1x64x64x64" in json.loads(plan.read_text())["argv"]
-    cfg = (plan.parent.parent / "config.pbtxt").read_text()
+    assert "--maxShapes=VOLUME:2x1x64x64x64" in json.loads(plan.read_text(encoding="utf-8"))["argv"]
+    cfg = (plan.parent.parent / "config.pbtxt").read_text(encoding="utf-8")
     assert re.search(r"^max_batch_size: 2$", cfg, re.M)
     assert re.search(r"preferred_batch_size: \[ 2 \]", cfg)
 
@@ -303,14 +311,14 @@ def test_entrypoint_never_overwrites_a_hand_built_engine(server_env):
 
 # --- documentation ---------------------------------------------------------------------------
 def test_deployment_docs_state_the_driver_floor_and_drop_the_float_variant():
-    text = (ROOT / "docs" / "deployment.md").read_text()
+    text = (ROOT / "docs" / "deployment.md").read_text(encoding="utf-8")
     assert "R560" in text and "forward compatib" in text
     assert "--variant float" not in text and "TYPE_FP32" not in text
     assert "add `--gpu`" not in text  # compose already passes it
 
 
 def test_gpu_first_run_is_at_most_three_commands_with_expected_output():
-    text = (ROOT / "docs" / "gpu-first-run.md").read_text()
+    text = (ROOT / "docs" / "gpu-first-run.md").read_text(encoding="utf-8")
     commands = re.findall(r"^\$ (.+)$", text, re.M)
     assert 1 <= len(commands) <= 3, commands
     assert "build-engine-only" in text and "compose" in text and "first_run.py" in text

@@ -26,7 +26,9 @@ SOURCES = ("pyproject.toml", "README.md", "client", "postprocess", "training", "
 
 
 def _run(cmd, cwd, env, timeout=300):
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        cmd, cwd=cwd, env=env, capture_output=True, encoding="utf-8", timeout=timeout
+    )
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +89,7 @@ def test_installed_command_screens_with_masks_and_refuses_a_missing_repository(
     hs = str(venv / "bin" / "hepascreen")
     out = _run([hs, "screen", str(ct), "-o", "o1", "--masks", "masks", "--quiet"], work, env)
     assert out.returncode == 0, out.stderr[-2000:]
-    row = json.loads((work / "o1" / "results.jsonl").read_text())
+    row = json.loads((work / "o1" / "results.jsonl").read_text(encoding="utf-8"))
     assert row["grade"] == "normal" and row["tool_version"]
     bad = {**env, "HEPASCREEN_MODEL_REPOSITORY": str(work / "nowhere")}
     out = _run([hs, "screen", str(ct), "-o", "o2", "--quiet"], work, bad)
@@ -102,8 +104,8 @@ def test_installed_command_runs_the_bundled_server_from_package_data(installed, 
     out = _run([str(venv / "bin" / "hepascreen"), "screen", str(ct), "-o", "o3", "--quiet"],
                work, env)  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
-    run = json.loads((work / "o3" / "run.json").read_text())
+    run = json.loads((work / "o3" / "run.json").read_text(encoding="utf-8"))
     assert Path(run["model"]["repository"]).is_relative_to(purelib)
     assert run["status"] == "finished" and run["n_ok"] + run["n_flagged"] == 1
-    row = json.loads((work / "o3" / "results.jsonl").read_text())
+    row = json.loads((work / "o3" / "results.jsonl").read_text(encoding="utf-8"))
     assert row["model_sha256"] == run["model"]["model_sha256"] and row["segmenter"] == "triton"

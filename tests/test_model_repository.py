@@ -17,7 +17,9 @@ CONFIGS = sorted(REPO.glob("*/*/config.pbtxt"))
 
 
 def load(path: Path) -> dict:
-    msg = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())  # Triton's schema
+    msg = text_format.Parse(
+        path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig()
+    )  # Triton's schema
     return json_format.MessageToDict(msg, preserving_proto_field_name=True)
 
 

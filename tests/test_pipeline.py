@@ -178,8 +178,8 @@ def test_acquisition_covariates_and_uids_only_on_request(tmp_path):
 def test_gpu_model_config_differs_from_the_cpu_one_only_in_device():
     base = ROOT / "model_repository" / "cpu" / contract.MODEL_NAME
     strip = lambda t: [ln for ln in t.splitlines() if ln.strip() and not ln.startswith("#")]  # noqa: E731
-    cpu = strip((base / "config.pbtxt").read_text())
-    gpu = strip((base / "configs" / "gpu.pbtxt").read_text())
+    cpu = strip((base / "config.pbtxt").read_text(encoding="utf-8"))
+    gpu = strip((base / "configs" / "gpu.pbtxt").read_text(encoding="utf-8"))
     diff = [(a.strip(), b.strip()) for a, b in zip(cpu, gpu) if a != b]
     assert len(cpu) == len(gpu)
     assert diff == [
@@ -190,7 +190,12 @@ def test_gpu_model_config_differs_from_the_cpu_one_only_in_device():
 
 def _readme_library_code() -> str:
     """Every python block of the README's Library section, in order (one program)."""
-    section = (ROOT / "README.md").read_text().split("## Library", 1)[1].split("\n## ", 1)[0]
+    section = (
+        (ROOT / "README.md")
+        .read_text(encoding="utf-8")
+        .split("## Library", 1)[1]
+        .split("\n## ", 1)[0]
+    )
     return "\n".join(re.findall(r"```python\n(.*?)```", section, re.S))
 
 
@@ -203,7 +208,7 @@ def test_readme_library_example_runs_as_written(tmp_path, real):
         [sys.executable, "-c", _readme_library_code()],
         cwd=tmp_path,
         capture_output=True,
-        text=True,
+        encoding="utf-8",
         timeout=300,
         env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
     )
@@ -230,7 +235,7 @@ def test_bundled_server_loads_the_gpu_config_for_device_gpu(tmp_path):
     log = tmp_path / "server.log"
     with pytest.raises(InferenceError):
         TritonSegmenter.bundled(device="gpu", log_path=log, ready_timeout_s=60)
-    text = log.read_text()
+    text = log.read_text(encoding="utf-8")
     assert "model_config_name                | gpu" in text
     assert "has kind KIND_GPU but no GPUs are available" in text
 

@@ -137,12 +137,16 @@ def test_label_sidecars_name_every_label(tmp_path):
     assert paths["itksnap"].name == "case#1.itksnap.txt"
     ctbl = [
         line.split()
-        for line in paths["slicer"].read_text().splitlines()
+        for line in paths["slicer"].read_text(encoding="utf-8").splitlines()
         if not line.startswith("#")
     ]
     assert [(int(v), n) for v, n, *_ in ctbl] == [(0, "background"), (1, "liver"), (2, "spleen")]
     assert tuple(int(c) for c in ctbl[1][2:5]) == LABEL_COLOURS[1]
-    snap = [line for line in paths["itksnap"].read_text().splitlines() if not line.startswith("#")]
+    snap = [
+        line
+        for line in paths["itksnap"].read_text(encoding="utf-8").splitlines()
+        if not line.startswith("#")
+    ]
     pat = re.compile(r'^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+([01])\s+([01])\s+"([^"]*)"$')
     parsed = [pat.match(line).groups() for line in snap]
     assert [(int(p[0]), p[7]) for p in parsed] == [(0, "Clear Label"), (1, "liver"), (2, "spleen")]

@@ -41,7 +41,7 @@ def ray_cli(args) -> int:
     import sys
 
     proc = subprocess.run([sys.executable, "-m", "client.batch", *args], timeout=300,
-                          capture_output=True, text=True)  # fmt: skip
+                          capture_output=True, encoding="utf-8")  # fmt: skip
     if proc.returncode not in (0, 1):
         print(proc.stderr[-3000:])
     return proc.returncode
@@ -61,7 +61,7 @@ def test_rows_equal_a_single_process_run_and_resume_needs_no_ray(setup):
     want, got = comparable(ref), comparable(out)
     assert len({r["ratio"] for r in want.values()}) == N  # six different answers to match
     assert got == want
-    run = json.loads((out / "run.json").read_text())
+    run = json.loads((out / "run.json").read_text(encoding="utf-8"))
     assert run["status"] == "finished" and run["n_processed"] == N
     info = run["ray"]
     assert info["workers"] == 2 and len(info["worker_processes"]) == 2
@@ -83,8 +83,8 @@ def test_a_worker_killed_mid_run_still_gives_exactly_one_row_per_scan(setup):
         t_end = time.monotonic() + 180
         while time.monotonic() < t_end and not killed:
             try:
-                run = json.loads((out / "run.json").read_text())
-                n_rows = len((out / "results.jsonl").read_text().splitlines())
+                run = json.loads((out / "run.json").read_text(encoding="utf-8"))
+                n_rows = len((out / "results.jsonl").read_text(encoding="utf-8").splitlines())
             except (OSError, ValueError):
                 n_rows, run = 0, {}
             procs = (run.get("ray") or {}).get("worker_processes")
@@ -102,7 +102,7 @@ def test_a_worker_killed_mid_run_still_gives_exactly_one_row_per_scan(setup):
     got = rows(out)
     assert sorted(r["case_id"] for r in got) == sorted(comparable(ref))  # one row each
     assert comparable(out) == comparable(ref)
-    run = json.loads((out / "run.json").read_text())
+    run = json.loads((out / "run.json").read_text(encoding="utf-8"))
     retried = run["ray"]["retried"]
     assert retried and all(r["try"] == 1 for r in retried)  # re-sent once, then done
     assert "Actor" in retried[0]["reason"] or "Worker" in retried[0]["reason"]
@@ -117,7 +117,7 @@ def _when_actors_ready(out, action, timeout_s: float = 180) -> threading.Thread:
         t_end = time.monotonic() + timeout_s
         while time.monotonic() < t_end:
             try:
-                run = json.loads((out / "run.json").read_text())
+                run = json.loads((out / "run.json").read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 run = {}
             if (run.get("ray") or {}).get("worker_processes"):
@@ -142,7 +142,7 @@ def test_an_endpoint_killed_mid_run_the_actors_finish_on_the_other(setup):
         a.start()  # same ports: back for anyone after us
     assert killed, "the endpoint was not killed mid-run"
     assert rc == 0 and comparable(out) == comparable(ref)
-    run = json.loads((out / "run.json").read_text())
+    run = json.loads((out / "run.json").read_text(encoding="utf-8"))
     assert run["ray"]["retried"] == []  # no worker died: the endpoint pools failed over
     per_worker = [w["statistics"] for w in run["ray"]["worker_statistics"]]
     events = [e["event"] for st in per_worker for e in st["events"]]
@@ -159,18 +159,20 @@ def test_sigterm_ends_a_ray_run_cleanly(setup, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "client.batch", str(scans), "-o", str(out), "--quiet",
            "--ray", "local", "--ray-workers", "2", "--masks", str(base / "masks")]  # fmt: skip
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, encoding="utf-8")
     workers = []
     t_end = time.monotonic() + 120
     while not workers and time.monotonic() < t_end and proc.poll() is None:
         try:
-            workers = json.loads((out / "run.json").read_text())["ray"]["worker_processes"]
+            workers = json.loads((out / "run.json").read_text(encoding="utf-8"))["ray"][
+                "worker_processes"
+            ]
         except (OSError, ValueError, KeyError):
             time.sleep(0.05)
     assert workers, "the run did not start its Ray workers"
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    run = json.loads((out / "run.json").read_text())
+    run = json.loads((out / "run.json").read_text(encoding="utf-8"))
     assert proc.returncode == 130, err[-2000:]  # as without Ray (Ray's own handler would exit 15)
     assert run["status"] == "interrupted" and "rerun with --resume" in err
     assert len(rows(out)) == run["n_processed"]  # rows written so far are whole
@@ -208,12 +210,14 @@ def test_ray_auto_joins_a_running_cluster(setup, tmp_path):
         t_end, proc = time.monotonic() + 90, None
         while time.monotonic() < t_end:  # the head takes a while to accept drivers
             extra = ["--overwrite"] if out.exists() else []
-            proc = subprocess.run(cmd + extra, env=env, capture_output=True, text=True, timeout=180)
+            proc = subprocess.run(
+                cmd + extra, env=env, capture_output=True, encoding="utf-8", timeout=180
+            )
             if proc.returncode != 2:
                 break
             time.sleep(2)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        run = json.loads((out / "run.json").read_text())
+        run = json.loads((out / "run.json").read_text(encoding="utf-8"))
         assert run["ray"]["started_local"] is False and run["ray"]["workers"] == 2
         assert run["n_processed"] == N
         assert head.poll() is None  # joining did not take the cluster down
@@ -221,7 +225,7 @@ def test_ray_auto_joins_a_running_cluster(setup, tmp_path):
         head.terminate()  # `ray start --block` stops its cluster on SIGTERM
         head.wait(timeout=60)
         marker = Path("/tmp/ray/ray_current_cluster")  # left behind, names our dead head
-        if marker.is_file() and marker.read_text().strip().endswith(f":{port}"):
+        if marker.is_file() and marker.read_text(encoding="utf-8").strip().endswith(f":{port}"):
             marker.unlink()
 
 

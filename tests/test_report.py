@@ -77,7 +77,7 @@ def test_report_embeds_every_row_and_column_and_escapes_text(tmp_path):
         },
         {"case_id": "a", "status": "ok", "grade": "mild", "ratio": 0.9, "new_column": "kept"},
     ]
-    text = write_report(rows, tmp_path).read_text()
+    text = write_report(rows, tmp_path).read_text(encoding="utf-8")
     assert (
         "<script>alert" not in text and "</script><script>" not in text.split("hs-data")[1][:2000]
     )
@@ -108,7 +108,7 @@ def test_histogram_puts_a_ratio_on_a_threshold_in_the_worse_grade(tmp_path):
         {"case_id": str(i), "status": "ok", "grade": grade_ratio(r), "ratio": r}
         for i, r in enumerate([0.5, 0.5, 0.7, 1.0, 1.2])
     ]
-    text = write_report(rows, tmp_path).read_text()
+    text = write_report(rows, tmp_path).read_text(encoding="utf-8")
     bars = re.findall(
         r'<rect [^>]*fill="(#[0-9a-f]+)"><title>([0-9.]+)-([0-9.]+): (\d+)</title>', text
     )
@@ -132,7 +132,7 @@ def test_counts_in_clinical_order_and_needs_review_first(tmp_path):
         },
         {"case_id": "e", "status": "error", "grade": "indeterminate", "error": "unreadable"},
     ]
-    text = write_report(rows, tmp_path).read_text()
+    text = write_report(rows, tmp_path).read_text(encoding="utf-8")
     order = [
         text.index(f'href="#grade={g}"') for g in ("normal", "mild", "severe", "indeterminate")
     ]
@@ -154,7 +154,7 @@ def test_flag_glossary_comes_from_postprocess_flags(tmp_path):
     rows = [
         {"case_id": "x", "status": "flagged", "grade": "mild", "flags": "liver_cut_by_edge;zz_new"}
     ]
-    text = write_report(rows, tmp_path).read_text()
+    text = write_report(rows, tmp_path).read_text(encoding="utf-8")
     assert "<dt>liver_cut_by_edge</dt>" in text and "<dt>zz_new</dt>" in text
 
 
@@ -170,7 +170,7 @@ def test_numpy_scalars_nan_and_nested_values_are_embedded(tmp_path):
             "stage_seconds": {"read": 0.1},
         }
     ]
-    data = _data(write_report(rows, tmp_path).read_text())
+    data = _data(write_report(rows, tmp_path).read_text(encoding="utf-8"))
     row = dict(zip(data["columns"], data["rows"][0]))
     assert row["ratio"] == 1.25 and row["n_pairs"] == 4 and row["liver_hu"] is None
     assert row["stage_seconds"] == '{"read":0.1}'

@@ -30,7 +30,7 @@ def _chromium() -> str:
     proc = subprocess.run(
         ["bash", str(ROOT / "scripts" / "install_chromium.sh")],
         capture_output=True,
-        text=True,
+        encoding="utf-8",
         timeout=600,
     )
     if proc.returncode != 0 or not proc.stdout.strip():
@@ -135,7 +135,10 @@ def _dump(report, fragment: str) -> _Table:
     binary, path, _ = report
     url = path.resolve().as_uri() + fragment
     proc = subprocess.run(
-        [*chromium_args(binary), "--dump-dom", url], capture_output=True, text=True, timeout=120
+        [*chromium_args(binary), "--dump-dom", url],
+        capture_output=True,
+        encoding="utf-8",
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     t = _Table()
@@ -212,7 +215,7 @@ def test_thumbnails_are_lazy_and_their_links_resolve(report):
     for r in with_img:
         assert (out / unquote(r["img"])).is_file(), r["img"]
         assert unquote(r["img"]) == f"qc/{r['case']}.png"
-    html = report[1].read_text()
+    html = report[1].read_text(encoding="utf-8")
     assert 'loading="lazy"' in html
     # Offline: no network asset (an SVG namespace URI is a name, not a fetch).
     assert not re.search(
@@ -226,7 +229,7 @@ def test_screenshot_renders_the_page(report, tmp_path):
     proc = subprocess.run(
         [*chromium_args(binary), "--window-size=1200,900", f"--screenshot={shot}", path.as_uri()],
         capture_output=True,
-        text=True,
+        encoding="utf-8",
         timeout=120,
         cwd=tmp_path,
     )

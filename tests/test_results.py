@@ -53,7 +53,9 @@ def test_csv_and_jsonl_hold_every_column_in_schema_order(tmp_path):
         header = next(reader)
         lines = list(reader)
     assert tuple(header) == contract.RESULT_COLUMNS
-    jsonl = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    jsonl = [
+        json.loads(x) for x in (tmp_path / "results.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     assert [tuple(r) for r in jsonl] == [contract.RESULT_COLUMNS] * 2
     assert lines[0][header.index("notes")] == 'quote " and, comma'
     assert jsonl[0]["ratio"] == 1.25 and lines[0][header.index("ratio")] == "1.25"
@@ -67,7 +69,7 @@ def test_a_writer_never_drops_an_unknown_key(tmp_path):
     with _store(tmp_path) as s:
         with pytest.raises(results.SchemaError, match="not_a_column"):
             s.write(_row("a", not_a_column=3))
-    assert (tmp_path / "results.jsonl").read_text() == ""
+    assert (tmp_path / "results.jsonl").read_text(encoding="utf-8") == ""
 
 
 def test_resume_moves_earlier_attempts_and_keeps_one_row_per_case(tmp_path):
@@ -103,7 +105,7 @@ def test_rows_of_an_older_schema_are_refused(tmp_path):
 
 def test_manifest_counts_follow_the_rows(tmp_path):
     m = results.RunManifest(tmp_path / "run.json", {"run_id": "r1"})
-    on_disk = lambda: json.loads((tmp_path / "run.json").read_text())  # noqa: E731
+    on_disk = lambda: json.loads((tmp_path / "run.json").read_text(encoding="utf-8"))  # noqa: E731
     assert on_disk()["status"] == "running" and on_disk()["pid"] == os.getpid()
     m.row_written({"case_id": "a", "status": "ok"})
     m.row_written({"case_id": "b", "status": "error", "error": "bad"})
@@ -145,7 +147,7 @@ def test_stale_temporaries_are_removed_and_others_kept(tmp_path):
 
 
 def test_docs_results_md_is_in_sync_with_the_schema():
-    doc = (ROOT / "docs" / "results.md").read_text()
+    doc = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
     assert doc == results.results_markdown(), "run: python -m client.results docs/results.md"
     for c in contract.RESULT_SCHEMA:
         assert f"| `{c.name}` |" in doc
@@ -154,7 +156,7 @@ def test_docs_results_md_is_in_sync_with_the_schema():
 def test_every_flag_is_documented():
     from postprocess.flags import FLAGS
 
-    doc = (ROOT / "docs" / "results.md").read_text()
+    doc = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
     for name, meaning in FLAGS.items():
         assert f"| `{name}` | {meaning.replace('|', chr(92) + '|')} |" in doc
 
@@ -164,7 +166,9 @@ def test_a_row_moved_twice_by_a_killed_resume_is_one_attempt(tmp_path):
         s.write(_row("a", status="error"))
     s = _store(tmp_path)
     # Killed after appending to attempts.jsonl but before rewriting results.jsonl:
-    (tmp_path / "attempts.jsonl").write_text((tmp_path / "results.jsonl").read_text())
+    (tmp_path / "attempts.jsonl").write_text(
+        (tmp_path / "results.jsonl").read_text(encoding="utf-8")
+    )
     s = _store(tmp_path)
     s.retire(["a"])
     with s:
@@ -182,5 +186,5 @@ def test_files_are_utf8_whatever_the_locale(tmp_path):
     )
     env = {**os.environ, "LANG": "C", "LC_ALL": "C", "PYTHONUTF8": "0"}
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(ROOT)], env=env,
-                         capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+                         capture_output=True, encoding="utf-8", check=True).stdout.strip()  # fmt: skip
     assert bytes.fromhex(out).decode("utf-8") == "ünïcödé_名前"

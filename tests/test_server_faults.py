@@ -38,7 +38,7 @@ def _group(pgid: int) -> list[tuple[int, str]]:
         if not d.name.isdigit():
             continue
         try:
-            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            fields = (d / "stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()
             cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
@@ -82,7 +82,7 @@ def test_sigkill_of_the_owner_leaves_no_server_and_the_next_start_cleans_up(tmp_
         "time.sleep(300)\n"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, encoding="utf-8"
     )
     try:
         line = proc.stdout.readline().split()
@@ -214,6 +214,11 @@ def test_dead_remote_url_fails_scans_quickly_with_a_clear_message(inputs_and_ref
         # Earlier traffic on the "remote" server: not this run's statistics.
         with SupervisedSegmenter(srv.grpc_url) as other:
             other.segment(x[0])
+            # Triton counts a request once its response has gone out: wait for it, so
+            # that the next segmenter's baseline includes this earlier traffic.
+            deadline = time.monotonic() + 10
+            while other.statistics()["inference_count"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.1)
         seg = SupervisedSegmenter(srv.grpc_url, down_recheck_s=60).start()
         assert np.array_equal(seg.segment(x[1]), ref[1])
         deadline = time.monotonic() + 10
@@ -248,7 +253,7 @@ def _holding(path: Path) -> list[tuple[int, str]]:
         if not d.name.isdigit():
             continue
         try:
-            if (d / "stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+            if (d / "stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()[0] in ("Z", "X"):
                 continue
             fds = list((d / "fd").iterdir())
         except OSError:
@@ -334,13 +339,13 @@ def test_batch_survives_a_killed_and_a_frozen_server_with_identical_results(tmp_
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        text=True,
+        encoding="utf-8",
     )
     log = out / "server.log"
 
     def n_rows() -> int:
         p = out / "results.jsonl"
-        return len(p.read_text().splitlines()) if p.exists() else 0
+        return len(p.read_text(encoding="utf-8").splitlines()) if p.exists() else 0
 
     def server_pid(old: int | None = None) -> int:
         deadline = time.monotonic() + 120
@@ -366,9 +371,11 @@ def test_batch_survives_a_killed_and_a_frozen_server_with_identical_results(tmp_
         if proc.poll() is None:
             proc.kill()
     assert rc == 0, err[-2000:]
-    rows = [json.loads(ln) for ln in (out / "results.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(ln) for ln in (out / "results.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     assert len(rows) == 6 and all(r["status"] in ("ok", "flagged") for r in rows), rows
     assert len({(r["grade"], r["ratio"], r["liver_hu"], r["spleen_hu"]) for r in rows}) == 1
-    stats = json.loads((out / "run.json").read_text())["inference_statistics"]
+    stats = json.loads((out / "run.json").read_text(encoding="utf-8"))["inference_statistics"]
     assert stats["restarts"] == 2, stats["events"]
     assert not _wait_gone(second, 10.0) and not _holding(log)

@@ -26,7 +26,7 @@ def _alive(pid: int) -> bool:
         return False
     # A zombie still answers kill(0); read its state.
     try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+        return Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").split()[2] != "Z"
     except OSError:
         return False
 
@@ -36,7 +36,7 @@ def _group_alive(pgid: int) -> list[int]:
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
-                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+                fields = (d / "stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()
             except OSError:
                 continue
             if int(fields[2]) == pgid and fields[0] != "Z":
@@ -180,7 +180,7 @@ def test_client_serve_runs_in_the_foreground_and_stops_on_ctrl_c(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "client.serve", "--log", str(tmp_path / "s.log")],
         stdout=subprocess.PIPE,
-        text=True,
+        encoding="utf-8",
         cwd=Path(__file__).resolve().parents[1],
     )
     lines = []

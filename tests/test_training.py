@@ -132,7 +132,10 @@ def test_tiny_training_lowers_the_loss_and_resumes(tmp_path):
         )
         == 0
     )
-    log = [json.loads(x) for x in (tmp_path / "run2" / "train_log.jsonl").read_text().splitlines()]
+    log = [
+        json.loads(x)
+        for x in (tmp_path / "run2" / "train_log.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     assert log[-1]["iter"] == 12
 
 
@@ -355,7 +358,7 @@ def test_original_project_config_runs_with_only_its_paths_changed(tmp_path):
         np.save(tmp_path / "labels" / f"c{i}.npy", (img > 0.6).astype(np.int64) + (img > 0.9))
     (tmp_path / "train_list.txt").write_text("images/c0.npy labels/c0.npy\n")
     (tmp_path / "val_list.txt").write_text("images/c1.npy labels/c1.npy\n")
-    text = ORIGINAL_CFG.read_text().replace("data/preprocessed", str(tmp_path))
+    text = ORIGINAL_CFG.read_text(encoding="utf-8").replace("data/preprocessed", str(tmp_path))
     cfg = yaml.safe_load(text)
     res = train(cfg, tmp_path / "run", iters=1, batch_size=1, save_interval=1)
     assert res["iters"] == 1 and np.isfinite(res["losses"][0])
@@ -380,14 +383,16 @@ def test_demo_train_on_synth_shards_resumes_with_ema_and_validation(tmp_path):
     ck = torch.load(run / "latest.pt", weights_only=False)
     assert ck["iter"] == 2 and {"model", "ema", "opt", "rng"} <= set(ck)
     assert all(v.dtype == torch.float16 for v in ck["ema"].values() if v.is_floating_point())
-    summary = json.loads((run / "train_summary.json").read_text())
+    summary = json.loads((run / "train_summary.json").read_text(encoding="utf-8"))
     assert set(summary["validation"]) >= {
         "val_plain_phantoms_liver",
         "val_synth_real_anatomy_spleen",
         "val_synth_phantom_anatomy_liver",
     }
     assert demo_main([*common, "--iters", "3", "--resume"]) == 0
-    log = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
+    log = [
+        json.loads(x) for x in (run / "train_log.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     starts = [r for r in log if r.get("event") == "start"]
     assert [r["iter"] for r in starts] == [0, 2]
     assert log[-1]["event"] == "end" and log[-1]["iter"] == 3

@@ -449,7 +449,7 @@ def test_cupy_has_every_array_function_the_code_calls():
     files = sorted((root / "postprocess").glob("*.py")) + [root / "client" / "preprocess.py"]
     missing = []
     for f in files:
-        for node in ast.walk(ast.parse(f.read_text())):
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
             if (
                 isinstance(node, ast.Attribute)
                 and isinstance(node.value, ast.Name)

@@ -158,7 +158,7 @@ def validate(args) -> dict:
     config = args.config or args.out.parent.parent / "config.pbtxt"
     max_batch = None
     if config.is_file():
-        max_batch = _config_max_batch(config.read_text())
+        max_batch = _config_max_batch(config.read_text(encoding="utf-8"))
         if max_batch is not None and max_batch > args.max_batch and not args.fit_config:
             problems.append(
                 f"{config}: max_batch_size {max_batch} exceeds the engine profile's --max-batch "
@@ -236,7 +236,7 @@ def tensorrt_version(trtexec: str | None = None, lib_dirs=LIB_DIRS) -> str:
         pass
     exe = trtexec or shutil.which("trtexec") or TRTEXEC_DEFAULT
     if exe and (Path(exe).exists() or shutil.which(exe)):
-        r = subprocess.run([exe, "--help"], capture_output=True, text=True)
+        r = subprocess.run([exe, "--help"], capture_output=True, encoding="utf-8")
         m = re.search(r"TensorRT v(\d+)", r.stdout + r.stderr)
         if m:
             n = int(m.group(1))  # e.g. 100300 = 10.3.0
@@ -266,7 +266,7 @@ def list_gpus(run=subprocess.run) -> list[Gpu]:
     base = ["nvidia-smi", "--format=csv,noheader"]
     for fields in ("index,name,compute_cap,uuid", "index,name,uuid"):
         try:
-            r = run(base + [f"--query-gpu={fields}"], capture_output=True, text=True)
+            r = run(base + [f"--query-gpu={fields}"], capture_output=True, encoding="utf-8")
         except FileNotFoundError:
             break
         if r.returncode == 0:
@@ -316,7 +316,7 @@ def is_hand_built(out: Path) -> bool:
     if not out.exists():
         return False
     try:
-        return json.loads(record_path(out).read_text()).get("built_by") != BUILT_BY
+        return json.loads(record_path(out).read_text(encoding="utf-8")).get("built_by") != BUILT_BY
     except (OSError, ValueError):
         return True
 
@@ -471,7 +471,10 @@ def build_cached(plan: dict, out: Path, cache_dir: Path, trtexec: str | None, gp
     trt_version = tensorrt_version(trtexec)
     key, record = cache_key(plan, trt_version, sha256_file(plan["onnx"]), gpu)
     try:
-        if json.loads(record_path(out).read_text()).get("key") == key and out.is_file():
+        if (
+            json.loads(record_path(out).read_text(encoding="utf-8")).get("key") == key
+            and out.is_file()
+        ):
             return "kept"
     except (OSError, ValueError):
         pass
@@ -579,7 +582,7 @@ def main(argv=None) -> int:
         )
         return 0
     if args.fit_config and config.is_file():
-        text = config.read_text()
+        text = config.read_text(encoding="utf-8")
         fitted = fit_config_text(text, args.max_batch)
         if fitted != text:
             _write_atomic(config, fitted.encode())
@@ -600,7 +603,7 @@ def main(argv=None) -> int:
             subprocess.run(_child_argv(args, files[key]), check=True, env=env, cwd=str(ROOT))
         mapping = {} if len(files) == 1 else {cc: p.name for cc, p in files.items()}
         if config.is_file():
-            text = config.read_text()
+            text = config.read_text(encoding="utf-8")
             new = set_cc_model_filenames(text, mapping)
             if new != text:
                 _write_atomic(config, new.encode())

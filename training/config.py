@@ -29,7 +29,7 @@ def load_config(path: str | Path) -> dict:
     """
     path = Path(path)
     try:
-        cfg = yaml.safe_load(path.read_text())
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise ValueError(f"{path}: cannot read YAML config ({exc})") from exc
     if not isinstance(cfg, dict):

@@ -201,7 +201,7 @@ def real_ct_cases(
         elif v in _ENHANCE:
             if tissue is None:
                 la = sitk.GetArrayFromImage(sitk.ReadImage(str(data_dir / "labels_all.nii.gz")))
-                names = json.loads((data_dir / "labels_all_names.json").read_text())
+                names = json.loads((data_dir / "labels_all_names.json").read_text(encoding="utf-8"))
                 tissue = totalseg_tissue_map(la, names, hu)
             out.append((v, paint_phase(hu, tissue, v), lab, ct.spacing, ct.direction))
         else:

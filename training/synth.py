@@ -197,7 +197,7 @@ def real_anatomy(data_dir: str = str(TOTALSEG_DIR)):
     img = sitk.ReadImage(str(d / "ct.nii.gz"))
     hu = sitk.GetArrayFromImage(img)
     lab = sitk.GetArrayFromImage(sitk.ReadImage(str(d / "labels_all.nii.gz")))
-    names = json.loads((d / "labels_all_names.json").read_text())
+    names = json.loads((d / "labels_all_names.json").read_text(encoding="utf-8"))
     tissue = totalseg_tissue_map(lab, names, hu)
     direction = np.asarray(img.GetDirection()).reshape(3, 3)
     spacing = tuple(img.GetSpacing())[::-1]

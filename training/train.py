@@ -122,7 +122,11 @@ class MedicalDataset(_Base):
             raise FileNotFoundError(
                 f"{lst}: MedicalDataset needs {lst.name} (lines 'images/x.npy labels/x.npy')"
             )
-        self.items = [line.split()[:2] for line in lst.read_text().splitlines() if line.strip()]
+        self.items = [
+            line.split()[:2]
+            for line in lst.read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        ]
         self.root, self.num_classes = root, num_classes
         self.transforms = build_transforms(transforms)
         self.model_shape = model_shape
@@ -413,7 +417,7 @@ def train(
         rd = Path(resume_model)
         model.set_state_dict(paddle.load(str(rd / "model.pdparams")))
         opt.set_state_dict(_opt_state_for(model, paddle.load(str(rd / "model.pdopt"))))
-        start = int(json.loads((rd / "state.json").read_text())["iter"])
+        start = int(json.loads((rd / "state.json").read_text(encoding="utf-8"))["iter"])
         for _ in range(start):
             lr.step()
     log = open(save_dir / "train_log.jsonl", "a")
