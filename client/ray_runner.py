@@ -127,15 +127,27 @@ def init_ray(address: str, *, num_cpus: int | None = None) -> bool:
     previous = signal.getsignal(signal.SIGTERM) if main else None
     try:
         if address == "local":
-            ray.init(
-                address="local",  # a new instance even where `ray start` left a cluster file
-                num_cpus=num_cpus or os.cpu_count() or 1,
-                include_dashboard=False,
-                object_store_memory=200 * 1024**2,
-                log_to_driver=False,
-                logging_level="WARNING",
-            )
-            return True
+            # Ray's head start waits a fixed time for its GCS port file; on a loaded
+            # machine that can time out (seen on 2 busy cores): try again, then say so.
+            for attempt in range(3):
+                try:
+                    ray.init(
+                        address="local",  # a new instance even where `ray start` left a file
+                        num_cpus=num_cpus or os.cpu_count() or 1,
+                        include_dashboard=False,
+                        object_store_memory=200 * 1024**2,
+                        log_to_driver=False,
+                        logging_level="WARNING",
+                    )
+                    return True
+                except RuntimeError as exc:
+                    ray.shutdown()
+                    if attempt == 2:
+                        raise ConfigError(
+                            f"--ray local: could not start a local Ray instance after 3 tries "
+                            f"({exc}); is the machine overloaded?"
+                        ) from exc
+                    time.sleep(2.0 * (attempt + 1))
         try:
             ray.init(address=address, log_to_driver=False, logging_level="WARNING")
         except (ConnectionError, RuntimeError) as exc:
