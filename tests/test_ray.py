@@ -79,7 +79,7 @@ def test_a_worker_killed_mid_run_still_gives_exactly_one_row_per_scan(setup):
     out = base / "killed"
     killed = []
 
-    def kill_one_worker():  # once the first row is written, SIGKILL a worker mid-scan
+    def kill_one_worker():  # once the workers are listed, SIGKILL one while scans remain
         t_end = time.monotonic() + 180
         while time.monotonic() < t_end and not killed:
             try:
@@ -88,7 +88,7 @@ def test_a_worker_killed_mid_run_still_gives_exactly_one_row_per_scan(setup):
             except (OSError, ValueError):
                 n_rows, run = 0, {}
             procs = (run.get("ray") or {}).get("worker_processes")
-            if procs and 1 <= n_rows <= N - 3:
+            if procs and n_rows <= N - 3:  # (waiting for a first row missed fast runs)
                 os.kill(procs[0]["pid"], signal.SIGKILL)
                 killed.append(procs[0]["pid"])
             time.sleep(0.05)
