@@ -125,6 +125,21 @@ def check_nifti_complete(path: Path) -> None:
     precheck(Path(path), image_suffix(path) or ".nii")
 
 
+def _checked_reader(path: Path, max_voxels, what: str):
+    """Suffix, header checks (before any allocation) and an ITK reader with the suffix's ImageIO."""
+    import SimpleITK as sitk
+
+    suffix = image_suffix(path)
+    if suffix is None:
+        raise ScanReadError(
+            f"{show(path)}: unknown {what} format: expected one of {', '.join(IMAGE_SUFFIXES)}"
+        )
+    info = precheck(path, suffix, max_voxels, what)
+    reader = sitk.ImageFileReader()
+    reader.SetImageIO(_IMAGE_IO[suffix])
+    return suffix, info, reader
+
+
 def read_itk_checked(path: str | Path, *, max_voxels: int | None = None, what: str = "image file"):
     """Read a NIfTI/NRRD/MetaImage file with SimpleITK after :func:`client._headers.precheck`.
 
@@ -154,14 +169,7 @@ def read_itk_checked(path: str | Path, *, max_voxels: int | None = None, what: s
 
     sitk.ProcessObject_SetGlobalWarningDisplay(False)  # ITK prints to the console otherwise
     path = Path(path)
-    suffix = image_suffix(path)
-    if suffix is None:
-        raise ScanReadError(
-            f"{show(path)}: unknown {what} format: expected one of {', '.join(IMAGE_SUFFIXES)}"
-        )
-    info = precheck(path, suffix, max_voxels, what)
-    reader = sitk.ImageFileReader()
-    reader.SetImageIO(_IMAGE_IO[suffix])
+    suffix, info, reader = _checked_reader(path, max_voxels, what)
     with itk_safe_path(path, suffix, info) as name:
         reader.SetFileName(name)
         try:
@@ -234,14 +242,7 @@ def read_image_info(path: str | Path, *, max_voxels: int | None = None, what: st
 
     sitk.ProcessObject_SetGlobalWarningDisplay(False)
     path = Path(path)
-    suffix = image_suffix(path)
-    if suffix is None:
-        raise ScanReadError(
-            f"{show(path)}: unknown {what} format: expected one of {', '.join(IMAGE_SUFFIXES)}"
-        )
-    info = precheck(path, suffix, max_voxels, what)
-    reader = sitk.ImageFileReader()
-    reader.SetImageIO(_IMAGE_IO[suffix])
+    suffix, info, reader = _checked_reader(path, max_voxels, what)
     with itk_safe_path(path, suffix, info) as name:
         reader.SetFileName(name)
         try:
