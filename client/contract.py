@@ -27,6 +27,15 @@ HU_WINDOW = (-100.0, 300.0)  # HU mapped linearly to 0..255, clipped outside
 # Size of the original MedicalSeg model; a served model may be smaller and the
 # client reads the size from the served model's configuration.
 ORIGINAL_MODEL_SHAPE = (128, 128, 128)  # [z, y, x]
+# How a served model wants its input made (client.preprocess.PreprocessSpec), declared
+# in the model's config.pbtxt as parameters; absent means "resize" (MedicalSeg):
+#   "resize"  - the whole canonical volume linearly resized to the model shape;
+#   "spacing" - resampled to a fixed voxel size (PREPROCESS_SPACING_PARAM, "z,y,x" mm),
+#               cropped in-plane to the body, padded when smaller than the model box and
+#               covered by overlapping model-size windows when larger (sliding window).
+PREPROCESS_PARAM = "hepascreen_preprocess"
+PREPROCESS_SPACING_PARAM = "hepascreen_spacing_mm"
+PREPROCESS_MODES = ("resize", "spacing")
 
 # --- served tensors -----------------------------------------------------------
 MODEL_NAME = "hepascreen_vnet"

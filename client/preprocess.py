@@ -9,6 +9,18 @@ the model always sees the same anatomy whatever the file's direction cosines.
 The :class:`PreprocessRecord` undoes every step; :func:`to_scan_grid` maps a
 label map at model size back to the scan's own grid (nearest neighbour).
 
+A served model declares how its input is made (:class:`PreprocessSpec`, from the
+model's ``config.pbtxt`` parameters, see ``client.contract.PREPROCESS_PARAM``):
+
+- ``resize`` (MedicalSeg, the default): the whole canonical volume resized to the
+  model shape; a 40 mm slab and a 1.5 m whole-body scan both fill the model box.
+- ``spacing`` (as nnU-Net / TotalSegmentator): the canonical volume cropped in-plane to
+  the body (a coarse threshold pass), resampled to a fixed voxel size so the model sees
+  a fixed physical box, padded (centred, with air) where the scan is smaller than the
+  box, and covered by overlapping model-size windows where it is larger. Each window is
+  one model input (one batch item); :func:`to_scan_grid` stitches the windows' labels
+  (every voxel from the window whose centre is nearest) and maps them back.
+
 Coordinate mapping for both resamplings is "align corners" (voxel centres of
 the first and last voxel coincide), as ``scipy.ndimage.zoom(order=1)`` does.
 Arrays may be NumPy or CuPy (the module is picked from the input).
@@ -20,7 +32,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .contract import HU_WINDOW
+from .contract import (
+    HU_WINDOW,
+    PREPROCESS_MODES,
+    PREPROCESS_PARAM,
+    PREPROCESS_SPACING_PARAM,
+)
 from .errors import PreprocessError
 
 
@@ -51,6 +68,18 @@ class PreprocessRecord:
         Spacing (mm) of the canonical array, same order as its axes.
     model_shape : tuple of int
         Spatial shape of the model tensor ``[z, y, x]``.
+    crop : tuple of (lo, hi), optional
+        Canonical index box that was resampled (``spacing`` mode: the body's in-plane
+        box, all slices); None = the whole canonical volume.
+    grid_shape : tuple of int, optional
+        Shape of the resampled crop (``resize`` mode: the model shape).
+    pad : tuple of int
+        Where the resampled crop starts inside the padded grid (centred when smaller
+        than the model box).
+    windows : tuple of start triples
+        Model-size windows in the padded grid, one per batch item (``resize``: one at 0).
+    mode : str
+        ``"resize"`` or ``"spacing"``.
     """
 
     scan_shape: tuple[int, int, int]
@@ -59,6 +88,103 @@ class PreprocessRecord:
     canonical_shape: tuple[int, int, int]
     canonical_spacing: tuple[float, float, float]
     model_shape: tuple[int, int, int]
+    crop: tuple[tuple[int, int], ...] | None = None
+    grid_shape: tuple[int, int, int] | None = None
+    pad: tuple[int, int, int] = (0, 0, 0)
+    windows: tuple[tuple[int, int, int], ...] = ((0, 0, 0),)
+    mode: str = "resize"
+
+    @property
+    def padded_shape(self) -> tuple[int, int, int]:
+        """Shape of the padded grid the windows tile."""
+        grid = self.grid_shape or self.model_shape
+        return tuple(max(g, m) for g, m in zip(grid, self.model_shape))
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How a served model wants its input: ``resize`` (MedicalSeg) or ``spacing``.
+
+    Attributes
+    ----------
+    mode : str
+        One of :data:`client.contract.PREPROCESS_MODES`.
+    model_shape : tuple of int
+        The model's input size ``[z, y, x]``.
+    spacing_mm : tuple of float, optional
+        ``spacing`` mode: voxel size ``(z, y, x)`` in mm the volume is resampled to.
+    body_hu : float
+        ``spacing`` mode: voxels above this HU count as body for the in-plane crop.
+    body_margin_mm : float
+        ``spacing`` mode: margin kept around the body box.
+    min_overlap : int, optional
+        ``spacing`` mode: minimum overlap in voxels between neighbouring windows
+        (default a quarter of the smallest model side).
+    """
+
+    mode: str
+    model_shape: tuple[int, int, int]
+    spacing_mm: tuple[float, float, float] | None = None
+    body_hu: float = -500.0
+    body_margin_mm: float = 10.0
+    min_overlap: int | None = None
+
+    def __post_init__(self):
+        shape = tuple(int(n) for n in self.model_shape)
+        if len(shape) != 3 or min(shape) < 1:
+            raise PreprocessError(f"expected a model shape of three positive ints, got {shape}")
+        object.__setattr__(self, "model_shape", shape)
+        if self.mode not in PREPROCESS_MODES:
+            raise PreprocessError(
+                f"unknown preprocessing mode {self.mode!r}; expected one of {PREPROCESS_MODES}"
+            )
+        if self.mode == "spacing":
+            sp = tuple(float(v) for v in (self.spacing_mm or ()))
+            if len(sp) != 3 or not all(np.isfinite(sp)) or min(sp) <= 0:
+                raise PreprocessError(
+                    f"'spacing' preprocessing needs three positive voxel sizes in mm, got {self.spacing_mm!r}"
+                )
+            object.__setattr__(self, "spacing_mm", sp)
+        if self.min_overlap is None:
+            object.__setattr__(self, "min_overlap", min(shape) // 4)
+        if self.mode == "spacing":
+            if not 0 <= int(self.min_overlap) < min(shape):
+                raise PreprocessError(f"min_overlap {self.min_overlap} must be in [0, {min(shape)})")
+
+    @classmethod
+    def from_parameters(cls, parameters: dict, model_shape) -> PreprocessSpec:
+        """From a model config's ``parameters`` (Triton JSON: ``{key: {"string_value": v}}``
+        or a plain ``{key: v}`` mapping). No :data:`PREPROCESS_PARAM` means ``resize``."""
+
+        def get(key):
+            v = (parameters or {}).get(key)
+            return v.get("string_value") if isinstance(v, dict) else v
+
+        mode = (get(PREPROCESS_PARAM) or "resize").strip()
+        spacing = None
+        if mode == "spacing":
+            raw = get(PREPROCESS_SPACING_PARAM)
+            try:
+                spacing = tuple(float(v) for v in str(raw).split(","))
+            except ValueError:
+                raise PreprocessError(
+                    f"model parameter {PREPROCESS_SPACING_PARAM} must be 'z,y,x' in mm, got {raw!r}"
+                ) from None
+        return cls(mode, tuple(model_shape), spacing)
+
+    def parameters(self) -> dict[str, str]:
+        """The model-config parameters that declare this spec."""
+        out = {PREPROCESS_PARAM: self.mode}
+        if self.mode == "spacing":
+            out[PREPROCESS_SPACING_PARAM] = ",".join(f"{v:g}" for v in self.spacing_mm)
+        return out
+
+
+def as_spec(spec_or_shape) -> PreprocessSpec:
+    """A :class:`PreprocessSpec`; a bare model shape means ``resize`` (MedicalSeg)."""
+    if isinstance(spec_or_shape, PreprocessSpec):
+        return spec_or_shape
+    return PreprocessSpec("resize", tuple(int(n) for n in spec_or_shape))
 
 
 def canonical_axes(direction) -> tuple[tuple[int, int, int], tuple[bool, bool, bool]]:
@@ -153,8 +279,173 @@ def resize_nearest(vol, out_shape):
     return vol[xp.ix_(*idx)]
 
 
+def _canonical(vol, direction):
+    """``vol`` seen in the canonical orientation (a view), with its transpose and flips."""
+    xp = _xp(vol)
+    axes, flips = canonical_axes(direction)
+    canon = xp.transpose(vol, axes)
+    flip_axes = tuple(a for a in range(3) if flips[a])
+    if flip_axes:
+        canon = xp.flip(canon, flip_axes)
+    return canon, axes, flips
+
+
+def _check_volume(hu):
+    if hu.ndim != 3:
+        raise PreprocessError(
+            f"expected a 3D volume [z, y, x], got {hu.ndim}D of shape {tuple(hu.shape)}"
+        )
+
+
+def body_box(canon, spacing_c, body_hu: float = -500.0, margin_mm: float = 10.0):
+    """In-plane box of the body in a canonical volume: ``[(0, nz), (y0, y1), (x0, x1)]``.
+
+    A coarse pass (about 4 mm steps) thresholds at ``body_hu`` and keeps the largest
+    connected piece (the patient; a table or a blanket separated by air is dropped),
+    then the box grows by ``margin_mm``. All slices are kept. Without any body voxel the
+    whole volume is returned.
+    """
+    from scipy import ndimage as ndi
+
+    steps = [max(1, int(round(4.0 / max(float(s), 1e-6)))) for s in spacing_c]
+    sub = _to_numpy(canon[:: steps[0], :: steps[1], :: steps[2]] > body_hu)
+    full = [(0, int(n)) for n in canon.shape]
+    if not sub.any():
+        return full
+    lab, n = ndi.label(sub)
+    if n > 1:
+        sizes = np.bincount(lab.ravel())
+        sizes[0] = 0
+        sub = lab == int(np.argmax(sizes))
+    box = [full[0]]
+    for ax in (1, 2):
+        other = tuple(a for a in range(3) if a != ax)
+        hit = np.flatnonzero(sub.any(axis=other))
+        m = int(np.ceil(margin_mm / float(spacing_c[ax])))
+        lo = max(0, int(hit[0]) * steps[ax] - m)
+        hi = min(int(canon.shape[ax]), (int(hit[-1]) + 1) * steps[ax] + m)
+        box.append((lo, hi))
+    return box
+
+
+def grid_shape_for(n_in, spacing_in, spacing_out) -> tuple[int, int, int]:
+    """Samples per axis when ``n_in`` voxels at ``spacing_in`` are resampled to ``spacing_out``
+    (align corners: the first and last voxel centres are kept)."""
+    return tuple(
+        max(1, int(round((int(n) - 1) * float(a) / float(b))) + 1)
+        for n, a, b in zip(n_in, spacing_in, spacing_out)
+    )
+
+
+def window_starts(n: int, m: int, min_overlap: int) -> tuple[list[int], int, int]:
+    """Windows of length ``m`` covering ``n`` samples along one axis.
+
+    Returns ``(starts, pad, padded_length)``: a length below ``m`` is padded (centred) to
+    ``m`` and gets one window; a longer one gets the fewest evenly spaced windows whose
+    neighbours overlap by at least ``min_overlap``.
+    """
+    if n <= m:
+        return [0], (m - n) // 2, m
+    k = int(np.ceil((n - min_overlap) / (m - min_overlap)))
+    k = max(k, 2)
+    starts = [int(round(v)) for v in np.linspace(0, n - m, k)]
+    return starts, 0, n
+
+
+def _owned_ranges(starts, m: int, length: int):
+    """Per window, the half-open range it owns: voxels nearest to its centre."""
+    bounds = [0]
+    for a, b in zip(starts[:-1], starts[1:]):
+        bounds.append((b + a + m) // 2)
+    bounds.append(length)
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def preprocess_grid(hu, spacing, direction, spec):
+    """The model-input grid of a scan (before it is cut into windows) and its record.
+
+    Parameters
+    ----------
+    hu : ndarray, [z, y, x]
+        HU on the scan's own grid (NumPy or CuPy).
+    spacing : 3 floats
+        Voxel size in mm ``(z, y, x)``.
+    direction : 3 x 3
+        ITK direction matrix.
+    spec : PreprocessSpec or 3 ints
+        A bare model shape means ``resize``.
+
+    Returns
+    -------
+    grid : ndarray, uint8, ``record.padded_shape``
+        HU-windowed to 0..255; padding is 0 (air).
+    record : PreprocessRecord
+    """
+    xp = _xp(hu)
+    spec = as_spec(spec)
+    _check_volume(hu)
+    m = spec.model_shape
+    canon, axes, flips = _canonical(hu, direction)
+    spacing_c = tuple(float(spacing[a]) for a in axes)
+    if spec.mode == "resize":
+        crop = None
+        region = canon
+        grid_shape = m
+    else:
+        crop = tuple(body_box(canon, spacing_c, spec.body_hu, spec.body_margin_mm))
+        region = canon[tuple(slice(lo, hi) for lo, hi in crop)]
+        grid_shape = grid_shape_for(region.shape, spacing_c, spec.spacing_mm)
+    vol = xp.rint(resize_linear(region, grid_shape, pointwise=window_hu)).astype(xp.uint8)
+    plans = [window_starts(g, mm, spec.min_overlap) for g, mm in zip(grid_shape, m)]
+    pad = tuple(p[1] for p in plans)
+    padded = tuple(p[2] for p in plans)
+    if padded != tuple(grid_shape):
+        grid = xp.zeros(padded, dtype=xp.uint8)
+        grid[tuple(slice(p, p + g) for p, g in zip(pad, grid_shape))] = vol
+    else:
+        grid = vol
+    windows = tuple(
+        (a, b, c) for a in plans[0][0] for b in plans[1][0] for c in plans[2][0]
+    )
+    record = PreprocessRecord(
+        scan_shape=tuple(int(n) for n in hu.shape),
+        axes=axes,
+        flips=flips,
+        canonical_shape=tuple(int(n) for n in canon.shape),
+        canonical_spacing=spacing_c,
+        model_shape=m,
+        crop=crop,
+        grid_shape=tuple(int(n) for n in grid_shape),
+        pad=pad,
+        windows=windows,
+        mode=spec.mode,
+    )
+    return grid, record
+
+
+def window_batch(grid, record: PreprocessRecord):
+    """Cut a padded grid into the record's windows: ``[n_windows, 1, *model_shape]``."""
+    xp = _xp(grid)
+    m = record.model_shape
+    if len(record.windows) == 1 and tuple(grid.shape) == m:
+        return grid[None, None]
+    return xp.stack(
+        [grid[tuple(slice(s, s + n) for s, n in zip(w, m))] for w in record.windows]
+    )[:, None]
+
+
+def preprocess_windows(hu, spacing, direction, spec):
+    """A scan as the model's uint8 input batch ``[n_windows, 1, *model_shape]`` and its record.
+
+    ``resize`` mode gives one window (the whole volume); ``spacing`` mode one per
+    model-size window of the fixed-spacing grid. :func:`to_scan_grid` inverts it.
+    """
+    grid, record = preprocess_grid(hu, spacing, direction, spec)
+    return window_batch(grid, record), record
+
+
 def preprocess(hu, spacing, direction, model_shape):
-    """Turn a CT volume into the model's uint8 input and a record that inverts it.
+    """Turn a CT volume into the model's uint8 input (``resize`` mode) and a record that inverts it.
 
     Parameters
     ----------
@@ -177,45 +468,60 @@ def preprocess(hu, spacing, direction, model_shape):
     ------
     PreprocessError
         If the volume is not 3D or the model shape is not three positive ints.
+
+    See :func:`preprocess_windows` for any :class:`PreprocessSpec`.
     """
-    xp = _xp(hu)
-    if hu.ndim != 3:
+    _check_volume(hu)
+    grid, record = preprocess_grid(hu, spacing, direction, as_spec(model_shape))
+    return grid[None], record
+
+
+def preprocess_scan(scan, spec):
+    """:func:`preprocess_windows` applied to a :class:`client.scan.ScanVolume`.
+
+    ``spec`` is a :class:`PreprocessSpec` or a model shape (``resize``); returns
+    ``(batch [n_windows, 1, *model_shape], record)``.
+    """
+    return preprocess_windows(scan.array, scan.spacing, scan.direction, spec)
+
+
+def stitch_windows(labels, record: PreprocessRecord):
+    """Labels of the record's windows ``[n_windows, *model_shape]`` -> the resampled crop's grid.
+
+    Every voxel comes from the window whose centre is nearest along each axis (windows
+    overlap; their borders, where context is poorest, are not used). Padding is dropped.
+    """
+    xp = _xp(labels)
+    m = tuple(record.model_shape)
+    if labels.ndim == 3:
+        labels = labels[None]
+    if labels.ndim != 4 or labels.shape[0] != len(record.windows) or tuple(labels.shape[1:]) != m:
         raise PreprocessError(
-            f"expected a 3D volume [z, y, x], got {hu.ndim}D of shape {tuple(hu.shape)}"
+            f"expected labels for {len(record.windows)} window(s) of model shape {m}, "
+            f"got {tuple(labels.shape)}"
         )
-    model_shape = tuple(int(n) for n in model_shape)
-    if len(model_shape) != 3 or min(model_shape) < 1:
-        raise PreprocessError(f"expected a model shape of three positive ints, got {model_shape}")
-    axes, flips = canonical_axes(direction)
-    canon = xp.transpose(hu, axes)
-    flip_axes = tuple(a for a in range(3) if flips[a])
-    if flip_axes:
-        canon = xp.flip(canon, flip_axes)
-    spacing_c = tuple(float(spacing[a]) for a in axes)
-    vol = resize_linear(canon, model_shape, pointwise=window_hu)
-    tensor = xp.rint(vol).astype(xp.uint8)[None]
-    record = PreprocessRecord(
-        scan_shape=tuple(int(n) for n in hu.shape),
-        axes=axes,
-        flips=flips,
-        canonical_shape=tuple(int(n) for n in canon.shape),
-        canonical_spacing=spacing_c,
-        model_shape=model_shape,
-    )
-    return tensor, record
-
-
-def preprocess_scan(scan, model_shape):
-    """:func:`preprocess` applied to a :class:`client.scan.ScanVolume`."""
-    return preprocess(scan.array, scan.spacing, scan.direction, model_shape)
+    grid_shape = tuple(record.grid_shape or m)
+    padded = record.padded_shape
+    if len(record.windows) == 1 and padded == grid_shape:
+        return labels[0]
+    starts = [sorted({w[a] for w in record.windows}) for a in range(3)]
+    owned = [dict(zip(s, _owned_ranges(s, n, L))) for s, n, L in zip(starts, m, padded)]
+    full = xp.zeros(padded, dtype=labels.dtype)
+    for k, w in enumerate(record.windows):
+        rng = [owned[a][w[a]] for a in range(3)]
+        dst = tuple(slice(lo, hi) for lo, hi in rng)
+        src = tuple(slice(lo - s, hi - s) for (lo, hi), s in zip(rng, w))
+        full[dst] = labels[k][src]
+    return full[tuple(slice(p, p + g) for p, g in zip(record.pad, grid_shape))]
 
 
 def to_scan_grid(labels, record: PreprocessRecord):
-    """Map a label map at model size back onto the scan's own grid (nearest neighbour).
+    """Map model-size labels back onto the scan's own grid (nearest neighbour).
 
     Parameters
     ----------
-    labels : ndarray, ``record.model_shape`` (a leading axis of length 1 is accepted)
+    labels : ndarray, ``[n_windows, *record.model_shape]`` (one window: the leading axis
+        may be omitted)
     record : PreprocessRecord
 
     Returns
@@ -223,31 +529,31 @@ def to_scan_grid(labels, record: PreprocessRecord):
     ndarray with ``record.scan_shape``, same dtype as ``labels``.
     """
     xp = _xp(labels)
-    if labels.ndim == 4 and labels.shape[0] == 1:
-        labels = labels[0]
-    if tuple(labels.shape) != tuple(record.model_shape):
-        raise PreprocessError(
-            f"expected a label map of model shape {record.model_shape}, got {tuple(labels.shape)}"
-        )
+    m = tuple(record.model_shape)
+    if labels.ndim == 3 and len(record.windows) == 1 and tuple(labels.shape) != m:
+        raise PreprocessError(f"expected a label map of model shape {m}, got {tuple(labels.shape)}")
+    grid = stitch_windows(labels, record)
     out = xp.zeros(record.scan_shape, dtype=labels.dtype)
     # ``out`` seen in the canonical orientation (a view: writes land on the scan grid).
     canon = xp.transpose(out, record.axes)
     flip_axes = tuple(a for a in range(3) if record.flips[a])
     if flip_axes:
         canon = xp.flip(canon, flip_axes)
+    if record.crop is not None:
+        canon = canon[tuple(slice(lo, hi) for lo, hi in record.crop)]
     # Only the labelled box is resampled; everything else is background (0). The
     # nearest-neighbour source index is non-decreasing along each axis, so the output
     # voxels whose source lies in the box form one contiguous range per axis.
-    box = _nonzero_box(labels)
+    box = _nonzero_box(grid)
     if box is None:
         return out
     idx, sel = [], []
-    for (lo, hi), n_in, n_out in zip(box, labels.shape, record.canonical_shape):
+    for (lo, hi), n_in, n_out in zip(box, grid.shape, canon.shape):
         src = np.rint(_align_corner_coords(n_in, int(n_out))).astype(np.int64)
         a, b = int(np.searchsorted(src, lo, "left")), int(np.searchsorted(src, hi, "left"))
         idx.append(xp.asarray(src[a:b]))
         sel.append(slice(a, b))
-    canon[tuple(sel)] = labels[xp.ix_(*idx)]
+    canon[tuple(sel)] = grid[xp.ix_(*idx)]
     return out
 
 
@@ -285,12 +591,37 @@ def normalise_network_input(tensor):
 def labels_to_model(labels, direction, model_shape):
     """Bring a label map on the scan grid to model size the way :func:`preprocess` moves the image.
 
-    Same canonical reorientation, then nearest-neighbour resampling (used for training targets).
+    Same canonical reorientation, then nearest-neighbour resampling (used for training
+    targets of ``resize`` models; :func:`labels_to_grid` for any mode).
     """
     xp = _xp(labels)
-    axes, flips = canonical_axes(direction)
-    canon = xp.transpose(labels, axes)
-    flip_axes = tuple(a for a in range(3) if flips[a])
+    canon, _, _ = _canonical(labels, direction)
+    return xp.ascontiguousarray(resize_nearest(canon, tuple(int(n) for n in model_shape)))
+
+
+def labels_to_grid(labels, record: PreprocessRecord):
+    """A label map on the scan grid moved the way :func:`preprocess_grid` moved the image.
+
+    Same canonical orientation, crop, nearest-neighbour resampling to the grid and
+    padding, so ``window_batch(labels_to_grid(lab, rec)[None]...)`` lines up with the
+    image's windows (training targets).
+    """
+    xp = _xp(labels)
+    if tuple(labels.shape) != tuple(record.scan_shape):
+        raise PreprocessError(
+            f"label map shape {tuple(labels.shape)} does not match the scan {record.scan_shape}"
+        )
+    canon = xp.transpose(labels, record.axes)
+    flip_axes = tuple(a for a in range(3) if record.flips[a])
     if flip_axes:
         canon = xp.flip(canon, flip_axes)
-    return xp.ascontiguousarray(resize_nearest(canon, tuple(int(n) for n in model_shape)))
+    if record.crop is not None:
+        canon = canon[tuple(slice(lo, hi) for lo, hi in record.crop)]
+    grid_shape = tuple(record.grid_shape or record.model_shape)
+    small = resize_nearest(canon, grid_shape)
+    padded = record.padded_shape
+    if padded == grid_shape:
+        return xp.ascontiguousarray(small)
+    out = xp.zeros(padded, dtype=labels.dtype)
+    out[tuple(slice(p, p + g) for p, g in zip(record.pad, grid_shape))] = small
+    return out
