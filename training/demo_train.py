@@ -90,15 +90,17 @@ def load_pools(files, pool_dir, seen=None):
     return images, labels, seen
 
 
-def validation_sets(model_shape, n_plain=16, n_synth=24):
-    """Fixed validation sets at model size: name -> (images, labels)."""
-    from client.preprocess import labels_to_model, preprocess
+def validation_sets(spec, n_plain=16, n_synth=24):
+    """Fixed validation sets at model size: name -> (images, labels).
 
+    ``spec``: a :class:`client.preprocess.PreprocessSpec` or a model shape (``resize``);
+    ``spacing`` specs give one fixed (seeded) training window per scan.
+    """
     from .samples import phantom_sample
-    from .synth import synth_scan
+    from .synth import synth_scan, training_window
 
     sets = {}
-    val = [phantom_sample(900_000 + i, model_shape) for i in range(n_plain)]
+    val = [phantom_sample(900_000 + i, spec) for i in range(n_plain)]
     sets["plain_phantoms"] = (np.stack([v[0] for v in val]), np.stack([v[1] for v in val]))
     for name, source, s0 in (
         ("synth_real_anatomy", "real", 5_000_000),
@@ -108,10 +110,23 @@ def validation_sets(model_shape, n_plain=16, n_synth=24):
         for i in range(n_synth):
             aseed = 1000 + i if source == "phantom" else None
             s = synth_scan(s0 + i, source, anatomy_seed=aseed)
-            xs.append(preprocess(s["hu"], s["spacing"], s["direction"], model_shape)[0])
-            ys.append(labels_to_model(s["labels"], s["direction"], model_shape))
+            rng = np.random.default_rng([s0 + i, 11])
+            x, y = training_window(s["hu"], s["labels"], s["spacing"], s["direction"], spec, rng)
+            xs.append(x)
+            ys.append(y)
         sets[name] = (np.stack(xs), np.stack(ys))
     return sets
+
+
+def pool_spec(pool_dir, model_shape):
+    """The preprocessing a pool was made with (its ``pool.json``; none: ``resize``)."""
+    from client.preprocess import PreprocessSpec
+
+    meta = Path(pool_dir) / "pool.json" if pool_dir else None
+    if meta is not None and meta.exists():
+        d = json.loads(meta.read_text(encoding="utf-8"))
+        return PreprocessSpec.from_parameters(d, tuple(d["model_shape"]))
+    return PreprocessSpec("resize", tuple(int(n) for n in model_shape))
 
 
 def _atomic_save(torch, obj, path: Path) -> None:
@@ -139,6 +154,11 @@ def main(argv=None) -> int:
     ap.add_argument("--ckpt_minutes", type=float, default=10.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument(
+        "--init",
+        default=None,
+        help="start from this checkpoint's (EMA) weights with a fresh optimiser (fine-tuning)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--checkpoint_only",
@@ -168,7 +188,8 @@ def main(argv=None) -> int:
     save.mkdir(parents=True, exist_ok=True)
     images, labels, seen = load_pools(args.pool, args.pool_dir)
     model_shape = images.shape[2:]
-    vsets = validation_sets(model_shape, args.val_phantoms, args.val_synth)
+    spec = pool_spec(args.pool_dir, model_shape)
+    vsets = validation_sets(spec, args.val_phantoms, args.val_synth)
     real_cases = []
     if not args.no_real_ct:
         from .evaluate import DATA_DIR, real_ct_cases
@@ -194,6 +215,12 @@ def main(argv=None) -> int:
         it0, elapsed0 = ck["iter"], ck["elapsed"]
         rng_state = ck.get("rng")
         print(f"resumed {save / 'latest.pt'} at iteration {it0}", flush=True)
+    elif args.init:
+        ck = torch.load(args.init, weights_only=False)
+        state = {k: torch.as_tensor(v).float() for k, v in (ck.get("ema") or ck["model"]).items()}
+        model.load_state_dict(state)
+        ema.load_state_dict(state)
+        print(f"initialised from {args.init} (iteration {ck.get('iter')})", flush=True)
     rng = np.random.default_rng([args.seed, it0])
     if rng_state is not None:
         rng.bit_generator.state = rng_state
@@ -232,7 +259,7 @@ def main(argv=None) -> int:
             d = dice_per_class(preds, vy)
             out[f"val_{name}_liver"], out[f"val_{name}_spleen"] = round(d[0], 4), round(d[1], 4)
         for name, hu, lab, sp, d in real_cases:
-            r = evaluate_case(predict, hu, lab, sp, d, model_shape, assess_ratio=False)
+            r = evaluate_case(predict, hu, lab, sp, d, spec, assess_ratio=False)
             out[f"real_ct_{name}_liver"] = round(r["dice_liver"], 4)
             out[f"real_ct_{name}_spleen"] = round(r["dice_spleen"], 4)
         return out
@@ -253,6 +280,7 @@ def main(argv=None) -> int:
                 "rng": rng.bit_generator.state,
                 "width": args.width,
                 "model_shape": list(model_shape),
+                "preprocess": spec.parameters(),
             },
             save / "latest.pt",
         )
@@ -324,6 +352,7 @@ def main(argv=None) -> int:
         "batch_size": args.batch_size,
         "width": args.width,
         "model_shape": list(model_shape),
+        "preprocess": spec.parameters(),
         "pool_size": int(len(images)),
         "validation": final,
         "final_loss": float(np.mean(losses[-50:])) if losses else None,

@@ -86,8 +86,20 @@ def _dice(a, b):
     return dice_per_class(a.astype(np.uint8), b.astype(np.uint8), classes=(1,))[0]
 
 
+def onnx_spec(sess):
+    """The preprocessing an exported model declares in its ONNX metadata (``training.export``
+    writes the model config's ``hepascreen_preprocess`` keys there); none = ``resize``."""
+    from client.preprocess import PreprocessSpec
+
+    meta = sess.get_modelmeta().custom_metadata_map
+    return PreprocessSpec.from_parameters(dict(meta), tuple(sess.get_inputs()[0].shape[2:]))
+
+
 def onnx_predictor(path):
-    """``predict(x uint8 [N, 1, z, y, x]) -> labels [N, z, y, x]`` with ONNX Runtime (CPU)."""
+    """``predict(x uint8 [N, 1, z, y, x]) -> labels [N, z, y, x]`` with ONNX Runtime (CPU).
+
+    ``predict.spec`` is the model's :class:`client.preprocess.PreprocessSpec`.
+    """
     import onnxruntime as ort
 
     from client.contract import INPUT_NAME
@@ -100,23 +112,34 @@ def onnx_predictor(path):
         return sess.run(None, {INPUT_NAME: x})[0]
 
     predict.model_shape = tuple(sess.get_inputs()[0].shape[2:])
+    predict.spec = onnx_spec(sess)
     return predict
 
 
-def evaluate_case(predict, hu, labels, spacing, direction, model_shape, assess_ratio=True):
+def segment_volume(predict, hu, spacing, direction, spec, chunk: int = 4):
+    """Labels on the scan's own grid: serving's preprocessing, ``predict`` per chunk of
+    windows, stitching and mapping back (``client.preprocess``)."""
+    from client.preprocess import preprocess_windows, to_scan_grid
+
+    x, record = preprocess_windows(hu, spacing, direction, spec)
+    small = np.concatenate(
+        [np.asarray(predict(x[i : i + chunk])) for i in range(0, len(x), chunk)]
+    )
+    return to_scan_grid(small, record), record
+
+
+def evaluate_case(predict, hu, labels, spacing, direction, spec, assess_ratio=True):
     """Dice (and liver/spleen ratio) of one scan on its own grid.
 
     ``predict`` maps a uint8 batch ``[N, 1, *model_shape]`` to labels ``[N, *model_shape]``
-    (an ONNX Runtime session's ``run`` wrapped by :func:`onnx_predictor`, or a torch model).
+    (an ONNX Runtime session's ``run`` wrapped by :func:`onnx_predictor`, or a torch model);
+    ``spec`` is a :class:`client.preprocess.PreprocessSpec` or a model shape (``resize``).
     """
-    from client.preprocess import preprocess, to_scan_grid
-
-    x, record = preprocess(hu, spacing, direction, model_shape)
-    small = predict(x[None])
-    pred = to_scan_grid(np.asarray(small)[0], record)
+    pred, record = segment_volume(predict, hu, spacing, direction, spec)
     out = {
         "dice_liver": _dice(pred == 1, labels == 1),
         "dice_spleen": _dice(pred == 2, labels == 2),
+        "windows": len(record.windows),
     }
     if assess_ratio:
         from postprocess import assess
@@ -177,10 +200,49 @@ def resample_thick(hu, labels, spacing, direction, new_spacing=(5.0, 0.8, 0.8)):
     return np.rint(img2).astype(np.int16), lab2.astype(np.uint8), tuple(new_spacing), direction
 
 
-def real_ct_cases(
-    data_dir=DATA_DIR, variants=("native", "resampled_0.8x0.8x5", "arterial", "portal", "delayed")
-):
-    """Variants of the shared real CT as ``(name, hu, labels, spacing, direction)``."""
+REAL_CT_VARIANTS = (
+    "native",
+    "resampled_0.8x0.8x5",
+    "arterial",
+    "portal",
+    "delayed",
+    "slab_42mm",
+    "organs_only",
+    "upper_half",
+)
+
+
+def crop_slices(hu, labels, name):
+    """Partial-coverage crops of a scan along its slice axis (array axis 0).
+
+    ``slab_42mm``: 14 slices (42 mm at 3 mm) centred on the slice with the largest
+    spleen section (both organs cut by the scan's ends, as a thin slab);
+    ``organs_only``: from the first to the last slice holding liver or spleen (no chest,
+    no pelvis); ``upper_half``: the upper half of that range (spleen and the upper liver).
+    """
+    z_sp = np.flatnonzero((labels == 2).any(axis=(1, 2)))
+    z_or = np.flatnonzero((labels > 0).any(axis=(1, 2)))
+    if name == "slab_42mm":
+        c = int(np.argmax((labels == 2).sum(axis=(1, 2)))) if z_sp.size else hu.shape[0] // 2
+        lo = min(max(0, c - 7), max(0, hu.shape[0] - 14))
+        sl = slice(lo, lo + 14)
+    elif name == "organs_only":
+        sl = slice(int(z_or[0]), int(z_or[-1]) + 1)
+    elif name == "upper_half":
+        mid = (int(z_or[0]) + int(z_or[-1])) // 2
+        sl = slice(mid, int(z_or[-1]) + 1)
+    else:
+        raise ValueError(f"unknown crop {name!r}")
+    return np.ascontiguousarray(hu[sl]), np.ascontiguousarray(labels[sl])
+
+
+def real_ct_cases(data_dir=DATA_DIR, variants=REAL_CT_VARIANTS):
+    """Variants of the shared real CT as ``(name, hu, labels, spacing, direction)``.
+
+    The crops (``slab_42mm``, ``organs_only``, ``upper_half``, :func:`crop_slices`)
+    assume the slice axis is array axis 0 running along the body axis (true for the
+    shared CT: direction diag(-1, -1, 1)).
+    """
     import SimpleITK as sitk
 
     from client.io import read_label_map, read_scan
@@ -204,6 +266,8 @@ def real_ct_cases(
                 names = json.loads((data_dir / "labels_all_names.json").read_text(encoding="utf-8"))
                 tissue = totalseg_tissue_map(la, names, hu)
             out.append((v, paint_phase(hu, tissue, v), lab, ct.spacing, ct.direction))
+        elif v in ("slab_42mm", "organs_only", "upper_half"):
+            out.append((v, *crop_slices(hu, np.asarray(lab), v), ct.spacing, ct.direction))
         else:
             raise ValueError(f"unknown real-CT variant {v!r}")
     return out
@@ -232,13 +296,13 @@ def heldout_phantom(i):
     )
 
 
-def evaluate_model(predict, model_shape, n_phantoms=20, real_cases=None):
+def evaluate_model(predict, spec, n_phantoms=20, real_cases=None):
     """Phantom and real-CT evaluation of one predictor; returns a summary dict."""
     rows = []
     t0 = time.time()
     for i in range(n_phantoms):
         p = heldout_phantom(i)
-        r = evaluate_case(predict, p.hu, p.labels, p.spacing, p.direction, model_shape)
+        r = evaluate_case(predict, p.hu, p.labels, p.spacing, p.direction, spec)
         r.update(
             case=f"phantom_{2_000_000 + i}",
             shape=list(p.hu.shape),
@@ -249,10 +313,17 @@ def evaluate_model(predict, model_shape, n_phantoms=20, real_cases=None):
         rows.append(r)
     real = {}
     for name, hu, lab, sp, d in real_cases or []:
-        real[name] = evaluate_case(predict, hu, lab, sp, d, model_shape)
+        real[name] = evaluate_case(predict, hu, lab, sp, d, spec)
         real[name]["shape"] = list(hu.shape)
     ph = rows
-    summary = {"model_shape": list(model_shape), "n_phantoms": len(ph)}
+    from client.preprocess import as_spec
+
+    spec = as_spec(spec)
+    summary = {
+        "model_shape": list(spec.model_shape),
+        "preprocess": spec.parameters(),
+        "n_phantoms": len(ph),
+    }
     if ph:
         summary.update(
             phantom_dice_liver_mean=round(float(np.nanmean([r["dice_liver"] for r in ph])), 4),
@@ -288,7 +359,7 @@ def main(argv=None) -> int:
     results = {}
     for path in args.onnx:
         predict = onnx_predictor(path)
-        s = evaluate_model(predict, predict.model_shape, args.phantoms, real_cases)
+        s = evaluate_model(predict, predict.spec, args.phantoms, real_cases)
         results[str(path)] = {"model": str(path), **s}
     out = results[str(args.onnx[0])] if len(args.onnx) == 1 else {"models": results}
     text = json.dumps(out, indent=2, default=float)

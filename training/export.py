@@ -252,6 +252,30 @@ def recast_file(path: str | Path) -> bool:
     return True
 
 
+def set_preprocess_metadata(path: str | Path, parameters: dict[str, str]) -> None:
+    """Write the model's preprocessing (``PreprocessSpec.parameters()``) into the ONNX
+    file's metadata_props (in place, atomic), so the file says how its input is made;
+    the model config's parameters must say the same (tests/test_model_repository.py)."""
+    import onnx
+
+    path = Path(path)
+    model = onnx.load(str(path))
+    keep = [p for p in model.metadata_props if p.key not in parameters]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for k, v in parameters.items():
+        model.metadata_props.add(key=k, value=str(v))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=path.parent)
+    os.close(fd)
+    try:
+        onnx.save(model, tmp)
+        shutil.copymode(path, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def check_export(net, onnx_path, model_shape, variant="uint8", batches=(1, 4), seed=0) -> dict:
     """Compare ONNX Runtime with Paddle on the same random inputs.
 
@@ -311,6 +335,14 @@ def main(argv=None) -> int:
     ap.add_argument("--model_shape", type=int, nargs=3, default=None, help="override [z y x]")
     ap.add_argument("--no_check", action="store_true")
     ap.add_argument(
+        "--spacing_mm",
+        type=float,
+        nargs=3,
+        default=None,
+        help="the model was trained with fixed-spacing preprocessing at z y x mm "
+        "(written into the ONNX metadata; default: MedicalSeg's whole-volume resize)",
+    )
+    ap.add_argument(
         "--recast-only",
         metavar="ONNX",
         type=Path,
@@ -335,7 +367,15 @@ def main(argv=None) -> int:
     shape = args.model_shape or model_shape_of(cfg)
     name = "model.onnx" if args.variant == "uint8" else f"model_{args.variant}.onnx"
     path = export_onnx(net, shape, Path(args.save_dir) / name, args.variant, args.opset)
-    print(f"wrote {path}")
+    from client.preprocess import PreprocessSpec
+
+    pspec = (
+        PreprocessSpec("spacing", tuple(shape), tuple(args.spacing_mm))
+        if args.spacing_mm
+        else PreprocessSpec("resize", tuple(shape))
+    )
+    set_preprocess_metadata(path, pspec.parameters())
+    print(f"wrote {path} (preprocessing {pspec.parameters()})")
     if not args.no_check:
         report = check_export(net, path, shape, args.variant)
         print(json.dumps(report, indent=2))

@@ -15,13 +15,16 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from client.contract import LABEL_LIVER, LABEL_SPLEEN
-from client.preprocess import labels_to_model, preprocess
+from client.preprocess import as_spec, labels_to_model, preprocess
 
 from .phantoms import make_phantom
 
 
 def phantom_sample(seed: int, model_shape, rng: np.random.Generator | None = None):
     """One phantom of random size, spacing, orientation, grade and contrast at model size.
+
+    ``model_shape`` may be a :class:`client.preprocess.PreprocessSpec`: a ``spacing``
+    spec gives one training window (:func:`training.synth.training_window`).
 
     Returns
     -------
@@ -41,8 +44,15 @@ def phantom_sample(seed: int, model_shape, rng: np.random.Generator | None = Non
         random_orientation=bool(rng.random() < 0.3),
         cut_liver=bool(rng.random() < 0.05),
     )
-    image, _ = preprocess(p.hu, p.spacing, p.direction, model_shape)
-    labels = labels_to_model(p.labels, p.direction, model_shape)
+    spec = as_spec(model_shape)
+    if spec.mode != "resize":
+        from .synth import training_window
+
+        return training_window(
+            p.hu, p.labels, p.spacing, p.direction, spec, np.random.default_rng([seed, 11])
+        )
+    image, _ = preprocess(p.hu, p.spacing, p.direction, spec.model_shape)
+    labels = labels_to_model(p.labels, p.direction, spec.model_shape)
     return image, labels
 
 

@@ -22,8 +22,10 @@ anatomy, not its intensities) or a phantom anatomy map
    slice thickness) blurred along z on a finer grid and then sampled, noise that
    grows as slices get thinner, streaks; the image is then stored as int16 HU in a
    random orientation (30 %);
-5. the serving code's :func:`client.preprocess.preprocess` and
-   :func:`client.preprocess.labels_to_model` bring image and labels to model size.
+5. the serving code's :func:`client.preprocess.preprocess_grid` and
+   :func:`client.preprocess.labels_to_grid` bring image and labels to the model's
+   input grid (``resize``: the whole volume at model size; ``spacing``: the fixed-
+   spacing grid, of which :func:`training_window` takes one model-size window).
 
 The acquisition is simulated at a moderate grid (96-128 pixels in-plane, at least
 about 1.25 mm between simulated slices) rather than 512 x 512: the model sees 64^3
@@ -44,7 +46,13 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from client.contract import LABEL_LIVER, LABEL_SPLEEN
-from client.preprocess import canonical_axes, labels_to_model, preprocess
+from client.preprocess import (
+    PreprocessSpec,
+    as_spec,
+    canonical_axes,
+    labels_to_grid,
+    preprocess_grid,
+)
 
 from .phantoms import N_TISSUES, TISSUES, _store_with_direction, make_anatomy_map
 
@@ -636,16 +644,50 @@ def synth_scan(
     return {"hu": hu, "labels": labels, "spacing": spacing, "direction": direction, "info": info}
 
 
-def synth_sample(seed: int, model_shape, source: str = "real"):
+def training_window(hu, labels, spacing, direction, spec, rng, organ_p: float = 0.7, jitter: int = 8):
+    """One model-size training sample of a scan through the serving preprocessing.
+
+    ``resize`` models: the whole volume (:func:`client.preprocess.preprocess_grid`).
+    ``spacing`` models: the fixed-spacing grid (body crop, resampling, centred padding:
+    exactly what serving does), then one model-size window: with probability
+    ``organ_p`` centred on a random liver/spleen voxel (+- ``jitter``), otherwise
+    anywhere. Along an axis no longer than the model box the window is the padded
+    grid itself, as in serving.
+
+    Returns
+    -------
+    image : uint8 [1, z, y, x], labels : uint8 [z, y, x]
+    """
+    spec = as_spec(spec)
+    grid, rec = preprocess_grid(hu, spacing, direction, spec)
+    lab = labels_to_grid(labels, rec)
+    m = spec.model_shape
+    if tuple(grid.shape) == m:
+        return grid[None], lab
+    room = [g - n for g, n in zip(grid.shape, m)]
+    organ = np.flatnonzero(lab.ravel())
+    if organ.size and rng.random() < organ_p:
+        v = np.unravel_index(int(organ[rng.integers(organ.size)]), lab.shape)
+        start = [int(c) - n // 2 + int(rng.integers(-jitter, jitter + 1)) for c, n in zip(v, m)]
+    else:
+        start = [int(rng.integers(0, r + 1)) for r in room]
+    start = [min(max(0, s_), r) for s_, r in zip(start, room)]
+    win = tuple(slice(a, a + n) for a, n in zip(start, m))
+    return np.ascontiguousarray(grid[win])[None], np.ascontiguousarray(lab[win])
+
+
+def synth_sample(seed: int, spec, source: str = "real"):
     """One synthetic sample at model size through the serving preprocessing.
+
+    ``spec``: a :class:`client.preprocess.PreprocessSpec` or a model shape (``resize``).
 
     Returns
     -------
     image : uint8 [1, z, y, x], labels : uint8 [z, y, x], info : dict
     """
     s = synth_scan(seed, source)
-    image, _ = preprocess(s["hu"], s["spacing"], s["direction"], model_shape)
-    labels = labels_to_model(s["labels"], s["direction"], model_shape)
+    rng = np.random.default_rng([int(seed), 11])
+    image, labels = training_window(s["hu"], s["labels"], s["spacing"], s["direction"], spec, rng)
     return image, labels, s["info"]
 
 
@@ -670,28 +712,41 @@ def kind_of_seed(seed: int, mixture=MIXTURE) -> str:
     return mixture[-1][0]
 
 
-def pool_sample(seed: int, model_shape, mixture=MIXTURE):
+def pool_sample(seed: int, spec, mixture=MIXTURE):
     """The pool sample of a seed: synthetic from real or phantom anatomy, or a plain phantom."""
     kind = kind_of_seed(seed, mixture)
     if kind == "plain":
         from .samples import phantom_sample
 
-        image, labels = phantom_sample(int(seed), model_shape)
+        image, labels = phantom_sample(int(seed), spec)
         return image, labels, {"source": "plain_phantom"}
-    return synth_sample(seed, model_shape, kind)
+    return synth_sample(seed, spec, kind)
 
 
 def write_shards(
-    out_dir, start: int, count: int, shard: int = 100, model_shape=(64, 64, 64), mixture=MIXTURE
-):
+    out_dir, start: int, count: int, shard: int = 100, model_shape=(64, 64, 64), mixture=MIXTURE,
+    spec=None,
+):  # fmt: skip
     """Write pool shards ``synth_<first seed>.npz`` for seeds ``start .. start+count-1``.
+
+    ``spec`` (a :class:`client.preprocess.PreprocessSpec`) overrides ``model_shape``
+    (``resize``); its parameters are stored in every shard and in ``pool.json``.
 
     Existing complete shards are skipped, so an interrupted run resumes; every shard
     is written to a temporary name and renamed (a reader never sees half a shard).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model_shape = tuple(int(n) for n in model_shape)
+    spec = as_spec(spec if spec is not None else model_shape)
+    model_shape = spec.model_shape
+    meta = {"model_shape": list(model_shape), **spec.parameters()}
+    pool_json = out / "pool.json"
+    if pool_json.exists():
+        old = json.loads(pool_json.read_text(encoding="utf-8"))
+        if old != meta:
+            raise SystemExit(f"{out} holds a pool made with {old}, not {meta}")
+    else:
+        pool_json.write_text(json.dumps(meta), encoding="utf-8")
     for s0 in range(start, start + count, shard):
         path = out / f"synth_{s0:07d}.npz"
         if path.exists():
@@ -701,11 +756,14 @@ def write_shards(
         labels = np.zeros((n, *model_shape), np.uint8)
         infos = []
         for j in range(n):
-            images[j], labels[j], info = pool_sample(s0 + j, model_shape, mixture)
+            images[j], labels[j], info = pool_sample(s0 + j, spec, mixture)
             infos.append(info)
         tmp = out / f".tmp_synth_{s0:07d}.npz"
         with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, images=images, labels=labels, seeds=np.arange(s0, s0 + n))
+            np.savez_compressed(
+                fh, images=images, labels=labels, seeds=np.arange(s0, s0 + n),
+                preprocess=json.dumps(meta),
+            )  # fmt: skip
         tmp.rename(path)
         (out / f"synth_{s0:07d}.json").write_text(json.dumps(infos, default=float))
         print(f"wrote {path} ({n} samples)", flush=True)
@@ -722,15 +780,28 @@ def main(argv=None) -> int:
     ap.add_argument("--shard", type=int, default=100)
     ap.add_argument("--model_shape", type=int, nargs=3, default=(64, 64, 64))
     ap.add_argument(
+        "--spacing_mm",
+        type=float,
+        nargs=3,
+        default=None,
+        help="fixed-spacing preprocessing (z y x mm); default: MedicalSeg's whole-volume resize",
+    )
+    ap.add_argument(
         "--mixture",
         choices=sorted(MIXTURES),
         default="synthetic",
         help="synthetic: no real image (default); shippable: adds the augmented real CT",
     )
     args = ap.parse_args(argv)
-    write_shards(
-        args.out_dir, args.start, args.count, args.shard, args.model_shape, MIXTURES[args.mixture]
+    spec = (
+        PreprocessSpec("spacing", tuple(args.model_shape), tuple(args.spacing_mm))
+        if args.spacing_mm
+        else PreprocessSpec("resize", tuple(args.model_shape))
     )
+    write_shards(
+        args.out_dir, args.start, args.count, args.shard, args.model_shape, MIXTURES[args.mixture],
+        spec=spec,
+    )  # fmt: skip
     return 0
 
 
