@@ -122,9 +122,7 @@ def segment_volume(predict, hu, spacing, direction, spec, chunk: int = 4):
     from client.preprocess import preprocess_windows, to_scan_grid
 
     x, record = preprocess_windows(hu, spacing, direction, spec)
-    small = np.concatenate(
-        [np.asarray(predict(x[i : i + chunk])) for i in range(0, len(x), chunk)]
-    )
+    small = np.concatenate([np.asarray(predict(x[i : i + chunk])) for i in range(0, len(x), chunk)])
     return to_scan_grid(small, record), record
 
 

@@ -644,7 +644,9 @@ def synth_scan(
     return {"hu": hu, "labels": labels, "spacing": spacing, "direction": direction, "info": info}
 
 
-def training_window(hu, labels, spacing, direction, spec, rng, organ_p: float = 0.7, jitter: int = 8):
+def training_window(
+    hu, labels, spacing, direction, spec, rng, organ_p: float = 0.7, jitter: int = 8
+):
     """One model-size training sample of a scan through the serving preprocessing.
 
     ``resize`` models: the whole volume (:func:`client.preprocess.preprocess_grid`).
