@@ -149,27 +149,52 @@ class PreprocessSpec:
             object.__setattr__(self, "min_overlap", min(shape) // 4)
         if self.mode == "spacing":
             if not 0 <= int(self.min_overlap) < min(shape):
-                raise PreprocessError(f"min_overlap {self.min_overlap} must be in [0, {min(shape)})")
+                raise PreprocessError(
+                    f"min_overlap {self.min_overlap} must be in [0, {min(shape)})"
+                )
 
     @classmethod
     def from_parameters(cls, parameters: dict, model_shape) -> PreprocessSpec:
         """From a model config's ``parameters`` (Triton JSON: ``{key: {"string_value": v}}``
-        or a plain ``{key: v}`` mapping). No :data:`PREPROCESS_PARAM` means ``resize``."""
+        or a plain ``{key: v}`` mapping, e.g. ONNX metadata). No :data:`PREPROCESS_PARAM`
+        means ``resize``.
+
+        Raises
+        ------
+        PreprocessError
+            Unknown mode, or ``spacing`` without three positive finite sizes in
+            :data:`PREPROCESS_SPACING_PARAM`; the message names the parameter.
+        """
 
         def get(key):
             v = (parameters or {}).get(key)
             return v.get("string_value") if isinstance(v, dict) else v
 
-        mode = (get(PREPROCESS_PARAM) or "resize").strip()
+        mode = str(get(PREPROCESS_PARAM) or "resize").strip()
+        if mode not in PREPROCESS_MODES:
+            raise PreprocessError(
+                f"model parameter {PREPROCESS_PARAM}: expected one of "
+                f"{', '.join(PREPROCESS_MODES)}, got {mode!r}"
+            )
         spacing = None
         if mode == "spacing":
             raw = get(PREPROCESS_SPACING_PARAM)
             try:
                 spacing = tuple(float(v) for v in str(raw).split(","))
             except ValueError:
+                spacing = None
+            if (
+                raw is None
+                or spacing is None
+                or len(spacing) != 3
+                or not all(np.isfinite(spacing))
+                or min(spacing) <= 0
+            ):
                 raise PreprocessError(
-                    f"model parameter {PREPROCESS_SPACING_PARAM} must be 'z,y,x' in mm, got {raw!r}"
-                ) from None
+                    f"model parameter {PREPROCESS_SPACING_PARAM}: 'spacing' preprocessing needs "
+                    f"three positive voxel sizes 'z,y,x' in mm, got "
+                    f"{'nothing' if raw is None else repr(raw)}"
+                )
         return cls(mode, tuple(model_shape), spacing)
 
     def parameters(self) -> dict[str, str]:
@@ -322,7 +347,9 @@ def body_box(canon, spacing_c, body_hu: float = -500.0, margin_mm: float = 10.0)
         other = tuple(a for a in range(3) if a != ax)
         hit = np.flatnonzero(sub.any(axis=other))
         m = int(np.ceil(margin_mm / float(spacing_c[ax])))
-        lo = max(0, int(hit[0]) * steps[ax] - m)
+        # The body's edge lies within one coarse step before the first hit (and before
+        # the step after the last): widen by that, so the full margin is always kept.
+        lo = max(0, int(hit[0]) * steps[ax] - (steps[ax] - 1) - m)
         hi = min(int(canon.shape[ax]), (int(hit[-1]) + 1) * steps[ax] + m)
         box.append((lo, hi))
     return box
@@ -404,9 +431,7 @@ def preprocess_grid(hu, spacing, direction, spec):
         grid[tuple(slice(p, p + g) for p, g in zip(pad, grid_shape))] = vol
     else:
         grid = vol
-    windows = tuple(
-        (a, b, c) for a in plans[0][0] for b in plans[1][0] for c in plans[2][0]
-    )
+    windows = tuple((a, b, c) for a in plans[0][0] for b in plans[1][0] for c in plans[2][0])
     record = PreprocessRecord(
         scan_shape=tuple(int(n) for n in hu.shape),
         axes=axes,
@@ -429,9 +454,8 @@ def window_batch(grid, record: PreprocessRecord):
     m = record.model_shape
     if len(record.windows) == 1 and tuple(grid.shape) == m:
         return grid[None, None]
-    return xp.stack(
-        [grid[tuple(slice(s, s + n) for s, n in zip(w, m))] for w in record.windows]
-    )[:, None]
+    cuts = [grid[tuple(slice(s, s + n) for s, n in zip(w, m))] for w in record.windows]
+    return xp.stack(cuts)[:, None]
 
 
 def preprocess_windows(hu, spacing, direction, spec):
@@ -467,12 +491,20 @@ def preprocess(hu, spacing, direction, model_shape):
     Raises
     ------
     PreprocessError
-        If the volume is not 3D or the model shape is not three positive ints.
+        If the volume is not 3D, the model shape is not three positive ints, or a
+        ``spacing`` spec is given (it needs :func:`preprocess_windows`).
 
     See :func:`preprocess_windows` for any :class:`PreprocessSpec`.
     """
     _check_volume(hu)
-    grid, record = preprocess_grid(hu, spacing, direction, as_spec(model_shape))
+    spec = as_spec(model_shape)
+    if spec.mode != "resize":
+        # A 'spacing' grid is not one model input: it would come back padded or too big.
+        raise PreprocessError(
+            f"preprocess() makes one whole-volume ('resize') input; got a {spec.mode!r} spec: "
+            "use preprocess_windows() (or preprocess_grid() + window_batch())"
+        )
+    grid, record = preprocess_grid(hu, spacing, direction, spec)
     return grid[None], record
 
 
@@ -603,8 +635,8 @@ def labels_to_grid(labels, record: PreprocessRecord):
     """A label map on the scan grid moved the way :func:`preprocess_grid` moved the image.
 
     Same canonical orientation, crop, nearest-neighbour resampling to the grid and
-    padding, so ``window_batch(labels_to_grid(lab, rec)[None]...)`` lines up with the
-    image's windows (training targets).
+    padding, so ``window_batch(labels_to_grid(lab, rec), rec)[:, 0]`` lines up with the
+    image's windows (training targets) and :func:`to_scan_grid` of that is the round trip.
     """
     xp = _xp(labels)
     if tuple(labels.shape) != tuple(record.scan_shape):
