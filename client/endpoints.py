@@ -151,7 +151,8 @@ class EndpointPool:
     """Several Triton endpoints serving the same model, used as one.
 
     Drop-in for the ``client`` of :class:`client.pipeline.TritonSegmenter`
-    (``submit``, ``model_shape``, ``model_name``, ``statistics``, ``close``);
+    (``submit``, ``model_shape``, ``preprocess_spec``, ``model_name``, ``statistics``,
+    ``close``);
     :func:`connect` builds that segmenter.
 
     Parameters
@@ -175,7 +176,8 @@ class EndpointPool:
     Raises
     ------
     InferenceError
-        From :meth:`start` when no endpoint answers, or two serve different models.
+        From :meth:`start` when no endpoint answers, or two serve different models
+        (name, input size or declared preprocessing).
     """
 
     def __init__(
@@ -200,7 +202,7 @@ class EndpointPool:
         self.client_kwargs = dict(client_kwargs or {})
         self.supervisor_kw = supervisor_kw
         self.events: list[dict] = []
-        self.model_name = self.model_shape = None
+        self.model_name = self.model_shape = self.preprocess_spec = None
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._prober: threading.Thread | None = None
@@ -251,17 +253,21 @@ class EndpointPool:
         except InferenceError as exc:
             ep.last_error = str(exc).splitlines()[0]
             return False
-        name, shape = sup.model_name, tuple(sup.model_shape)
+        name, shape, spec = sup.model_name, tuple(sup.model_shape), sup.preprocess_spec
         with self._cond:
             if self.model_name is None:
                 self.model_name, self.model_shape = name, shape
+                self.preprocess_spec = spec
                 self.max_batch_size = getattr(sup, "max_batch_size", None)
                 self.config = getattr(sup, "config", None)
-            if (name, shape) != (self.model_name, tuple(self.model_shape)):
+            # Same input size but another preprocessing would give wrong masks silently.
+            first = (self.model_name, tuple(self.model_shape), self.preprocess_spec)
+            if (name, shape, spec) != first:
                 sup.close()
                 ep.last_error = (
-                    f"serves {name} with input {shape}, the other endpoints "
-                    f"{self.model_name} with {tuple(self.model_shape)}"
+                    f"serves {name} with input {shape} and preprocessing {_describe(spec)}, "
+                    f"the other endpoints {self.model_name} with {tuple(self.model_shape)} and "
+                    f"{_describe(self.preprocess_spec)}"
                 )
                 self._event(f"{ep.url} refused: {ep.last_error}")
                 return False
@@ -404,6 +410,13 @@ class EndpointPool:
             "endpoints": per,
             "events": list(self.events),
         }
+
+
+def _describe(spec) -> str:
+    if spec is None:
+        return "unknown"
+    params = spec.parameters()
+    return ", ".join(f"{k}={v}" for k, v in params.items())
 
 
 def connect(urls, *, max_in_flight: int = 4, **kw):

@@ -128,9 +128,9 @@ class TritonSegmenter:
     Parameters
     ----------
     client : object
-        Anything with ``submit(tensor) -> Future``, ``model_shape``, ``model_name``,
-        ``statistics()`` and ``close()`` (a started ``SupervisedSegmenter``, or a
-        ``client.triton.SegmentationClient``).
+        Anything with ``submit(tensor) -> Future``, ``model_shape``, ``preprocess_spec``,
+        ``model_name``, ``statistics()`` and ``close()`` (a started ``SupervisedSegmenter``,
+        an ``EndpointPool`` or a ``client.triton.SegmentationClient``).
     model_sha256 : str, optional
         SHA-256 of the served model file, when known (the bundled server's repository).
     repository : Path, optional
@@ -180,14 +180,30 @@ class TritonSegmenter:
         return cls(sup.start())
 
     def segment(self, scan: ScanVolume, source: ScanSource, timer: StageTimer) -> np.ndarray:
+        """Preprocess as the served model declares (``client.preprocess_spec``), infer every
+        window, stitch and map the labels back onto the scan's grid."""
         from .preprocess import preprocess_scan, to_scan_grid
 
         with timer("preprocess"):
-            tensor, record = preprocess_scan(scan, self.client.model_shape)
+            windows, record = preprocess_scan(scan, self.preprocess_spec)
+            windows = np.ascontiguousarray(windows)
         with timer("infer"):
-            small = self.client.submit(tensor).result()
+            # One request per window: the dynamic batcher merges them with other scans'
+            # requests, and ``submit``'s back-pressure bounds what is in flight. The
+            # stage ends when the last window's labels are back.
+            futures = [self.client.submit(w) for w in windows]
+            labels = np.stack([f.result() for f in futures])
         with timer("map_back"):
-            return to_scan_grid(small, record)
+            return to_scan_grid(labels, record)
+
+    @property
+    def preprocess_spec(self):
+        """The served model's :class:`client.preprocess.PreprocessSpec` (a client without
+        one, e.g. an older drop-in, is taken as ``resize`` at its ``model_shape``)."""
+        from .preprocess import as_spec
+
+        spec = getattr(self.client, "preprocess_spec", None)
+        return spec if spec is not None else as_spec(self.client.model_shape)
 
     def describe(self) -> dict:
         version = None

@@ -168,6 +168,7 @@ class SupervisedSegmenter:
             self.client = self._new_client()
             self.model_name = self.client.model_name
             self.model_shape = self.client.model_shape
+            self.preprocess_spec = self.client.preprocess_spec
             self.max_batch_size = self.client.max_batch_size
             self.config = self.client.config
             self._warm_up()

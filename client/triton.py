@@ -155,6 +155,8 @@ class SegmentationClient:
         dims = [int(d) for d in cfg["input"][0]["dims"]]
         self.model_shape = tuple(dims[1:])
         self.max_batch_size = int(cfg.get("max_batch_size", 0) or 0)
+        # How the model wants its input made (resize when the config says nothing).
+        self.preprocess_spec = model_preprocess_spec(cfg)
 
     # -- inference ----------------------------------------------------------------
     def infer(
@@ -260,8 +262,27 @@ class SegmentationClient:
         self.close()
 
 
+def model_preprocess_spec(cfg: dict):
+    """The :class:`client.preprocess.PreprocessSpec` a model config (JSON form) declares.
+
+    Its ``parameters`` :data:`client.contract.PREPROCESS_PARAM` (absent: ``resize``) and
+    :data:`client.contract.PREPROCESS_SPACING_PARAM`, with the input dims' spatial part
+    as the model shape.
+
+    Raises
+    ------
+    client.errors.PreprocessError
+        Unknown mode or a bad spacing (the message names the parameter and its value).
+    """
+    from .preprocess import PreprocessSpec
+
+    dims = [int(d) for d in cfg["input"][0]["dims"]]
+    return PreprocessSpec.from_parameters(cfg.get("parameters") or {}, tuple(dims[1:]))
+
+
 def check_model_config(cfg: dict) -> list[str]:
-    """Differences between a Triton model config (JSON form) and client/contract.py."""
+    """Differences between a Triton model config (JSON form) and client/contract.py
+    (tensor names, dtypes, dims, batching, and the declared preprocessing)."""
     problems = []
     inputs, outputs = cfg.get("input", []), cfg.get("output", [])
     if len(inputs) != 1 or len(outputs) != 1:
@@ -283,4 +304,11 @@ def check_model_config(cfg: dict) -> list[str]:
         problems.append(f"output dims: expected {idims[1:]}, got {odims}")
     if int(cfg.get("max_batch_size", 0) or 0) < 1:
         problems.append("max_batch_size must be >= 1 (batched model)")
+    if not problems:
+        from .errors import PreprocessError
+
+        try:
+            model_preprocess_spec(cfg)
+        except PreprocessError as exc:
+            problems.append(f"preprocessing parameters: {exc}")
     return problems

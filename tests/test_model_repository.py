@@ -83,3 +83,165 @@ def test_shipped_onnx_runs_in_onnxruntime_at_batch_1_and_3():
         (y,) = sess.run(None, {contract.INPUT_NAME: x})
         assert y.dtype == np.uint8 and y.shape == (b, *dims[1:])
         assert set(np.unique(y)) <= {0, 1, 2}
+
+
+# --- the declared preprocessing (client.preprocess.PreprocessSpec) ------------------------
+ALL_CONFIGS = CONFIGS + sorted(REPO.glob("*/*/configs/*.pbtxt"))
+SHIPPED_ONNX = REPO / "cpu" / contract.MODEL_NAME / "1" / "model.onnx"
+PREPROCESS_KEYS = (contract.PREPROCESS_PARAM, contract.PREPROCESS_SPACING_PARAM)
+
+
+def _id(p: Path) -> str:
+    return str(p.relative_to(REPO))
+
+
+def onnx_declared_spec(onnx_path: Path, model_shape):
+    """The spec an ONNX file's metadata_props declare (None when they say nothing)."""
+    import onnx
+
+    from client.preprocess import PreprocessSpec
+
+    m = onnx.load(str(onnx_path), load_external_data=False)
+    meta = {p.key: p.value for p in m.metadata_props if p.key in PREPROCESS_KEYS}
+    return PreprocessSpec.from_parameters(meta, model_shape) if meta else None
+
+
+def engine_onnx_of_the_gpu_image() -> Path:
+    """The ONNX docker/Dockerfile.server copies for the TensorRT engine build."""
+    text = (REPO.parent / "docker" / "Dockerfile.server").read_text(encoding="utf-8")
+    src = next(
+        ln.split()[1] for ln in text.splitlines() if ln.startswith("COPY") and "model.onnx" in ln
+    )
+    return REPO.parent / src
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=_id)
+def test_every_config_declares_a_valid_preprocessing(path):
+    from client.preprocess import PreprocessSpec
+    from client.triton import model_preprocess_spec
+
+    cfg = load(path)
+    assert contract.PREPROCESS_PARAM in cfg.get("parameters", {}), "declare it explicitly"
+    spec = model_preprocess_spec(cfg)
+    assert spec.model_shape == tuple(int(d) for d in cfg["input"][0]["dims"][1:])
+    assert spec.mode in contract.PREPROCESS_MODES
+    assert PreprocessSpec.from_parameters(spec.parameters(), spec.model_shape) == spec
+
+
+def test_the_gpu_model_keeps_medicalsegs_resize():
+    from client.triton import model_preprocess_spec
+
+    assert (
+        model_preprocess_spec(load(REPO / "gpu" / contract.MODEL_NAME / "config.pbtxt")).mode
+        == "resize"
+    )
+
+
+def test_cpu_config_and_its_gpu_variant_declare_the_same_preprocessing():
+    from client.triton import model_preprocess_spec
+
+    base = REPO / "cpu" / contract.MODEL_NAME
+    assert model_preprocess_spec(load(base / "config.pbtxt")) == model_preprocess_spec(
+        load(base / "configs" / "gpu.pbtxt")
+    )
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=_id)
+def test_onnx_metadata_agrees_with_the_config(path):
+    """Where the model file says how it was trained (training.export writes the keys), the
+    config must say the same. The GPU config is checked against the ONNX its engine is
+    built from (docker/Dockerfile.server)."""
+    from client.triton import model_preprocess_spec
+
+    cfg = load(path)
+    onnx_path = engine_onnx_of_the_gpu_image() if path.parts[-4] == "gpu" else SHIPPED_ONNX
+    assert onnx_path.is_file(), onnx_path
+    spec = model_preprocess_spec(cfg)
+    declared = onnx_declared_spec(onnx_path, spec.model_shape)
+    assert declared is None or declared == spec, (
+        f"{onnx_path.name} declares {declared.parameters()}, {_id(path)} {spec.parameters()}"
+    )
+
+
+def test_onnx_metadata_check_catches_a_contradiction(tmp_path, monkeypatch):
+    """The comparison above and the Python backend's own check, on a relabelled copy."""
+    import importlib.util
+    import sys
+    import types
+
+    import onnx
+
+    from client.preprocess import PreprocessSpec
+
+    m = onnx.load(str(SHIPPED_ONNX))
+    m.metadata_props.add(key=contract.PREPROCESS_PARAM, value="spacing")
+    m.metadata_props.add(key=contract.PREPROCESS_SPACING_PARAM, value="6,6,6")
+    onnx.save(m, str(tmp_path / "m.onnx"))
+    spec = onnx_declared_spec(tmp_path / "m.onnx", (64, 64, 64))
+    assert spec == PreprocessSpec("spacing", (64, 64, 64), (6.0, 6.0, 6.0))
+    assert onnx_declared_spec(SHIPPED_ONNX, (64, 64, 64)) in (None, load_cpu_spec())
+    # The served model (1/model.py) imports Triton's stub module: give it a stand-in.
+    stub = types.ModuleType("triton_python_backend_utils")
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", stub)
+    loader = importlib.util.spec_from_file_location("hs_model", SHIPPED_ONNX.parent / "model.py")
+    model = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(model)
+    assert (model.PREPROCESS_PARAM, model.PREPROCESS_SPACING_PARAM) == PREPROCESS_KEYS
+    meta = {contract.PREPROCESS_PARAM: "spacing", contract.PREPROCESS_SPACING_PARAM: "6,6,6"}
+    assert "declares preprocessing spacing" in model._preprocess_mismatch({}, meta)
+    assert "declares preprocessing spacing" in model._preprocess_mismatch(
+        {contract.PREPROCESS_PARAM: "resize"}, meta
+    )
+    assert (
+        model._preprocess_mismatch(
+            {contract.PREPROCESS_PARAM: "spacing", contract.PREPROCESS_SPACING_PARAM: "6, 6, 6.0"},
+            meta,
+        )
+        is None
+    )
+    assert model._preprocess_mismatch({contract.PREPROCESS_PARAM: "spacing"}, {}) is None
+    assert "4.0" in model._preprocess_mismatch(
+        {contract.PREPROCESS_PARAM: "spacing", contract.PREPROCESS_SPACING_PARAM: "4,4,4"}, meta
+    )
+
+
+def load_cpu_spec():
+    from client.triton import model_preprocess_spec
+
+    return model_preprocess_spec(load(REPO / "cpu" / contract.MODEL_NAME / "config.pbtxt"))
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"hepascreen_preprocess": {"string_value": "nnunet"}}, "hepascreen_preprocess.*nnunet"),
+        ({"hepascreen_preprocess": {"string_value": "spacing"}}, "hepascreen_spacing_mm.*nothing"),
+        (
+            {
+                "hepascreen_preprocess": {"string_value": "spacing"},
+                "hepascreen_spacing_mm": {"string_value": "6;6;6"},
+            },
+            "hepascreen_spacing_mm.*'6;6;6'",
+        ),
+    ],
+)
+def test_check_model_config_rejects_bad_preprocessing_parameters(params, match):
+    import re
+
+    cfg = load(REPO / "cpu" / contract.MODEL_NAME / "config.pbtxt")
+    cfg["parameters"] = {**cfg["parameters"], **params}
+    problems = check_model_config(cfg)
+    assert len(problems) == 1 and re.search(match, problems[0]), problems
+    assert problems[0].startswith("preprocessing parameters: model parameter")
+
+
+@pytest.mark.parametrize("mode", contract.PREPROCESS_MODES)
+def test_check_model_config_accepts_either_mode(mode):
+    from client.triton import model_preprocess_spec
+
+    cfg = load(REPO / "cpu" / contract.MODEL_NAME / "config.pbtxt")
+    cfg["parameters"] = {**cfg["parameters"], contract.PREPROCESS_PARAM: {"string_value": mode}}
+    if mode == "spacing":
+        cfg["parameters"][contract.PREPROCESS_SPACING_PARAM] = {"string_value": "6,6,6"}
+    assert check_model_config(cfg) == []
+    assert model_preprocess_spec(cfg).mode == mode

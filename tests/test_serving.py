@@ -205,3 +205,161 @@ def test_client_serve_runs_in_the_foreground_and_stops_on_ctrl_c(tmp_path):
     time.sleep(0.5)
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://{http}/v2/health/ready", timeout=2)
+
+
+# --- the model's declared preprocessing, served (issue 8 item 3) ---------------------------
+def _onnx_declared(path: Path) -> dict:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    keys = (contract.PREPROCESS_PARAM, contract.PREPROCESS_SPACING_PARAM)
+    return {p.key: p.value for p in m.metadata_props if p.key in keys}
+
+
+def _repo_with_mode(dest: Path, mode: str) -> Path:
+    """A copy of the shipped repository whose config (and ONNX metadata, where it says
+    anything) declares ``mode``: the same network, fed the other way."""
+    import re
+
+    import onnx
+
+    shutil.copytree(DEFAULT_REPOSITORY, dest)
+    cfg = dest / contract.MODEL_NAME / "config.pbtxt"
+    declared = _onnx_declared(ONNX)
+    spacing = declared.get(contract.PREPROCESS_SPACING_PARAM, "6,6,6")  # the model's own, if any
+    text = re.sub(
+        r'parameters: \{\s*key: "hepascreen_(preprocess|spacing_mm)"\s*value: \{[^}]*\}\s*\}\n?',
+        "",
+        cfg.read_text(encoding="utf-8"),
+    )
+    params = {contract.PREPROCESS_PARAM: mode}
+    if mode == "spacing":
+        params[contract.PREPROCESS_SPACING_PARAM] = spacing
+    for k, v in params.items():
+        text += f'parameters: {{\n  key: "{k}"\n  value: {{ string_value: "{v}" }}\n}}\n'
+    cfg.write_text(text, encoding="utf-8")
+    if declared and declared != params:  # keep the copy consistent (the model checks it)
+        onnx_path = dest / contract.MODEL_NAME / "1" / ONNX.name
+        m = onnx.load(str(onnx_path))
+        keep = [p for p in m.metadata_props if p.key not in declared]
+        del m.metadata_props[:]
+        m.metadata_props.extend(keep)
+        for k, v in params.items():
+            m.metadata_props.add(key=k, value=v)
+        onnx.save(m, str(onnx_path))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def spacing_server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("spacing")
+    repo = _repo_with_mode(base / "repo", "spacing")
+    with EmbeddedServer(repo, log_path=base / "server.log") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def spacing_client(spacing_server):
+    with SegmentationClient(spacing_server.grpc_url, max_in_flight=4) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def real_ct(shared_data):
+    from client.io import read_label_map, read_scan
+
+    ct = read_scan(shared_data / "totalseg_example" / "ct.nii.gz")
+    return ct, read_label_map(shared_data / "totalseg_example" / "labels.nii.gz", ct)
+
+
+def test_clients_read_the_declared_preprocessing(client, spacing_client):
+    from client.preprocess import PreprocessSpec
+    from client.triton import model_preprocess_spec
+
+    assert client.preprocess_spec == model_preprocess_spec(client.config)
+    assert client.preprocess_spec.model_shape == client.model_shape
+    spec = spacing_client.preprocess_spec
+    assert spec.mode == "spacing" and spec.model_shape == spacing_client.model_shape
+    assert spec == PreprocessSpec.from_parameters(spec.parameters(), spec.model_shape)
+
+
+def test_spacing_model_windows_come_back_stitched_as_onnxruntime_gives(
+    spacing_client, ort_session, real_ct
+):
+    """A 1.5 m scan served by a 'spacing' model: several windows, each its own request
+    (merged by the dynamic batcher), stitched; equal to ONNX Runtime on the same windows."""
+    from client.pipeline import StageTimer, TritonSegmenter
+    from client.preprocess import preprocess_scan, to_scan_grid
+    from client.scan import ScanVolume
+
+    ct, _ = real_ct
+    n = int(round(1500 / ct.spacing[0]))
+    reps = -(-n // ct.shape[0])
+    scan = ScanVolume(np.concatenate([ct.array] * reps)[:n], ct.spacing, ct.origin, ct.direction)
+    windows, rec = preprocess_scan(scan, spacing_client.preprocess_spec)
+    assert len(rec.windows) >= 3
+    ref_small = np.concatenate(
+        [
+            ort_session.run(None, {contract.INPUT_NAME: windows[i : i + 2]})[0]
+            for i in range(0, len(windows), 2)
+        ]
+    )
+    ref = to_scan_grid(ref_small, rec)
+    before = spacing_client.statistics()["inference_count"]
+    timer = StageTimer()
+    got = TritonSegmenter(spacing_client).segment(scan, None, timer)
+    assert got.shape == scan.shape and np.array_equal(got, ref)
+    assert (ref == 1).sum() > 1000 and (ref == 2).sum() > 100  # a real comparison
+    deadline = time.monotonic() + 10
+    while spacing_client.statistics()["inference_count"] - before < len(windows):
+        assert time.monotonic() < deadline, "the server did not count one request per window"
+        time.sleep(0.1)
+    assert timer.seconds["infer"] > 0 and timer.seconds["preprocess"] > 0
+
+
+def test_spacing_model_segments_the_real_ct(spacing_client, real_ct):
+    """The shipped network fed 6 mm windows instead of the whole volume at 64^3 (for this
+    CT about the same voxel size): the organs still come back on the scan's grid."""
+    from client.pipeline import StageTimer, TritonSegmenter
+
+    ct, labels = real_ct
+    got = TritonSegmenter(spacing_client).segment(ct, None, StageTimer())
+    for v, floor in ((1, 0.85), (2, 0.7)):
+        a, b = got == v, labels == v
+        assert 2 * (a & b).sum() / (a.sum() + b.sum()) >= floor, v
+
+
+def test_endpoints_that_disagree_on_preprocessing_are_refused(server, tmp_path_factory):
+    """Same model name and input size, other preprocessing: not used side by side."""
+    from client.endpoints import EndpointPool
+    from client.triton import model_preprocess_spec
+
+    with SegmentationClient(server.grpc_url) as c:
+        shipped = model_preprocess_spec(c.config).mode
+    other = "spacing" if shipped == "resize" else "resize"
+    base = tmp_path_factory.mktemp("other")
+    repo = _repo_with_mode(base / "repo", other)
+    with EmbeddedServer(repo, log_path=base / "server.log") as srv:
+        pool = EndpointPool([server.grpc_url, srv.grpc_url], max_in_flight=1, connect_timeout_s=30)
+        with pool:
+            assert pool.healthy_urls() == [server.grpc_url]
+            assert pool.preprocess_spec.mode == shipped
+            (ep,) = [e for e in pool.endpoints if e.url == srv.grpc_url]
+            assert "preprocessing" in ep.last_error and other in ep.last_error, ep.last_error
+
+
+def test_model_refuses_onnx_metadata_that_contradicts_its_config(tmp_path):
+    """The Python backend: an ONNX that says 'spacing' under a 'resize' config never loads."""
+    import onnx
+
+    repo = _repo_with_mode(tmp_path / "repo", "resize")
+    onnx_path = repo / contract.MODEL_NAME / "1" / ONNX.name
+    m = onnx.load(str(onnx_path))
+    m.metadata_props.add(key=contract.PREPROCESS_PARAM, value="spacing")
+    m.metadata_props.add(key=contract.PREPROCESS_SPACING_PARAM, value="6,6,6")
+    onnx.save(m, str(onnx_path))
+    srv = EmbeddedServer(repo, log_path=tmp_path / "s.log", startup_timeout_s=60)
+    with pytest.raises(InferenceError):
+        srv.start()
+    log = (tmp_path / "s.log").read_text(encoding="utf-8", errors="replace")
+    assert "ONNX metadata declares preprocessing spacing" in log, log[-2000:]

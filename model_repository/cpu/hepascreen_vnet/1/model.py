@@ -5,6 +5,11 @@ session (on the CPU, or with ONNX Runtime's CUDA provider when the config parame
 ``device`` is ``gpu``: ``configs/gpu.pbtxt``, chosen by ``--model-config-name=gpu``), ``execute`` concatenates the batched requests into one ONNX Runtime call
 and returns one response per request, a bad request gets a ``TritonError`` in its
 own response and the others still run.
+
+The ``hepascreen_*`` parameters (how the client makes the input: ``resize`` or
+``spacing``) are the client's business; the model only refuses to load when the ONNX
+file's own metadata declares a different preprocessing (a model trained one way and
+served the other gives wrong masks without any error).
 """
 
 import json
@@ -57,6 +62,10 @@ class TritonPythonModel:
                 f"config.pbtxt expects [batch, {', '.join(map(str, self.item_shape))}]"
             )
         self.onnx_input = onnx_in.name
+        meta = self.session.get_modelmeta().custom_metadata_map
+        mismatch = _preprocess_mismatch(params, meta)
+        if mismatch:
+            raise pb_utils.TritonModelException(f"{path}: {mismatch}")
 
     def execute(self, requests):
         arrays, valid, responses = [], [], [None] * len(requests)
@@ -94,3 +103,36 @@ class TritonPythonModel:
 
     def finalize(self):
         self.session = None
+
+
+# Keys of client/contract.py (PREPROCESS_PARAM, PREPROCESS_SPACING_PARAM); the stub's
+# Python may not see the client package, so they are repeated here (a test compares).
+PREPROCESS_PARAM = "hepascreen_preprocess"
+PREPROCESS_SPACING_PARAM = "hepascreen_spacing_mm"
+
+
+def _declared(values):
+    """(mode, spacing or None) from a {key: str} mapping; absent mode is resize."""
+    mode = (values.get(PREPROCESS_PARAM) or "resize").strip()
+    spacing = None
+    if mode == "spacing":
+        try:
+            spacing = tuple(float(v) for v in values.get(PREPROCESS_SPACING_PARAM, "").split(","))
+        except ValueError:
+            spacing = values.get(PREPROCESS_SPACING_PARAM)
+    return mode, spacing
+
+
+def _preprocess_mismatch(params, meta):
+    """A message when the ONNX metadata declares another preprocessing than the config."""
+    if PREPROCESS_PARAM not in meta:
+        return None  # an export that does not say: the config is the only declaration
+    config, onnx = _declared(params), _declared(meta)
+    if config == onnx:
+        return None
+    fmt = lambda d: d[0] + ("" if d[1] is None else f" at {d[1]} mm")  # noqa: E731
+    return (
+        f"the ONNX metadata declares preprocessing {fmt(onnx)}, config.pbtxt {fmt(config)}: "
+        f"set the config's {PREPROCESS_PARAM} / {PREPROCESS_SPACING_PARAM} parameters to what "
+        "the model was trained with"
+    )
