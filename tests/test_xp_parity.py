@@ -188,6 +188,94 @@ def test_labels_to_model_and_back(xp, phantoms):
             assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.8
 
 
+# --- preprocess: fixed-spacing mode (windows) -------------------------------------------------
+# A small model box so that the phantoms need several windows on some axes and padding on others.
+SPACING_SPEC = pre.PreprocessSpec("spacing", (16, 24, 20), (5.0, 6.0, 7.0), min_overlap=4)
+
+
+@covers("as_spec", "grid_shape_for", "window_starts", "preprocess_grid", "preprocess_windows")
+def test_preprocess_windows(xp, phantoms):
+    for p in phantoms:
+        got, rec_x = pre.preprocess_windows(xp.asarray(p.hu), p.spacing, p.direction, SPACING_SPEC)
+        want, rec = pre.preprocess_windows(p.hu, p.spacing, p.direction, SPACING_SPEC)
+        assert rec_x == rec and got.dtype == want.dtype == np.uint8 and len(rec.windows) > 1
+        diff = np.abs(to_numpy(got).astype(int) - want.astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3  # float ties at .5 only
+        grid, rec_g = pre.preprocess_grid(p.hu, p.spacing, p.direction, SPACING_SPEC)
+        assert rec_g == rec and pre.as_spec(SPACING_SPEC) is SPACING_SPEC
+        # Truth: the grid's shape from the physical extent, windows by hand, the resampled
+        # crop by scipy.ndimage.map_coordinates on the canonical array.
+        canon = np.flip(np.transpose(p.hu, rec.axes), [a for a in range(3) if rec.flips[a]])
+        crop = canon[tuple(slice(lo, hi) for lo, hi in rec.crop)]
+        for n, g, s, t in zip(crop.shape, rec.grid_shape, rec.canonical_spacing, (5, 6, 7)):
+            assert abs(g - ((n - 1) * s / t + 1)) <= 0.5
+        assert rec.grid_shape == pre.grid_shape_for(crop.shape, rec.canonical_spacing, (5, 6, 7))
+        for a, (g, m) in enumerate(zip(rec.grid_shape, SPACING_SPEC.model_shape)):
+            starts = sorted({w[a] for w in rec.windows})
+            assert (starts, rec.pad[a]) == tuple(pre.window_starts(g, m, 4)[:2])
+        for k, w in enumerate(rec.windows):
+            cut = grid[tuple(slice(s, s + n) for s, n in zip(w, SPACING_SPEC.model_shape))]
+            _same(want[k, 0], cut)
+        coords = np.meshgrid(
+            *[np.linspace(0, n - 1, g) for n, g in zip(crop.shape, rec.grid_shape)], indexing="ij"
+        )
+        ref = ndi.map_coordinates(pre.window_hu(crop).astype(np.float64), coords, order=1)
+        inner = grid[tuple(slice(q, q + g) for q, g in zip(rec.pad, rec.grid_shape))]
+        assert np.abs(inner.astype(float) - ref).max() <= 0.51
+
+
+def _not_a_tie(n_in: int, n_out: int) -> np.ndarray:
+    """Output indices whose align-corners source ``i * (n_in - 1) / (n_out - 1)`` is not an
+    exact half (integer arithmetic)."""
+    if n_out == 1:
+        return np.arange(1)
+    i = np.arange(n_out)
+    return i[(2 * ((i * (n_in - 1)) % (n_out - 1))) != (n_out - 1)]
+
+
+@covers("window_batch", "stitch_windows", "labels_to_grid")
+def test_labels_through_windows_and_back(xp, phantoms):
+    for p in phantoms:
+        _, rec = pre.preprocess_windows(p.hu, p.spacing, p.direction, SPACING_SPEC)
+        lab_x = pre.labels_to_grid(xp.asarray(p.labels), rec)
+        lab = pre.labels_to_grid(p.labels, rec)
+        _same(lab_x, lab)
+        win_x, win = pre.window_batch(lab_x, rec), pre.window_batch(lab, rec)
+        _same(win_x, win)
+        st_x, st = pre.stitch_windows(win_x[:, 0], rec), pre.stitch_windows(win[:, 0], rec)
+        _same(st_x, st)
+        back_x, back = pre.to_scan_grid(win_x[:, 0], rec), pre.to_scan_grid(win[:, 0], rec)
+        _same(back_x, back)
+        # Truth: the label grid is brute-force nearest resampling of the canonical crop,
+        # padded; windows of one grid stitch back to that grid; the organs come back.
+        canon = np.flip(np.transpose(p.labels, rec.axes), [a for a in range(3) if rec.flips[a]])
+        crop = np.ascontiguousarray(canon[tuple(slice(lo, hi) for lo, hi in rec.crop)])
+        inner = tuple(slice(q, q + g) for q, g in zip(rec.pad, rec.grid_shape))
+        # (Output voxels whose source is an exact .5 tie may round either way: left out.)
+        no_tie = np.ix_(*[_not_a_tie(n, g) for n, g in zip(crop.shape, rec.grid_shape)])
+        _same(lab[inner][no_tie], _nearest_ref(crop, rec.grid_shape)[no_tie])
+        assert lab.sum() == lab[inner].sum()  # padding is background
+        _same(st, lab[inner])
+        for v in (1, 2):
+            a, b = back == v, p.labels == v
+            assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.7
+
+
+@covers("body_box")
+def test_body_box(xp):
+    vol = np.full((12, 90, 100), -1000, np.int16)
+    vol[:, 20:60, 15:80] = 30  # the body
+    vol[:, 70:76, 5:95] = 200  # a table below it, separated by 10 voxels of air
+    got = pre.body_box(xp.asarray(vol), (2.0, 1.0, 1.0), -500.0, 5.0)
+    want = pre.body_box(vol, (2.0, 1.0, 1.0), -500.0, 5.0)
+    assert got == want
+    assert want[0] == (0, 12)  # all slices
+    # Truth: the body's box +- 5 mm, to one coarse step (4 voxels at 1 mm); no table.
+    for (lo, hi), (a, b) in zip(want[1:], ((20, 60), (15, 80))):
+        assert abs(lo - (a - 5)) <= 4 and abs(hi - (b + 5)) <= 4
+    assert want[1][1] <= 70
+
+
 # --- postprocess: components -------------------------------------------------------------------
 @covers("bounding_box")
 def test_bounding_box(xp):
