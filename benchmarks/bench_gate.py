@@ -60,16 +60,20 @@ def model_segmenter():
         return None
     import onnxruntime as ort
 
-    from client.preprocess import preprocess, to_scan_grid
+    from client.preprocess import PreprocessSpec, preprocess_windows, to_scan_grid
 
     sess = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]
     shape = tuple(int(n) for n in inp.shape[2:])
+    # The preprocessing the model declares in its ONNX metadata (none: MedicalSeg's resize).
+    spec = PreprocessSpec.from_parameters(dict(sess.get_modelmeta().custom_metadata_map), shape)
 
     def seg(hu, spacing, direction):
-        t, rec = preprocess(hu, spacing, direction, shape)
-        out = sess.run(None, {inp.name: t[None]})[0]
-        return to_scan_grid(out[0], rec)
+        x, rec = preprocess_windows(hu, spacing, direction, spec)
+        out = np.concatenate(
+            [sess.run(None, {inp.name: x[i : i + 4]})[0] for i in range(0, len(x), 4)]
+        )
+        return to_scan_grid(out, rec)
 
     return seg
 
