@@ -119,14 +119,15 @@ def input_pool(
         If the shared real CT is missing and no phantom was asked for.
     """
     from client.io import read_scan
-    from client.preprocess import preprocess, preprocess_scan
+    from client.preprocess import preprocess
     from training.phantoms import make_phantom
 
     vols, names = [], []
     for rel in REAL_CT:
         path = Path(data_dir) / rel
         if path.exists():
-            vols.append(preprocess_scan(read_scan(path), model_shape)[0])
+            scan = read_scan(path)  # one whole-volume (resize) input: load, not accuracy
+            vols.append(preprocess(scan.array, scan.spacing, scan.direction, model_shape)[0])
             names.append(f"real CT {rel}")
     for seed in range(phantoms):
         p = make_phantom(9100 + seed, shape=(48, 96, 96))

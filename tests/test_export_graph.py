@@ -88,7 +88,9 @@ def _batch(shared_data, model_shape):
 
     scans = [make_phantom(s, shape=(48, 96, 96)).to_scan() for s in (1, 2)]
     scans.append(read_scan(shared_data / "totalseg_example" / "ct.nii.gz"))
-    return np.stack([preprocess_scan(s, model_shape)[0] for s in scans])
+    # preprocess_scan gives (windows [n, 1, z, y, x], record); a model-shape tuple is
+    # 'resize', one window per scan.
+    return np.stack([preprocess_scan(s, model_shape)[0][0] for s in scans])
 
 
 def _tiny_argmax_model(kind="identity"):

@@ -159,7 +159,9 @@ def test_preprocess_and_orientation(xp, phantoms):
     for p in phantoms:
         scan = p.to_scan()
         got, rec_x = pre.preprocess(xp.asarray(p.hu), p.spacing, p.direction, MODEL_SHAPE)
-        want, rec = pre.preprocess_scan(scan, MODEL_SHAPE)
+        windows, rec = pre.preprocess_scan(scan, MODEL_SHAPE)
+        assert windows.shape == (1, 1, *MODEL_SHAPE)  # resize: one window
+        want = windows[0]
         assert rec_x == rec and got.dtype == want.dtype == np.uint8
         diff = np.abs(to_numpy(got).astype(int) - want.astype(int))
         assert diff.max() <= 1 and (diff > 0).mean() < 1e-3  # float ties at .5 only
