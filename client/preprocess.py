@@ -120,6 +120,11 @@ class PreprocessSpec:
     min_overlap : int, optional
         ``spacing`` mode: minimum overlap in voxels between neighbouring windows
         (default a quarter of the smallest model side).
+    inplane_slack : int, optional
+        ``spacing`` mode: an in-plane body box at most this many samples wider than the
+        model box is trimmed (centred) to the box instead of taking a second window
+        (default a sixteenth of the smallest model side: 4 samples, 24 mm at 6 mm for
+        64^3; the body box has a 10 mm margin, so at most a few mm of skin are lost).
     """
 
     mode: str
@@ -128,6 +133,7 @@ class PreprocessSpec:
     body_hu: float = -500.0
     body_margin_mm: float = 10.0
     min_overlap: int | None = None
+    inplane_slack: int | None = None
 
     def __post_init__(self):
         shape = tuple(int(n) for n in self.model_shape)
@@ -147,6 +153,8 @@ class PreprocessSpec:
             object.__setattr__(self, "spacing_mm", sp)
         if self.min_overlap is None:
             object.__setattr__(self, "min_overlap", min(shape) // 4)
+        if self.inplane_slack is None:
+            object.__setattr__(self, "inplane_slack", min(shape) // 16)
         if self.mode == "spacing":
             if not 0 <= int(self.min_overlap) < min(shape):
                 raise PreprocessError(
@@ -379,6 +387,23 @@ def window_starts(n: int, m: int, min_overlap: int) -> tuple[list[int], int, int
     return starts, 0, n
 
 
+def _fit_inplane(crop, spacing_c, spec) -> tuple[tuple[int, int], ...]:
+    """Trim an in-plane crop that is at most ``spec.inplane_slack`` samples wider than the
+    model box back to the box (centred), so a body a little wider than the box (its
+    margin, skin) needs one window, not two. The slice axis is never trimmed."""
+    out = [tuple(crop[0])]
+    for ax in (1, 2):
+        lo, hi = crop[ax]
+        m = spec.model_shape[ax]
+        (n,) = grid_shape_for((hi - lo,), (spacing_c[ax],), (spec.spacing_mm[ax],))
+        if m < n <= m + spec.inplane_slack:
+            keep = int(np.floor((m - 1) * spec.spacing_mm[ax] / spacing_c[ax] + 1e-9)) + 1
+            lo += ((hi - lo) - keep) // 2
+            hi = lo + keep
+        out.append((int(lo), int(hi)))
+    return tuple(out)
+
+
 def _owned_ranges(starts, m: int, length: int):
     """Per window, the half-open range it owns: voxels nearest to its centre."""
     bounds = [0]
@@ -419,7 +444,9 @@ def preprocess_grid(hu, spacing, direction, spec):
         region = canon
         grid_shape = m
     else:
-        crop = tuple(body_box(canon, spacing_c, spec.body_hu, spec.body_margin_mm))
+        crop = _fit_inplane(
+            body_box(canon, spacing_c, spec.body_hu, spec.body_margin_mm), spacing_c, spec
+        )
         region = canon[tuple(slice(lo, hi) for lo, hi in crop)]
         grid_shape = grid_shape_for(region.shape, spacing_c, spec.spacing_mm)
     vol = xp.rint(resize_linear(region, grid_shape, pointwise=window_hu)).astype(xp.uint8)
