@@ -137,6 +137,21 @@ def good_cases(n_phantoms: int, seg=None, n_model_phantoms: int = 0):
                 "normal",
             )
         )
+    # A thin-slice reconstruction: 0.75 x 0.75 mm pixels, 1.5 mm slices, white noise of
+    # 30 HU (typical of such slices), reference masks and (with ``seg``) the model's.
+    from scipy import ndimage as ndi
+
+    zoom = (sp[0] / 1.5, sp[1] / 0.75, sp[2] / 0.75)
+    rng_f = np.random.default_rng(3)
+    hf = ndi.zoom(hu.astype(np.float32), zoom, order=1)
+    hf = (hf + rng_f.normal(0, 30, hf.shape)).astype(np.int16)
+    lf = ndi.zoom(np.asarray(lab), zoom, order=0)
+    spf = (1.5, 0.75, 0.75)
+    out.append(("real_reference_0.75x0.75x1.5mm_noise_30hu", hf, lf, spf, d, "normal"))
+    if seg is not None:
+        out.append(
+            ("real_model_masks_0.75x0.75x1.5mm_noise_30hu", hf, seg(hf, spf, d), spf, d, "normal")
+        )
     shapes = [(48, 96, 96), (64, 128, 128), (40, 80, 100), (80, 112, 112), (32, 96, 96)]
     for seed in range(n_phantoms):
         grade = ("normal", "mild", "moderate", "severe")[seed % 4]
