@@ -75,7 +75,8 @@ def emulate_fp16(model):
 def compare(onnx_path: Path, cases, batch: int = 1) -> dict:
     """Label agreement and Dice change between FP32 and FP16-emulated models.
 
-    ``cases`` yields ``(name, uint8 input [1, 1, z, y, x], reference labels at model size or None)``.
+    ``cases`` yields ``(name, uint8 input [n, 1, z, y, x], reference labels [n, z, y, x] or None)``
+    (``n`` windows of one scan; Dice over all of them).
     """
     import onnx
     import onnxruntime as ort
@@ -98,8 +99,8 @@ def compare(onnx_path: Path, cases, batch: int = 1) -> dict:
         rec = {"case": name, "label_changed_fraction": diff / a.size}
         if ref is not None:
             for organ, lab in (("liver", 1), ("spleen", 2)):
-                d32 = _dice(a[0] == lab, ref == lab)
-                d16 = _dice(b[0] == lab, ref == lab)
+                d32 = _dice(a == lab, ref == lab)
+                d16 = _dice(b == lab, ref == lab)
                 rec[f"dice_{organ}_fp32"] = d32
                 rec[f"dice_{organ}_fp16"] = d16
         per_case.append(rec)
@@ -112,25 +113,28 @@ def _dice(a, b):
     return dice_per_class(a.astype(np.uint8), b.astype(np.uint8), classes=(1,))[0]
 
 
-def default_cases(model_shape, n_phantoms: int, real_ct: Path | None, real_labels: Path | None):
-    from client.preprocess import labels_to_model, preprocess
+def default_cases(spec, n_phantoms: int, real_ct: Path | None, real_labels: Path | None):
+    """Cases as the model sees them: ``(name, uint8 [n_windows, 1, *model], labels [n_windows, *model])``.
+
+    ``spec``: the model's :class:`client.preprocess.PreprocessSpec` (or a model shape:
+    ``resize``); a fixed-spacing model gets every window of the scan as one batch.
+    """
+    from client.preprocess import labels_to_grid, preprocess_grid, window_batch
     from training.phantoms import make_phantom
+
+    def windows(hu, labels, spacing, direction):
+        grid, rec = preprocess_grid(hu, spacing, direction, spec)
+        return window_batch(grid, rec), window_batch(labels_to_grid(labels, rec), rec)[:, 0]
 
     for seed in range(n_phantoms):
         p = make_phantom(500_000 + seed, shape=(80, 160, 160))
-        x, _ = preprocess(p.hu, p.spacing, p.direction, model_shape)
-        yield (
-            f"phantom_{500_000 + seed}",
-            x[None],
-            labels_to_model(p.labels, p.direction, model_shape),
-        )
+        yield (f"phantom_{500_000 + seed}", *windows(p.hu, p.labels, p.spacing, p.direction))
     if real_ct is not None and real_ct.exists():
         from client.io import read_label_map, read_scan
 
         ct = read_scan(real_ct)
         lab = read_label_map(real_labels, ct)
-        x, _ = preprocess(ct.array, ct.spacing, ct.direction, model_shape)
-        yield "real_ct", x[None], labels_to_model(lab, ct.direction, model_shape)
+        yield ("real_ct", *windows(ct.array, np.asarray(lab), ct.spacing, ct.direction))
 
 
 def main(argv=None) -> int:
@@ -145,14 +149,13 @@ def main(argv=None) -> int:
     ap.add_argument("--real_labels", type=Path, default=data / "labels.nii.gz")
     ap.add_argument("--out", type=Path, default=None, help="write the JSON result here")
     args = ap.parse_args(argv)
-    import onnx
+    import onnxruntime as ort
 
-    dims = [
-        d.dim_value for d in onnx.load(str(args.onnx)).graph.input[0].type.tensor_type.shape.dim
-    ]
-    res = compare(
-        args.onnx, default_cases(tuple(dims[2:]), args.phantoms, args.real_ct, args.real_labels)
-    )
+    from .evaluate import onnx_spec
+
+    spec = onnx_spec(ort.InferenceSession(str(args.onnx), providers=["CPUExecutionProvider"]))
+    res = compare(args.onnx, default_cases(spec, args.phantoms, args.real_ct, args.real_labels))
+    res["preprocess"] = spec.parameters()
     text = json.dumps(res, indent=2)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
