@@ -43,6 +43,16 @@ INPUT_NAME = "VOLUME"  # uint8 [batch, 1, z, y, x], HU-windowed to 0..255
 OUTPUT_NAME = "LABELS"  # uint8 [batch, z, y, x], argmax inside the graph
 INPUT_DTYPE = "TYPE_UINT8"
 OUTPUT_DTYPE = "TYPE_UINT8"
+# Optional second output: the model's own confidence per voxel, uint8 [batch, z, y, x]
+# = round(255 * softmax probability of the predicted class) (>= 85 with 3 classes).
+# Models exported before it have LABELS only; the client then skips the confidence check.
+CONFIDENCE_NAME = "CONFIDENCE"
+CONFIDENCE_DTYPE = "TYPE_UINT8"
+CONFIDENCE_SCALE = 255.0
+# Per-model floors of the segmentation gate on the mean confidence inside each final
+# organ mask, a config parameter "liver=0.93,spleen=0.95" (calibrated per model:
+# benchmarks/bench_confidence.py); absent = no confidence check.
+CONFIDENCE_FLOOR_PARAM = "hepascreen_min_confidence"
 INPUT_CHANNELS = 1
 # Float-in / int32-out variant (training.export --float-variant): diagnostic only, never
 # served; the client speaks uint8 only. Kept for a TensorRT version that refuses uint8 I/O.
