@@ -142,6 +142,12 @@ RESULT_SCHEMA: tuple[Column, ...] = (
         "volume of the largest connected liver piece (a lower bound when cut by the scan's edge)",
     ),
     Column("spleen_volume_ml", "ml", "volume of the largest connected spleen piece"),
+    Column(
+        "liver_confidence",
+        "1",
+        "the model's mean softmax probability inside the measured liver piece (empty when the model has no confidence output)",
+    ),
+    Column("spleen_confidence", "1", "the same inside the measured spleen piece"),
     Column("n_pairs", "", "liver cubes x spleen cubes paired for the ratio"),
     Column("n_cubes_liver", "", "liver cubes kept after rejection"),
     Column("n_cubes_spleen", "", "spleen cubes kept after rejection"),

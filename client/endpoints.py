@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError, InferenceError
-from .triton import bounded_submit
+from .triton import bounded_submit, first_item
 
 # Failures that say something about the endpoint, not about the request.
 ENDPOINT_FAULTS = (
@@ -203,6 +203,7 @@ class EndpointPool:
         self.supervisor_kw = supervisor_kw
         self.events: list[dict] = []
         self.model_name = self.model_shape = self.preprocess_spec = None
+        self.has_confidence, self.confidence_floor = False, None
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._prober: threading.Thread | None = None
@@ -254,10 +255,12 @@ class EndpointPool:
             ep.last_error = str(exc).splitlines()[0]
             return False
         name, shape, spec = sup.model_name, tuple(sup.model_shape), sup.preprocess_spec
+        conf = (getattr(sup, "has_confidence", False), getattr(sup, "confidence_floor", None))
         with self._cond:
             if self.model_name is None:
                 self.model_name, self.model_shape = name, shape
                 self.preprocess_spec = spec
+                self.has_confidence, self.confidence_floor = conf
                 self.max_batch_size = getattr(sup, "max_batch_size", None)
                 self.config = getattr(sup, "config", None)
             # Same input size but another preprocessing would give wrong masks silently.
@@ -268,6 +271,15 @@ class EndpointPool:
                     f"serves {name} with input {shape} and preprocessing {_describe(spec)}, "
                     f"the other endpoints {self.model_name} with {tuple(self.model_shape)} and "
                     f"{_describe(self.preprocess_spec)}"
+                )
+                self._event(f"{ep.url} refused: {ep.last_error}")
+                return False
+            if conf != (self.has_confidence, self.confidence_floor):
+                # The gate would judge the same scan differently depending on the endpoint.
+                sup.close()
+                ep.last_error = (
+                    f"serves {name} with confidence output/floor {conf}, the other endpoints "
+                    f"{(self.has_confidence, self.confidence_floor)}"
                 )
                 self._event(f"{ep.url} refused: {ep.last_error}")
                 return False
@@ -329,13 +341,16 @@ class EndpointPool:
                 ep.healthy = False
                 self._event(f"{ep.url} taken out: {ep.last_error}")
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Segment ``[N, 1, z, y, x]`` on the least busy healthy endpoint, failing over."""
+    def infer(self, batch: np.ndarray, with_confidence: bool = False):
+        """Segment ``[N, 1, z, y, x]`` on the least busy healthy endpoint, failing over
+        (``(labels, confidence or None)`` with ``with_confidence``)."""
         tries = 0
         while True:
             ep, sup = self._pick()
             try:
-                out = sup.infer(batch)
+                out = (
+                    sup.infer(batch, with_confidence=True) if with_confidence else sup.infer(batch)
+                )
             except InferenceError as exc:
                 if exc.status not in ENDPOINT_FAULTS:
                     raise  # the request's fault: another endpoint would refuse it too
@@ -355,11 +370,16 @@ class EndpointPool:
                 self._n_volumes += int(batch.shape[0])
             return out
 
-    def submit(self, tensor: np.ndarray) -> Future:
-        """Queue one volume uint8 ``[1, z, y, x]``; the Future resolves to uint8 ``[z, y, x]``."""
+    def submit(self, tensor: np.ndarray, with_confidence: bool = False) -> Future:
+        """Queue one volume uint8 ``[1, z, y, x]``; the Future resolves to uint8 ``[z, y, x]``
+        (``(labels, confidence or None)`` with ``with_confidence``)."""
         if self._pool is None:
             raise InferenceError("endpoint pool not started (call start() or use a with block)")
-        return bounded_submit(self._pool, self._slots, lambda: self.infer(tensor[None])[0])
+        return bounded_submit(
+            self._pool,
+            self._slots,
+            lambda: first_item(self.infer(tensor[None], with_confidence=with_confidence)),
+        )
 
     # -- probing ------------------------------------------------------------------
     def _probe_loop(self) -> None:

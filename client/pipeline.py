@@ -103,14 +103,41 @@ class StageTimer:
         self.current = None
 
 
+@dataclass
+class Segmentation:
+    """A label map with the model's own confidence, as a segmenter may return it.
+
+    Attributes
+    ----------
+    labels : ndarray [z, y, x] uint8
+        On the scan's grid (1 liver, 2 spleen).
+    confidence : ndarray [z, y, x] uint8, optional
+        ``round(255 * p)``, p the softmax probability of the predicted class, on the
+        same grid (:data:`client.contract.CONFIDENCE_NAME`); 0 outside the model's box.
+    confidence_floor : dict, optional
+        ``{"liver": f, "spleen": f}``: the gate floors the model's config declares
+        (:data:`client.contract.CONFIDENCE_FLOOR_PARAM`).
+    """
+
+    labels: np.ndarray
+    confidence: np.ndarray | None = None
+    confidence_floor: dict | None = None
+
+
+def as_segmentation(out) -> Segmentation:
+    """A segmenter's result as a :class:`Segmentation` (a bare label map: no confidence)."""
+    return out if isinstance(out, Segmentation) else Segmentation(out)
+
+
 @runtime_checkable
 class Segmenter(Protocol):
     """Turns a scan into a liver/spleen label map on the scan's own grid (1 liver, 2 spleen)."""
 
     kind: str  # "triton" | "masks": the ``segmenter`` column
 
-    def segment(self, scan: ScanVolume, source: ScanSource, timer: StageTimer) -> np.ndarray:
-        """Label map ``[z, y, x]`` uint8 on ``scan``'s grid; raises a ScreeningError on failure."""
+    def segment(self, scan: ScanVolume, source: ScanSource, timer: StageTimer):
+        """Label map ``[z, y, x]`` uint8 on ``scan``'s grid, or a :class:`Segmentation`
+        carrying the model's confidence too; raises a ScreeningError on failure."""
         ...
 
     def describe(self) -> dict:
@@ -179,22 +206,40 @@ class TritonSegmenter:
         sup = SupervisedSegmenter(url, max_in_flight=max_in_flight, client_kwargs=client_kw)
         return cls(sup.start())
 
-    def segment(self, scan: ScanVolume, source: ScanSource, timer: StageTimer) -> np.ndarray:
+    def segment(self, scan: ScanVolume, source: ScanSource, timer: StageTimer):
         """Preprocess as the served model declares (``client.preprocess_spec``), infer every
-        window, stitch and map the labels back onto the scan's grid."""
+        window, stitch and map the labels back onto the scan's grid.
+
+        Returns the label map, or a :class:`Segmentation` with the model's confidence map
+        (mapped the same way) when the served model has the confidence output.
+        """
         from .preprocess import preprocess_scan, to_scan_grid
 
         with timer("preprocess"):
             windows, record = preprocess_scan(scan, self.preprocess_spec)
             windows = np.ascontiguousarray(windows)
+        conf = bool(getattr(self.client, "has_confidence", False))
         with timer("infer"):
             # One request per window: the dynamic batcher merges them with other scans'
             # requests, and ``submit``'s back-pressure bounds what is in flight. The
             # stage ends when the last window's labels are back.
-            futures = [self.client.submit(w) for w in windows]
-            labels = np.stack([f.result() for f in futures])
+            if conf:
+                futures = [self.client.submit(w, with_confidence=True) for w in windows]
+                outs = [f.result() for f in futures]
+                labels = np.stack([o[0] for o in outs])
+                confidence = None if outs[0][1] is None else np.stack([o[1] for o in outs])
+            else:
+                futures = [self.client.submit(w) for w in windows]
+                labels, confidence = np.stack([f.result() for f in futures]), None
         with timer("map_back"):
-            return to_scan_grid(labels, record)
+            labels = to_scan_grid(labels, record)
+            if confidence is None:
+                return labels
+            return Segmentation(
+                labels,
+                to_scan_grid(confidence, record),
+                getattr(self.client, "confidence_floor", None),
+            )
 
     @property
     def preprocess_spec(self):
@@ -499,7 +544,7 @@ def _as_source(source) -> ScanSource:
     return source_for_path(Path(source))
 
 
-def _assess(scan: ScanVolume, labels, config: ScreenConfig):
+def _assess(scan: ScanVolume, labels, config: ScreenConfig, seg: Segmentation | None = None):
     from postprocess import assess
     from postprocess._xp import to_device
 
@@ -515,6 +560,8 @@ def _assess(scan: ScanVolume, labels, config: ScreenConfig):
             config.assess,
             contrast_hint=True if scan.metadata.get("contrast_agent") else None,
             direction=scan.direction,  # organ laterality check (postprocess.gate)
+            confidence=None if seg is None else to_device(seg.confidence, gpu),
+            confidence_floor=None if seg is None else seg.confidence_floor,
         )
 
 
@@ -522,9 +569,10 @@ def _stages(src: ScanSource, segmenter: Segmenter, config: ScreenConfig, timer: 
     """The data flow of one scan, top to bottom."""
     with timer("read"):
         scan = src.read()
-    labels = segmenter.segment(scan, src, timer)  # preprocess -> infer -> map back
+    seg = as_segmentation(segmenter.segment(scan, src, timer))  # preprocess -> infer -> map back
+    labels = seg.labels
     with timer("measure"):
-        assessment = _assess(scan, labels, config)
+        assessment = _assess(scan, labels, config, seg)
     row = _measured_row(scan, src, assessment, config)
     with timer("write"):
         files = write_outputs(src, scan, labels, row, segmenter, config, assessment)

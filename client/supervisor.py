@@ -169,6 +169,8 @@ class SupervisedSegmenter:
             self.model_name = self.client.model_name
             self.model_shape = self.client.model_shape
             self.preprocess_spec = self.client.preprocess_spec
+            self.has_confidence = getattr(self.client, "has_confidence", False)
+            self.confidence_floor = getattr(self.client, "confidence_floor", None)
             self.max_batch_size = self.client.max_batch_size
             self.config = self.client.config
             self._warm_up()
@@ -268,8 +270,10 @@ class SupervisedSegmenter:
         with self._lock:
             return self._gen, self.client
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Segment a batch ``[N, 1, z, y, x]`` uint8 -> ``[N, z, y, x]``, surviving server faults."""
+    def infer(self, batch: np.ndarray, with_confidence: bool = False):
+        """Segment a batch ``[N, 1, z, y, x]`` uint8 -> ``[N, z, y, x]``, surviving server faults
+        (``(labels, confidence or None)`` with ``with_confidence``: see
+        :meth:`client.triton.SegmentationClient.infer`)."""
         timeout = None
         attempts = 0
         while True:
@@ -277,7 +281,12 @@ class SupervisedSegmenter:
             t = self.deadline_s() if timeout is None else timeout
             t0 = time.monotonic()
             try:
-                out = client.infer(batch, timeout_s=t, retries=0)
+                out = client.infer(
+                    batch,
+                    timeout_s=t,
+                    retries=0,
+                    **({"with_confidence": True} if with_confidence else {}),
+                )
             except InferenceError as exc:
                 if exc.status not in RECOVERABLE:
                     raise
@@ -295,16 +304,21 @@ class SupervisedSegmenter:
                 self._n_volumes += int(batch.shape[0])
             return out
 
-    def submit(self, tensor: np.ndarray) -> Future:
-        """Queue one volume uint8 ``[1, z, y, x]``; the Future resolves to uint8 ``[z, y, x]``.
+    def submit(self, tensor: np.ndarray, with_confidence: bool = False) -> Future:
+        """Queue one volume uint8 ``[1, z, y, x]``; the Future resolves to uint8 ``[z, y, x]``
+        (``(labels, confidence or None)`` with ``with_confidence``).
 
         Blocks while ``max_in_flight`` requests are outstanding (back-pressure).
         """
         if self._pool is None:
             raise InferenceError("segmenter not started (call start() or use it in a with block)")
-        from .triton import bounded_submit
+        from .triton import bounded_submit, first_item
 
-        return bounded_submit(self._pool, self._slots, lambda: self.infer(tensor[None])[0])
+        return bounded_submit(
+            self._pool,
+            self._slots,
+            lambda: first_item(self.infer(tensor[None], with_confidence=with_confidence)),
+        )
 
     def segment(self, tensor: np.ndarray) -> np.ndarray:
         """``submit(tensor).result()``: one volume ``[1, z, y, x]`` -> ``[z, y, x]``."""

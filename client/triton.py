@@ -40,6 +40,13 @@ def bounded_submit(pool, slots, fn) -> Future:
     return fut
 
 
+def first_item(out):
+    """The first volume of a batch result: an array, or ``(labels, confidence-or-None)``."""
+    if isinstance(out, tuple):
+        return tuple(None if a is None else a[0] for a in out)
+    return out[0]
+
+
 def _grpc():
     import tritonclient.grpc as grpcclient
 
@@ -157,11 +164,19 @@ class SegmentationClient:
         self.max_batch_size = int(cfg.get("max_batch_size", 0) or 0)
         # How the model wants its input made (resize when the config says nothing).
         self.preprocess_spec = model_preprocess_spec(cfg)
+        # The optional confidence map and the gate floors calibrated for this model.
+        self.has_confidence = model_has_confidence(cfg)
+        self.confidence_floor = model_confidence_floor(cfg)
 
     # -- inference ----------------------------------------------------------------
     def infer(
-        self, batch: np.ndarray, *, timeout_s: float | None = None, retries: int | None = None
-    ) -> np.ndarray:
+        self,
+        batch: np.ndarray,
+        *,
+        timeout_s: float | None = None,
+        retries: int | None = None,
+        with_confidence: bool = False,
+    ):
         """Segment a batch: uint8 ``[N, 1, z, y, x]`` -> uint8 ``[N, z, y, x]`` (retries included).
 
         Parameters
@@ -171,6 +186,10 @@ class SegmentationClient:
             Deadline of each attempt (default: the client's ``timeout_s``).
         retries : int, optional
             Retries of a transient failure (default: the client's ``retries``).
+        with_confidence : bool
+            Return ``(labels, confidence)``: the model's uint8 confidence map
+            (:data:`client.contract.CONFIDENCE_NAME`, same shape as the labels), None
+            when the model does not serve one.
 
         Raises
         ------
@@ -190,17 +209,26 @@ class SegmentationClient:
         for attempt in range(retries + 1):
             inp = g.InferInput(contract.INPUT_NAME, list(batch.shape), "UINT8")
             inp.set_data_from_numpy(batch)
-            out = g.InferRequestedOutput(contract.OUTPUT_NAME)
+            want_conf = with_confidence and self.has_confidence
+            outs = [g.InferRequestedOutput(contract.OUTPUT_NAME)]
+            if want_conf:
+                outs.append(g.InferRequestedOutput(contract.CONFIDENCE_NAME))
             try:
                 res = self._client.infer(
-                    self.model_name, [inp], outputs=[out], client_timeout=timeout_s
+                    self.model_name, [inp], outputs=outs, client_timeout=timeout_s
                 )
-                labels = res.as_numpy(contract.OUTPUT_NAME)
-                if labels is None or labels.shape != (batch.shape[0], *self.model_shape):
-                    raise InferenceError(
-                        f"server returned {None if labels is None else labels.shape} for a batch of {batch.shape[0]}"
-                    )
-                return labels.astype(np.uint8, copy=False)
+                shape = (batch.shape[0], *self.model_shape)
+                arrays = [res.as_numpy(o.name()) for o in outs]
+                for name, a in zip((o.name() for o in outs), arrays):
+                    if a is None or a.shape != shape:
+                        raise InferenceError(
+                            f"server returned {name} {None if a is None else a.shape} "
+                            f"for a batch of {batch.shape[0]}"
+                        )
+                labels = arrays[0].astype(np.uint8, copy=False)
+                if not with_confidence:
+                    return labels
+                return labels, (arrays[1].astype(np.uint8, copy=False) if want_conf else None)
             except InferenceError:
                 raise
             except Exception as exc:
@@ -217,12 +245,17 @@ class SegmentationClient:
                 ) from exc
         raise InferenceError("unreachable")  # pragma: no cover
 
-    def submit(self, tensor: np.ndarray) -> Future:
-        """Queue one volume uint8 ``[1, z, y, x]``; the Future resolves to uint8 ``[z, y, x]``.
+    def submit(self, tensor: np.ndarray, with_confidence: bool = False) -> Future:
+        """Queue one volume uint8 ``[1, z, y, x]``; the Future resolves to uint8 ``[z, y, x]``
+        (``(labels, confidence or None)`` with ``with_confidence``).
 
         Blocks while ``max_in_flight`` requests are outstanding (back-pressure).
         """
-        return bounded_submit(self._pool, self._slots, lambda: self.infer(tensor[None])[0])
+        return bounded_submit(
+            self._pool,
+            self._slots,
+            lambda: first_item(self.infer(tensor[None], with_confidence=with_confidence)),
+        )
 
     def is_live(self, timeout_s: float = 2.0) -> bool:
         """True when the server answers a liveness check within ``timeout_s``."""
@@ -285,9 +318,10 @@ def check_model_config(cfg: dict) -> list[str]:
     (tensor names, dtypes, dims, batching, and the declared preprocessing)."""
     problems = []
     inputs, outputs = cfg.get("input", []), cfg.get("output", [])
-    if len(inputs) != 1 or len(outputs) != 1:
-        return [f"expected 1 input and 1 output, got {len(inputs)} and {len(outputs)}"]
+    if len(inputs) != 1 or not 1 <= len(outputs) <= 2:
+        return [f"expected 1 input and 1 or 2 outputs, got {len(inputs)} and {len(outputs)}"]
     i, o = inputs[0], outputs[0]
+    extra = outputs[1] if len(outputs) == 2 else None
     if i.get("name") != contract.INPUT_NAME:
         problems.append(f"input name: expected {contract.INPUT_NAME}, got {i.get('name')}")
     if o.get("name") != contract.OUTPUT_NAME:
@@ -302,6 +336,19 @@ def check_model_config(cfg: dict) -> list[str]:
         problems.append(f"input dims: expected [1, z, y, x], got {idims}")
     elif odims != idims[1:]:
         problems.append(f"output dims: expected {idims[1:]}, got {odims}")
+    if extra is not None:  # the optional confidence map: same dims as the labels
+        if extra.get("name") != contract.CONFIDENCE_NAME:
+            problems.append(
+                f"second output name: expected {contract.CONFIDENCE_NAME}, got {extra.get('name')}"
+            )
+        if extra.get("data_type") != contract.CONFIDENCE_DTYPE:
+            problems.append(
+                f"{contract.CONFIDENCE_NAME} dtype: expected {contract.CONFIDENCE_DTYPE}, "
+                f"got {extra.get('data_type')}"
+            )
+        cdims = [int(d) for d in extra.get("dims", [])]
+        if cdims != odims:
+            problems.append(f"{contract.CONFIDENCE_NAME} dims: expected {odims}, got {cdims}")
     if int(cfg.get("max_batch_size", 0) or 0) < 1:
         problems.append("max_batch_size must be >= 1 (batched model)")
     if not problems:
@@ -311,4 +358,49 @@ def check_model_config(cfg: dict) -> list[str]:
             model_preprocess_spec(cfg)
         except PreprocessError as exc:
             problems.append(f"preprocessing parameters: {exc}")
+        try:
+            model_confidence_floor(cfg)
+        except ValueError as exc:
+            problems.append(str(exc))
     return problems
+
+
+def model_has_confidence(cfg: dict) -> bool:
+    """Whether a model config (JSON form) serves the optional confidence map."""
+    return any(o.get("name") == contract.CONFIDENCE_NAME for o in cfg.get("output", []))
+
+
+def model_confidence_floor(cfg: dict) -> dict[str, float] | None:
+    """The gate's per-organ confidence floors a model config declares, e.g.
+    ``{"liver": 0.93, "spleen": 0.95}`` from ``"liver=0.93,spleen=0.95"`` in the parameter
+    :data:`client.contract.CONFIDENCE_FLOOR_PARAM`; None when absent.
+
+    Raises
+    ------
+    ValueError
+        Malformed value, an organ other than liver/spleen, a floor outside (0, 1), or a
+        floor declared by a model without the confidence output.
+    """
+    params = cfg.get("parameters") or {}
+    raw = params.get(contract.CONFIDENCE_FLOOR_PARAM)
+    if isinstance(raw, dict):  # JSON config: {"string_value": "..."}
+        raw = raw.get("string_value")
+    if raw is None or not str(raw).strip():
+        return None
+    name = contract.CONFIDENCE_FLOOR_PARAM
+    if not model_has_confidence(cfg):
+        raise ValueError(f"{name} is set but the model has no {contract.CONFIDENCE_NAME} output")
+    out: dict[str, float] = {}
+    for part in str(raw).split(","):
+        organ, sep, val = part.partition("=")
+        organ = organ.strip()
+        try:
+            v = float(val)
+        except ValueError:
+            v = float("nan")
+        if not sep or organ not in ("liver", "spleen") or not 0.0 < v < 1.0:
+            raise ValueError(
+                f"{name}: expected 'liver=F,spleen=F' with floors in (0, 1), got {raw!r}"
+            )
+        out[organ] = v
+    return out

@@ -106,6 +106,8 @@ class Assessment:
     notes: tuple = ()
     contrast_evidence: tuple = ()
     evidence: dict = field(default_factory=dict)
+    liver_confidence: float = float("nan")
+    spleen_confidence: float = float("nan")
 
     @property
     def cube_mm_used(self) -> dict:
@@ -128,6 +130,8 @@ class Assessment:
             "liver_minus_spleen_hu": r(self.liver_minus_spleen_hu, 2),
             "liver_volume_ml": r(self.liver_volume_ml, 1),
             "spleen_volume_ml": r(self.spleen_volume_ml, 1),
+            "liver_confidence": r(self.liver_confidence, 3),
+            "spleen_confidence": r(self.spleen_confidence, 3),
             "n_pairs": int(self.n_pairs),
             "n_cubes_liver": int(self.liver.kept_means.size),
             "n_cubes_spleen": int(self.spleen.kept_means.size),
@@ -268,6 +272,19 @@ def _median_sd(m: OrganMeasurement) -> float:
     return float(np.median(sd)) if sd.size else float("nan")
 
 
+def mean_confidence(confidence, mask, within=None) -> float:
+    """Mean of a uint8 confidence map (``round(255 * p)``) inside ``mask``, as a
+    probability in [0, 1]; NaN for an empty mask. ``within``: a box holding the mask."""
+    if within is not None:
+        confidence, mask = confidence[within], mask[within]
+    xp, _ = get_xp(mask)
+    n = int(xp.count_nonzero(mask))
+    if n == 0:
+        return float("nan")
+    total = float(confidence[mask].sum(dtype=xp.float64))
+    return total / n / 255.0
+
+
 def _validate_direction(direction):
     if direction is None:
         return None
@@ -291,6 +308,8 @@ def assess(
     config: AssessConfig | None = None,
     contrast_hint: bool | None = None,
     direction=None,
+    confidence=None,
+    confidence_floor: dict | None = None,
 ) -> Assessment:
     """Measure liver and spleen attenuation in cubes, check the masks and grade the liver.
 
@@ -311,6 +330,14 @@ def assess(
         gate needs it to check that the spleen lies on the patient's left and the
         liver on the right; without it that check is skipped (flag
         ``laterality_unchecked``).
+    confidence : ndarray [z, y, x] uint8, optional
+        The model's confidence map on the same grid (``round(255 * p)``,
+        :data:`client.contract.CONFIDENCE_NAME`): its mean inside each measured piece
+        is reported (``liver_confidence``, ``spleen_confidence``).
+    confidence_floor : dict, optional
+        ``{"liver": f, "spleen": f}``, calibrated for the model that made the masks
+        (``benchmarks/bench_confidence.py``): a mean below its floor makes the organ's
+        segmentation doubtful (``*_segmentation_doubtful``, the reason in ``notes``).
 
     Returns
     -------
@@ -430,6 +457,26 @@ def assess(
             liver.volume_all_ml = liver.volume_ml / max(g.liver.largest_fraction, 1e-9)
         if g.spleen is not None:
             spleen.volume_all_ml = spleen.volume_ml / max(g.spleen.largest_fraction, 1e-9)
+    conf = {"liver": float("nan"), "spleen": float("nan")}
+    if confidence is not None:
+        if tuple(confidence.shape) != tuple(labels.shape):
+            raise MeasurementError(
+                f"confidence map {tuple(confidence.shape)} does not match labels {tuple(labels.shape)}"
+            )
+        for name, comp in (("liver", liver_comp), ("spleen", spleen_comp)):
+            conf[name] = mean_confidence(confidence, comp, lbox)
+        evidence["confidence"] = {
+            k: (None if not math.isfinite(v) else round(v, 4)) for k, v in conf.items()
+        }
+        for name, floor in (confidence_floor or {}).items():
+            v = conf.get(name, float("nan"))
+            if math.isfinite(v) and v < floor:
+                flag = f"{name}_segmentation_doubtful"
+                if flag not in flags:
+                    flags.append(flag)
+                notes.append(
+                    f"{name}: the model's confidence {v:.3f} is below its floor {floor:.3f}"
+                )
     # Contrast: the tag, then what the image shows. Image evidence read from masks that
     # lie on the wrong structures (sides or levels implausible) says nothing about
     # contrast (a mirrored "spleen" over bowel looks mottled), so it is dropped then; the
@@ -468,6 +515,8 @@ def assess(
         liver=liver,
         spleen=spleen,
         notes=tuple(notes),
+        liver_confidence=conf["liver"],
+        spleen_confidence=conf["spleen"],
         contrast_evidence=tuple(contrast_ev),
         evidence=evidence,
     )

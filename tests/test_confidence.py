@@ -1,0 +1,122 @@
+"""The model's own confidence in the segmentation gate (client side).
+
+The served ``CONFIDENCE`` output is checked in tests/test_export_graph.py and
+tests/test_model_repository.py; here: the client's reading of a model config (the
+optional output, the per-model floors), the mean inside the measured organ piece against
+a brute-force reference, the verdict a floor gives, and a whole screen through the real
+bundled server whose row carries the confidence the model computed.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from client import contract
+from client.triton import check_model_config, model_confidence_floor, model_has_confidence
+from postprocess import assess
+from postprocess.assess import mean_confidence
+from training.phantoms import make_phantom
+
+BASE = {
+    "name": "hepascreen_vnet",
+    "max_batch_size": 4,
+    "input": [{"name": "VOLUME", "data_type": "TYPE_UINT8", "dims": ["1", "8", "8", "8"]}],
+    "output": [{"name": "LABELS", "data_type": "TYPE_UINT8", "dims": ["8", "8", "8"]}],
+}
+CONF = {"name": "CONFIDENCE", "data_type": "TYPE_UINT8", "dims": ["8", "8", "8"]}
+
+
+def _cfg(outputs=(), floor=None):
+    cfg = copy.deepcopy(BASE)
+    cfg["output"] += [copy.deepcopy(o) for o in outputs]
+    if floor is not None:
+        cfg["parameters"] = {contract.CONFIDENCE_FLOOR_PARAM: {"string_value": floor}}
+    return cfg
+
+
+def test_config_with_and_without_the_confidence_output():
+    assert check_model_config(_cfg()) == [] and not model_has_confidence(_cfg())
+    assert check_model_config(_cfg([CONF])) == [] and model_has_confidence(_cfg([CONF]))
+    wrong_dims = dict(CONF, dims=["8", "8", "4"])
+    assert any("dims" in p for p in check_model_config(_cfg([wrong_dims])))
+    wrong_type = dict(CONF, data_type="TYPE_FP32")
+    assert any("dtype" in p for p in check_model_config(_cfg([wrong_type])))
+    wrong_name = dict(CONF, name="PROBS")
+    assert any("second output name" in p for p in check_model_config(_cfg([wrong_name])))
+    assert "1 or 2 outputs" in check_model_config(_cfg([CONF, CONF]))[0]
+
+
+def test_floor_parameter_is_parsed_and_checked():
+    assert model_confidence_floor(_cfg([CONF])) is None
+    assert model_confidence_floor(_cfg([CONF], "liver=0.93, spleen=0.955")) == {
+        "liver": 0.93,
+        "spleen": 0.955,
+    }
+    for bad in ("liver=1.2", "kidney=0.9", "liver:0.9", "liver=x"):
+        problems = check_model_config(_cfg([CONF], bad))
+        assert problems and contract.CONFIDENCE_FLOOR_PARAM in problems[0], bad
+    # A floor without the output it reads is a config error, not a silent no-op.
+    assert "no CONFIDENCE output" in check_model_config(_cfg([], "liver=0.9"))[0]
+
+
+def test_mean_confidence_matches_brute_force():
+    rng = np.random.default_rng(0)
+    conf = rng.integers(85, 256, (20, 30, 40)).astype(np.uint8)
+    mask = ndi.binary_dilation(rng.random((20, 30, 40)) > 0.995, iterations=2)
+    ref = sum(int(conf[z, y, x]) for z, y, x in zip(*np.nonzero(mask))) / mask.sum() / 255
+    assert mean_confidence(conf, mask) == pytest.approx(ref, abs=1e-12)
+    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(mask))
+    assert mean_confidence(conf, mask, box) == pytest.approx(ref, abs=1e-12)
+    assert np.isnan(mean_confidence(conf, np.zeros_like(mask)))
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return make_phantom(5, shape=(60, 120, 120), grade="mild")
+
+
+def test_floor_makes_the_organ_doubtful_and_says_why(phantom):
+    p = phantom
+    conf = np.full(p.labels.shape, 252, np.uint8)
+    # A confident model on a good mask: graded as without the map; the row reports it.
+    plain = assess(p.hu, p.labels, p.spacing, direction=p.direction)
+    a = assess(
+        p.hu,
+        p.labels,
+        p.spacing,
+        direction=p.direction,
+        confidence=conf,
+        confidence_floor={"liver": 0.93, "spleen": 0.95},
+    )
+    assert a.grade == plain.grade == "mild" and a.flags == plain.flags
+    assert a.to_row()["liver_confidence"] == a.to_row()["spleen_confidence"] == round(252 / 255, 3)
+    # An unsure spleen (only its measured piece counts): indeterminate, the reason named.
+    conf[p.labels == 2] = 235  # 0.922
+    a = assess(
+        p.hu,
+        p.labels,
+        p.spacing,
+        direction=p.direction,
+        confidence=conf,
+        confidence_floor={"liver": 0.93, "spleen": 0.95},
+    )
+    assert a.grade == "indeterminate"
+    assert (
+        "spleen_segmentation_doubtful" in a.flags and "liver_segmentation_doubtful" not in a.flags
+    )
+    assert any("confidence 0.922 is below its floor 0.950" in n for n in a.notes)
+    # Without a floor the number is reported but decides nothing.
+    a = assess(p.hu, p.labels, p.spacing, direction=p.direction, confidence=conf)
+    assert a.grade == "mild" and a.spleen_confidence == pytest.approx(235 / 255)
+
+
+def test_confidence_map_must_match_the_labels(phantom):
+    from client.errors import MeasurementError
+
+    p = phantom
+    with pytest.raises(MeasurementError, match="confidence map"):
+        assess(p.hu, p.labels, p.spacing, confidence=np.zeros((2, 2, 2), np.uint8))
