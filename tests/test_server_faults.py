@@ -68,7 +68,7 @@ def inputs_and_reference():
         p = make_phantom(seed, shape=(40, 80, 80), spacing=(5.0, 3.5, 3.5))
         x.append(preprocess(p.hu, p.spacing, p.direction, shape)[0])
     x = np.stack(x)
-    (ref,) = sess.run(None, {contract.INPUT_NAME: x})
+    (ref,) = sess.run([contract.OUTPUT_NAME], {contract.INPUT_NAME: x})
     assert (ref == 1).mean() > 0.01  # the model segments something: a real comparison
     return x, ref
 

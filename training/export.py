@@ -27,10 +27,21 @@ indices (0, 1, 2) are exact in float32, so the labels are byte-identical
 CT). ``python -m training.export --recast-only model.onnx`` applies the same
 rewrite to an existing export (weights untouched).
 
+The served graph has a second output ``CONFIDENCE`` (uint8 ``[N, z, y, x]``, like
+``LABELS``): round-half-up(255 x the softmax probability of the predicted class) per
+voxel, the model's own confidence for the client's segmentation gate
+(client/contract.py ``CONFIDENCE_NAME``; :func:`add_confidence_output`). It is graph
+surgery on the logits ``ArgMax`` reads, so ``LABELS`` stays byte-identical. New exports
+get it unless ``--no-confidence``; ``python -m training.export --add-confidence-only
+model.onnx`` adds it to an existing export in place (weights and metadata untouched).
+
 Replacing the served model with your own: export it with this command, copy the
 ONNX to ``model_repository/cpu/hepascreen_vnet/1/model.onnx`` and set the spatial
-dims in that folder's ``config.pbtxt`` (and the GPU one) to your model's input size;
-the client reads the size from the served configuration.
+dims in that folder's ``config.pbtxt`` (and the GPU one) to your model's input size
+(``VOLUME``, ``LABELS`` and ``CONFIDENCE``; an export made with ``--no-confidence``
+needs the ``CONFIDENCE`` output removed from the configs: the server refuses a config
+listing an output the file lacks); the client reads the size from the served
+configuration.
 """
 
 from __future__ import annotations
@@ -44,7 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-from client.contract import INPUT_NAME, OUTPUT_NAME
+from client.contract import CONFIDENCE_NAME, CONFIDENCE_SCALE, INPUT_NAME, OUTPUT_NAME
 
 VARIANTS = ("uint8", "float", "logits")
 
@@ -81,6 +92,7 @@ def export_onnx(
     save_file: str | Path,
     variant: str = "uint8",
     opset: int = 17,
+    confidence: bool = True,
 ) -> Path:
     """Export a Paddle VNet (eval mode) to ONNX with a dynamic batch dimension.
 
@@ -92,6 +104,10 @@ def export_onnx(
     save_file : path of the ONNX file to write (parent created).
     variant : {"uint8", "float", "logits"}
     opset : int, >= 17
+    confidence : bool
+        Add the ``CONFIDENCE`` output (:func:`add_confidence_output`; uint8 variant
+        only: the float variant is a LABELS-only diagnostic, the logits variant has
+        no labels).
 
     Returns
     -------
@@ -125,6 +141,8 @@ def export_onnx(
         _rename_io(out_tmp, variant)
         if variant == "uint8":
             recast_file(out_tmp)
+            if confidence:
+                add_confidence_file(out_tmp)
         shutil.move(out_tmp, save_file)
     return save_file
 
@@ -240,6 +258,14 @@ def recast_file(path: str | Path) -> bool:
     if not cast_labels_via_float(model):
         return False
     onnx.checker.check_model(model, full_check=True)
+    _save_atomic(model, path)
+    return True
+
+
+def _save_atomic(model, path: Path) -> None:
+    """Write ``model`` over ``path`` through a temporary file, keeping the file's mode."""
+    import onnx
+
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=path.parent)
     os.close(fd)
     try:
@@ -249,6 +275,165 @@ def recast_file(path: str | Path) -> bool:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _labels_argmax(graph, output_name: str = OUTPUT_NAME):
+    """The ``ArgMax`` node whose indices become ``output_name`` (through Cast/Identity).
+
+    Raises
+    ------
+    ValueError
+        If no node produces ``output_name`` or the chain back from it reaches
+        anything but Cast and Identity nodes before an ArgMax.
+    """
+    producers = _producers(graph)
+    node = producers.get(output_name)
+    if node is None:
+        raise ValueError(f"expected a node producing output {output_name!r}, found none")
+    while node is not None and node.op_type in ("Cast", "Identity"):
+        node = producers.get(node.input[0])
+    if node is None or node.op_type != "ArgMax":
+        found = "a graph input" if node is None else f"{node.op_type} {node.name!r}"
+        raise ValueError(
+            f"expected output {output_name!r} to come from an ArgMax through Cast/Identity "
+            f"nodes, found {found}"
+        )
+    return node
+
+
+def _attr(node, name: str, default: int) -> int:
+    for a in node.attribute:
+        if a.name == name:
+            return int(a.i)
+    return default
+
+
+def add_confidence_output(
+    model, output_name: str = OUTPUT_NAME, confidence_name: str = CONFIDENCE_NAME
+) -> bool:
+    """Add the ``CONFIDENCE`` output: round-half-up(255 x max softmax) as uint8 (in place).
+
+    The new branch reads the tensor the labels' ``ArgMax`` reads (the logits,
+    ``[N, classes, z, y, x]`` float) and computes, over the ArgMax's axis::
+
+        Softmax -> ReduceMax -> Mul(255) -> Add(0.5) -> Floor -> Clip(0, 255) -> Cast(UINT8)
+
+    so each voxel gets ``floor(255 p + 0.5)`` for ``p`` the probability of the
+    predicted class. Floor makes the value integral before the cast, so no
+    runtime's rule for a fractional float -> integer cast (truncate or round) can
+    change it; Clip keeps it in [0, 255] even where FP16 rounding lifts ``p`` above
+    1. FLOAT -> UINT8 is the cast TensorRT documents for uint8 (this module's
+    docstring, as for the labels); every op here is in TensorRT 10's ONNX parser
+    (onnx-tensorrt docs/operators.md; ReduceMax's axes an attribute below opset 18,
+    an initializer from 18). The output is declared like ``output_name``: uint8 with
+    its shape (dynamic batch, spatial dims). Nothing that feeds ``output_name``
+    changes, so the labels stay byte-identical. Idempotent.
+
+    Parameters
+    ----------
+    model : onnx.ModelProto
+        A served export (opset >= 13, where Softmax normalises along one axis).
+    output_name : str
+        The label output (``client.contract.OUTPUT_NAME``).
+    confidence_name : str
+        Name of the new output (``client.contract.CONFIDENCE_NAME``).
+
+    Returns
+    -------
+    bool
+        True when the output was added, False when the graph already has it.
+
+    Raises
+    ------
+    ValueError
+        If the labels do not come from an ArgMax (through Cast/Identity), the opset
+        is below 13, or a tensor name the branch needs is already taken.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = model.graph
+    if any(o.name == confidence_name for o in g.output):
+        return False
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if opset < 13:
+        raise ValueError(
+            f"expected opset >= 13 (Softmax over one axis), got {opset}: re-export the model"
+        )
+    labels = next((o for o in g.output if o.name == output_name), None)
+    if labels is None:
+        raise ValueError(
+            f"expected a graph output {output_name!r}, got {[o.name for o in g.output]}"
+        )
+    argmax = _labels_argmax(g, output_name)
+    logits = argmax.input[0]
+    axis = _attr(argmax, "axis", 0)
+    keepdims = _attr(argmax, "keepdims", 1)
+
+    p = f"{confidence_name}/"  # one prefix for every new node, tensor and initializer
+    taken = {t.name for t in g.initializer} | {o for n in g.node for o in n.output}
+    taken |= {n.name for n in g.node} | {i.name for i in g.input}
+    if any(name.startswith(p) for name in taken) or confidence_name in taken:
+        raise ValueError(f"expected no tensor or node named {confidence_name!r}[/...] yet")
+
+    def const(name, value, dtype=np.float32):
+        g.initializer.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), p + name))
+        return p + name
+
+    scale = const("scale", CONFIDENCE_SCALE)
+    half = const("half", 0.5)
+    lo, hi = const("min", 0.0), const("max", CONFIDENCE_SCALE)
+    if opset >= 18:
+        reduce = helper.make_node(
+            "ReduceMax",
+            [p + "probs", const("axes", [axis], np.int64)],
+            [p + "pmax"],
+            name=p + "ReduceMax",
+            keepdims=keepdims,
+        )
+    else:
+        reduce = helper.make_node(
+            "ReduceMax",
+            [p + "probs"],
+            [p + "pmax"],
+            name=p + "ReduceMax",
+            axes=[axis],
+            keepdims=keepdims,
+        )
+    g.node.extend(
+        [
+            helper.make_node("Softmax", [logits], [p + "probs"], name=p + "Softmax", axis=axis),
+            reduce,
+            helper.make_node("Mul", [p + "pmax", scale], [p + "scaled"], name=p + "Mul"),
+            helper.make_node("Add", [p + "scaled", half], [p + "shifted"], name=p + "Add"),
+            helper.make_node("Floor", [p + "shifted"], [p + "rounded"], name=p + "Floor"),
+            helper.make_node("Clip", [p + "rounded", lo, hi], [p + "clipped"], name=p + "Clip"),
+            helper.make_node(
+                "Cast", [p + "clipped"], [confidence_name], name=p + "Cast", to=TensorProto.UINT8
+            ),
+        ]
+    )
+    out = g.output.add()
+    out.CopyFrom(labels)
+    out.name = confidence_name
+    out.type.tensor_type.elem_type = TensorProto.UINT8
+    out.doc_string = "uint8 round(255 x softmax probability of the predicted class), per voxel"
+    return True
+
+
+def add_confidence_file(path: str | Path) -> bool:
+    """Apply :func:`add_confidence_output` to an ONNX file in place (atomic replace).
+
+    Weights, metadata_props and every other part of the file stay as they are.
+    Returns True when the file was rewritten, False when it already had the output.
+    """
+    import onnx
+
+    path = Path(path)
+    model = onnx.load(str(path))
+    if not add_confidence_output(model):
+        return False
+    onnx.checker.check_model(model, full_check=True)
+    _save_atomic(model, path)
     return True
 
 
@@ -265,22 +450,16 @@ def set_preprocess_metadata(path: str | Path, parameters: dict[str, str]) -> Non
     model.metadata_props.extend(keep)
     for k, v in parameters.items():
         model.metadata_props.add(key=k, value=str(v))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=path.parent)
-    os.close(fd)
-    try:
-        onnx.save(model, tmp)
-        shutil.copymode(path, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    _save_atomic(model, path)
 
 
 def check_export(net, onnx_path, model_shape, variant="uint8", batches=(1, 4), seed=0) -> dict:
     """Compare ONNX Runtime with Paddle on the same random inputs.
 
     Returns per batch size the label agreement (uint8/float variants) or the
-    logits relative L2 error (logits variant).
+    logits relative L2 error (logits variant), and where the export has a
+    ``CONFIDENCE`` output its largest difference from :func:`confidence_reference`
+    of Paddle's logits (counts of 1/255; 0 or 1 expected).
     """
     import onnx
     import onnxruntime as ort
@@ -288,6 +467,7 @@ def check_export(net, onnx_path, model_shape, variant="uint8", batches=(1, 4), s
 
     onnx.checker.check_model(onnx.load(str(onnx_path)))
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
     wrapped = _wrapper(net, variant)
     wrapped.eval()
     rng = np.random.default_rng(seed)
@@ -299,15 +479,36 @@ def check_export(net, onnx_path, model_shape, variant="uint8", batches=(1, 4), s
             x = _structured_input(rng, b, model_shape)
             if variant == "float":
                 x = x.astype(np.float32)
-        got = sess.run(None, {INPUT_NAME: x})[0]
+        got = sess.run(None, {INPUT_NAME: x})
         with paddle.no_grad():
             ref = wrapped(paddle.to_tensor(x)).numpy()
         if variant == "logits":
-            out[f"batch{b}_rel_l2"] = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+            out[f"batch{b}_rel_l2"] = float(np.linalg.norm(got[0] - ref) / np.linalg.norm(ref))
         else:
-            out[f"batch{b}_label_agreement"] = float((got == ref).mean())
-            out[f"batch{b}_dtype"] = str(got.dtype)
+            out[f"batch{b}_label_agreement"] = float((got[0] == ref).mean())
+            out[f"batch{b}_dtype"] = str(got[0].dtype)
+        if CONFIDENCE_NAME in names:
+            conf = got[names.index(CONFIDENCE_NAME)]
+            with paddle.no_grad():
+                logits = net(paddle.to_tensor(_normalised(x)))[0].numpy()
+            diff = np.abs(conf.astype(np.int16) - confidence_reference(logits).astype(np.int16))
+            out[f"batch{b}_confidence_max_abs_diff"] = int(diff.max())
     return out
+
+
+def confidence_reference(logits: np.ndarray, axis: int = 1) -> np.ndarray:
+    """NumPy's ``CONFIDENCE``: uint8 round-half-up(255 x max softmax) over ``axis`` (float64)."""
+    z = logits.astype(np.float64)
+    e = np.exp(z - z.max(axis=axis, keepdims=True))
+    p = e.max(axis=axis) / e.sum(axis=axis)
+    return np.clip(np.floor(CONFIDENCE_SCALE * p + 0.5), 0, 255).astype(np.uint8)
+
+
+def _normalised(x: np.ndarray) -> np.ndarray:
+    """The served graph's input normalisation (uint8 -> float / per-volume max, >= 1)."""
+    xf = x.astype(np.float32)
+    m = xf.reshape(len(xf), -1).max(axis=1).reshape(-1, *([1] * (xf.ndim - 1)))
+    return xf / np.maximum(m, 1.0)
 
 
 def _structured_input(rng, b, shape):
@@ -343,12 +544,26 @@ def main(argv=None) -> int:
         "(written into the ONNX metadata; default: MedicalSeg's whole-volume resize)",
     )
     ap.add_argument(
+        "--no-confidence",
+        action="store_true",
+        help=f"export LABELS only, without the {CONFIDENCE_NAME} output (uint8 variant)",
+    )
+    ap.add_argument(
         "--recast-only",
         metavar="ONNX",
         type=Path,
         help="only rewrite an existing export's final cast as ArgMax -> FLOAT -> UINT8 (in place)",
     )
+    ap.add_argument(
+        "--add-confidence-only",
+        metavar="ONNX",
+        type=Path,
+        help=f"only add the {CONFIDENCE_NAME} output to an existing export (in place; "
+        "weights, metadata and LABELS untouched)",
+    )
     args = ap.parse_args(argv)
+    if args.recast_only is not None and args.add_confidence_only is not None:
+        ap.error("give --recast-only or --add-confidence-only, not both")
     if args.recast_only is not None:
         if not args.recast_only.is_file():
             ap.error(f"--recast-only {args.recast_only}: file not found")
@@ -358,6 +573,17 @@ def main(argv=None) -> int:
             ap.error(f"{args.recast_only}: {exc}")
         print(f"{'rewrote' if changed else 'already casts through FLOAT:'} {args.recast_only}")
         return 0
+    if args.add_confidence_only is not None:
+        path = args.add_confidence_only
+        if not path.is_file():
+            ap.error(f"--add-confidence-only {path}: file not found")
+        try:
+            changed = add_confidence_file(path)
+        except ValueError as exc:
+            ap.error(f"{path}: {exc}")
+        verb = "added to" if changed else "already present in"
+        print(f"{CONFIDENCE_NAME} {verb} {path}")
+        return 0
     missing = [f"--{n}" for n in ("config", "model_path", "save_dir") if not getattr(args, n)]
     if missing:
         ap.error("the following arguments are required: " + ", ".join(missing))
@@ -366,7 +592,14 @@ def main(argv=None) -> int:
     net = build_model(cfg, pretrained=args.model_path)
     shape = args.model_shape or model_shape_of(cfg)
     name = "model.onnx" if args.variant == "uint8" else f"model_{args.variant}.onnx"
-    path = export_onnx(net, shape, Path(args.save_dir) / name, args.variant, args.opset)
+    path = export_onnx(
+        net,
+        shape,
+        Path(args.save_dir) / name,
+        args.variant,
+        args.opset,
+        confidence=not args.no_confidence,
+    )
     from client.preprocess import PreprocessSpec
 
     pspec = (

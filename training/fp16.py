@@ -81,7 +81,7 @@ def compare(onnx_path: Path, cases, batch: int = 1) -> dict:
     import onnx
     import onnxruntime as ort
 
-    from client.contract import INPUT_NAME
+    from client.contract import INPUT_NAME, OUTPUT_NAME
 
     model = onnx.load(str(onnx_path))
     s32 = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -91,8 +91,8 @@ def compare(onnx_path: Path, cases, batch: int = 1) -> dict:
     per_case = []
     changed = total = 0
     for name, x, ref in cases:
-        (a,) = s32.run(None, {INPUT_NAME: x})
-        (b,) = s16.run(None, {INPUT_NAME: x})
+        (a,) = s32.run([OUTPUT_NAME], {INPUT_NAME: x})  # the labels (a model may add CONFIDENCE)
+        (b,) = s16.run([OUTPUT_NAME], {INPUT_NAME: x})
         diff = int((a != b).sum())
         changed += diff
         total += a.size
