@@ -216,6 +216,10 @@ def test_gpu_config_parses_with_tritons_own_protobuf():
     assert cfg.platform == "tensorrt_plan" and cfg.max_batch_size == contract.MAX_BATCH_SIZE
     assert cfg.input[0].name == contract.INPUT_NAME and cfg.output[0].name == contract.OUTPUT_NAME
     assert model_config_pb2.DataType.Name(cfg.output[0].data_type) == contract.OUTPUT_DTYPE
+    # The engine serves the confidence map too (built from the ONNX that has it).
+    assert [o.name for o in cfg.output] == [contract.OUTPUT_NAME, contract.CONFIDENCE_NAME]
+    assert model_config_pb2.DataType.Name(cfg.output[1].data_type) == contract.CONFIDENCE_DTYPE
+    assert list(cfg.output[1].dims) == list(cfg.output[0].dims)
 
 
 # --- the server entrypoint, run ----------------------------------------------------------------

@@ -38,6 +38,21 @@ def test_config_matches_contract(path):
     assert int(db["max_queue_delay_microseconds"]) > 0
 
 
+@pytest.mark.parametrize(
+    "path",
+    CONFIGS + sorted(REPO.glob("*/*/configs/*.pbtxt")),
+    ids=lambda p: str(p.relative_to(REPO)),
+)
+def test_config_lists_confidence_after_labels_with_the_same_dims(path):
+    cfg = load(path)
+    labels, conf = cfg["output"]
+    assert labels["name"] == contract.OUTPUT_NAME and conf["name"] == contract.CONFIDENCE_NAME
+    assert conf["data_type"] == contract.CONFIDENCE_DTYPE
+    assert conf["dims"] == labels["dims"] == cfg["input"][0]["dims"][1:]
+    # The floor is calibrated per model before it is declared (not with this output).
+    assert contract.CONFIDENCE_FLOOR_PARAM not in cfg.get("parameters", {})
+
+
 def test_cpu_and_gpu_serve_the_same_tensors():
     cpu = load(REPO / "cpu" / contract.MODEL_NAME / "config.pbtxt")
     gpu = load(REPO / "gpu" / contract.MODEL_NAME / "config.pbtxt")
@@ -56,15 +71,20 @@ def test_shipped_onnx_matches_the_cpu_config():
     m = onnx.load(str(model_file))
     onnx.checker.check_model(m)
     (inp,) = m.graph.input
-    (out,) = m.graph.output
-    assert inp.name == contract.INPUT_NAME and out.name == contract.OUTPUT_NAME
+    assert inp.name == contract.INPUT_NAME
     assert inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
-    assert out.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     idims = [d.dim_value or d.dim_param for d in inp.type.tensor_type.shape.dim]
-    odims = [d.dim_value or d.dim_param for d in out.type.tensor_type.shape.dim]
-    assert isinstance(idims[0], str) and isinstance(odims[0], str)  # dynamic batch
+    assert isinstance(idims[0], str)  # dynamic batch
     assert idims[1:] == [int(d) for d in cfg["input"][0]["dims"]]
-    assert odims[1:] == [int(d) for d in cfg["output"][0]["dims"]]
+    # Every output the config lists, in the config's order, uint8 with the config's dims.
+    outs = {o.name: o for o in m.graph.output}
+    assert [o["name"] for o in cfg["output"]] == [o.name for o in m.graph.output]
+    for want in cfg["output"]:
+        out = outs[want["name"]]
+        assert out.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+        odims = [d.dim_value or d.dim_param for d in out.type.tensor_type.shape.dim]
+        assert isinstance(odims[0], str)  # dynamic batch
+        assert odims[1:] == [int(d) for d in want["dims"]]
     assert max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) >= 17
 
 
@@ -80,9 +100,11 @@ def test_shipped_onnx_runs_in_onnxruntime_at_batch_1_and_3():
     rng = np.random.default_rng(0)
     for b in (1, 3):
         x = rng.integers(0, 256, (b, *dims), dtype=np.uint8)
-        (y,) = sess.run(None, {contract.INPUT_NAME: x})
-        assert y.dtype == np.uint8 and y.shape == (b, *dims[1:])
+        y, c = sess.run([contract.OUTPUT_NAME, contract.CONFIDENCE_NAME], {contract.INPUT_NAME: x})
+        assert y.dtype == c.dtype == np.uint8 and y.shape == c.shape == (b, *dims[1:])
         assert set(np.unique(y)) <= {0, 1, 2}
+        # 3 classes: the predicted one has probability >= 1/3, i.e. >= 85 of 255.
+        assert c.min() >= round(contract.CONFIDENCE_SCALE / contract.NUM_CLASSES)
 
 
 # --- the declared preprocessing (client.preprocess.PreprocessSpec) ------------------------

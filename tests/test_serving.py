@@ -83,7 +83,7 @@ def test_client_reads_the_model_shape_from_the_server(client):
 
 def test_outputs_equal_onnxruntime(client, ort_session):
     x = _phantom_inputs(client.model_shape, 3)
-    (ref,) = ort_session.run(None, {contract.INPUT_NAME: x})
+    (ref,) = ort_session.run([contract.OUTPUT_NAME], {contract.INPUT_NAME: x})
     assert np.array_equal(client.infer(x), ref)
     assert np.array_equal(client.infer(x[:1]), ref[:1])
     assert (ref == 1).mean() > 0.01  # the model segments something: a real comparison
@@ -104,7 +104,7 @@ def test_concurrent_requests_are_merged_by_the_dynamic_batcher(client, ort_sessi
         ):
             break
         time.sleep(0.1)
-    (ref,) = ort_session.run(None, {contract.INPUT_NAME: x})
+    (ref,) = ort_session.run([contract.OUTPUT_NAME], {contract.INPUT_NAME: x})
     for i, r in enumerate(results):
         assert np.array_equal(r, ref[i % 2])
     n_inf = after["inference_count"] - before["inference_count"]
@@ -288,7 +288,7 @@ def test_spacing_model_windows_come_back_stitched_as_onnxruntime_gives(
 ):
     """A 1.5 m scan served by a 'spacing' model: several windows, each its own request
     (merged by the dynamic batcher), stitched; equal to ONNX Runtime on the same windows."""
-    from client.pipeline import StageTimer, TritonSegmenter
+    from client.pipeline import StageTimer, TritonSegmenter, as_segmentation
     from client.preprocess import preprocess_scan, to_scan_grid
     from client.scan import ScanVolume
 
@@ -298,17 +298,16 @@ def test_spacing_model_windows_come_back_stitched_as_onnxruntime_gives(
     scan = ScanVolume(np.concatenate([ct.array] * reps)[:n], ct.spacing, ct.origin, ct.direction)
     windows, rec = preprocess_scan(scan, spacing_client.preprocess_spec)
     assert len(rec.windows) >= 3
-    ref_small = np.concatenate(
-        [
-            ort_session.run(None, {contract.INPUT_NAME: windows[i : i + 2]})[0]
-            for i in range(0, len(windows), 2)
-        ]
-    )
-    ref = to_scan_grid(ref_small, rec)
+    refs = [_both(ort_session, windows[i : i + 2]) for i in range(0, len(windows), 2)]
+    ref = to_scan_grid(np.concatenate([r[0] for r in refs]), rec)
+    ref_conf = to_scan_grid(np.concatenate([r[1] for r in refs]), rec)
     before = spacing_client.statistics()["inference_count"]
     timer = StageTimer()
-    got = TritonSegmenter(spacing_client).segment(scan, None, timer)
+    seg = as_segmentation(TritonSegmenter(spacing_client).segment(scan, None, timer))
+    got = seg.labels
     assert got.shape == scan.shape and np.array_equal(got, ref)
+    # The served confidence (the config lists it) comes back on the same grid.
+    assert seg.confidence is not None and np.array_equal(seg.confidence, ref_conf)
     assert (ref == 1).sum() > 1000 and (ref == 2).sum() > 100  # a real comparison
     deadline = time.monotonic() + 10
     while spacing_client.statistics()["inference_count"] - before < len(windows):
@@ -320,10 +319,10 @@ def test_spacing_model_windows_come_back_stitched_as_onnxruntime_gives(
 def test_spacing_model_segments_the_real_ct(spacing_client, real_ct):
     """The shipped network fed 6 mm windows instead of the whole volume at 64^3 (for this
     CT about the same voxel size): the organs still come back on the scan's grid."""
-    from client.pipeline import StageTimer, TritonSegmenter
+    from client.pipeline import StageTimer, TritonSegmenter, as_segmentation
 
     ct, labels = real_ct
-    got = TritonSegmenter(spacing_client).segment(ct, None, StageTimer())
+    got = as_segmentation(TritonSegmenter(spacing_client).segment(ct, None, StageTimer())).labels
     for v, floor in ((1, 0.85), (2, 0.7)):
         a, b = got == v, labels == v
         assert 2 * (a & b).sum() / (a.sum() + b.sum()) >= floor, v
@@ -363,3 +362,132 @@ def test_model_refuses_onnx_metadata_that_contradicts_its_config(tmp_path):
         srv.start()
     log = (tmp_path / "s.log").read_text(encoding="utf-8", errors="replace")
     assert "ONNX metadata declares preprocessing spacing" in log, log[-2000:]
+
+
+# --- the CONFIDENCE output, served (raw gRPC: the tensors as Triton sends them) -----------
+def _raw_infer(url, x, outputs):
+    """One request; ``outputs`` names the requested outputs (None: Triton's default, all)."""
+    import tritonclient.grpc as g
+
+    raw = g.InferenceServerClient(url)
+    try:
+        inp = g.InferInput(contract.INPUT_NAME, list(x.shape), "UINT8")
+        inp.set_data_from_numpy(x)
+        req = None if outputs is None else [g.InferRequestedOutput(n) for n in outputs]
+        res = raw.infer(contract.MODEL_NAME, [inp], outputs=req)
+        return {o.name: res.as_numpy(o.name) for o in res.get_response().outputs}
+    finally:
+        raw.close()
+
+
+def _both(sess, x):
+    return sess.run([contract.OUTPUT_NAME, contract.CONFIDENCE_NAME], {contract.INPUT_NAME: x})
+
+
+def test_served_confidence_equals_onnxruntime_and_labels_alone_stay_alone(server, ort_session):
+    shape = tuple(int(d) for d in ort_session.get_inputs()[0].shape[2:])
+    x = _phantom_inputs(shape, 2)
+    labels, conf = _both(ort_session, x)
+    assert (labels == 1).mean() > 0.01 and conf.min() >= 85 and (conf < 255).sum() > 100
+    both = [contract.OUTPUT_NAME, contract.CONFIDENCE_NAME]
+    got = _raw_infer(server.grpc_url, x, both)
+    assert list(got) == both
+    assert got[contract.CONFIDENCE_NAME].dtype == np.uint8
+    assert np.array_equal(got[contract.OUTPUT_NAME], labels)
+    assert np.array_equal(got[contract.CONFIDENCE_NAME], conf)
+    only = _raw_infer(server.grpc_url, x[:1], [contract.OUTPUT_NAME])
+    assert list(only) == [contract.OUTPUT_NAME]  # nothing else on the wire
+    assert np.array_equal(only[contract.OUTPUT_NAME], labels[:1])
+    conf_only = _raw_infer(server.grpc_url, x[1:], [contract.CONFIDENCE_NAME])
+    assert list(conf_only) == [contract.CONFIDENCE_NAME]
+    assert np.array_equal(conf_only[contract.CONFIDENCE_NAME], conf[1:])
+    assert sorted(_raw_infer(server.grpc_url, x[:1], None)) == sorted(both)
+
+
+def test_merged_requests_each_get_the_outputs_they_asked_for(server, ort_session):
+    """Concurrent requests, some for LABELS only, some for both: the dynamic batcher
+    may run them as one batch; each response still carries exactly its own outputs."""
+    import threading
+
+    import tritonclient.grpc as g
+
+    shape = tuple(int(d) for d in ort_session.get_inputs()[0].shape[2:])
+    x = _phantom_inputs(shape, 2)
+    labels, conf = _both(ort_session, x)
+    raw = g.InferenceServerClient(server.grpc_url)
+    results, done = {}, threading.Semaphore(0)
+    try:
+        for i in range(8):
+            inp = g.InferInput(contract.INPUT_NAME, [1, *x.shape[1:]], "UINT8")
+            inp.set_data_from_numpy(x[i % 2 : i % 2 + 1])
+            names = [contract.OUTPUT_NAME] + ([contract.CONFIDENCE_NAME] if i % 3 else [])
+            outs = [g.InferRequestedOutput(n) for n in names]
+
+            def cb(result, error, i=i):
+                results[i] = (result, error)
+                done.release()
+
+            raw.async_infer(contract.MODEL_NAME, [inp], cb, outputs=outs)
+        for _ in range(8):
+            assert done.acquire(timeout=120)
+    finally:
+        raw.close()
+    for i, (res, err) in sorted(results.items()):
+        assert err is None, err
+        names = [o.name for o in res.get_response().outputs]
+        assert names == [contract.OUTPUT_NAME] + ([contract.CONFIDENCE_NAME] if i % 3 else [])
+        assert np.array_equal(res.as_numpy(contract.OUTPUT_NAME), labels[i % 2 : i % 2 + 1])
+        if i % 3:
+            assert np.array_equal(res.as_numpy(contract.CONFIDENCE_NAME), conf[i % 2 : i % 2 + 1])
+
+
+def _config_outputs(repo: Path, keep: int) -> None:
+    """Keep the first ``keep`` outputs of the copied repository's config (Triton's schema)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    path = repo / contract.MODEL_NAME / "config.pbtxt"
+    cfg = text_format.Parse(path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
+    del cfg.output[keep:]
+    path.write_text(text_format.MessageToString(cfg), encoding="utf-8")
+
+
+def test_a_labels_only_config_serves_an_onnx_with_both_outputs(tmp_path, ort_session):
+    import tritonclient.grpc as g
+
+    repo = tmp_path / "repo"
+    shutil.copytree(DEFAULT_REPOSITORY, repo)
+    _config_outputs(repo, 1)
+    x = _phantom_inputs(tuple(int(d) for d in ort_session.get_inputs()[0].shape[2:]), 1)
+    labels, _ = _both(ort_session, x)
+    with EmbeddedServer(repo, log_path=tmp_path / "s.log", startup_timeout_s=60) as srv:
+        raw = g.InferenceServerClient(srv.grpc_url)
+        try:
+            cfg = raw.get_model_config(contract.MODEL_NAME, as_json=True)["config"]
+        finally:
+            raw.close()
+        assert [o["name"] for o in cfg["output"]] == [contract.OUTPUT_NAME]
+        got = _raw_infer(srv.grpc_url, x, None)
+        assert list(got) == [contract.OUTPUT_NAME]
+        assert np.array_equal(got[contract.OUTPUT_NAME], labels)
+        with pytest.raises(Exception, match=contract.CONFIDENCE_NAME):
+            _raw_infer(srv.grpc_url, x, [contract.OUTPUT_NAME, contract.CONFIDENCE_NAME])
+
+
+def test_model_refuses_a_config_listing_confidence_the_onnx_lacks(tmp_path):
+    import onnx
+
+    repo = tmp_path / "repo"
+    shutil.copytree(DEFAULT_REPOSITORY, repo)
+    onnx_path = repo / contract.MODEL_NAME / "1" / ONNX.name
+    m = onnx.load(str(onnx_path))
+    keep = [o for o in m.graph.output if o.name != contract.CONFIDENCE_NAME]
+    del m.graph.output[:]
+    m.graph.output.extend(keep)  # an export made before CONFIDENCE existed
+    onnx.save(m, str(onnx_path))
+    srv = EmbeddedServer(repo, log_path=tmp_path / "s.log", startup_timeout_s=60)
+    with pytest.raises(InferenceError):
+        srv.start()
+    log = (tmp_path / "s.log").read_text(encoding="utf-8", errors="replace")
+    assert "config.pbtxt lists output CONFIDENCE, the ONNX file has LABELS" in log, log[-2000:]
+    assert "--add-confidence-only" in log

@@ -6,6 +6,13 @@ session (on the CPU, or with ONNX Runtime's CUDA provider when the config parame
 and returns one response per request, a bad request gets a ``TritonError`` in its
 own response and the others still run.
 
+Outputs: every output the config lists is served by the ONNX output of the same name
+(``LABELS``, and ``CONFIDENCE`` where the config lists it); each response carries the
+outputs its request asked for, and ONNX Runtime is asked only for the outputs some
+request of the batch wants. A config listing an output the ONNX file lacks refuses
+to load (naming the fix); an ONNX output the config does not list is never computed
+for a response, so a LABELS-only config serves a file that has both.
+
 The ``hepascreen_*`` parameters (how the client makes the input: ``resize`` or
 ``spacing``) are the client's business; the model only refuses to load when the ONNX
 file's own metadata declares a different preprocessing (a model trained one way and
@@ -52,8 +59,15 @@ class TritonPythonModel:
             )
         self.session = ort.InferenceSession(path, sess_options=opts, providers=providers)
         inp = self.model_config["input"][0]
-        out = self.model_config["output"][0]
-        self.input_name, self.output_name = inp["name"], out["name"]
+        self.input_name = inp["name"]
+        # Config order; each output as the numpy dtype the config declares.
+        self.outputs = {
+            o["name"]: pb_utils.triton_string_to_numpy(o["data_type"])
+            for o in self.model_config["output"]
+        }
+        missing = _missing_outputs(list(self.outputs), [o.name for o in self.session.get_outputs()])
+        if missing:
+            raise pb_utils.TritonModelException(f"{path}: {missing}")
         self.item_shape = tuple(int(d) for d in inp["dims"])
         onnx_in = self.session.get_inputs()[0]
         if list(onnx_in.shape[1:]) != list(self.item_shape):
@@ -83,23 +97,31 @@ class TritonPythonModel:
             valid.append(i)
         if arrays:
             batch = np.concatenate(arrays, axis=0)
+            wants = [self._requested(requests[i]) for i in valid]
+            names = [n for n in self.outputs if any(n in w for w in wants)]
             try:
-                labels = self.session.run(None, {self.onnx_input: batch})[0].astype(
-                    np.uint8, copy=False
-                )
+                results = self.session.run(names, {self.onnx_input: batch})
             except Exception as exc:  # one failed run fails its requests, not the server
                 for i in valid:
                     responses[i] = pb_utils.InferenceResponse(
                         error=pb_utils.TritonError(f"ONNX Runtime failed: {exc}")
                     )
                 return responses
+            results = {n: r.astype(self.outputs[n], copy=False) for n, r in zip(names, results)}
             start = 0
-            for i, x in zip(valid, arrays):
+            for i, x, want in zip(valid, arrays, wants):
                 n = x.shape[0]
-                out = pb_utils.Tensor(self.output_name, labels[start : start + n])
-                responses[i] = pb_utils.InferenceResponse(output_tensors=[out])
+                outs = [pb_utils.Tensor(k, results[k][start : start + n]) for k in want]
+                responses[i] = pb_utils.InferenceResponse(output_tensors=outs)
                 start += n
         return responses
+
+    def _requested(self, request):
+        """The config's outputs this request asked for, in config order (all when it
+        names none; Triton itself turns 'none named' into 'all')."""
+        asked = getattr(request, "requested_output_names", None)
+        asked = set(asked()) if asked is not None else set()
+        return [n for n in self.outputs if n in asked] or list(self.outputs)
 
     def finalize(self):
         self.session = None
@@ -109,6 +131,28 @@ class TritonPythonModel:
 # Python may not see the client package, so they are repeated here (a test compares).
 PREPROCESS_PARAM = "hepascreen_preprocess"
 PREPROCESS_SPACING_PARAM = "hepascreen_spacing_mm"
+
+
+# client/contract.py CONFIDENCE_NAME (repeated for the same reason as the keys above).
+CONFIDENCE_NAME = "CONFIDENCE"
+
+
+def _missing_outputs(config_outputs, onnx_outputs):
+    """A message when config.pbtxt lists an output the ONNX file does not have."""
+    missing = [n for n in config_outputs if n not in onnx_outputs]
+    if not missing:
+        return None
+    msg = (
+        f"config.pbtxt lists output {', '.join(missing)}, the ONNX file has "
+        f"{', '.join(onnx_outputs)}"
+    )
+    if CONFIDENCE_NAME in missing:
+        msg += (
+            f": add {CONFIDENCE_NAME} to the file with `python -m training.export "
+            "--add-confidence-only model.onnx` (new exports have it), or remove that "
+            "output from config.pbtxt"
+        )
+    return msg
 
 
 def _declared(values):
