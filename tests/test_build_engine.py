@@ -32,8 +32,11 @@ def _parse_config(text: str):
     return text_format.Parse(text, model_config_pb2.ModelConfig())
 
 
-def _tiny_onnx(path: Path, scale: float = 1.0) -> Path:
-    """VOLUME uint8 [N, 1, 4, 4, 4] -> LABELS uint8 [N, 4, 4, 4]; ``scale`` changes the bytes."""
+def _tiny_onnx(path: Path, scale: float = 1.0, confidence: bool = True) -> Path:
+    """VOLUME uint8 [N, 1, 4, 4, 4] -> LABELS (and CONFIDENCE) uint8 [N, 4, 4, 4], as the
+    served export; ``scale`` changes the bytes."""
+    from training.export import add_confidence_output
+
     nodes = [
         helper.make_node("Cast", ["VOLUME"], ["f"], to=TensorProto.FLOAT),
         helper.make_node("Mul", ["f", "s"], ["g"]),
@@ -48,7 +51,10 @@ def _tiny_onnx(path: Path, scale: float = 1.0) -> Path:
         [helper.make_tensor_value_info("LABELS", TensorProto.UINT8, ["batch", 4, 4, 4])],
         [helper.make_tensor("s", TensorProto.FLOAT, [], [scale])],
     )
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    if confidence:
+        assert add_confidence_output(model)
+    onnx.save(model, str(path))
     return path
 
 
@@ -281,3 +287,66 @@ def test_all_gpus_without_compute_capability_and_mixed_models_is_a_clear_error(t
     )
     with pytest.raises(SystemExit, match="compute capability"):
         be.plan_files_for(groups, tmp_path / "model.plan")
+
+
+# --- outputs: the engine keeps every output the GPU config lists ---------------------------
+def test_config_output_names_agree_with_tritons_protobuf():
+    text = GPU_CONFIG.read_text(encoding="utf-8")
+    names = [o.name for o in _parse_config(text).output]
+    assert be.config_output_names(text) == names == ["LABELS", "CONFIDENCE"]
+    cpu = ROOT / "model_repository" / "cpu" / "hepascreen_vnet" / "config.pbtxt"
+    assert be.config_output_names(cpu.read_text(encoding="utf-8")) == names
+
+
+def test_an_onnx_without_a_listed_output_is_refused_before_building(tmp_path, fakes):
+    trtexec, _, _ = fakes
+    out, config = _repo(tmp_path)
+    labels_only = _tiny_onnx(tmp_path / "old.onnx", confidence=False)
+    with pytest.raises(SystemExit, match="lists output CONFIDENCE.*--add-confidence-only"):
+        be.main(_args(labels_only, out, tmp_path / "e", trtexec))
+    assert not out.exists() and not (tmp_path / "e").exists()
+    # The dry run checks the same, and a LABELS-only config takes a LABELS-only file.
+    with pytest.raises(SystemExit, match="lists output CONFIDENCE"):
+        be.main(["--onnx", str(labels_only), "--out", str(out), "--dry-run"])
+    cfg = _parse_config(config.read_text(encoding="utf-8"))
+    del cfg.output[1:]
+    config.write_text(text_format.MessageToString(cfg), encoding="utf-8")
+    assert be.main(_args(labels_only, out, tmp_path / "e", trtexec)) == 0
+    # The full export serves both outputs with both listed (the default GPU config).
+    full = _tiny_onnx(tmp_path / "model.onnx")
+    plan = be.validate(be.build_parser().parse_args(["--onnx", str(full), "--out", str(out)]))
+    assert plan["outputs"] == []  # no config beside this --out: nothing to check
+    args = ["--onnx", str(full), "--out", str(out), "--config", str(GPU_CONFIG)]
+    assert be.validate(be.build_parser().parse_args(args))["outputs"] == ["LABELS", "CONFIDENCE"]
+
+
+def test_tensorrt_network_without_a_listed_output_is_refused(tmp_path):
+    """The TensorRT API path checks the parsed network's outputs before building
+    (a stand-in ``tensorrt`` module: the real one cannot run here)."""
+    from types import SimpleNamespace
+
+    class Network:
+        num_outputs = 1
+
+        def get_output(self, i):
+            return SimpleNamespace(name="LABELS")
+
+    class Builder:
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags):
+            return Network()
+
+        def create_builder_config(self):
+            raise AssertionError("built although the network lacks CONFIDENCE")
+
+    trt = SimpleNamespace(
+        Logger=type("Logger", (), {"WARNING": 0, "__init__": lambda self, level: None}),
+        Builder=Builder,
+        NetworkDefinitionCreationFlag=SimpleNamespace(),
+        OnnxParser=lambda network, logger: SimpleNamespace(parse_from_file=lambda path: True),
+    )
+    plan = {"onnx": "m.onnx", "config": "config.pbtxt", "outputs": ["LABELS", "CONFIDENCE"]}
+    with pytest.raises(SystemExit, match="lists output CONFIDENCE, the parsed network has LABELS"):
+        be._build_python(plan, trt)

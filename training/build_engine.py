@@ -13,7 +13,11 @@ argument handling, cache key, GPU grouping and config edits are tested
 What it does, with the TensorRT Python API when ``tensorrt`` imports, else by
 calling ``trtexec`` with the same settings:
 
-* parses the ONNX (uint8 ``VOLUME`` [N, 1, z, y, x] -> uint8 ``LABELS``);
+* parses the ONNX (uint8 ``VOLUME`` [N, 1, z, y, x] -> uint8 ``LABELS`` and, where
+  the config lists it, uint8 ``CONFIDENCE``); every output the GPU ``config.pbtxt``
+  lists must be an output of the ONNX (checked before building, without TensorRT)
+  and of the parsed network (checked again before the engine is built), so Triton
+  never gets an engine that lacks a tensor its config promises;
 * one optimisation profile over batch ``--min-batch``..``--max-batch`` (default
   1..8, optimum ``--opt-batch``, default min(4, max)), spatial dims fixed from the ONNX;
 * FP16 enabled (``--no-fp16`` for an FP32 engine), workspace limit
@@ -138,6 +142,31 @@ def _config_max_batch(text: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def config_output_names(text: str) -> list[str]:
+    """Names of the ``output [...]`` entries of a config.pbtxt, in order (no protobuf needed:
+    NVIDIA's container may lack tritonclient; comments are dropped first)."""
+    text = "\n".join(ln.split("#", 1)[0] for ln in text.splitlines())
+    m = re.search(r"^\s*output\s*:?\s*\[(.*?)^\s*\]", text, re.MULTILINE | re.DOTALL)
+    return re.findall(r'\bname:\s*"([^"]+)"', m.group(1)) if m else []
+
+
+def missing_outputs(config_outputs: list[str], engine_outputs: list[str], what: str) -> str | None:
+    """A message when the config lists outputs that ``what`` (the ONNX, the network) lacks."""
+    missing = [n for n in config_outputs if n not in engine_outputs]
+    if not missing:
+        return None
+    hint = ""
+    if "CONFIDENCE" in missing:
+        hint = (
+            " (add it with `python -m training.export --add-confidence-only <onnx>`, "
+            "or remove it from the config)"
+        )
+    return (
+        f"the config lists output {', '.join(missing)}, {what} has "
+        f"{', '.join(engine_outputs) or 'none'}{hint}"
+    )
+
+
 def validate(args) -> dict:
     """Check the arguments and the inputs; return the build plan (raises SystemExit on error)."""
     problems = []
@@ -157,27 +186,32 @@ def validate(args) -> dict:
         problems.append("--all-gpus needs --cache-dir")
     config = args.config or args.out.parent.parent / "config.pbtxt"
     max_batch = None
+    outputs: list[str] = []
     if config.is_file():
-        max_batch = _config_max_batch(config.read_text(encoding="utf-8"))
+        text = config.read_text(encoding="utf-8")
+        max_batch = _config_max_batch(text)
+        outputs = config_output_names(text)
         if max_batch is not None and max_batch > args.max_batch and not args.fit_config:
             problems.append(
                 f"{config}: max_batch_size {max_batch} exceeds the engine profile's --max-batch "
                 f"{args.max_batch} (lower it in the config, or pass --fit-config)"
             )
+    shape = onnx_outputs = None
+    if args.onnx.is_file():
+        try:
+            import onnx
+
+            graph = onnx.load(str(args.onnx), load_external_data=False).graph
+            shape = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim[1:]]
+            onnx_outputs = [o.name for o in graph.output]
+        except Exception:  # noqa: BLE001 - onnx is optional in NVIDIA's container; the
+            pass  # network check in _build_python still runs, and TensorRT reports a bad file
+    if onnx_outputs is not None:
+        msg = missing_outputs(outputs, onnx_outputs, f"--onnx {args.onnx}")
+        if msg:
+            problems.append(f"{config}: {msg}")
     if problems:
         raise SystemExit("error: " + "; ".join(problems))
-    shape = None
-    try:
-        import onnx
-
-        dims = (
-            onnx.load(str(args.onnx), load_external_data=False)
-            .graph.input[0]
-            .type.tensor_type.shape.dim
-        )
-        shape = [d.dim_value for d in dims[1:]]
-    except Exception:  # noqa: BLE001 - onnx is optional in NVIDIA's container
-        pass
     return {
         "onnx": str(args.onnx),
         "out": str(args.out),
@@ -188,6 +222,7 @@ def validate(args) -> dict:
         "workspace_mib": args.workspace_mib,
         "timing_cache": str(args.timing_cache or args.out.with_suffix(".timing.cache")),
         "config_max_batch_size": max_batch,
+        "outputs": outputs,
     }
 
 
@@ -384,6 +419,10 @@ def _build_python(plan: dict, trt) -> bytes:
     if not parser.parse_from_file(plan["onnx"]):
         errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise SystemExit(f"error: TensorRT cannot parse {plan['onnx']}: {errs}")
+    names = [network.get_output(i).name for i in range(network.num_outputs)]
+    msg = missing_outputs(plan.get("outputs") or [], names, "the parsed network")
+    if msg:
+        raise SystemExit(f"error: {plan['config']}: {msg}")
     cfg = builder.create_builder_config()
     cfg.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan["workspace_mib"] << 20)
     if plan["fp16"]:
