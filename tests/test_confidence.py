@@ -10,6 +10,7 @@ bundled server whose row carries the confidence the model computed.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,8 @@ from client.triton import check_model_config, model_confidence_floor, model_has_
 from postprocess import assess
 from postprocess.assess import mean_confidence
 from training.phantoms import make_phantom
+
+ROOT = Path(__file__).resolve().parents[1]
 
 BASE = {
     "name": "hepascreen_vnet",
@@ -120,3 +123,63 @@ def test_confidence_map_must_match_the_labels(phantom):
     p = phantom
     with pytest.raises(MeasurementError, match="confidence map"):
         assess(p.hu, p.labels, p.spacing, confidence=np.zeros((2, 2, 2), np.uint8))
+
+
+@pytest.mark.server
+def test_screen_through_the_bundled_server_reports_and_applies_the_confidence(
+    tmp_path, shared_data
+):
+    """The real server, a copy of the shipped repository with a floor set: the row's
+    confidence equals ONNX Runtime's map averaged by brute force over the measured pieces,
+    and a floor above it makes the scan indeterminate, naming the reason."""
+    import shutil
+
+    import onnxruntime as ort
+
+    from client.contract import CONFIDENCE_NAME, INPUT_NAME, OUTPUT_NAME
+    from client.io import read_scan
+    from client.pipeline import ScreenConfig, TritonSegmenter, screen_scan
+    from client.preprocess import preprocess_windows, to_scan_grid
+    from postprocess.components import keep_largest
+    from training.evaluate import onnx_spec
+
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "model_repository" / "cpu", repo)
+    cfg_path = repo / contract.MODEL_NAME / "config.pbtxt"
+    ct = shared_data / "totalseg_example" / "ct.nii.gz"
+
+    # Independent reference: ONNX Runtime on the same windows, mean by a plain loop.
+    sess = ort.InferenceSession(
+        str(repo / contract.MODEL_NAME / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    scan = read_scan(ct)
+    x, rec = preprocess_windows(scan.array, scan.spacing, scan.direction, onnx_spec(sess))
+    lab, conf = sess.run([OUTPUT_NAME, CONFIDENCE_NAME], {INPUT_NAME: x})
+    lab, conf = to_scan_grid(lab, rec), to_scan_grid(conf, rec)
+    kept = keep_largest(lab, (1, 2))
+    ref = {
+        o: float(conf[kept == k].astype(np.float64).mean() / 255)
+        for k, o in ((1, "liver"), (2, "spleen"))
+    }
+
+    base = cfg_path.read_text()
+    for floor, expect_doubt in ((None, False), (round(ref["spleen"] + 0.01, 3), True)):
+        text = base
+        if floor is not None:
+            text += (
+                f'parameters: {{\n  key: "{contract.CONFIDENCE_FLOOR_PARAM}"\n'
+                f'  value: {{ string_value: "liver=0.5,spleen={floor}" }}\n}}\n'
+            )
+        cfg_path.write_text(text)
+        with TritonSegmenter.bundled(repo, log_path=tmp_path / "server.log") as seg:
+            res = screen_scan(ct, seg, ScreenConfig(out_dir=tmp_path / f"out{floor}"))
+        row = res.row
+        assert row["liver_confidence"] == pytest.approx(ref["liver"], abs=0.0015)
+        assert row["spleen_confidence"] == pytest.approx(ref["spleen"], abs=0.0015)
+        doubt = "spleen_segmentation_doubtful" in row["flags"]
+        assert doubt == expect_doubt, row["flags"]
+        if expect_doubt:
+            assert row["grade"] == "indeterminate"
+            assert f"below its floor {floor:.3f}" in row["notes"]
+        else:
+            assert row["grade"] == "normal"  # the shared CT (data README: ratio about 1.3)
