@@ -183,3 +183,49 @@ def test_screen_through_the_bundled_server_reports_and_applies_the_confidence(
             assert f"below its floor {floor:.3f}" in row["notes"]
         else:
             assert row["grade"] == "normal"  # the shared CT (data README: ratio about 1.3)
+
+
+def test_bench_confidence_counts_match_a_plain_loop():
+    """The calibration table of benchmarks/bench_confidence.py against a brute-force count."""
+    from benchmarks import bench_confidence as bc
+
+    rng = np.random.default_rng(4)
+    rows = []
+    for i in range(60):
+        d = {o: float(rng.uniform(0.0, 1.0)) for o in ("liver", "spleen")}
+        c = {o: (None if i % 13 == 0 else float(rng.uniform(0.85, 1.0))) for o in d}
+        rows.append(
+            {
+                "model": "m",
+                "case": f"c{i}",
+                "indeterminate_without_confidence": bool(i % 3),
+                "grade_model_masks": ["normal", "mild", "indeterminate"][i % 3],
+                "grade_reference_masks": ["normal", "mild"][i % 2],
+                **{f"dice_{o}": d[o] for o in d},
+                **{f"confidence_{o}": c[o] for o in c},
+            }
+        )
+    table = bc.floor_table(rows)
+    for organ in ("liver", "spleen"):
+        for e in table[organ]["floors"]:
+            f, bad, good, missed = e["floor"], 0, 0, 0
+            for r in rows:
+                c, d = r[f"confidence_{organ}"], r[f"dice_{organ}"]
+                if c is None or c >= f:
+                    continue
+                bad += d < bc.BAD_BELOW
+                good += d >= bc.GOOD_FROM
+                missed += d < bc.BAD_BELOW and not r["indeterminate_without_confidence"]
+            assert (e["bad_flagged"], e["good_flagged"], e["bad_flagged_gate_missed"]) == (
+                bad,
+                good,
+                missed,
+            )
+    wrong = bc.wrong_grades(rows, {"liver": 0.93, "spleen": 0.95})
+    expect = [
+        r["case"]
+        for r in rows
+        if "indeterminate" not in (r["grade_model_masks"], r["grade_reference_masks"])
+        and r["grade_model_masks"] != r["grade_reference_masks"]
+    ]
+    assert [w["case"] for w in wrong] == expect

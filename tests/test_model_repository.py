@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,9 @@ from tritonclient.grpc import model_config_pb2
 from client import contract
 from client.triton import check_model_config
 
-REPO = Path(__file__).resolve().parents[1] / "model_repository"
+ROOT = Path(__file__).resolve().parents[1]
+REPO = ROOT / "model_repository"
+MODEL = REPO / "cpu" / contract.MODEL_NAME / "1" / "model.onnx"
 CONFIGS = sorted(REPO.glob("*/*/config.pbtxt"))
 
 
@@ -49,8 +52,18 @@ def test_config_lists_confidence_after_labels_with_the_same_dims(path):
     assert labels["name"] == contract.OUTPUT_NAME and conf["name"] == contract.CONFIDENCE_NAME
     assert conf["data_type"] == contract.CONFIDENCE_DTYPE
     assert conf["dims"] == labels["dims"] == cfg["input"][0]["dims"][1:]
-    # The floor is calibrated per model before it is declared (not with this output).
-    assert contract.CONFIDENCE_FLOOR_PARAM not in cfg.get("parameters", {})
+    # The gate's floors, calibrated for these weights: below the lowest confidence of the
+    # shipped model's good masks in the committed benchmark (no good mask flagged), and
+    # the same in every config (the TensorRT engine is built from the same ONNX).
+    from client.triton import model_confidence_floor
+
+    floor = model_confidence_floor(cfg)
+    assert floor is not None and set(floor) == {"liver", "spleen"}
+    bench = json.loads((ROOT / "benchmarks" / "results" / "confidence.json").read_text())
+    assert bench["models"]["shipped"] == str(MODEL.relative_to(ROOT))
+    for organ, f in floor.items():
+        assert f < bench["extremes"][f"shipped_{organ}"]["good_min"][0]
+        assert f == model_confidence_floor(load(CONFIGS[0]))[organ]
 
 
 def test_cpu_and_gpu_serve_the_same_tensors():
