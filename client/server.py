@@ -215,6 +215,26 @@ def build_backend_dir(dest: Path) -> Path:
     return dest
 
 
+def _group_running(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` is still alive (zombies, which hold no files,
+    do not count). Linux ``/proc``; elsewhere False (nothing to wait for)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return False
+    for d in proc.iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 2 and fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
+            return True
+    return False
+
+
 class EmbeddedServer:
     """Run the bundled ``tritonserver`` on free loopback ports for the life of a ``with`` block.
 
@@ -416,11 +436,16 @@ class EmbeddedServer:
                     pass
                 proc.wait(timeout=5)
         if proc is not None:
-            # Stubs may outlive the server by a moment; clear the group either way.
+            # Stubs may outlive the server by a moment; clear the group either way, and
+            # wait (bounded) until none is left running: a SIGKILLed process holds its
+            # files (the log) until it has actually died, which takes longer under load.
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+            deadline = time.monotonic() + 5.0
+            while _group_running(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.02)
         if self._lifeline is not None:
             try:
                 os.close(self._lifeline)  # the watcher (if still there) kills the group
