@@ -140,7 +140,8 @@ def init_ray(address: str, *, num_cpus: int | None = None) -> bool:
                         logging_level="WARNING",
                     )
                     return True
-                except RuntimeError as exc:
+                except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception on a
+                    # node start-up timeout ("The current node timed out during startup")
                     ray.shutdown()
                     if attempt == 2:
                         raise ConfigError(
