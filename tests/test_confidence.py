@@ -82,31 +82,25 @@ def phantom():
     return make_phantom(5, shape=(60, 120, 120), grade="mild")
 
 
+def floored(p, conf):
+    """The phantom assessed with ``conf`` and the shipped floors."""
+    floor = {"liver": 0.93, "spleen": 0.95}
+    return assess(
+        p.hu, p.labels, p.spacing, direction=p.direction, confidence=conf, confidence_floor=floor
+    )
+
+
 def test_floor_makes_the_organ_doubtful_and_says_why(phantom):
     p = phantom
     conf = np.full(p.labels.shape, 252, np.uint8)
     # A confident model on a good mask: graded as without the map; the row reports it.
     plain = assess(p.hu, p.labels, p.spacing, direction=p.direction)
-    a = assess(
-        p.hu,
-        p.labels,
-        p.spacing,
-        direction=p.direction,
-        confidence=conf,
-        confidence_floor={"liver": 0.93, "spleen": 0.95},
-    )
+    a = floored(p, conf)
     assert a.grade == plain.grade == "mild" and a.flags == plain.flags
     assert a.to_row()["liver_confidence"] == a.to_row()["spleen_confidence"] == round(252 / 255, 3)
     # An unsure spleen (only its measured piece counts): indeterminate, the reason named.
     conf[p.labels == 2] = 235  # 0.922
-    a = assess(
-        p.hu,
-        p.labels,
-        p.spacing,
-        direction=p.direction,
-        confidence=conf,
-        confidence_floor={"liver": 0.93, "spleen": 0.95},
-    )
+    a = floored(p, conf)
     assert a.grade == "indeterminate"
     assert (
         "spleen_segmentation_doubtful" in a.flags and "liver_segmentation_doubtful" not in a.flags

@@ -251,11 +251,17 @@ def recast_file(path: str | Path) -> bool:
 
     Returns True when the file was rewritten, False when it already cast through FLOAT.
     """
+    return _rewrite_file(path, cast_labels_via_float)
+
+
+def _rewrite_file(path: str | Path, rewrite) -> bool:
+    """Load an ONNX file, apply ``rewrite(model) -> bool`` and, when it changed the graph,
+    check the model and replace the file atomically. Returns what ``rewrite`` returned."""
     import onnx
 
     path = Path(path)
     model = onnx.load(str(path))
-    if not cast_labels_via_float(model):
+    if not rewrite(model):
         return False
     onnx.checker.check_model(model, full_check=True)
     _save_atomic(model, path)
@@ -426,15 +432,7 @@ def add_confidence_file(path: str | Path) -> bool:
     Weights, metadata_props and every other part of the file stay as they are.
     Returns True when the file was rewritten, False when it already had the output.
     """
-    import onnx
-
-    path = Path(path)
-    model = onnx.load(str(path))
-    if not add_confidence_output(model):
-        return False
-    onnx.checker.check_model(model, full_check=True)
-    _save_atomic(model, path)
-    return True
+    return _rewrite_file(path, add_confidence_output)
 
 
 def set_preprocess_metadata(path: str | Path, parameters: dict[str, str]) -> None:
