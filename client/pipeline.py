@@ -218,25 +218,23 @@ class TritonSegmenter:
         with timer("preprocess"):
             windows, record = preprocess_scan(scan, self.preprocess_spec)
             windows = np.ascontiguousarray(windows)
-        conf = bool(getattr(self.client, "has_confidence", False))
+        # Only asked of a client that has the output (older drop-ins lack the keyword).
+        kw = {"with_confidence": True} if getattr(self.client, "has_confidence", False) else {}
         with timer("infer"):
             # One request per window: the dynamic batcher merges them with other scans'
             # requests, and ``submit``'s back-pressure bounds what is in flight. The
             # stage ends when the last window's labels are back.
-            if conf:
-                futures = [self.client.submit(w, with_confidence=True) for w in windows]
-                outs = [f.result() for f in futures]
+            outs = [f.result() for f in [self.client.submit(w, **kw) for w in windows]]
+            if kw:
                 labels = np.stack([o[0] for o in outs])
                 confidence = None if outs[0][1] is None else np.stack([o[1] for o in outs])
             else:
-                futures = [self.client.submit(w) for w in windows]
-                labels, confidence = np.stack([f.result() for f in futures]), None
+                labels, confidence = np.stack(outs), None
         with timer("map_back"):
-            labels = to_scan_grid(labels, record)
             if confidence is None:
-                return labels
+                return to_scan_grid(labels, record)
             return Segmentation(
-                labels,
+                to_scan_grid(labels, record),
                 to_scan_grid(confidence, record),
                 getattr(self.client, "confidence_floor", None),
             )
