@@ -47,6 +47,7 @@ SR_SERIES_NUMBER = 9902
 __all__ = [
     "ALGORITHM_NAME",
     "CODING_SCHEME",
+    "derive_uid",
     "labels_on_source_slices",
     "source_series",
     "write_dicom_seg",
@@ -122,22 +123,102 @@ _TYPE2_LINKAGE = (
 )
 
 
-def _source_datasets(hs) -> list:
-    """Header datasets of the source slices, missing Type 2 linkage attributes set empty."""
+def _file_meta_uid(ds, keyword: str) -> str:
+    meta = getattr(ds, "file_meta", None)
+    return str(meta.get(keyword, "") or "") if meta is not None else ""
+
+
+def _source_datasets(hs, output: str = "SEG/SR") -> list:
+    """Header datasets of the source slices, ready to be copied into an output.
+
+    Missing Type 2 linkage attributes are set empty; empty SOP Class/Instance UIDs are
+    taken from the file meta header (``MediaStorageSOPClassUID`` /
+    ``MediaStorageSOPInstanceUID``: some anonymisers leave them only there).
+
+    Raises
+    ------
+    ScanReadError
+        The series cannot be filed by a PACS: no Study or Series Instance UID, or an
+        instance with no SOP Instance UID anywhere (``output`` names what is not written).
+    """
     import copy
 
     out = []
     for h in hs:
         ds = h.ds
+        for k in ("StudyInstanceUID", "SeriesInstanceUID"):
+            if not str(ds.get(k, "") or ""):
+                raise ScanReadError(
+                    f"{h.path}: the source has no {k}, so a PACS could not file a {output} "
+                    "with its study; not written"
+                )
         missing = [k for k in _TYPE2_LINKAGE if k not in ds]
-        if missing:
-            ds = copy.copy(ds)  # shallow: only top-level elements are added
+        fill = {}
+        for k, meta_k in (
+            ("SOPClassUID", "MediaStorageSOPClassUID"),
+            ("SOPInstanceUID", "MediaStorageSOPInstanceUID"),
+        ):
+            if not str(ds.get(k, "") or ""):
+                fill[k] = _file_meta_uid(ds, meta_k)
+                if not fill[k]:
+                    raise ScanReadError(
+                        f"{h.path}: expected a {k} in the data set or {meta_k} in the file "
+                        f"meta header, found neither; a {output} cannot reference it; not written"
+                    )
+        if (
+            str(ds.get("PatientIdentityRemoved", "")).upper() == "YES"
+            and not str(ds.get("DeidentificationMethod", "") or "")
+            and not ds.get("DeidentificationMethodCodeSequence")
+        ):
+            # Type 1C once identity is removed; some anonymisers leave it empty (seen on
+            # a real GE series). Say so rather than copy an invalid empty value.
+            fill["DeidentificationMethod"] = "not stated in the source"
+        if missing or fill:
+            ds = copy.copy(ds)  # shallow: only top-level elements are added or replaced
             for k in missing:
                 setattr(ds, k, "")
-        if "StudyInstanceUID" not in ds:
-            raise ScanReadError(f"{h.path}: no StudyInstanceUID; PACS could not file the output")
+            for k, v in fill.items():
+                setattr(ds, k, v)
         out.append(ds)
     return out
+
+
+def _sop_instance_uid(h) -> str:
+    return str(h.ds.get("SOPInstanceUID", "") or "") or _file_meta_uid(
+        h.ds, "MediaStorageSOPInstanceUID"
+    )
+
+
+def _uid_key(hs, settings: str | None) -> str | None:
+    """The key that fixes a scan's SEG and SR UIDs (None: random UIDs).
+
+    SHA-256 of the source series' SOP Instance UIDs (sorted) and ``settings`` (the model
+    and measurement settings as text): the same source screened with the same model and
+    settings gives the same SEG and SR UIDs, so a PACS that receives them twice (a
+    re-run, a re-sent study) keeps one copy.
+    """
+    if settings is None:
+        return None
+    import hashlib
+
+    h = hashlib.sha256()
+    for uid in sorted(_sop_instance_uid(x) for x in hs):
+        h.update(uid.encode() + b"\0")
+    h.update(str(settings).encode())
+    return h.hexdigest()
+
+
+def derive_uid(key: str | None, role: str) -> str:
+    """A UID for ``role`` ("seg.series", "sr.sop", ...): random when ``key`` is None,
+    else the UUID-derived UID (``2.25.``, PS3.5 B.2) of a name-based UUID of key + role."""
+    import uuid
+
+    import highdicom as hd
+
+    if key is None:
+        return hd.UID()
+    u = uuid.uuid5(uuid.NAMESPACE_OID, f"hepascreen:{key}:{role}")
+    return hd.UID(f"2.25.{u.int}")
 
 
 def _grid_from_headers(hs) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
@@ -239,6 +320,7 @@ def write_dicom_seg(
     scan=None,
     series_uid: str | None = None,
     model_name: str | None = None,
+    uid_settings: str | None = None,
 ) -> Path:
     """Write the liver and spleen segmentation of one scan as a DICOM SEG (atomically).
 
@@ -259,6 +341,10 @@ def write_dicom_seg(
         The series to use when ``source`` holds several (``ScanSource.series_uid``).
     model_name : str, optional
         Segmentation model, written into the algorithm identification.
+    uid_settings : str, optional
+        The model and measurement settings as text. Given, the SEG's UIDs are derived
+        from the source instances and this text (:func:`derive_uid`): a re-run or a
+        re-sent study gives the same objects and a PACS keeps one copy. None: new UIDs.
 
     Returns
     -------
@@ -268,7 +354,8 @@ def write_dicom_seg(
     Raises
     ------
     ScanReadError
-        The source is not a readable DICOM image series.
+        The source is not a readable DICOM image series, or cannot carry a SEG (no
+        FrameOfReferenceUID, Study or Series Instance UID, or SOP Instance UID).
     ValueError
         The label map does not match the scan grid, or the row is an error row.
     """
@@ -281,9 +368,10 @@ def write_dicom_seg(
     if not str(getattr(hs[0].ds, "FrameOfReferenceUID", "") or ""):
         raise ScanReadError(
             f"{hs[0].path}: the source series has no FrameOfReferenceUID, which a DICOM "
-            "Segmentation must share with its images; cannot write a SEG for it"
+            "Segmentation must share with its images; SEG not written"
         )
     frames = labels_on_source_slices(hs, labels, scan)
+    uid_key = _uid_key(hs, uid_settings)
     frames[(frames != LABEL_LIVER) & (frames != LABEL_SPLEEN)] = 0
     algo = _algorithm(model_name or row.get("model"))
     descriptions = [
@@ -294,7 +382,7 @@ def write_dicom_seg(
             segmented_property_type=getattr(codes.SCT, name),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algo,
-            tracking_uid=hd.UID(),
+            tracking_uid=derive_uid(uid_key, f"seg.tracking.{value}"),
             tracking_id=f"{name} segmentation",
         )
         for value, name in SEGMENTS.items()
@@ -302,7 +390,7 @@ def write_dicom_seg(
     with warnings.catch_warnings():
         # highdicom warns about one-component names ("ANONYMOUS"); they are the source's.
         warnings.filterwarnings("ignore", message=".*person name.*", category=UserWarning)
-        seg = _segmentation(hd, hs, frames, descriptions)
+        seg = _segmentation(hd, hs, frames, descriptions, uid_key)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_path, ".dcm") as tmp:
@@ -310,15 +398,15 @@ def write_dicom_seg(
     return out_path
 
 
-def _segmentation(hd, hs, frames, descriptions):
+def _segmentation(hd, hs, frames, descriptions, uid_key=None):
     return hd.seg.Segmentation(
-        source_images=_source_datasets(hs),
+        source_images=_source_datasets(hs, "SEG"),
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(),
+        series_instance_uid=derive_uid(uid_key, "seg.series"),
         series_number=SEG_SERIES_NUMBER,
-        sop_instance_uid=hd.UID(),
+        sop_instance_uid=derive_uid(uid_key, "seg.sop"),
         instance_number=1,
         manufacturer=MANUFACTURER,
         manufacturer_model_name=ALGORITHM_NAME,
@@ -368,6 +456,7 @@ def write_dicom_sr(
     seg_path: str | Path | None = None,
     series_uid: str | None = None,
     model_name: str | None = None,
+    uid_settings: str | None = None,
 ) -> Path:
     """Write the measurements of one scan as a DICOM TID 1500 measurement report (atomically).
 
@@ -392,6 +481,10 @@ def write_dicom_sr(
         The series to use when ``source`` holds several.
     model_name : str, optional
         Segmentation model, written into the algorithm identification.
+    uid_settings : str, optional
+        The model and measurement settings as text. Given, the SR's UIDs are derived
+        from the source instances and this text (:func:`derive_uid`): a re-run or a
+        re-sent study gives the same objects and a PACS keeps one copy. None: new UIDs.
 
     Returns
     -------
@@ -401,7 +494,8 @@ def write_dicom_sr(
     Raises
     ------
     ScanReadError
-        The source is not a readable DICOM image series.
+        The source is not a readable DICOM image series, or cannot carry an SR (no
+        Study or Series Instance UID, or SOP Instance UID).
     ValueError
         The row is an error row (nothing measured).
     """
@@ -412,6 +506,7 @@ def write_dicom_sr(
     if row.get("status") == "error":
         raise ValueError(f"{row.get('case_id')}: no measurements for a scan that failed")
     hs = source_series(source, series_uid)
+    uid_key = _uid_key(hs, uid_settings)
     name = (
         ALGORITHM_NAME
         if not (model_name or row.get("model"))
@@ -447,7 +542,9 @@ def write_dicom_sr(
                     name=codes.SCT.Volume, value=vol, unit=units["ml"], algorithm_id=algo
                 )
             )
-        tracking = hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{organ} measurements")
+        tracking = hd.sr.TrackingIdentifier(
+            uid=derive_uid(uid_key, f"sr.tracking.{organ}"), identifier=f"{organ} measurements"
+        )
         if seg is not None:
             ref = hd.sr.ReferencedSegment(
                 sop_class_uid=seg.SOPClassUID,
@@ -493,7 +590,7 @@ def write_dicom_sr(
     groups.append(
         hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=hd.UID(), identifier="Liver/spleen attenuation"
+                uid=derive_uid(uid_key, "sr.tracking.ratio"), identifier="Liver/spleen attenuation"
             ),
             finding_type=_code("LSRATIO", "Liver/spleen attenuation ratio"),
             algorithm_id=algo,
@@ -504,7 +601,10 @@ def write_dicom_sr(
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=hd.UID(), name=name[:64], manufacturer_name=MANUFACTURER, model_name=_version()
+            uid=derive_uid(uid_key, "sr.device"),
+            name=name[:64],
+            manufacturer_name=MANUFACTURER,
+            model_name=_version(),
         ),
     )
     report = hd.sr.MeasurementReport(
@@ -512,12 +612,12 @@ def write_dicom_sr(
         procedure_reported=codes.cid100.CTUnspecifiedBodyRegion,
         imaging_measurements=groups,
     )
-    evidence = _source_datasets(hs)
+    evidence = _source_datasets(hs, "SR")
     if seg is not None:
         evidence.append(seg)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*person name.*", category=UserWarning)
-        sr = _comprehensive_sr(hd, evidence, report)
+        sr = _comprehensive_sr(hd, evidence, report, uid_key)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_path, ".dcm") as tmp:
@@ -525,13 +625,13 @@ def write_dicom_sr(
     return out_path
 
 
-def _comprehensive_sr(hd, evidence, report):
+def _comprehensive_sr(hd, evidence, report, uid_key=None):
     return hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report,
-        series_instance_uid=hd.UID(),
+        series_instance_uid=derive_uid(uid_key, "sr.series"),
         series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=hd.UID(),
+        sop_instance_uid=derive_uid(uid_key, "sr.sop"),
         instance_number=1,
         manufacturer=MANUFACTURER,
         series_description="HepaScreen liver/spleen measurements",

@@ -610,6 +610,7 @@ def screen_scan(source, segmenter: Segmenter, config: ScreenConfig | None = None
         row = _error_row(
             f"{src.path}: unexpected {type(exc).__name__} in stage {timer.current}: {exc}"
         )
+        log_traceback(config.out_dir, src, timer.current, exc)
     row.update(
         case_id=src.case_id,
         source=str(src.path),
@@ -674,37 +675,99 @@ def write_outputs(
 
     labels = to_numpy(labels)
     case = src.case_id
+    # The mask is the measurement's own record; the rest is optional: a failure there
+    # keeps the measured row (flag + reason in notes, _optional_output).
+    opt = lambda what, make: _optional_output(what, make, row, src, out)  # noqa: E731
     if config.write_masks and segmenter.kind != "masks":
         from .io import write_label_map
         from .labels_sidecar import write_label_sidecars
 
         files["mask"] = write_label_map(labels, scan, out / "masks" / f"{case}.nii.gz")
-        files.update(write_label_sidecars(files["mask"]))
+        files.update(opt("label sidecars", lambda: write_label_sidecars(files["mask"])) or {})
     if config.write_qc:
         from .report import qc_png
 
         ratio = "n/a" if row.get("ratio") is None else f"{row['ratio']:.3f}"
         title = f"{case}  L/S ratio {ratio}  {row['grade']}  {row.get('flags', '')}"
-        files["qc"] = qc_png(
+        files["qc"] = opt("QC picture", lambda: qc_png(
             scan.array, labels, scan.spacing, out / "qc" / f"{case}.png", title, scan.direction,
             row=row, assessment=assessment,
-        )  # fmt: skip
+        ))  # fmt: skip
     if (config.dicom_seg or config.dicom_sr) and src.kind == "dicom":
         from . import dicom_out
 
-        model = segmenter.describe().get("model_name")
+        desc = segmenter.describe()
+        model = desc.get("model_name")
         where = src.files or src.path
+        # Same source, model and settings -> same SEG/SR UIDs (a PACS keeps one copy).
+        settings = f"{desc.get('model_name')}|{desc.get('model_sha256')}|{config.assess!r}"
         if config.dicom_seg:
-            files["dicom_seg"] = dicom_out.write_dicom_seg(
+            files["dicom_seg"] = opt("DICOM SEG", lambda: dicom_out.write_dicom_seg(
                 where, labels, row, out / "dicom" / f"{case}.seg.dcm",
-                scan=scan, series_uid=src.series_uid, model_name=model,
-            )  # fmt: skip
+                scan=scan, series_uid=src.series_uid, model_name=model, uid_settings=settings,
+            ))  # fmt: skip
         if config.dicom_sr:
-            files["dicom_sr"] = dicom_out.write_dicom_sr(
+            files["dicom_sr"] = opt("DICOM SR", lambda: dicom_out.write_dicom_sr(
                 where, row, out / "dicom" / f"{case}.sr.dcm",
                 seg_path=files.get("dicom_seg"), series_uid=src.series_uid, model_name=model,
-            )  # fmt: skip
-    return files
+                uid_settings=settings,
+            ))  # fmt: skip
+    return {k: v for k, v in files.items() if v is not None}
+
+
+OUTPUT_FLAG = "output_not_written"  # postprocess.flags.FLAGS
+
+
+def _optional_output(what: str, make, row: dict, src: ScanSource, out: Path):
+    """``make()``, or None when it fails: the row keeps its measurement and gets the flag
+    :data:`OUTPUT_FLAG` with the reason in ``notes`` (status ``flagged``); an unexpected
+    exception's traceback goes to ``OUT/errors.log`` (:func:`log_traceback`)."""
+    try:
+        return make()
+    except Exception as exc:  # noqa: BLE001 - an optional output never costs the measurement
+        if not isinstance(exc, ScreeningError):
+            log_traceback(out, src, f"write {what}", exc)
+        flags = [f for f in str(row.get("flags") or "").split(";") if f]
+        row["flags"] = ";".join(flags + [OUTPUT_FLAG] * (OUTPUT_FLAG not in flags))
+        detail = (
+            str(exc)
+            if isinstance(exc, ScreeningError)
+            else f"unexpected {type(exc).__name__} (traceback in {ERRORS_LOG})"
+        )
+        reason = f"{what} not written: {detail}"
+        row["notes"] = "; ".join(n for n in (row.get("notes"), reason) if n)
+        if row.get("status") == contract.STATUS_OK:
+            row["status"] = contract.STATUS_FLAGGED
+        return None
+
+
+ERRORS_LOG = "errors.log"
+
+
+def log_traceback(out_dir: Path | None, src: ScanSource, stage: str | None, exc: BaseException):
+    """Append an unexpected exception's traceback to ``OUT/errors.log`` (no-op without OUT).
+
+    Identifier-free by construction: the scan is named by its ``source_id`` (a hash; rows
+    carry it too), and only the exception type and the code frames are written, never
+    the message or local values, which may quote DICOM values or paths.
+    """
+    if out_dir is None:
+        return
+    import datetime
+    import traceback
+
+    frames = traceback.format_list(traceback.extract_tb(exc.__traceback__))
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    text = (
+        f"{when} source_id={src.source_id} stage={stage} {type(exc).__name__}"
+        " (message: the row's error/notes)\n" + "".join(frames) + "\n"
+    )
+    try:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        with open(Path(out_dir) / ERRORS_LOG, "a", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError:
+        pass  # the log is a debugging aid; the row already holds the error
 
 
 __all__ = [

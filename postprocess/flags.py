@@ -53,6 +53,11 @@ FLAGS: dict[str, str] = {
     "contrast_suspected_by_spleen_pattern": (
         "the spleen is mottled, as in the arterial phase (enhanced, heterogeneous)"
     ),
+    # Outputs (client.pipeline.write_outputs): the measurement stands.
+    "output_not_written": (
+        "an optional output (DICOM SEG or SR, QC picture, label files) was not written; "
+        "the measurement stands; the reason is in notes"
+    ),
 }
 
 # Flags that make the grade indeterminate whatever the ratio says.

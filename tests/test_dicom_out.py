@@ -3,6 +3,10 @@ values equal the result row, no identifiers beyond those the source series carri
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pydicom
 import pytest
@@ -311,3 +315,192 @@ def test_seg_on_a_gantry_tilted_unevenly_spaced_series_matches_itk_resampling(
         ds = pydicom.dcmread(path)
         assert ds.get("PatientBirthDate", "") == ""
         _assert_no_new_identifiers(ds, src)
+
+
+# --- real-data fixes (issue 22 item 4) and the external validator ----------------------
+DCIODVFY = shutil.which("dciodvfy")
+
+
+def dciodvfy_errors(path) -> list[str]:
+    """dicom3tools' IOD validator on ``path``: its "Error" lines (warnings are allowed:
+    the private coding scheme, missing Study ID / Time on anonymised sources)."""
+    r = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=120)
+    return [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")]
+
+
+@pytest.fixture(autouse=True)
+def _every_seg_and_sr_passes_dciodvfy(tmp_path):
+    """After each test: every SEG/SR it wrote under tmp_path passes dciodvfy (no errors)."""
+    yield
+    if DCIODVFY is None:
+        return  # test_dciodvfy_is_installed says why
+    for p in sorted(tmp_path.rglob("*.dcm")):
+        try:
+            modality = pydicom.dcmread(p, stop_before_pixels=True).get("Modality")
+        except Exception:  # noqa: BLE001 - not a DICOM file: not ours to check
+            continue
+        if modality in ("SEG", "SR"):
+            assert dciodvfy_errors(p) == [], p.name
+
+
+def test_dciodvfy_is_installed():
+    if DCIODVFY is None:
+        pytest.skip(
+            "dciodvfy not installed (bash scripts/install_dicom_tools.sh): SEG/SR unvalidated"
+        )
+
+
+@pytest.fixture(scope="module")
+def real_small(shared_data):
+    """The real CT's 30-slice crop and its reference labels."""
+    d = shared_data / "totalseg_example"
+    return read_scan(d / "ct_small.nii.gz"), d / "labels_small.nii.gz"
+
+
+def _variant(real_small, folder, change) -> Path:
+    """The real CT written as DICOM, each data set changed by ``change(ds)`` (pydicom)."""
+    scan, _ = real_small
+    files = write_series(scan, folder, shuffle_seed=4)
+    for_uid = pydicom.uid.generate_uid()
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.FrameOfReferenceUID = for_uid
+        for k, v in SOURCE_IDS.items():
+            setattr(ds, k, v)
+        change(ds)
+        ds.save_as(f)
+    return folder
+
+
+def _screen(real_small, tmp_path, name, change, **cfg):
+    from client.pipeline import MaskFolderSegmenter, ScreenConfig, screen_scan
+
+    folder = _variant(real_small, tmp_path / "in" / name, change)
+    masks = tmp_path / "masks"
+    masks.mkdir(exist_ok=True)
+    shutil.copyfile(real_small[1], masks / f"{name}.nii.gz")
+    config = ScreenConfig(out_dir=tmp_path / "out", dicom_seg=True, dicom_sr=True, **cfg)
+    return screen_scan(folder, MaskFolderSegmenter(masks), config)
+
+
+def _empty_sop_uids(ds):
+    """As a real anonymised Siemens series: SOP UIDs only in the file meta header."""
+    assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    ds.SOPClassUID = ""
+    ds.SOPInstanceUID = ""
+
+
+def test_empty_sop_uids_in_the_data_sets_fall_back_to_the_file_meta(tmp_path, real_small):
+    res = _screen(real_small, tmp_path, "emptysop", _empty_sop_uids, write_qc=False)
+    assert res.status == "flagged" and res.error == "", res.row
+    assert "output_not_written" not in res.row["flags"]
+    seg = pydicom.dcmread(res.files["dicom_seg"])
+    metas = {
+        str(pydicom.dcmread(f, stop_before_pixels=True).file_meta.MediaStorageSOPInstanceUID)
+        for f in (tmp_path / "in" / "emptysop").iterdir()
+    }
+    refs = {
+        str(i.ReferencedSOPInstanceUID)
+        for s in seg.ReferencedSeriesSequence
+        for i in s.ReferencedInstanceSequence
+    }
+    assert refs and refs <= metas and "" not in refs
+    sr = pydicom.dcmread(res.files["dicom_sr"])
+    evidence = {
+        str(i.ReferencedSOPInstanceUID)
+        for st in sr.CurrentRequestedProcedureEvidenceSequence
+        for se in st.ReferencedSeriesSequence
+        for i in se.ReferencedSOPSequence
+    }
+    assert evidence == metas | {str(seg.SOPInstanceUID)}
+    nums, _ = _sr_values(sr)
+    assert nums[(CODING_SCHEME, "LSRATIO")] == [pytest.approx(res.row["ratio"])]
+
+
+def test_no_frame_of_reference_gives_no_seg_but_keeps_the_row_and_the_sr(tmp_path, real_small):
+    res = _screen(real_small, tmp_path, "nofor", lambda ds: delattr(ds, "FrameOfReferenceUID"))
+    assert res.status == "flagged" and res.error == ""
+    assert res.grade == "normal" and res.row["ratio"] > 1.0  # the measurement stands
+    assert "output_not_written" in res.row["flags"].split(";")
+    assert "DICOM SEG not written" in res.row["notes"]
+    assert "FrameOfReferenceUID" in res.row["notes"]
+    assert "dicom_seg" not in res.files and "qc" in res.files
+    sr = pydicom.dcmread(res.files["dicom_sr"])  # TID 1501 groups (no SEG to reference)
+    _, coded = _sr_values(sr)
+    assert "OUTPUT_NOT_WRITTEN" in {c.upper() for c in coded["FLAG"]}
+    assert not (tmp_path / "out" / "errors.log").exists()  # an expected refusal
+
+
+@pytest.mark.parametrize("missing", ["StudyInstanceUID", "SeriesInstanceUID"])
+def test_no_study_or_series_uid_gives_no_seg_nor_sr_with_the_reason(tmp_path, real_small, missing):
+    res = _screen(real_small, tmp_path, "nouid", lambda ds: delattr(ds, missing), write_qc=False)
+    assert res.status == "flagged" and res.error == "" and res.row["ratio"] > 1.0
+    assert "output_not_written" in res.row["flags"].split(";")
+    assert "DICOM SEG not written" in res.row["notes"]
+    assert "DICOM SR not written" in res.row["notes"]
+    assert missing in res.row["notes"]
+    assert not {"dicom_seg", "dicom_sr"} & set(res.files)
+
+
+def test_an_optional_output_failing_keeps_the_row_and_logs_its_traceback(
+    tmp_path, real_small, monkeypatch
+):
+    """An unexpected exception in an optional output: the measured row stays (flagged),
+    the traceback goes to OUT/errors.log, without the planted identifiers."""
+    import client.dicom_out as dout
+    import client.report as report
+
+    def boom(*a, **k):
+        raise KeyError(" ".join(SOURCE_IDS.values()))  # identifiers in the message
+
+    monkeypatch.setattr(dout, "write_dicom_seg", boom)
+    monkeypatch.setattr(report, "qc_png", boom)
+    res = _screen(real_small, tmp_path, "boom", lambda ds: None)
+    assert res.status == "flagged" and res.error == "" and res.row["ratio"] > 1.0
+    assert res.row["flags"].split(";").count("output_not_written") == 1
+    assert "QC picture not written: unexpected KeyError" in res.row["notes"]
+    assert "DICOM SEG not written: unexpected KeyError" in res.row["notes"]
+    assert "dicom_sr" in res.files  # the SR does not need the SEG
+    log = (tmp_path / "out" / "errors.log").read_text()
+    assert log.count(" KeyError (message") == 2  # the type and the frames, no message
+    assert "in boom" in log and "write DICOM SEG" in log and res.row["source_id"] in log
+    for planted in ("Doe^Jane", "PID-4711", "ACC-99", "Doe"):
+        assert planted not in log
+    assert "Doe" not in res.row["notes"]
+
+
+def test_an_unexpected_error_row_leaves_its_traceback_in_out(tmp_path, real_small):
+    from client.pipeline import ScreenConfig, screen_scan
+
+    class Broken:
+        kind = "masks"
+
+        def segment(self, scan, source, timer):
+            raise RuntimeError(" ".join(SOURCE_IDS.values()))  # identifiers in the message
+
+        def describe(self):
+            return {"model_name": None}
+
+    folder = _variant(real_small, tmp_path / "in" / "broken", lambda ds: None)
+    res = screen_scan(folder, Broken(), ScreenConfig(out_dir=tmp_path / "out"))
+    assert res.status == "error" and "unexpected RuntimeError" in res.error
+    log = (tmp_path / "out" / "errors.log").read_text()
+    assert "RuntimeError" in log and "in segment" in log and "Doe" not in log
+
+
+def test_the_same_source_model_and_settings_give_the_same_uids(tmp_path, real_small):
+    folder = _variant(real_small, tmp_path / "in" / "same", lambda ds: None)
+    scan = read_scan(folder)
+    labels = read_label_map(real_small[1], scan)
+    row = {"case_id": "same", "status": "ok", "grade": "normal", "ratio": 1.3, "flags": ""}
+    uids = []
+    for k, settings in enumerate(("m|sha|cfg", "m|sha|cfg", "m|sha|other", None)):
+        seg = write_dicom_seg(folder, labels, row, tmp_path / f"{k}.seg.dcm", uid_settings=settings)
+        sr = write_dicom_sr(
+            folder, row, tmp_path / f"{k}.sr.dcm", seg_path=seg, uid_settings=settings
+        )
+        a, b = pydicom.dcmread(seg), pydicom.dcmread(sr)
+        uids.append((a.SOPInstanceUID, a.SeriesInstanceUID, b.SOPInstanceUID, b.SeriesInstanceUID))
+    assert uids[0] == uids[1]
+    assert len(set(uids[0]) & set(uids[2])) == 0 and len(set(uids[0]) & set(uids[3])) == 0
+    assert all(u.startswith("2.25.") and len(u) <= 64 for u in uids[0])
