@@ -45,6 +45,11 @@ Numbers behind the slot count (ESTIMATES: nothing could be measured on a GPU her
   8 GB (~3.5 GB free) -> 1 slot (a 262 M-voxel scan may then exceed the budget
   and fail alone as out of memory; 512 x 512 x 300 scans fit).
 * ``HEPASCREEN_GPU_SLOTS=N`` overrides the count; the budget still applies.
+* Slots never exceed the scans that can be in flight (``--concurrency``, or a Ray
+  actor's concurrency): :func:`configure` before the first measurement.
+* Several processes on one GPU (Ray actors with fractional ``num_gpus``): each
+  process gets its ``share`` of the budget and of the slot count
+  (:func:`configure`), so N actors on a card together stay within the 80 %.
 """
 
 from __future__ import annotations
@@ -133,24 +138,39 @@ class GpuSlots:
             self._free.put(_Slot(i, stream_factory()))
 
     @classmethod
-    def for_run(cls, gpu: bool, concurrency: int | None = None) -> GpuSlots:
+    def for_run(
+        cls,
+        gpu: bool,
+        concurrency: int | None = None,
+        share: float = 1.0,
+        free_bytes=None,
+        stream_factory=None,
+    ) -> GpuSlots:
         """The pool for one batch run: no-op on CPU, sized from free GPU memory on GPU.
 
         Call after the GPU check (``postprocess._xp.require_gpu``). ``concurrency``
-        only caps the count (more slots than worker threads would never be used).
+        caps the count (more slots than worker threads would never be used);
+        ``share`` (0 < share <= 1) is this process's part of the GPU when several
+        processes use it (Ray actors): budget and slot count are sized from
+        ``share`` x the free memory. ``free_bytes`` and ``stream_factory`` replace the CUDA query and streams (tests).
         """
         if not gpu:
             return cls(1, enabled=False)
-        import cupy
+        if not 0 < share <= 1:
+            raise ValueError(f"expected a GPU share in (0, 1], got {share}")
+        if free_bytes is None:
+            import cupy
 
-        free, _total = cupy.cuda.runtime.memGetInfo()
+            free_bytes, _total = cupy.cuda.runtime.memGetInfo()
+        mine = int(free_bytes * share)
         raw = os.environ.get(ENV_SLOTS, "").strip()
         if raw and not (raw.isdigit() and int(raw) > 0):
             raise ValueError(f"{ENV_SLOTS}={raw!r}: expected a positive whole number of GPU slots")
-        n = int(raw) if raw else choose_slots(free)
+        n = int(raw) if raw else choose_slots(mine)
         if concurrency:
             n = min(n, int(concurrency))
-        return cls(max(1, n), enabled=True, budget_bytes=int(free * BUDGET_FRACTION))
+        return cls(max(1, n), enabled=True, budget_bytes=int(mine * BUDGET_FRACTION),
+                   stream_factory=stream_factory)  # fmt: skip
 
     def describe(self) -> dict:
         """For run.json: slot count, memory budget and the estimate behind them."""
@@ -191,6 +211,38 @@ class GpuSlots:
 _DEFAULT: GpuSlots | None = None
 _DEFAULT_LOCK = threading.Lock()
 _CPU = None
+_SETTINGS = {"concurrency": None, "share": 1.0}
+
+
+def configure(concurrency: int | None = None, share: float = 1.0) -> None:
+    """Settings of the process-wide pool, before its first use.
+
+    Parameters
+    ----------
+    concurrency : int, optional
+        Scans this process can have in flight (``--concurrency``; a Ray actor's
+        ``max_concurrency``): the slot count never exceeds it.
+    share : float
+        This process's part of the GPU (a Ray actor's ``num_gpus``, e.g. 0.5 for two
+        actors per card): the memory budget and slot count are scaled by it.
+
+    Raises
+    ------
+    RuntimeError
+        When the pool was already created with other settings (it is never resized
+        under running measurements).
+    """
+    if concurrency is not None and int(concurrency) < 1:
+        raise ValueError(f"expected concurrency >= 1, got {concurrency}")
+    if not 0 < float(share) <= 1:
+        raise ValueError(f"expected a GPU share in (0, 1], got {share}")
+    new = {"concurrency": None if concurrency is None else int(concurrency), "share": float(share)}
+    with _DEFAULT_LOCK:
+        if _DEFAULT is not None and new != _SETTINGS:
+            raise RuntimeError(
+                f"GPU slots already created with {_SETTINGS}; configure() must come first"
+            )
+        _SETTINGS.update(new)
 
 
 def default_slots(gpu: bool) -> GpuSlots:
@@ -206,7 +258,7 @@ def default_slots(gpu: bool) -> GpuSlots:
         return _CPU
     with _DEFAULT_LOCK:
         if _DEFAULT is None:
-            _DEFAULT = GpuSlots.for_run(gpu=True)
+            _DEFAULT = GpuSlots.for_run(gpu=True, **_SETTINGS)
         return _DEFAULT
 
 

@@ -24,6 +24,15 @@ What runs where:
   actors that claim every CPU of a 2-core machine leave nothing for the driver and
   the Triton server and starve Ray's own scheduling (the deadlock seen with Ray
   Data there).
+* **GPUs** (``--device gpu``): each actor claims ``num_gpus`` (``--ray-gpus``, default
+  one card shared by ``ceil(workers / GPUs)`` actors), so Ray sets its
+  ``CUDA_VISIBLE_DEVICES`` to the card it got (without a GPU claim Ray hides every
+  GPU from the actor and each scan fails); the actor's GPU measurement budget and
+  slots are its share of that card (:func:`client.gpu.configure`).
+* **Joining a cluster** (``auto``, ``ray://``) is bounded: the address is probed first
+  (a refused or silent port fails in seconds, naming it) and ``ray.init`` gets
+  ``HEPASCREEN_RAY_CONNECT_TIMEOUT_S`` (default 60 s) before the run stops with a
+  message saying what to check, instead of retrying for ever.
 * **A worker that dies** (killed, out of memory, its node lost) is restarted by Ray;
   the scans it had in flight are sent again, at most twice each
   (:data:`MAX_RETRIES`); a scan whose workers died three times gets an error row.
@@ -50,6 +59,9 @@ from .errors import ConfigError, InferenceError
 
 MAX_RETRIES = 2  # a scan whose worker died is sent again at most this many times
 DEFAULT_CPUS = 0.5
+CONNECT_TIMEOUT_ENV = "HEPASCREEN_RAY_CONNECT_TIMEOUT_S"
+DEFAULT_CONNECT_TIMEOUT_S = 60.0
+PROBE_TIMEOUT_S = 5.0
 
 
 def add_ray_arguments(ap) -> None:
@@ -65,6 +77,9 @@ def add_ray_arguments(ap) -> None:
     ap.add_argument("--ray-cpus", type=_positive(float), default=DEFAULT_CPUS, metavar="F",
                     help=f"CPUs each actor claims (default {DEFAULT_CPUS}; fractions keep "
                     "room for the driver and servers)")  # fmt: skip
+    ap.add_argument("--ray-gpus", type=_positive(float), default=None, metavar="F",
+                    help="GPUs each actor claims with --device gpu (default: the cluster's GPUs "
+                    "shared evenly, at most 1; e.g. 0.5 puts two actors on each card)")  # fmt: skip
 
 
 def _positive(kind):
@@ -149,8 +164,22 @@ def init_ray(address: str, *, num_cpus: int | None = None) -> bool:
                             f"({exc}); is the machine overloaded?"
                         ) from exc
                     time.sleep(2.0 * (attempt + 1))
+        target = cluster_address(address)
+        where = f"--ray {address}" + (f" ({target})" if target and target != address else "")
+        problem = probe_address(target) if target else None
+        if problem:
+            raise ConfigError(f"{where}: cannot reach the Ray cluster: {problem}; {JOIN_CHECKS}")
+        timeout_s = connect_timeout_s()
         try:
-            ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+            call_with_deadline(
+                lambda: ray.init(address=address, log_to_driver=False, logging_level="WARNING"),
+                timeout_s,
+            )
+        except TimeoutError as exc:
+            raise ConfigError(
+                f"{where}: joining the Ray cluster did not finish within {timeout_s:g} s "
+                f"({CONNECT_TIMEOUT_ENV}); {JOIN_CHECKS}"
+            ) from exc
         except (ConnectionError, RuntimeError) as exc:
             hint = ""
             if "RAY_AUTH_MODE" not in os.environ:
@@ -159,11 +188,130 @@ def init_ray(address: str, *, num_cpus: int | None = None) -> bool:
                     "since Ray 2.59) needs RAY_AUTH_MODE=token and its token "
                     "(~/.ray/auth_token or RAY_AUTH_TOKEN) here too"
                 )
-            raise ConfigError(f"--ray {address}: no Ray cluster there ({exc}){hint}") from exc
+            raise ConfigError(f"{where}: no Ray cluster there ({exc}){hint}") from exc
         return False
     finally:
         if main and previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+JOIN_CHECKS = (
+    "check that the head node runs (`ray status` there), that this machine reaches its GCS "
+    "port and every node's advertised address (`ray start --node-ip-address` must be an "
+    "address the other nodes can reach; firewalls: GCS 6379, Ray Client 10001, worker "
+    "ports), and RAY_ADDRESS"
+)
+
+
+def connect_timeout_s() -> float:
+    """Seconds ``ray.init`` may take to join a cluster (:data:`CONNECT_TIMEOUT_ENV`)."""
+    raw = os.environ.get(CONNECT_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_CONNECT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise ConfigError(f"{CONNECT_TIMEOUT_ENV}={raw!r}: expected a positive number of seconds")
+    return value
+
+
+def cluster_address(address: str) -> str | None:
+    """The ``host:port`` that ``ray.init(address)`` will contact, when it can be known.
+
+    ``ray://HOST:PORT`` gives itself; ``auto`` is ``RAY_ADDRESS`` or else the GCS address
+    that `ray start` left on this machine (Ray's own lookup order); None when neither.
+    """
+    if address.startswith("ray://"):
+        return address[len("ray://") :].split("/", 1)[0] or None
+    env = os.environ.get("RAY_ADDRESS", "").strip()
+    if env and env not in ("auto", "local"):
+        return env[len("ray://") :].split("/", 1)[0] if env.startswith("ray://") else env
+    try:  # private helper, stable since Ray 1.x; best effort only
+        from ray._private.utils import read_ray_address
+
+        return read_ray_address() or None
+    except Exception:  # noqa: BLE001 - no address file or another Ray layout
+        return None
+
+
+def probe_address(hostport: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
+    """None when a TCP connection to ``host:port`` opens within ``timeout_s``, else why not."""
+    import socket
+
+    host, _, port = hostport.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        return f"{hostport!r} is not HOST:PORT"
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return None
+    except TimeoutError:
+        return f"no answer from {host}:{port} within {timeout_s:.0f} s"
+    except OSError as exc:
+        return f"{host}:{port}: {exc.strerror or exc}"
+
+
+def call_with_deadline(fn, timeout_s: float):
+    """``fn()`` on a daemon thread; its result, its exception, or TimeoutError after
+    ``timeout_s`` (the thread is abandoned: Ray's connection loop cannot be cancelled,
+    and the run stops anyway)."""
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["error"] = exc
+
+    th = threading.Thread(target=target, name="hepascreen-ray-init", daemon=True)
+    th.start()
+    th.join(timeout_s)
+    if th.is_alive():
+        raise TimeoutError(f"not done within {timeout_s} s")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+# --- the actors' resources ----------------------------------------------------------
+def gpus_per_worker(cluster_gpus: float, workers: int, requested: float | None = None) -> float:
+    """``num_gpus`` of each actor with ``--device gpu``.
+
+    ``requested`` (``--ray-gpus``) wins; otherwise the actors share the cluster's cards
+    evenly: ``ceil(workers / cards)`` actors per card, each ``1 / that`` (rounded down to
+    Ray's 1e-4 resource precision so that they really fit on one card).
+
+    Raises
+    ------
+    ConfigError
+        The cluster has no GPU.
+    """
+    if cluster_gpus < 1 and not requested:
+        raise ConfigError(
+            "--device gpu with --ray: the Ray cluster reports no GPU (ray.cluster_resources() "
+            "has no 'GPU'); start the GPU nodes with `ray start --num-gpus N`, or use --device cpu"
+        )
+    if requested:
+        return float(requested)
+    per_card = math.ceil(workers / int(cluster_gpus))
+    return math.floor(10_000 / per_card) / 10_000
+
+
+def actor_options(cpus: float, gpus: float, concurrency: int) -> dict:
+    """The ``ray.remote`` options of :class:`ScanWorker` (``gpus`` 0: no GPU claimed)."""
+    options = {
+        "num_cpus": cpus,
+        "max_restarts": -1,  # a killed worker comes back (and reopens its segmenter)
+        "max_task_retries": 0,  # its scans are re-sent by the driver, counted
+        "max_concurrency": concurrency,
+    }
+    if gpus > 0:
+        # Without a GPU claim Ray sets CUDA_VISIBLE_DEVICES="" in the actor: CuPy then
+        # sees no device and every scan fails.
+        options["num_gpus"] = gpus
+    return options
 
 
 # --- the segmenter each actor opens ----------------------------------------------
@@ -211,17 +359,29 @@ class ScanWorker:
     config : client.pipeline.ScreenConfig
     """
 
-    def __init__(self, spec: dict, config):
+    def __init__(self, spec: dict, config, gpu: dict | None = None):
         from .pipeline import screen_scan
 
         self._screen = screen_scan
         self.config = config
+        self.gpu = gpu or {}
+        if self.gpu:  # this actor's part of its card: budget and slots (client/gpu.py)
+            from .gpu import configure
+
+            configure(concurrency=self.gpu.get("concurrency"), share=min(1.0, self.gpu["share"]))
         self.segmenter = segmenter_from_spec(spec)
 
     def info(self) -> dict:
         import socket
 
-        return {"pid": os.getpid(), "host": socket.gethostname()}
+        out = {"pid": os.getpid(), "host": socket.gethostname()}
+        if self.gpu:
+            import ray
+
+            out["gpu_ids"] = [str(g) for g in ray.get_gpu_ids()]
+            out["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
+            out["gpu_share"] = self.gpu["share"]
+        return out
 
     def screen(self, source) -> dict:
         """Screen one scan; returns its row (never the label map: rows travel, files stay)."""
@@ -265,6 +425,9 @@ class RayScreen:
         CPUs each actor claims from Ray.
     in_flight : int, optional
         Scans in flight at once (default: 2 per actor; at least one per actor).
+    gpus_per_worker : float
+        ``num_gpus`` each actor claims (0: none; :func:`gpus_per_worker` for
+        ``--device gpu``).
     max_retries : int
         Times a scan is sent again after its worker died.
     restart_timeout_s : float
@@ -275,7 +438,7 @@ class RayScreen:
 
     def __init__(self, spec: dict, config, *, workers: int, cpus_per_worker: float = DEFAULT_CPUS,
                  in_flight: int | None = None, max_retries: int = MAX_RETRIES,
-                 restart_timeout_s: float = 300.0):  # fmt: skip
+                 restart_timeout_s: float = 300.0, gpus_per_worker: float = 0.0):  # fmt: skip
         if workers < 1 or cpus_per_worker <= 0:
             raise ConfigError("--ray-workers must be >= 1 and --ray-cpus > 0")
         self.ray = import_ray()
@@ -286,19 +449,17 @@ class RayScreen:
         self.per_actor = math.ceil(self.in_flight / self.workers)
         self.max_retries = int(max_retries)
         self.restart_timeout_s = float(restart_timeout_s)
+        self.gpus = float(gpus_per_worker)
+        self.options = actor_options(self.cpus, self.gpus, self.per_actor)
         self.actors: list = []
         self.worker_info: list[dict] = []
         self.retried: list[dict] = []
 
     def __enter__(self) -> RayScreen:
         ray = self.ray
-        remote = ray.remote(
-            num_cpus=self.cpus,
-            max_restarts=-1,  # a killed worker comes back (and reopens its segmenter)
-            max_task_retries=0,  # its scans are re-sent by the driver, counted
-            max_concurrency=self.per_actor,
-        )(ScanWorker)
-        self.actors = [remote.remote(self.spec, self.config) for _ in range(self.workers)]
+        remote = ray.remote(**self.options)(ScanWorker)
+        gpu = {"share": self.gpus, "concurrency": self.per_actor} if self.gpus > 0 else None
+        self.actors = [remote.remote(self.spec, self.config, gpu) for _ in range(self.workers)]
         try:
             self.worker_info = ray.get([a.info.remote() for a in self.actors], timeout=300)
         except Exception as exc:
@@ -448,12 +609,16 @@ def run_pool(todo, seg, config, store, manifest, written: list, args) -> None:
                                                "certificate_chain")}  # fmt: skip
     in_flight = max(args.concurrency, workers)
     spec = worker_spec(seg, max_in_flight=math.ceil(in_flight / workers), client_kwargs=tls)
+    gpus = 0.0
+    if getattr(config, "device", "cpu") == "gpu":
+        gpus = gpus_per_worker(import_ray().cluster_resources().get("GPU", 0), workers,
+                               getattr(args, "ray_gpus", None))  # fmt: skip
     bar = tqdm(total=len(todo), unit="scan", disable=args.quiet, dynamic_ncols=True)
     t0 = time.perf_counter()
     screen = RayScreen(spec, config, workers=workers, cpus_per_worker=args.ray_cpus,
-                       in_flight=in_flight)  # fmt: skip
+                       in_flight=in_flight, gpus_per_worker=gpus)  # fmt: skip
     info = {"address": args.ray, "started_local": started, "workers": workers,
-            "cpus_per_worker": args.ray_cpus, "in_flight": in_flight,
+            "cpus_per_worker": args.ray_cpus, "gpus_per_worker": gpus, "in_flight": in_flight,
             "segmenter": {k: v for k, v in spec.items() if k != "client_kwargs"}}  # fmt: skip
 
     def on_row(raw: dict) -> None:
@@ -486,7 +651,10 @@ __all__ = [
     "MAX_RETRIES",
     "RayScreen",
     "ScanWorker",
+    "actor_options",
     "add_ray_arguments",
+    "cluster_address",
+    "gpus_per_worker",
     "init_ray",
     "run_pool",
     "segmenter_from_spec",

@@ -238,3 +238,43 @@ def test_process_wide_cpu_slot_needs_no_cupy(monkeypatch):
     with gpu.measurement_slot(False) as s:
         assert s is None
     assert gpu.default_slots(False) is gpu.default_slots(False)
+
+
+# --- slots honour --concurrency and the process's share of the GPU (issue 23) ----------------------
+GIB = 1024**3
+
+
+def test_slots_never_exceed_the_concurrency_and_scale_with_the_process_share(monkeypatch):
+    monkeypatch.delenv(gpu.ENV_SLOTS, raising=False)
+    free = 40 * GIB  # 32 GiB budget: room for 10 reference scans, capped at MAX_SLOTS
+    full = gpu.GpuSlots.for_run(True, free_bytes=free, stream_factory=FakeStream)
+    assert full.n_slots == gpu.MAX_SLOTS and full.budget_bytes == int(free * gpu.BUDGET_FRACTION)
+    one = gpu.GpuSlots.for_run(True, concurrency=1, free_bytes=free, stream_factory=FakeStream)
+    assert one.n_slots == 1
+    # Four Ray actors on one card: each gets a quarter of the budget, so together 80 %.
+    quarter = gpu.GpuSlots.for_run(True, share=0.25, free_bytes=free, stream_factory=FakeStream)
+    assert quarter.budget_bytes == int(free * 0.25 * gpu.BUDGET_FRACTION)
+    assert quarter.n_slots == gpu.choose_slots(int(free * 0.25)) == 2
+    with pytest.raises(ValueError, match="share"):
+        gpu.GpuSlots.for_run(True, share=1.5, free_bytes=free, stream_factory=FakeStream)
+
+
+def test_configure_sets_the_process_pool_before_its_first_use(monkeypatch):
+    monkeypatch.setattr(gpu, "_SETTINGS", {"concurrency": None, "share": 1.0})
+    monkeypatch.setattr(gpu, "_DEFAULT", None)
+    made = {}
+
+    def fake_for_run(**kw):
+        kw.pop("gpu")
+        made.update(kw)
+        return gpu.GpuSlots(1, stream_factory=FakeStream)
+
+    monkeypatch.setattr(gpu.GpuSlots, "for_run", staticmethod(fake_for_run))
+    gpu.configure(concurrency=3, share=0.5)
+    pool = gpu.default_slots(True)
+    assert made == {"concurrency": 3, "share": 0.5} and gpu.default_slots(True) is pool
+    gpu.configure(concurrency=3, share=0.5)  # the same settings again: fine
+    with pytest.raises(RuntimeError, match="configure"):
+        gpu.configure(concurrency=8)
+    with pytest.raises(ValueError):
+        gpu.configure(concurrency=0)

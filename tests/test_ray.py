@@ -259,3 +259,105 @@ def test_a_scan_that_kills_its_worker_every_time_gets_one_error_row_after_two_re
     assert bad["status"] == "error" and "died 3 times" in bad["error"]
     assert [r["try"] for r in retried if r["case_id"] == "poison"] == [1, 2, 3]
     assert all(r["status"] != "error" for r in got if r["case_id"] != "poison")
+
+
+# --- --device gpu: actors claim a GPU share (issue 23) -----------------------------------------
+GPU_ACTORS = r"""
+import json, sys
+import ray
+from client.pipeline import ScreenConfig
+from client.ray_runner import RayScreen, gpus_per_worker
+
+ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False,
+         object_store_memory=100 * 1024**2, log_to_driver=False, logging_level="WARNING")
+share = gpus_per_worker(ray.cluster_resources().get("GPU", 0), 2)
+spec = {"kind": "masks", "folder": sys.argv[1], "label_map": "default"}
+out = {}
+for device, gpus in (("gpu", share), ("cpu", 0.0)):
+    screen = RayScreen(spec, ScreenConfig(device=device), workers=2, cpus_per_worker=0.5,
+                       gpus_per_worker=gpus)
+    with screen:
+        out[device] = {"options": screen.options, "workers": screen.worker_info}
+print("RESULT " + json.dumps(out))
+ray.shutdown()
+"""
+
+
+def test_gpu_actors_claim_a_share_of_the_card_and_ray_shows_it_to_them(tmp_path):
+    """A real local Ray with one (logical) GPU: with --device gpu two actors claim half a
+    card each, so Ray gives them CUDA_VISIBLE_DEVICES=0 (without the claim it hides every
+    GPU); a CPU run claims none."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", GPU_ACTORS, str(tmp_path)], timeout=240,
+                          capture_output=True, encoding="utf-8", cwd=Path(__file__).parents[1])  # fmt: skip
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and line, proc.stderr[-3000:]
+    got = json.loads(line[0][len("RESULT ") :])
+    assert got["gpu"]["options"]["num_gpus"] == 0.5
+    for w in got["gpu"]["workers"]:
+        assert w["gpu_ids"] == ["0"] and w["cuda_visible_devices"] == "0"
+        assert w["gpu_share"] == 0.5
+    assert "num_gpus" not in got["cpu"]["options"]
+    assert all("gpu_ids" not in w for w in got["cpu"]["workers"])
+
+
+def test_gpu_share_per_actor_fits_the_cards():
+    from client.errors import ConfigError
+    from client.ray_runner import actor_options, gpus_per_worker
+
+    assert gpus_per_worker(1, 1) == 1.0 and gpus_per_worker(1, 4) == 0.25
+    assert gpus_per_worker(2, 3) == 0.5  # two actors per card: three fit on two cards
+    assert gpus_per_worker(1, 3) * 3 <= 1  # rounded down: the three really fit on one card
+    assert gpus_per_worker(4, 2) == 1.0 and gpus_per_worker(1, 2, requested=0.2) == 0.2
+    with pytest.raises(ConfigError, match="no GPU"):
+        gpus_per_worker(0, 2)
+    assert actor_options(0.5, 0.25, 2) == {
+        "num_cpus": 0.5, "num_gpus": 0.25, "max_restarts": -1, "max_task_retries": 0,
+        "max_concurrency": 2,
+    }  # fmt: skip
+
+
+# --- joining a cluster is bounded (issue 23) ----------------------------------------------------
+def test_ray_auto_with_an_unreachable_cluster_fails_fast_naming_the_address(monkeypatch):
+    import socket
+
+    from client.errors import ConfigError
+    from client.ray_runner import init_ray
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError) as err:
+        init_ray("auto")
+    assert time.monotonic() - t0 < 30
+    assert f"127.0.0.1:{port}" in str(err.value) and "ray status" in str(err.value)
+
+
+def test_a_join_that_hangs_stops_at_the_deadline_naming_the_address(monkeypatch):
+    """Ray's GCS client retries for minutes when the nodes advertise an address the driver
+    cannot reach: a join that does not return is cut at HEPASCREEN_RAY_CONNECT_TIMEOUT_S."""
+    import socket
+    import types
+
+    from client import ray_runner
+    from client.errors import ConfigError
+
+    release = threading.Event()
+    fake = types.SimpleNamespace(is_initialized=lambda: False,
+                                 init=lambda **kw: release.wait(30))  # fmt: skip
+    monkeypatch.setattr(ray_runner, "import_ray", lambda: fake)
+    with socket.socket() as server:  # the probe succeeds: a port that accepts
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{server.getsockname()[1]}")
+        monkeypatch.setenv(ray_runner.CONNECT_TIMEOUT_ENV, "0.5")
+        try:
+            with pytest.raises(ConfigError, match=r"did not finish within 0.5 s") as err:
+                ray_runner.init_ray("auto")
+        finally:
+            release.set()
+    assert "127.0.0.1:" in str(err.value) and ray_runner.CONNECT_TIMEOUT_ENV in str(err.value)
