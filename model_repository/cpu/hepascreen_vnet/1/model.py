@@ -40,24 +40,14 @@ class TritonPythonModel:
         if threads > 0:
             opts.intra_op_num_threads = threads
         device = params.get("device", "cpu").strip().lower()
-        if device == "gpu":
-            # Never run here (no GPU on this project's machines): needs onnxruntime-gpu
-            # (same version range) in the server's Python and a CUDA device.
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise pb_utils.TritonModelException(
-                    "device gpu: this ONNX Runtime has no CUDAExecutionProvider "
-                    f"(available: {', '.join(ort.get_available_providers())}); "
-                    "install onnxruntime-gpu in the server's Python, or use --device cpu"
-                )
-            gpu_id = int(args.get("model_instance_device_id", 0) or 0)
-            providers = [("CUDAExecutionProvider", {"device_id": gpu_id}), "CPUExecutionProvider"]
-        elif device == "cpu":
-            providers = ["CPUExecutionProvider"]
-        else:
-            raise pb_utils.TritonModelException(
-                f"config parameter device: expected cpu or gpu, got {device!r}"
-            )
-        self.session = ort.InferenceSession(path, sess_options=opts, providers=providers)
+        try:
+            self.session = open_session(
+                ort, path, opts, device,
+                device_id=int(args.get("model_instance_device_id", 0) or 0),
+                gpu_mem_limit_mib=int(params.get("gpu_mem_limit_mib", "0") or 0),
+            )  # fmt: skip
+        except ProviderError as exc:
+            raise pb_utils.TritonModelException(str(exc)) from exc
         inp = self.model_config["input"][0]
         self.input_name = inp["name"]
         # Config order; each output as the numpy dtype the config declares.
@@ -125,6 +115,60 @@ class TritonPythonModel:
 
     def finalize(self):
         self.session = None
+
+
+class ProviderError(RuntimeError):
+    """The ONNX Runtime session cannot run where the config asks (device parameter)."""
+
+
+GPU_FIX = (
+    "replace onnxruntime by onnxruntime-gpu in the server's Python (pip uninstall "
+    "onnxruntime && pip install onnxruntime-gpu: never both, they share the module name), "
+    "with the CUDA 12 / cuDNN 9 libraries it needs on the library path, or use --device cpu"
+)
+
+
+def open_session(ort, path, opts, device, device_id=0, gpu_mem_limit_mib=0):
+    """The ONNX Runtime session for ``device`` ("cpu" or "gpu"), checked AFTER creation.
+
+    ONNX Runtime lists ``CUDAExecutionProvider`` as available and then silently runs on
+    the CPU when cuDNN or cuBLAS fail to load (onnxruntime#23372, #17801): only the
+    created session's ``get_providers()`` says where it really runs, so a GPU session
+    whose first provider is not CUDA is refused with the fix. ``gpu_mem_limit_mib`` (> 0)
+    caps ONNX Runtime's CUDA arena, which otherwise grows to whatever the largest batch
+    needed and keeps it, beside Triton and the client's CuPy measurement on one card.
+
+    Raises
+    ------
+    ProviderError
+        Unknown device, or a GPU session that did not get the CUDA provider.
+    """
+    if device == "cpu":
+        return ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+    if device != "gpu":
+        raise ProviderError(f"config parameter device: expected cpu or gpu, got {device!r}")
+    available = list(ort.get_available_providers())
+    if "CUDAExecutionProvider" not in available:
+        raise ProviderError(
+            f"device gpu: this ONNX Runtime ({getattr(ort, '__version__', '?')}) has no "
+            f"CUDAExecutionProvider (available: {', '.join(available)}); {GPU_FIX}"
+        )
+    cuda = {"device_id": int(device_id)}
+    if gpu_mem_limit_mib > 0:
+        cuda["gpu_mem_limit"] = int(gpu_mem_limit_mib) * 1024 * 1024
+        cuda["arena_extend_strategy"] = "kSameAsRequested"
+    providers = [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
+    session = ort.InferenceSession(path, sess_options=opts, providers=providers)
+    got = list(session.get_providers())
+    if not got or got[0] != "CUDAExecutionProvider":
+        raise ProviderError(
+            f"device gpu: ONNX Runtime {getattr(ort, '__version__', '?')} listed "
+            f"CUDAExecutionProvider but the session runs on {', '.join(got) or 'nothing'} "
+            f"(GPU {device_id}): the CUDA provider failed to load, usually cuDNN or cuBLAS "
+            "missing or of the wrong major version (see the server log for the library "
+            f"name); {GPU_FIX}"
+        )
+    return session
 
 
 # Keys of client/contract.py (PREPROCESS_PARAM, PREPROCESS_SPACING_PARAM); the stub's

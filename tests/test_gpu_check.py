@@ -1,0 +1,70 @@
+"""The GPU readiness pieces that can run without a GPU (issue 23).
+
+* The bundled server's ONNX Runtime GPU variant refuses a session that silently fell
+  back to the CPU (checked with the CPU build of ONNX Runtime, which "accepts" a
+  requested CUDA provider and then runs on the CPU: exactly the silent fallback).
+* ``python -m benchmarks.gpu_check`` dry-runs on this CPU machine: every GPU part is
+  reported as unavailable with its reason, nothing is fatal, the JSON is written.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_DIR = ROOT / "model_repository" / "cpu" / "hepascreen_vnet" / "1"
+
+
+@pytest.fixture()
+def served_model(monkeypatch):
+    """``1/model.py`` with a stand-in for Triton's stub module."""
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils",
+                        types.ModuleType("triton_python_backend_utils"))  # fmt: skip
+    loader = importlib.util.spec_from_file_location("hs_model_gpu", MODEL_DIR / "model.py")
+    model = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(model)
+    return model
+
+
+def test_a_cuda_session_that_fell_back_to_the_cpu_is_refused_with_the_fix(
+    served_model, monkeypatch
+):
+    ort = pytest.importorskip("onnxruntime")
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this ONNX Runtime has a CUDA provider: the fallback cannot be staged")
+    # ONNX Runtime with broken cuDNN lists CUDA as available, then runs on the CPU:
+    # the CPU build asked for CUDA does the same (a warning, a CPU session).
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])  # fmt: skip
+    with pytest.warns(UserWarning, match="CUDAExecutionProvider"):
+        with pytest.raises(served_model.ProviderError) as err:
+            served_model.open_session(ort, str(MODEL_DIR / "model.onnx"), ort.SessionOptions(),
+                                      "gpu", device_id=0, gpu_mem_limit_mib=512)  # fmt: skip
+    msg = str(err.value)
+    assert "session runs on CPUExecutionProvider" in msg and "cuDNN" in msg
+    assert "onnxruntime-gpu" in msg and "never both" in msg
+
+
+def test_without_a_cuda_provider_the_gpu_variant_names_the_package(served_model):
+    ort = pytest.importorskip("onnxruntime")
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this ONNX Runtime has a CUDA provider")
+    with pytest.raises(
+        served_model.ProviderError, match="no CUDAExecutionProvider.*onnxruntime-gpu"
+    ):
+        served_model.open_session(ort, str(MODEL_DIR / "model.onnx"), ort.SessionOptions(), "gpu")
+    with pytest.raises(served_model.ProviderError, match="expected cpu or gpu"):
+        served_model.open_session(ort, str(MODEL_DIR / "model.onnx"), ort.SessionOptions(), "tpu")
+    cpu = served_model.open_session(ort, str(MODEL_DIR / "model.onnx"), ort.SessionOptions(), "cpu")
+    assert cpu.get_providers() == ["CPUExecutionProvider"]
+
+
+def test_the_gpu_config_caps_onnx_runtimes_cuda_arena():
+    text = (MODEL_DIR.parent / "configs" / "gpu.pbtxt").read_text(encoding="utf-8")
+    assert 'key: "gpu_mem_limit_mib"' in text
