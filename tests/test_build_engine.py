@@ -267,6 +267,10 @@ def test_all_gpus_builds_one_plan_per_compute_capability_on_that_gpu(tmp_path, f
     assert be.main(_args(onnx_path, out, tmp_path / "e", trtexec, "--all-gpus")) == 0
     sm86, sm75 = out.with_name("model_sm86.plan"), out.with_name("model_sm75.plan")
     assert _plan(sm86)["device"] == "GPU-aaaa" and _plan(sm75)["device"] == "GPU-bbbb"
+    # A10 and A40 share 8.6 but are different models: their one plan is hardware-compatible;
+    # the T4 alone gets a plan for its own model.
+    assert "--hardwareCompatibilityLevel=ampere+" in _plan(sm86)["argv"]
+    assert not any("hardwareCompat" in a for a in _plan(sm75)["argv"])
     assert not out.exists()
     cfg = _parse_config(config.read_text(encoding="utf-8"))
     assert dict(cfg.cc_model_filenames) == {"8.6": "model_sm86.plan", "7.5": "model_sm75.plan"}
@@ -287,6 +291,27 @@ def test_all_gpus_without_compute_capability_and_mixed_models_is_a_clear_error(t
     )
     with pytest.raises(SystemExit, match="compute capability"):
         be.plan_files_for(groups, tmp_path / "model.plan")
+
+
+def test_different_gpu_models_below_ampere_that_share_a_capability_are_refused(tmp_path, fakes):
+    trtexec, set_gpus, _ = fakes
+    onnx_path = _tiny_onnx(tmp_path / "model.onnx")
+    out, _config = _repo(tmp_path)
+    set_gpus("0, Tesla T4, 7.5, GPU-aaaa;1, NVIDIA GeForce RTX 2080, 7.5, GPU-bbbb")
+    with pytest.raises(SystemExit, match="share compute capability 7.5.*one server per GPU model"):
+        be.main(_args(onnx_path, out, tmp_path / "e", trtexec, "--all-gpus"))
+    assert not list(out.parent.glob("*.plan"))
+
+
+def test_a_plan_is_keyed_by_gpu_model_and_compatibility_mode():
+    plan = {"profile": [1, 4, 8], "input_item_shape": [1, 64, 64, 64], "fp16": True}
+    plan["workspace_mib"] = 4096
+    a10, a40 = be.Gpu(0, "NVIDIA A10", "8.6", None), be.Gpu(1, "NVIDIA A40", "8.6", None)
+    key = lambda p, g: be.cache_key(p, "10.3.0", "ab" * 32, g)[0]  # noqa: E731
+    assert key(plan, a10) != key(plan, a40)  # same capability, different model
+    compat = dict(plan, hardware_compat="ampere+")
+    assert key(compat, a10) != key(plan, a10)
+    assert "hardware_compat" not in be.cache_key(plan, "10.3.0", "ab" * 32, a10)[1]
 
 
 # --- outputs: the engine keeps every output the GPU config lists ---------------------------

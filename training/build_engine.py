@@ -46,9 +46,18 @@ capability; with one group the plan is ``model.plan``; with several, one plan
 per capability (``model_sm86.plan``, ...) is built on the first GPU of each
 group (``CUDA_VISIBLE_DEVICES=<uuid>``) and the config gets a
 ``cc_model_filenames`` entry per capability, the mechanism Triton's backends
-use to pick a file by the device's compute capability. GPUs of different models
-that share a capability share one plan (TensorRT warns about cross-device plans;
-see docs/deployment.md).
+use to pick a file by the device's compute capability.
+
+A TensorRT plan is built for one device MODEL, not one capability (TensorRT:
+"using an engine plan file across different models of devices is not
+recommended and is likely to affect performance or even cause errors"), and
+Triton's ``cc_model_filenames`` can only tell capabilities apart. So the
+single-GPU cache key holds the GPU's name, and where GPUs of different models
+share a capability (A10 and A40 are both 8.6), that group's plan is built with
+TensorRT's hardware compatibility (``--hardwareCompatibilityLevel=ampere+``:
+one plan valid on every Ampere-or-newer device, a few per cent slower) and its
+key says so. Below Ampere no such mode exists: mixed models of one capability
+(e.g. T4 and RTX 2080, both 7.5) are refused with the fix (one server per model).
 """
 
 from __future__ import annotations
@@ -72,6 +81,7 @@ DEFAULT_ONNX = ROOT / "model_repository" / "cpu" / "hepascreen_vnet" / "1" / "mo
 # Bump when the build code changes what an engine contains (invalidates every cache entry).
 KEY_SCHEMA = 1
 BUILT_BY = "training.build_engine"
+HW_COMPAT_AMPERE = "ampere+"
 # Where NVIDIA's containers install TensorRT's libraries (Debian packages) and trtexec.
 LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/local/tensorrt/lib")
 TRTEXEC_DEFAULT = "/usr/src/tensorrt/bin/trtexec"
@@ -125,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--all-gpus",
         action="store_true",
         help="one plan per compute capability of the visible GPUs (needs --cache-dir)",
+    )
+    ap.add_argument(
+        "--hardware-compat",
+        choices=("none", HW_COMPAT_AMPERE),
+        default="none",
+        help="ampere+: one plan valid on every Ampere-or-newer GPU model (set by --all-gpus "
+        "where GPU models of one compute capability are mixed)",
     )
     ap.add_argument(
         "--force", action="store_true", help="replace a hand-built plan at --out (no build record)"
@@ -223,6 +240,7 @@ def validate(args) -> dict:
         "timing_cache": str(args.timing_cache or args.out.with_suffix(".timing.cache")),
         "config_max_batch_size": max_batch,
         "outputs": outputs,
+        "hardware_compat": None if args.hardware_compat == "none" else args.hardware_compat,
     }
 
 
@@ -337,6 +355,8 @@ def cache_key(plan: dict, trt_version: str, onnx_sha256: str, gpu: Gpu | None) -
         "workspace_mib": int(plan["workspace_mib"]),
         "gpu": None if gpu is None else {"name": gpu.name, "cc": gpu.compute_capability},
     }
+    if plan.get("hardware_compat"):  # absent otherwise: keys of existing caches stay valid
+        record["hardware_compat"] = plan["hardware_compat"]
     blob = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:24], record
 
@@ -427,6 +447,8 @@ def _build_python(plan: dict, trt) -> bytes:
     cfg.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan["workspace_mib"] << 20)
     if plan["fp16"]:
         cfg.set_flag(trt.BuilderFlag.FP16)
+    if plan.get("hardware_compat") == HW_COMPAT_AMPERE:
+        cfg.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
     cache_path = Path(plan["timing_cache"])
     cache = cfg.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
     cfg.set_timing_cache(cache, ignore_mismatch=False)
@@ -465,6 +487,8 @@ def trtexec_command(plan: dict, trtexec: str, tmp_out: str) -> list[str]:
     ]
     if plan["fp16"]:
         cmd.append("--fp16")
+    if plan.get("hardware_compat") == HW_COMPAT_AMPERE:
+        cmd.append("--hardwareCompatibilityLevel=ampere+")
     return cmd
 
 
@@ -521,8 +545,12 @@ def build_cached(plan: dict, out: Path, cache_dir: Path, trtexec: str | None, gp
     cached = cache_dir / f"hepascreen_{key}.plan"
     status = "cached"
     if not cached.is_file() or cached.stat().st_size == 0:
+        # Timing caches are per device model too (and per compatibility mode).
         cc = (gpu.compute_capability or "unknown") if gpu else "unknown"
-        plan = dict(plan, timing_cache=str(cache_dir / f"timing_trt{trt_version}_cc{cc}.cache"))
+        model = re.sub(r"[^A-Za-z0-9]+", "_", gpu.name).strip("_") if gpu else "unknown"
+        mode = "_ampere_plus" if plan.get("hardware_compat") else ""
+        name = f"timing_trt{trt_version}_cc{cc}_{model}{mode}.cache"
+        plan = dict(plan, timing_cache=str(cache_dir / name))
         print(
             f"building TensorRT engine {cached.name} ({json.dumps(record, sort_keys=True)})",
             file=sys.stderr,
@@ -579,6 +607,8 @@ def _child_argv(args, out: Path) -> list[str]:
         argv += ["--trtexec", args.trtexec]
     if args.fit_config:
         argv.append("--fit-config")
+    if args.hardware_compat != "none":
+        argv += ["--hardware-compat", args.hardware_compat]
     return argv
 
 
@@ -593,6 +623,32 @@ def plan_files_for(groups: dict[str, list[Gpu]], out: Path) -> dict[str, Path]:
             "to the container (NVIDIA_VISIBLE_DEVICES)"
         )
     return {cc: out.with_name(f"{out.stem}_sm{cc.replace('.', '')}.plan") for cc in groups}
+
+
+def mixed_model_compat(cc: str, gpus: list[Gpu]) -> str | None:
+    """The hardware-compatibility mode one plan needs to serve ``gpus`` of capability ``cc``.
+
+    None for one GPU model; ``ampere+`` for several models of capability 8.0 or newer.
+
+    Raises
+    ------
+    SystemExit
+        Several models below Ampere (no TensorRT mode makes one plan valid on both).
+    """
+    names = sorted({g.name for g in gpus})
+    if len(names) < 2:
+        return None
+    try:
+        major = int(cc.split(".")[0])
+    except ValueError:
+        major = 0
+    if major >= 8:
+        return HW_COMPAT_AMPERE
+    raise SystemExit(
+        f"error: {', '.join(names)} share compute capability {cc} but a TensorRT plan is built "
+        "for one GPU model, and hardware-compatible plans need Ampere (8.0) or newer: run one "
+        "server per GPU model (NVIDIA_VISIBLE_DEVICES / the compose service's device_ids)"
+    )
 
 
 def main(argv=None) -> int:
@@ -629,17 +685,21 @@ def main(argv=None) -> int:
     if args.all_gpus:
         groups = group_by_capability(list_gpus())
         files = plan_files_for(groups, args.out)
+        compat = {key: mixed_model_compat(key, gpus) for key, gpus in groups.items()}
         for key, gpus in groups.items():
             first = gpus[0]
-            if len({g.name for g in gpus}) > 1:
-                print(
-                    f"note: {', '.join(sorted({g.name for g in gpus}))} share compute capability "
-                    f"{key}: one plan built on {first.name} serves them all",
-                    file=sys.stderr,
-                )
             env = dict(os.environ, CUDA_VISIBLE_DEVICES=first.uuid or str(first.index))
             env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # nvidia-smi's index order
-            subprocess.run(_child_argv(args, files[key]), check=True, env=env, cwd=str(ROOT))
+            argv = _child_argv(args, files[key])
+            if compat[key]:
+                print(
+                    f"note: {', '.join(sorted({g.name for g in gpus}))} share compute capability "
+                    f"{key}: their plan is built with --hardwareCompatibilityLevel={compat[key]} "
+                    "(valid on every one of them)",
+                    file=sys.stderr,
+                )
+                argv += ["--hardware-compat", compat[key]]
+            subprocess.run(argv, check=True, env=env, cwd=str(ROOT))
         mapping = {} if len(files) == 1 else {cc: p.name for cc, p in files.items()}
         if config.is_file():
             text = config.read_text(encoding="utf-8")
