@@ -125,6 +125,16 @@ def test_client_image_has_cuda_runtime_headers_for_cupy():
     assert "check_cupy_compile.py" in text
 
 
+def test_client_python_is_not_from_ubuntus_universe_component():
+    text = (DOCKER / "Dockerfile.client").read_text(encoding="utf-8")
+    apt = " ".join(re.findall(r"apt-get install[^&]*", text))
+    assert "python3" not in apt  # jammy's python3.11 is a universe package
+    assert re.search(r"FROM ghcr.io/astral-sh/uv:\$\{UV_VERSION\} AS uv", text)
+    assert re.search(r"ARG UV_VERSION=\d+\.\d+\.\d+", text)  # pinned, never :latest
+    assert "uv python install 3.11" in text and "UV_PYTHON_PREFERENCE=only-managed" in text
+    assert "uv venv --seed --python 3.11 /opt/venv" in text
+
+
 def test_client_requirements_are_the_projects_minus_server_only_packages():
     import tomllib
 
@@ -174,6 +184,15 @@ def test_compose_wiring_and_health_checks():
     for svc in (server, client):
         assert (ROOT / "docker" / svc["build"]["context"] / svc["build"]["dockerfile"]).exists()
         assert svc["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+
+
+def test_a_server_that_cannot_start_is_not_restarted_in_a_loop():
+    """A failing engine build under ``unless-stopped`` rebuilds for ever; ``on-failure`` with a
+    count stops after a few tries (a crash in service is still restarted)."""
+    policy = _compose()["services"]["server"]["restart"]
+    m = re.fullmatch(r"on-failure:(\d+)", policy)
+    assert m and 1 <= int(m.group(1)) <= 5, policy
+    assert "restart" not in _compose()["services"]["client"]  # a batch run: never restarted
 
 
 def test_engine_batch_settings_agree_with_the_gpu_config_and_contract():
@@ -319,6 +338,21 @@ def test_deployment_docs_state_the_driver_floor_and_drop_the_float_variant():
     assert "R560" in text and "forward compatib" in text
     assert "--variant float" not in text and "TYPE_FP32" not in text
     assert "add `--gpu`" not in text  # compose already passes it
+
+
+def test_docs_state_tensorrt_10s_compute_capability_floor():
+    """TensorRT 10.x has no Pascal (6.x): docs admitting 6.0 send users to a dead end."""
+    for name in ("deployment.md", "gpu-first-run.md"):
+        text = (ROOT / "docs" / name).read_text(encoding="utf-8")
+        assert "7.0 or later" in text, name
+        assert not re.search(r"capability 6\.\d\+|6\.0 or later|\(compute capability 6", text), name
+
+
+def test_deployment_docs_replace_onnxruntime_by_the_gpu_build_not_beside_it():
+    text = (ROOT / "docs" / "deployment.md").read_text(encoding="utf-8")
+    assert "pip uninstall -y onnxruntime && pip install" in text and "never both" in text
+    assert "gpu_mem_limit_mib" in text and "on-failure:3" in text
+    assert "hardwareCompatibilityLevel=ampere+" in text
 
 
 def test_gpu_first_run_is_at_most_three_commands_with_expected_output():
