@@ -54,18 +54,86 @@ def to_numpy(a):
     return np.asarray(a)
 
 
-def _explain_compile_failure(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
+_DRIVER_FIX = (
+    "upgrade the NVIDIA driver (CUDA 12.x needs R525 or later; `nvidia-smi` shows the CUDA "
+    "version the driver supports) or install a CuPy wheel and NVRTC no newer than that "
+    "CUDA version"
+)
+_SHOW_CONFIG = "run `python -c 'import cupy; cupy.show_config()'` and see https://docs.cupy.dev/en/stable/install.html"
+
+# (substrings of the error, what went wrong, fix): first match wins. Each failure of the
+# test kernel says what failed (compiling, loading the compiler, loading the compiled
+# kernel, launching it, memory) instead of reporting every failure as "cannot compile".
+_KERNEL_FAILURES = (
+    (
+        ("open source file", "vector_types.h", "cuda_fp16.h"),
+        "CuPy cannot compile a GPU kernel",
+        _HEADERS_FIX,
+    ),
+    (
+        ("libnvrtc", "nvrtc64", "cannot open shared object file"),
+        "CuPy cannot load NVRTC, CUDA's run-time compiler",
+        _NVRTC_FIX,
+    ),
+    (
+        ("unsupported_ptx_version", "unsupported ptx", "unsupported toolchain"),
+        "the NVIDIA driver is older than CuPy's CUDA: it cannot load the kernel NVRTC compiled",
+        _DRIVER_FIX,
+    ),
+    (
+        ("insufficientdriver", "insufficient driver", "driver version is insufficient"),
+        "the NVIDIA driver is too old for CuPy's CUDA",
+        _DRIVER_FIX,
+    ),
+    (
+        (
+            "no kernel image",
+            "no_binary_for_gpu",
+            "invalid device function",
+            "invalid_ptx",
+            "invalid value for --gpu-architecture",
+            "unsupported gpu architecture",
+        ),
+        "CuPy's CUDA cannot build code for this GPU's architecture",
+        "install a CuPy and NVRTC whose CUDA version supports this GPU's compute capability "
+        "(a newer GPU needs a newer CUDA 12.x)",
+    ),
+    (
+        ("out of memory", "memoryallocation", "outofmemoryerror"),
+        "the GPU has no free memory even for a test kernel",
+        "other processes hold it (`nvidia-smi` lists them); free the GPU or pick another "
+        "with CUDA_VISIBLE_DEVICES",
+    ),
+    (
+        ("devicesunavailable", "devices unavailable", "busy or unavailable", "exclusive"),
+        "the GPU is busy or reserved (exclusive-process compute mode)",
+        "`nvidia-smi -q -d COMPUTE` shows the mode; stop the other process or use another GPU",
+    ),
+    (
+        ("ecc", "illegal address", "launch failure", "hardware stack error", "xid"),
+        "the GPU faulted while running a test kernel",
+        "check `nvidia-smi -q` for ECC/Xid errors; reset or replace the GPU",
+    ),
+)
+
+
+def _explain_kernel_failure(exc: BaseException) -> str:
+    """What failed when the test kernel did not run, and the fix (one line)."""
+    kind = type(exc).__name__
+    text = f"{kind}: {exc}"
     first = next((ln.strip() for ln in str(exc).splitlines() if "error" in ln.lower()), "")
-    detail = first or text.splitlines()[0]
-    low = text.lower()
-    if "open source file" in low or "vector_types.h" in low or "cuda_fp16.h" in low:
-        fix = _HEADERS_FIX
-    elif "nvrtc" in low and ("libnvrtc" in low or "cannot open shared object" in low):
-        fix = _NVRTC_FIX
-    else:
-        fix = "see https://docs.cupy.dev/en/stable/install.html (run `python -c 'import cupy; cupy.show_config()'`)"
-    return f"CuPy cannot compile a GPU kernel ({detail[:300]}); fix: {fix}"
+    detail = (first or text.splitlines()[0] if text.strip() else kind)[:300]
+    low = text.lower().replace("cudaerror", "cudaerror ")
+    squashed = low.replace("_", "").replace(" ", "")
+    for needles, what, fix in _KERNEL_FAILURES:
+        if any(n in low or n.replace("_", "").replace(" ", "") in squashed for n in needles):
+            return f"{what} ({detail}); fix: {fix}"
+    if "compile" in kind.lower() or "nvrtc" in kind.lower():
+        return f"CuPy cannot compile a GPU kernel ({detail}); fix: {_SHOW_CONFIG}"
+    return f"CuPy cannot run a GPU kernel ({detail}); fix: {_SHOW_CONFIG}"
+
+
+_explain_compile_failure = _explain_kernel_failure  # the name used before issue 23
 
 
 @functools.lru_cache(maxsize=1)
@@ -93,6 +161,13 @@ def gpu_status() -> tuple[bool, str]:
     try:
         n = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # noqa: BLE001 - no driver: CuPy imports, every call raises
+        low = str(exc).lower().replace("_", "").replace(" ", "")
+        if "insufficientdriver" in low or "driverversionisinsufficient" in low:
+            return False, (
+                f"CuPy sees no CUDA driver or device, or a driver too old for its CUDA "
+                f"({type(exc).__name__}: {exc}); fix: in a container, start it with the GPU "
+                f"(--gpus / the NVIDIA Container Toolkit); otherwise {_DRIVER_FIX}"
+            )
         return False, f"CuPy sees no CUDA driver or device ({type(exc).__name__}: {exc})"
     if n < 1:
         return False, "CuPy sees no CUDA device"
@@ -102,7 +177,7 @@ def gpu_status() -> tuple[bool, str]:
         )
         got = kernel(cupy.arange(4, dtype=cupy.float32)).get().tolist()
     except Exception as exc:  # noqa: BLE001 - classified into a fix below
-        return False, _explain_compile_failure(exc)
+        return False, _explain_kernel_failure(exc)
     if got != [1.0, 3.0, 5.0, 7.0]:
         return False, f"a CuPy test kernel returned {got}, expected [1, 3, 5, 7]: GPU/driver fault"
     try:

@@ -148,7 +148,9 @@ CUPY_136_HEADERS_ERROR = (
 )
 
 
-def _fake_cupy(devices=1, kernel_error=None, result=(1.0, 3.0, 5.0, 7.0)):
+def _fake_cupy(
+    devices=1, kernel_error=None, result=(1.0, 3.0, 5.0, 7.0), error_type="CompileException"
+):
     cp = types.ModuleType("cupy")
 
     class Runtime:
@@ -180,13 +182,12 @@ def _fake_cupy(devices=1, kernel_error=None, result=(1.0, 3.0, 5.0, 7.0)):
 
     cp.arange = lambda n, dtype=None: Arr(np.arange(n, dtype=dtype))
 
-    class CompileException(Exception):
-        pass
+    error_class = type(error_type, (Exception,), {})
 
     def ElementwiseKernel(*a, **k):
         def run(x):
             if kernel_error is not None:
-                raise CompileException(kernel_error)
+                raise error_class(kernel_error)
             return Arr(list(result))
 
         return run
@@ -278,3 +279,41 @@ def test_configure_sets_the_process_pool_before_its_first_use(monkeypatch):
         gpu.configure(concurrency=8)
     with pytest.raises(ValueError):
         gpu.configure(concurrency=0)
+
+
+# --- each kernel failure says what failed (issue 23: not every one "cannot compile") ---------------
+@pytest.mark.parametrize(
+    "error_type, message, expected, fix",
+    [
+        ("CompileException", CUPY_136_HEADERS_ERROR, "cannot compile a GPU kernel", "cuda-cudart-dev"),
+        ("RuntimeError", "libnvrtc.so.12: cannot open shared object file: No such file or directory",
+         "cannot load NVRTC", "cuda-nvrtc-12-X"),
+        ("CUDADriverError", "CUDA_ERROR_UNSUPPORTED_PTX_VERSION: the provided PTX was compiled with "
+         "an unsupported toolchain.", "driver is older than CuPy's CUDA", "upgrade the NVIDIA driver"),
+        ("CUDADriverError", "CUDA_ERROR_NO_BINARY_FOR_GPU: no kernel image is available for "
+         "execution on the device", "cannot build code for this GPU's architecture", "compute capability"),
+        ("OutOfMemoryError", "Out of memory allocating 512 bytes (allocated so far: 0 bytes).",
+         "no free memory", "nvidia-smi"),
+        ("CUDARuntimeError", "cudaErrorDevicesUnavailable: CUDA-capable device(s) is/are busy or "
+         "unavailable", "busy or reserved", "COMPUTE"),
+        ("CUDADriverError", "CUDA_ERROR_ILLEGAL_ADDRESS: an illegal memory access was encountered",
+         "faulted", "Xid"),
+        ("NVRTCError", "NVRTC_ERROR_COMPILATION (6)", "cannot compile a GPU kernel", "show_config"),
+        ("CUDARuntimeError", "cudaErrorUnknown: unknown error", "cannot run a GPU kernel", "show_config"),
+    ],
+)  # fmt: skip
+def test_each_kernel_failure_names_what_failed_and_its_fix(fresh_status, error_type, message,
+                                                           expected, fix):  # fmt: skip
+    fresh_status(_fake_cupy(kernel_error=message, error_type=error_type))
+    ok, why = _xp.gpu_status()
+    assert not ok and expected in why and fix in why, why
+    if expected != "cannot compile a GPU kernel":
+        assert "cannot compile" not in why
+
+
+def test_an_old_or_absent_driver_names_the_container_flag_and_the_driver(fresh_status):
+    fresh_status(_fake_cupy(devices=None))
+    why = _xp.gpu_status()[1]
+    assert (
+        "no CUDA driver or device" in why and "--gpus" in why and "upgrade the NVIDIA driver" in why
+    )
