@@ -275,3 +275,19 @@ def test_make_results_shows_measured_and_lists_missing(tmp_path):
     (res / "broken.json").write_text("{")
     with pytest.raises(ValueError, match="broken.json"):
         build(res, out, plots)
+
+
+def test_gpu_md_says_what_the_gpu_path_really_does():
+    """Issue 23: GPU.md claimed map-back runs on the GPU and batch norm is folded at export."""
+    import collections
+
+    import onnx
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "benchmarks" / "GPU.md").read_text(encoding="utf-8")
+    assert "folded into the convolutions at export" not in text
+    assert "running map-back and measurement on the GPU" not in text
+    onnx_file = root / "model_repository" / "cpu" / "hepascreen_vnet" / "1" / "model.onnx"
+    ops = collections.Counter(n.op_type for n in onnx.load(str(onnx_file)).graph.node)
+    assert f"{ops['BatchNormalization']} `BatchNormalization` nodes" in text
+    assert "map-back" in text and "stays on the CPU" in text
