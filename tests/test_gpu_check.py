@@ -68,3 +68,35 @@ def test_without_a_cuda_provider_the_gpu_variant_names_the_package(served_model)
 def test_the_gpu_config_caps_onnx_runtimes_cuda_arena():
     text = (MODEL_DIR.parent / "configs" / "gpu.pbtxt").read_text(encoding="utf-8")
     assert 'key: "gpu_mem_limit_mib"' in text
+
+
+# --- FP16 evidence (training/fp16.py) -------------------------------------------------------
+def test_recorded_fp16_evidence_is_of_the_shipped_model_and_covers_confidence():
+    import hashlib
+
+    rec = json.loads((ROOT / "docs" / "model_fp16.json").read_text(encoding="utf-8"))
+    shipped = hashlib.sha256((MODEL_DIR / "model.onnx").read_bytes()).hexdigest()
+    assert rec["onnx_sha256"] == shipped, (
+        "rerun: python -m training.fp16 --out docs/model_fp16.json"
+    )
+    assert rec["label_changed_fraction"] < 1e-4
+    assert rec["confidence_max_abs_change_255"] <= 3
+    # FP16 moves the organ means far less than their distance to the gate's floors.
+    assert (
+        rec["organ_mean_confidence_max_abs_change"] < rec["smallest_fp32_margin_above_floor"] / 10
+    )
+    assert any(c["case"] == "real_ct" for c in rec["cases"])
+
+
+def test_confidence_change_counts_voxels_and_organ_means():
+    np = pytest.importorskip("numpy")
+    from training.fp16 import confidence_change
+
+    labels = np.array([[1, 1, 2, 0]], np.uint8)
+    c32 = np.array([[250, 240, 230, 255]], np.uint8)
+    c16 = np.array([[250, 242, 229, 255]], np.uint8)
+    rec = confidence_change(labels, c32, labels, c16, {"liver": 0.9})
+    assert rec["confidence_changed_voxels"] == 2 and rec["confidence_max_abs_change_255"] == 2
+    assert rec["liver_mean_change"] == pytest.approx(1 / 255)
+    assert rec["liver_fp32_margin_above_floor"] == pytest.approx(245 / 255 - 0.9)
+    assert "spleen_fp32_margin_above_floor" not in rec  # no floor declared

@@ -13,7 +13,12 @@ that numerically in ONNX Runtime on the CPU:
 ``python -m training.fp16 --onnx model_repository/cpu/hepascreen_vnet/1/model.onnx``
 compares the FP32 model with its emulated copy on phantoms and on the real CT:
 the fraction of voxels whose label changes, and the Dice change per organ
-against the reference labels. The numbers are evidence for the FP16 engine,
+against the reference labels; and, for a model with the ``CONFIDENCE`` output
+(the segmentation gate compares its organ means with the config's floors), the
+fraction of voxels whose confidence changes, the largest change (in 1/255), the
+change of each organ's mean confidence and the FP32 margin above the floor
+(``hepascreen_min_confidence`` of the config beside the ONNX). The recorded run
+of the shipped model is ``docs/model_fp16.json``. The numbers are evidence for the FP16 engine,
 not a substitute for measuring the real engine on a GPU (docs/deployment.md).
 """
 
@@ -72,7 +77,7 @@ def emulate_fp16(model):
     return m
 
 
-def compare(onnx_path: Path, cases, batch: int = 1) -> dict:
+def compare(onnx_path: Path, cases, batch: int = 1, floors: dict | None = None) -> dict:
     """Label agreement and Dice change between FP32 and FP16-emulated models.
 
     ``cases`` yields ``(name, uint8 input [n, 1, z, y, x], reference labels [n, z, y, x] or None)``
@@ -81,18 +86,23 @@ def compare(onnx_path: Path, cases, batch: int = 1) -> dict:
     import onnx
     import onnxruntime as ort
 
-    from client.contract import INPUT_NAME, OUTPUT_NAME
+    from client.contract import CONFIDENCE_NAME, INPUT_NAME, OUTPUT_NAME
 
     model = onnx.load(str(onnx_path))
     s32 = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     s16 = ort.InferenceSession(
         emulate_fp16(model).SerializeToString(), providers=["CPUExecutionProvider"]
     )
+    outputs = [OUTPUT_NAME]
+    if CONFIDENCE_NAME in [o.name for o in s32.get_outputs()]:
+        outputs.append(CONFIDENCE_NAME)
+    floors = dict(floors or {})
     per_case = []
-    changed = total = 0
+    changed = total = conf_changed = conf_max = 0
     for name, x, ref in cases:
-        (a,) = s32.run([OUTPUT_NAME], {INPUT_NAME: x})  # the labels (a model may add CONFIDENCE)
-        (b,) = s16.run([OUTPUT_NAME], {INPUT_NAME: x})
+        out32 = s32.run(outputs, {INPUT_NAME: x})
+        out16 = s16.run(outputs, {INPUT_NAME: x})
+        a, b = out32[0], out16[0]
         diff = int((a != b).sum())
         changed += diff
         total += a.size
@@ -103,8 +113,70 @@ def compare(onnx_path: Path, cases, batch: int = 1) -> dict:
                 d16 = _dice(b == lab, ref == lab)
                 rec[f"dice_{organ}_fp32"] = d32
                 rec[f"dice_{organ}_fp16"] = d16
+        if len(outputs) == 2:
+            rec.update(confidence_change(a, out32[1], b, out16[1], floors))
+            conf_changed += rec["confidence_changed_voxels"]
+            conf_max = max(conf_max, rec["confidence_max_abs_change_255"])
         per_case.append(rec)
-    return {"label_changed_fraction": changed / max(total, 1), "cases": per_case}
+    res = {"label_changed_fraction": changed / max(total, 1)}
+    if len(outputs) == 2:
+        mean_changes = [abs(c[k]) for c in per_case for k in c if k.endswith("_mean_change")]
+        margins = [c[k] for c in per_case for k in c if k.endswith("_fp32_margin_above_floor")]
+        res.update({
+            "confidence_changed_fraction": conf_changed / max(total, 1),
+            "confidence_max_abs_change_255": conf_max,
+            "organ_mean_confidence_max_abs_change": max(mean_changes, default=None),
+            "smallest_fp32_margin_above_floor": min(margins, default=None),
+            "floors": floors,
+        })  # fmt: skip
+    res["cases"] = per_case
+    return res
+
+
+def confidence_change(labels32, conf32, labels16, conf16, floors: dict) -> dict:
+    """How FP16 moves the CONFIDENCE output (uint8, 255 x probability) of one case.
+
+    Per organ: the mean confidence over the voxels each model labels as that organ (what
+    the gate compares with its floor, here on the model grid), its FP16 change and the
+    FP32 margin above the floor where one is declared.
+    """
+    d = np.abs(conf32.astype(np.int16) - conf16.astype(np.int16))
+    rec = {
+        "confidence_changed_voxels": int((d > 0).sum()),
+        "confidence_changed_fraction": float((d > 0).mean()),
+        "confidence_max_abs_change_255": int(d.max()) if d.size else 0,
+    }
+    for organ, lab in (("liver", 1), ("spleen", 2)):
+        m32, m16 = labels32 == lab, labels16 == lab
+        if not m32.any() or not m16.any():
+            continue
+        mean32 = float(conf32[m32].mean()) / 255.0
+        mean16 = float(conf16[m16].mean()) / 255.0
+        rec[f"{organ}_mean_confidence_fp32"] = mean32
+        rec[f"{organ}_mean_confidence_fp16"] = mean16
+        rec[f"{organ}_mean_change"] = mean16 - mean32
+        if organ in floors:
+            rec[f"{organ}_fp32_margin_above_floor"] = mean32 - floors[organ]
+    return rec
+
+
+def config_floors(onnx_path: Path) -> dict:
+    """``hepascreen_min_confidence`` of the config.pbtxt beside a repository's ONNX ({} if none)."""
+    import re
+
+    config = Path(onnx_path).resolve().parent.parent / "config.pbtxt"
+    if not config.is_file():
+        return {}
+    m = re.search(r'key:\s*"hepascreen_min_confidence"\s*value:\s*\{\s*string_value:\s*"([^"]*)"',
+                  config.read_text(encoding="utf-8"))  # fmt: skip
+    if not m:
+        return {}
+    out = {}
+    for part in m.group(1).split(","):
+        k, _, v = part.partition("=")
+        if v.strip():
+            out[k.strip()] = float(v)
+    return out
 
 
 def _dice(a, b):
@@ -154,8 +226,19 @@ def main(argv=None) -> int:
     from .evaluate import onnx_spec
 
     spec = onnx_spec(ort.InferenceSession(str(args.onnx), providers=["CPUExecutionProvider"]))
-    res = compare(args.onnx, default_cases(spec, args.phantoms, args.real_ct, args.real_labels))
+    import hashlib
+
+    floors = config_floors(args.onnx)
+    res = compare(args.onnx, default_cases(spec, args.phantoms, args.real_ct, args.real_labels),
+                  floors=floors)  # fmt: skip
     res["preprocess"] = spec.parameters()
+    res["onnx"] = (
+        str(args.onnx.resolve().relative_to(root))
+        if args.onnx.resolve().is_relative_to(root)
+        else str(args.onnx)
+    )
+    res["onnx_sha256"] = hashlib.sha256(args.onnx.read_bytes()).hexdigest()
+    res["onnxruntime"] = ort.__version__
     text = json.dumps(res, indent=2)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
