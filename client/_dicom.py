@@ -77,6 +77,11 @@ class SliceHeader:
     frames: int
     has_pixels: bool
     ds: object = field(repr=False, default=None)
+    # Study grouping and the order of series within a study (client.study): not
+    # identifiers in any output (rows carry a hash of the study UID only).
+    study_uid: str = ""
+    description: str = ""
+    contrast_agent: str = ""
 
 
 def _first(v, default=None):
@@ -128,6 +133,9 @@ def read_header(path: Path) -> SliceHeader | None:
             frames=int(ds.get("NumberOfFrames", 1) or 1),
             has_pixels=bool(ds.get("Rows")) and bool(ds.get("Columns")),
             ds=ds,
+            study_uid=str(ds.get("StudyInstanceUID", "") or ""),
+            description=str(ds.get("SeriesDescription", "") or ""),
+            contrast_agent=str(ds.get("ContrastBolusAgent", "") or ""),
         )
     except Exception:
         return None

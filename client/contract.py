@@ -16,11 +16,73 @@ LABEL_SPLEEN = 2
 NUM_CLASSES = 3
 LABEL_NAMES = {LABEL_BACKGROUND: "background", LABEL_LIVER: "liver", LABEL_SPLEEN: "spleen"}
 
-# Label maps brought with ``--masks`` may use another labelling.
-LABEL_MAPS = {
-    "default": {"liver": 1, "spleen": 2},
-    "totalsegmentator": {"liver": 5, "spleen": 1},
+# The neighbours: structures beside liver and spleen that a label map or a model may
+# carry (contrast-phase evidence, the gate, review). Label values in HepaScreen's own
+# label maps (--masks default labelling, masks written from such maps); liver and
+# spleen keep 1 and 2. A served model declares its own values and names
+# (CLASSES_PARAM); code goes through the names, never through these numbers.
+STRUCTURE_LABELS = {
+    "liver": LABEL_LIVER,
+    "spleen": LABEL_SPLEEN,
+    "kidney_right": 3,
+    "kidney_left": 4,
+    "aorta": 5,
+    "inferior_vena_cava": 6,
+    "portal_vein_and_splenic_vein": 7,
+    "stomach": 8,
+    "gallbladder": 9,
+    "pancreas": 10,
 }
+# Config parameter in which a served model declares its classes: "1=liver,2=spleen,...";
+# absent = liver and spleen only (LABEL_NAMES). Also written into the ONNX metadata.
+CLASSES_PARAM = "hepascreen_classes"
+
+# Label maps brought with ``--masks`` may use another labelling (name -> value in the
+# file). TotalSegmentator v2's "total" task (its multilabel output and the shared
+# example's labels_all.nii.gz): spleen 1, kidney_right 2, kidney_left 3, gallbladder 4,
+# liver 5, stomach 6, pancreas 7, aorta 52, inferior_vena_cava 63,
+# portal_vein_and_splenic_vein 64.
+# "default" reads liver and spleen only (other values in a user's map are ignored, as
+# they may mean anything); "hepascreen" reads every structure of STRUCTURE_LABELS.
+LABEL_MAPS = {
+    "default": {"liver": LABEL_LIVER, "spleen": LABEL_SPLEEN},
+    "hepascreen": dict(STRUCTURE_LABELS),
+    "totalsegmentator": {
+        "liver": 5,
+        "spleen": 1,
+        "kidney_right": 2,
+        "kidney_left": 3,
+        "gallbladder": 4,
+        "stomach": 6,
+        "pancreas": 7,
+        "aorta": 52,
+        "inferior_vena_cava": 63,
+        "portal_vein_and_splenic_vein": 64,
+    },
+}
+
+# --- contrast phase and the criterion that holds for it (docs/phase.md) ----------
+PHASES = ("unenhanced", "arterial", "portal_venous", "delayed", "unknown")
+PHASE_SOURCES = ("image", "tag", "both", "conflict", "none")
+CRITERION_RATIO = "liver_spleen_ratio"  # unenhanced CT: the seed's grade
+CRITERION_PV_LIVER_HU = "portal_venous_liver_hu"  # Pickhardt et al. 2024
+CRITERION_NONE = "none"
+CRITERIA = (CRITERION_RATIO, CRITERION_PV_LIVER_HU, CRITERION_NONE)
+# Unenhanced CT: liver attenuation -> MRI proton-density fat fraction (Starekova,
+# Hernando, Pickhardt, Reeder, Radiology 2021): PDFF (%) ~ -0.58 x HU + 38.2.
+PDFF_SLOPE_PER_HU = -0.58
+PDFF_INTERCEPT_PCT = 38.2
+PDFF_METHOD = "starekova2021_unenhanced_ct"
+# Portal-venous CT: liver attenuation alone for moderate steatosis (Pickhardt, Blake,
+# Moeller, Garrett, Summers 2024; 1,676 adults): < 80 HU sensitivity 85.6 % /
+# specificity 89.6 %; < 90 HU sensitivity 94.9 % / specificity 74.7 %.
+PV_LIVER_HU_LIKELY_BELOW = 80.0
+PV_LIVER_HU_POSSIBLE_BELOW = 90.0
+PV_ASSESSMENTS = (
+    "moderate_steatosis_likely",  # liver < 80 HU
+    "moderate_steatosis_possible",  # 80 <= liver < 90 HU
+    "moderate_steatosis_unlikely",  # liver >= 90 HU
+)
 
 # --- preprocessing (MedicalSeg's HUNorm + resample) -------------------------
 HU_WINDOW = (-100.0, 300.0)  # HU mapped linearly to 0..255, clipped outside
@@ -83,7 +145,7 @@ LIVER_MINUS_SPLEEN_FAT30_BELOW = -10.0  # L - S < -10 HU suggests > 30 % fat
 # --- batch outputs: the result schema, defined once ------------------------------
 # Every writer (results.csv, results.jsonl, report.html, docs/results.md) reads
 # RESULT_SCHEMA; a row key that is not here is an error, never silently dropped.
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 
 STATUS_OK = "ok"
 STATUS_FLAGGED = "flagged"
@@ -110,6 +172,11 @@ RESULT_SCHEMA: tuple[Column, ...] = (
         "path relative to its INPUT, image extension dropped, / -> __ (unique per run; over-long ids end in ~<hash>)",
     ),
     Column("source", "", "the scan's file or DICOM folder as found under the INPUT"),
+    Column(
+        "study_id",
+        "",
+        "hash of the DICOM StudyInstanceUID (the series of one study share it; studies.csv has one row per study); an image file is a study of its own",
+    ),
     Column(
         "status",
         "",
@@ -167,6 +234,55 @@ RESULT_SCHEMA: tuple[Column, ...] = (
         "",
         "what points to contrast enhancement (DICOM tag, spleen or vessel HU); empty when nothing",
     ),
+    # contrast phase and the criterion that holds for it (docs/phase.md)
+    Column(
+        "phase",
+        "",
+        "contrast phase: unenhanced | arterial | portal_venous | delayed | unknown",
+    ),
+    Column(
+        "phase_source",
+        "",
+        "what the phase rests on: image | tag (DICOM header) | both (they agree) | conflict (they disagree: phase unknown) | none",
+    ),
+    Column(
+        "phase_basis",
+        "",
+        "the image evidence: vessels (aorta, portal vein, IVC, kidneys measured) | organs (liver and spleen only) | none",
+    ),
+    Column(
+        "criterion",
+        "",
+        "the steatosis criterion for this phase: liver_spleen_ratio (unenhanced: grade) | portal_venous_liver_hu (pv_assessment; grade stays indeterminate) | none",
+    ),
+    Column(
+        "aorta_hu", "HU", "median attenuation of the aorta (rim trimmed); empty when not segmented"
+    ),
+    Column("portal_vein_hu", "HU", "median attenuation of the portal and splenic vein"),
+    Column("ivc_hu", "HU", "median attenuation of the inferior vena cava"),
+    Column(
+        "kidney_cortex_hu",
+        "HU",
+        "median attenuation of the renal cortex (outer 5 mm of the kidneys)",
+    ),
+    Column("kidney_medulla_hu", "HU", "median attenuation of the renal medulla (deeper than 9 mm)"),
+    Column(
+        "pdff_estimate_pct",
+        "%",
+        "MRI proton-density fat fraction equivalent of the liver attenuation, unenhanced CT only: -0.58 x liver_hu + 38.2 (Starekova et al., Radiology 2021), clipped at 0",
+    ),
+    Column("pdff_method", "", "the formula behind pdff_estimate_pct (empty when not estimated)"),
+    Column(
+        "pv_assessment",
+        "",
+        "portal-venous phase only, from liver_hu alone (Pickhardt et al. 2024): moderate_steatosis_likely (< 80 HU) | moderate_steatosis_possible (80-90 HU) | moderate_steatosis_unlikely (>= 90 HU)",
+    ),
+    Column(
+        "liver_hu_ci_low",
+        "HU",
+        "lower end of the 95 % bootstrap interval of liver_hu (cubes resampled); with a ratio grade or pv_assessment",
+    ),
+    Column("liver_hu_ci_high", "HU", "upper end of the 95 % bootstrap interval of liver_hu"),
     Column(
         "notes",
         "",

@@ -92,6 +92,13 @@ class ScanSource:
     n_files: int = 1
     files: tuple[Path, ...] | None = None  # a DICOM series' own files, known from discovery
     key: str = ""
+    # Known from discovery for DICOM series: the study they belong to and what the
+    # header says of contrast (client.study orders a study's series by it). Never
+    # written out: rows carry study_id, a hash.
+    study_uid: str | None = None
+    series_description: str = ""
+    contrast_agent: str = ""
+    series_number: int = 0
 
     def __post_init__(self):
         if not self.key:
@@ -101,6 +108,13 @@ class ScanSource:
     def source_id(self) -> str:
         """16 hex digits identifying the source (stable when the file's content changes)."""
         return _hash(self.key, 16)
+
+    @property
+    def study_id(self) -> str:
+        """16 hex digits identifying the scan's study: a hash of the DICOM
+        StudyInstanceUID, or the ``source_id`` of a scan without one (an image file is a
+        study of its own)."""
+        return _hash("study\n" + self.study_uid, 16) if self.study_uid else self.source_id
 
     def fingerprint(self) -> str:
         """16 hex digits of ``source_id`` plus each file's size and modification time.
@@ -287,6 +301,10 @@ def _discover_one(root: Path, out: Discovery, found: list, excluded: dict) -> No
             len(hs),
             files=tuple(h.path for h in hs),
             key=key,
+            study_uid=hs[0].study_uid or None,
+            series_description=hs[0].description,
+            contrast_agent=hs[0].contrast_agent,
+            series_number=hs[0].series_number,
         )
         found.append((key, src))
 

@@ -204,6 +204,7 @@ class EndpointPool:
         self.events: list[dict] = []
         self.model_name = self.model_shape = self.preprocess_spec = None
         self.has_confidence, self.confidence_floor = False, None
+        self.classes = None
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._prober: threading.Thread | None = None
@@ -255,12 +256,16 @@ class EndpointPool:
             ep.last_error = str(exc).splitlines()[0]
             return False
         name, shape, spec = sup.model_name, tuple(sup.model_shape), sup.preprocess_spec
-        conf = (getattr(sup, "has_confidence", False), getattr(sup, "confidence_floor", None))
+        conf = (
+            getattr(sup, "has_confidence", False),
+            getattr(sup, "confidence_floor", None),
+            getattr(sup, "classes", None),
+        )
         with self._cond:
             if self.model_name is None:
                 self.model_name, self.model_shape = name, shape
                 self.preprocess_spec = spec
-                self.has_confidence, self.confidence_floor = conf
+                self.has_confidence, self.confidence_floor, self.classes = conf
                 self.max_batch_size = getattr(sup, "max_batch_size", None)
                 self.config = getattr(sup, "config", None)
             # Same input size but another preprocessing would give wrong masks silently.
@@ -274,12 +279,13 @@ class EndpointPool:
                 )
                 self._event(f"{ep.url} refused: {ep.last_error}")
                 return False
-            if conf != (self.has_confidence, self.confidence_floor):
-                # The gate would judge the same scan differently depending on the endpoint.
+            if conf != (self.has_confidence, self.confidence_floor, self.classes):
+                # The gate (and the phase) would judge the same scan differently depending
+                # on the endpoint.
                 sup.close()
                 ep.last_error = (
-                    f"serves {name} with confidence output/floor {conf}, the other endpoints "
-                    f"{(self.has_confidence, self.confidence_floor)}"
+                    f"serves {name} with confidence output/floor/classes {conf}, the other "
+                    f"endpoints {(self.has_confidence, self.confidence_floor, self.classes)}"
                 )
                 self._event(f"{ep.url} refused: {ep.last_error}")
                 return False

@@ -24,7 +24,7 @@ import numpy as np
 from . import _dicom
 from ._atomic import atomic_path
 from ._headers import check_direction, check_readable_file, itk_safe_path, precheck, show
-from .contract import LABEL_LIVER, LABEL_MAPS, LABEL_SPLEEN
+from .contract import LABEL_MAPS, STRUCTURE_LABELS
 from .errors import ScanReadError
 from .scan import ScanVolume
 
@@ -497,8 +497,10 @@ def read_label_map(
         img = sitk.Resample(img, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
         raw = sitk.GetArrayFromImage(img)
     out = np.zeros(raw.shape, np.uint8)
-    out[raw == values["liver"]] = LABEL_LIVER
-    out[raw == values["spleen"]] = LABEL_SPLEEN
+    for name, value in values.items():  # liver, spleen and any neighbour the map names
+        target = STRUCTURE_LABELS.get(name)
+        if target is not None and value is not None and value >= 0:
+            out[raw == value] = target
     return out
 
 

@@ -117,11 +117,16 @@ class Segmentation:
     confidence_floor : dict, optional
         ``{"liver": f, "spleen": f}``: the gate floors the model's config declares
         (:data:`client.contract.CONFIDENCE_FLOOR_PARAM`).
+    classes : dict, optional
+        ``{name: label value}`` of every class ``labels`` carries (liver 1, spleen 2,
+        and the neighbours a model or a label map has: aorta, portal vein, IVC,
+        kidneys, ... read by the contrast-phase rules); None: liver and spleen only.
     """
 
     labels: np.ndarray
     confidence: np.ndarray | None = None
     confidence_floor: dict | None = None
+    classes: dict | None = None
 
 
 def as_segmentation(out) -> Segmentation:
@@ -230,13 +235,13 @@ class TritonSegmenter:
                 confidence = None if outs[0][1] is None else np.stack([o[1] for o in outs])
             else:
                 labels, confidence = np.stack(outs), None
+        classes = getattr(self.client, "classes", None)
         with timer("map_back"):
-            if confidence is None:
-                return to_scan_grid(labels, record)
             return Segmentation(
                 to_scan_grid(labels, record),
-                to_scan_grid(confidence, record),
-                getattr(self.client, "confidence_floor", None),
+                None if confidence is None else to_scan_grid(confidence, record),
+                getattr(self.client, "confidence_floor", None) if confidence is not None else None,
+                classes if classes and len(classes) > 2 else None,
             )
 
     @property
@@ -311,8 +316,9 @@ class MaskFolderSegmenter:
             )
         self.label_map = label_map
 
-    def find(self, case_id: str) -> tuple[Path, ...]:
-        """The mask file(s) for ``case_id``: (multilabel,) or (liver, spleen); () when none."""
+    def find(self, case_id: str) -> tuple:
+        """The mask file(s) for ``case_id``: ``(multilabel,)`` or ``((name, file), ...)`` of a
+        per-organ folder (liver, spleen, and the neighbours it holds); () when none."""
         for s in MASK_SUFFIXES:
             p = self.folder / f"{case_id}{s}"
             if p.is_file():
@@ -322,14 +328,15 @@ class MaskFolderSegmenter:
         organ_dir = self.folder / case_id
         if organ_dir.is_dir():
             organs = []
-            for organ in ("liver", "spleen"):
+            for organ in contract.STRUCTURE_LABELS:
                 hits = [organ_dir / f"{organ}{s}" for s in MASK_SUFFIXES]
                 hit = next((p for p in hits if p.is_file()), None)
-                if hit is None:
+                if hit is None and organ in ("liver", "spleen"):
                     raise ScanReadError(
                         f"{organ_dir}: per-organ mask folder without {organ}.nii.gz"
                     )
-                organs.append(hit)
+                if hit is not None:
+                    organs.append((organ, hit))
             return tuple(organs)
         return ()
 
@@ -344,12 +351,25 @@ class MaskFolderSegmenter:
                     f"(nor a per-organ folder {self.folder / source.case_id}/liver.nii.gz)"
                 )
             for f in files:
-                check_mask_matches_scan(f, scan)
+                check_mask_matches_scan(f if len(files) == 1 else f[1], scan)
             if len(files) == 1:
-                return read_label_map(files[0], scan, self.label_map)
-            liver = read_label_map(files[0], scan, {"liver": 1, "spleen": -1})
-            spleen = read_label_map(files[1], scan, {"liver": -1, "spleen": 1})
-            return np.where(liver > 0, liver, spleen).astype(np.uint8)
+                labels = read_label_map(files[0], scan, self.label_map)
+                values = (
+                    contract.LABEL_MAPS[self.label_map]
+                    if isinstance(self.label_map, str)
+                    else self.label_map
+                )
+                names = [n for n in values if n in contract.STRUCTURE_LABELS]
+            else:  # TotalSegmentator's per-organ folder: liver, spleen, neighbours if there
+                labels = np.zeros(scan.shape, np.uint8)
+                names = []
+                for name, f in files:
+                    value = contract.STRUCTURE_LABELS[name]
+                    m = read_label_map(f, scan, {name: 1}) > 0
+                    labels[m & (labels == 0) if name not in ("liver", "spleen") else m] = value
+                    names.append(name)
+            classes = {n: contract.STRUCTURE_LABELS[n] for n in names}
+            return Segmentation(labels, classes=classes if len(classes) > 2 else None)
 
     def describe(self) -> dict:
         return {"model_name": None, "model_version": None, "model_sha256": None}
@@ -545,6 +565,7 @@ def _as_source(source) -> ScanSource:
 def _assess(scan: ScanVolume, labels, config: ScreenConfig, seg: Segmentation | None = None):
     from postprocess import assess
     from postprocess._xp import to_device
+    from postprocess.phase import tag_phase
 
     from .gpu import measurement_slot
 
@@ -556,10 +577,14 @@ def _assess(scan: ScanVolume, labels, config: ScreenConfig, seg: Segmentation | 
             to_device(labels, gpu),
             scan.spacing,
             config.assess,
-            contrast_hint=True if scan.metadata.get("contrast_agent") else None,
             direction=scan.direction,  # organ laterality check (postprocess.gate)
             confidence=None if seg is None else to_device(seg.confidence, gpu),
             confidence_floor=None if seg is None else seg.confidence_floor,
+            classes=None if seg is None else seg.classes,
+            # What the header says of contrast (agent tag, phase words in the description).
+            tag=tag_phase(
+                scan.metadata.get("contrast_agent"), scan.metadata.get("series_description")
+            ),
         )
 
 
@@ -615,6 +640,7 @@ def screen_scan(source, segmenter: Segmenter, config: ScreenConfig | None = None
         case_id=src.case_id,
         source=str(src.path),
         source_id=src.source_id,
+        study_id=src.study_id,
         source_fingerprint=src.fingerprint(),
         segmenter=segmenter.kind,
         seconds=round(time.perf_counter() - t0, 3),

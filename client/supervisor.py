@@ -171,6 +171,7 @@ class SupervisedSegmenter:
             self.preprocess_spec = self.client.preprocess_spec
             self.has_confidence = getattr(self.client, "has_confidence", False)
             self.confidence_floor = getattr(self.client, "confidence_floor", None)
+            self.classes = getattr(self.client, "classes", None)
             self.max_batch_size = self.client.max_batch_size
             self.config = self.client.config
             self._warm_up()

@@ -167,6 +167,8 @@ class SegmentationClient:
         # The optional confidence map and the gate floors calibrated for this model.
         self.has_confidence = model_has_confidence(cfg)
         self.confidence_floor = model_confidence_floor(cfg)
+        # The classes the model declares ({name: label value}; liver 1 and spleen 2 always).
+        self.classes = model_classes(cfg)
 
     # -- inference ----------------------------------------------------------------
     def infer(
@@ -362,7 +364,47 @@ def check_model_config(cfg: dict) -> list[str]:
             model_confidence_floor(cfg)
         except ValueError as exc:
             problems.append(str(exc))
+        try:
+            model_classes(cfg)
+        except ValueError as exc:
+            problems.append(str(exc))
     return problems
+
+
+def model_classes(cfg: dict) -> dict[str, int]:
+    """The classes a model config declares, ``{name: label value}``, from the parameter
+    :data:`client.contract.CLASSES_PARAM` (``"1=liver,2=spleen,3=kidney_right,..."``);
+    liver and spleen only when absent (:data:`client.contract.LABEL_NAMES`).
+
+    Raises
+    ------
+    ValueError
+        Malformed value, a repeated value or name, or liver/spleen not at 1 and 2.
+    """
+    params = cfg.get("parameters") or {}
+    raw = params.get(contract.CLASSES_PARAM)
+    if isinstance(raw, dict):  # JSON config: {"string_value": "..."}
+        raw = raw.get("string_value")
+    if raw is None or not str(raw).strip():
+        return {"liver": contract.LABEL_LIVER, "spleen": contract.LABEL_SPLEEN}
+    name = contract.CLASSES_PARAM
+    out: dict[str, int] = {}
+    for part in str(raw).split(","):
+        val, sep, cls = part.partition("=")
+        cls = cls.strip()
+        try:
+            v = int(val)
+        except ValueError:
+            v = -1
+        if not sep or not cls or not 0 < v < 256 or cls in out or v in out.values():
+            raise ValueError(
+                f"{name}: expected 'VALUE=NAME,...' with distinct values 1..255 and names, "
+                f"got {raw!r}"
+            )
+        out[cls] = v
+    if out.get("liver") != contract.LABEL_LIVER or out.get("spleen") != contract.LABEL_SPLEEN:
+        raise ValueError(f"{name}: liver must be 1 and spleen 2, got {raw!r}")
+    return out
 
 
 def model_has_confidence(cfg: dict) -> bool:

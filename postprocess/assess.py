@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from client import contract
 from client.contract import GRADE_THRESHOLDS, GradeThresholds
 from client.errors import MeasurementError
 
@@ -35,6 +36,47 @@ from .cubes import (
 )
 from .flags import BLOCKING
 from .gate import check_segmentation, coarse_strides
+from .phase import ENHANCED_PHASES, PhaseResult, classify_phase, structure_attenuation
+
+PHASE_HU_COLUMNS = ("aorta", "portal_vein", "ivc", "kidney_cortex", "kidney_medulla")
+
+
+def pdff_from_hu(liver_hu: float) -> float:
+    """MRI proton-density fat fraction (%) equivalent of an UNENHANCED liver attenuation.
+
+    Starekova, Hernando, Pickhardt, Reeder, Radiology 2021: PDFF ~ -0.58 x HU + 38.2
+    (about 65 HU -> 0.5 %, 23 HU -> 25 %, -3 HU -> 40 %); clipped at 0 %.
+    """
+    if liver_hu is None or not math.isfinite(liver_hu):
+        return float("nan")
+    return max(0.0, contract.PDFF_SLOPE_PER_HU * liver_hu + contract.PDFF_INTERCEPT_PCT)
+
+
+def pv_assessment(liver_hu: float) -> str:
+    """Moderate steatosis on PORTAL-VENOUS CT from liver attenuation alone (Pickhardt,
+    Blake, Moeller, Garrett, Summers 2024): < 80 HU likely (sensitivity 85.6 %,
+    specificity 89.6 %), 80-90 HU possible (< 90 HU: sensitivity 94.9 %), else unlikely."""
+    if liver_hu is None or not math.isfinite(liver_hu):
+        return ""
+    if liver_hu < contract.PV_LIVER_HU_LIKELY_BELOW:
+        return contract.PV_ASSESSMENTS[0]
+    if liver_hu < contract.PV_LIVER_HU_POSSIBLE_BELOW:
+        return contract.PV_ASSESSMENTS[1]
+    return contract.PV_ASSESSMENTS[2]
+
+
+_NO_CRITERION = {
+    "arterial": (
+        "arterial phase: no steatosis criterion holds (the liver is still enhancing and "
+        "the liver/spleen relation inverts; liver-HU cut-offs are validated on the "
+        "portal-venous phase only)"
+    ),
+    "delayed": (
+        "delayed phase: no steatosis criterion is applied (the ratio holds on unenhanced "
+        "CT, the liver-HU cut-offs on the portal-venous phase)"
+    ),
+    "unknown": "phase unknown: no steatosis criterion can be chosen",
+}
 
 
 def grade_ratio(ratio: float, thresholds: GradeThresholds = GRADE_THRESHOLDS) -> str:
@@ -108,6 +150,11 @@ class Assessment:
     evidence: dict = field(default_factory=dict)
     liver_confidence: float = float("nan")
     spleen_confidence: float = float("nan")
+    phase: PhaseResult = field(default_factory=PhaseResult)
+    criterion: str = contract.CRITERION_NONE
+    pdff_pct: float = float("nan")
+    pv_assessment: str = ""
+    liver_hu_ci: tuple = (float("nan"), float("nan"))
 
     @property
     def cube_mm_used(self) -> dict:
@@ -142,6 +189,16 @@ class Assessment:
             "flags": ";".join(self.flags),
             "contrast_evidence": ";".join(self.contrast_evidence),
             "notes": "; ".join(self.notes),
+            "phase": self.phase.phase,
+            "phase_source": self.phase.source,
+            "phase_basis": self.phase.basis,
+            "criterion": self.criterion,
+            **{f"{k}_hu": r(self.phase.hu.get(k, float("nan")), 1) for k in PHASE_HU_COLUMNS},
+            "pdff_estimate_pct": r(self.pdff_pct, 1),
+            "pdff_method": contract.PDFF_METHOD if math.isfinite(self.pdff_pct) else "",
+            "pv_assessment": self.pv_assessment,
+            "liver_hu_ci_low": r(self.liver_hu_ci[0], 2),
+            "liver_hu_ci_high": r(self.liver_hu_ci[1], 2),
         }
 
     def summary(self) -> dict:
@@ -267,6 +324,15 @@ def _bootstrap_ci(lm: np.ndarray, sm: np.ndarray, n_boot: int, rng) -> tuple[flo
     return (float(lo), float(hi))
 
 
+def _bootstrap_mean_ci(values: np.ndarray, n_boot: int, rng) -> tuple[float, float]:
+    """95 % percentile-bootstrap interval of the mean of cube means (cubes resampled)."""
+    if values.size < 2 or n_boot < 10:
+        return (float("nan"), float("nan"))
+    idx = rng.integers(0, values.size, size=(n_boot, values.size))
+    lo, hi = np.percentile(values[idx].mean(axis=1), [2.5, 97.5])
+    return (float(lo), float(hi))
+
+
 def _median_sd(m: OrganMeasurement) -> float:
     sd = m.sds[m.kept] if m.sds.size else m.sds
     return float(np.median(sd)) if sd.size else float("nan")
@@ -310,6 +376,8 @@ def assess(
     direction=None,
     confidence=None,
     confidence_floor: dict | None = None,
+    classes: dict | None = None,
+    tag: str | None = None,
 ) -> Assessment:
     """Measure liver and spleen attenuation in cubes, check the masks and grade the liver.
 
@@ -338,6 +406,14 @@ def assess(
         ``{"liver": f, "spleen": f}``, calibrated for the model that made the masks
         (``benchmarks/bench_confidence.py``): a mean below its floor makes the organ's
         segmentation doubtful (``*_segmentation_doubtful``, the reason in ``notes``).
+    classes : dict, optional
+        ``{name: label value}`` of every structure ``labels`` carries besides liver and
+        spleen (aorta, portal vein, IVC, kidneys: the contrast-phase evidence of
+        :mod:`postprocess.phase`). Without them the phase rests on the liver and
+        spleen evidence.
+    tag : str, optional
+        What the header says of contrast (:func:`postprocess.phase.tag_phase`);
+        ``contrast_hint=True`` counts as ``"enhanced"``.
 
     Returns
     -------
@@ -477,29 +553,73 @@ def assess(
                 notes.append(
                     f"{name}: the model's confidence {v:.3f} is below its floor {floor:.3f}"
                 )
-    # Contrast: the tag, then what the image shows. Image evidence read from masks that
-    # lie on the wrong structures (sides or levels implausible) says nothing about
-    # contrast (a mirrored "spleen" over bowel looks mottled), so it is dropped then; the
-    # grade is indeterminate anyway and the notes say why. Masks doubted for their
-    # attenuation keep it: a mottled arterial spleen is evidence of contrast.
+    # Contrast phase: vessels and kidneys where the label map has them (steatosis cannot
+    # move them), else the liver/spleen evidence; then weighed against the tag. Image
+    # evidence read from masks that lie on the wrong structures (sides or levels
+    # implausible) says nothing about contrast (a mirrored "spleen" over bowel looks
+    # mottled), so it is dropped then; the grade is indeterminate anyway and the notes
+    # say why. Masks doubted for their attenuation keep it: a mottled arterial spleen is
+    # evidence of contrast.
     image_ev = list(cres.evidence)
     if gate_doubt:
         image_ev = []
         evidence["contrast"]["ignored_because_organs_misplaced"] = True
-    contrast_ev = (["tag"] if contrast_hint else []) + image_ev
-    if contrast_ev:
+    if tag is None and contrast_hint:
+        tag = "enhanced"
+    hu_s = (
+        structure_attenuation(hu, labels, classes, sp, stride, cfg.phase)
+        if classes and cfg.phase.enabled and not gate_doubt
+        else {}
+    )
+    ph = classify_phase(hu_s, shu, image_ev, tag, cfg.phase)
+    evidence["phase"] = ph.details()
+    flags += [f for f in ph.flags if f not in flags]
+    notes += ph.notes
+    tag_enh = tag is not None and tag != "unenhanced"
+    if ph.basis == "vessels":
+        t = cfg.phase
+        limits = {"aorta": t.enhanced_min_hu, "portal_vein": t.enhanced_min_hu,
+                  "ivc": t.enhanced_min_hu, "kidney": t.kidney_enhanced_min_hu}  # fmt: skip
+        image_ev = [k for k, lim in limits.items() if hu_s.get(k, -1e9) > lim]
+    contrast_ev = (["tag"] if tag_enh else []) + image_ev
+    if ph.phase in ENHANCED_PHASES or (ph.phase == "unknown" and contrast_ev):
         flags.append("contrast_enhanced")
-        for e, flag in (
-            ("attenuation", "contrast_suspected_by_attenuation"),
-            ("vessels", "contrast_suspected_by_vessels"),
-            ("spleen_pattern", "contrast_suspected_by_spleen_pattern"),
-        ):
-            if e in image_ev:
-                flags.append(flag)
+        if ph.basis == "organs":
+            for e, flag in (
+                ("attenuation", "contrast_suspected_by_attenuation"),
+                ("vessels", "contrast_suspected_by_vessels"),
+                ("spleen_pattern", "contrast_suspected_by_spleen_pattern"),
+            ):
+                if e in image_ev:
+                    flags.append(flag)
     blocking = set(BLOCKING)
     if not cfg.allow_contrast:
-        blocking.add("contrast_enhanced")
-    grade = "indeterminate" if blocking & set(flags) else grade_ratio(ratio, cfg.thresholds)
+        blocking |= {"contrast_enhanced", "phase_conflict", "phase_uncertain"}
+    blocked = blocking & set(flags)
+    grade = "indeterminate" if blocked else grade_ratio(ratio, cfg.thresholds)
+    # The criterion that holds for the phase, never mixed (docs/phase.md).
+    criterion = contract.CRITERION_NONE
+    pdff = float("nan")
+    pv = ""
+    liver_ci = (float("nan"), float("nan"))
+    measured_ok = not (blocked - {"contrast_enhanced", "phase_conflict", "phase_uncertain"})
+    if ph.phase == "unenhanced" or cfg.allow_contrast:
+        criterion = contract.CRITERION_RATIO
+        if ph.phase == "unenhanced" and grade != "indeterminate":
+            pdff = pdff_from_hu(lhu)
+    elif ph.phase == "portal_venous":
+        criterion = contract.CRITERION_PV_LIVER_HU
+        notes.append(
+            "portal-venous phase: graded by liver attenuation alone (pv_assessment); "
+            "the liver/spleen ratio does not hold"
+        )
+    else:
+        notes.append(_NO_CRITERION.get(ph.phase, _NO_CRITERION["unknown"]))
+    if ph.phase == "portal_venous" and measured_ok and lm.size:
+        pv = pv_assessment(lhu)
+        liver_ci = _bootstrap_mean_ci(lm, cfg.n_bootstrap, rng)
+    elif criterion == contract.CRITERION_RATIO and lm.size and grade != "indeterminate":
+        liver_ci = _bootstrap_mean_ci(lm, cfg.n_bootstrap, rng)
     return Assessment(
         ratio=ratio,
         ratio_ci=ci,
@@ -519,7 +639,20 @@ def assess(
         spleen_confidence=conf["spleen"],
         contrast_evidence=tuple(contrast_ev),
         evidence=evidence,
+        phase=ph,
+        criterion=criterion,
+        pdff_pct=pdff,
+        pv_assessment=pv,
+        liver_hu_ci=liver_ci,
     )
 
 
-__all__ = ["Assessment", "OrganMeasurement", "assess", "grade_ratio", "measure_organ"]
+__all__ = [
+    "Assessment",
+    "OrganMeasurement",
+    "assess",
+    "grade_ratio",
+    "measure_organ",
+    "pdff_from_hu",
+    "pv_assessment",
+]

@@ -62,6 +62,66 @@ class ContrastConfig:
     vessel_noise_k: float = 2.5
     vessel_min_fraction: float = 0.01
     spleen_spread_hu: float = 12.0
+    blood_max_hu: float = 70.0
+
+
+@dataclass(frozen=True)
+class PhaseConfig:
+    """Thresholds of the contrast-phase rules (:mod:`postprocess.phase`, docs/phase.md).
+
+    Attenuations are medians inside each structure after trimming its partial-volume
+    rim. The rules and the published measurements behind each number: docs/phase.md.
+
+    Attributes
+    ----------
+    blood_max_hu : float
+        Unenhanced blood (aorta, IVC, portal vein) measures 35-60 HU (hematocrit-
+        dependent); at or below this every vessel counts as unenhanced.
+    enhanced_min_hu : float
+        A vessel above this carries contrast. Between ``blood_max_hu`` and this the
+        phase is ``unknown`` (flag ``phase_uncertain``).
+    kidney_unenhanced_max_hu, kidney_enhanced_min_hu : float
+        Unenhanced renal parenchyma measures 30-40 HU; any enhancement phase lifts
+        it far above 80 HU.
+    arterial_aorta_hu : float
+        Arterial phase: the aorta at or above this ...
+    arterial_gap_hu : float
+        ... and the aorta at least this much above the portal vein (the portal system
+        fills only after the splanchnic circulation: 100-150 HU in the late arterial
+        phase against 250-350 HU in the aorta).
+    corticomedullary_hu : float
+        Renal cortex minus medulla above this is the corticomedullary (arterial)
+        phase; it is nearly 0 in the nephrographic (portal) and excretory phases.
+    portal_min_hu : float
+        Enhanced, not arterial: the brightest of aorta and portal vein at or above this
+        is the portal-venous phase (~60-80 s: 150-200 HU), below it the delayed /
+        equilibrium phase (3-10 min: 90-140 HU).
+    spleen_unenhanced_max_hu : float
+        An unenhanced spleen measures 40-60 HU; a spleen above this while every vessel
+        is unenhanced is a contradiction (phase ``unknown``, flag ``phase_conflict``).
+    min_structure_ml : float
+        Structures smaller than this in the scan are not measured.
+    trim_mm : float
+        Partial-volume rim trimmed from each structure before taking its median.
+    cortex_mm, medulla_mm : float
+        Kidney voxels at most ``cortex_mm`` from the kidney surface (past the trimmed
+        rim) are cortex, those deeper than ``medulla_mm`` medulla.
+    """
+
+    enabled: bool = True
+    blood_max_hu: float = 70.0
+    enhanced_min_hu: float = 85.0
+    kidney_unenhanced_max_hu: float = 60.0
+    kidney_enhanced_min_hu: float = 80.0
+    arterial_aorta_hu: float = 200.0
+    arterial_gap_hu: float = 60.0
+    corticomedullary_hu: float = 50.0
+    portal_min_hu: float = 145.0
+    spleen_unenhanced_max_hu: float = 70.0
+    min_structure_ml: float = 1.0
+    trim_mm: float = 2.0
+    cortex_mm: float = 5.0
+    medulla_mm: float = 9.0
 
 
 @dataclass(frozen=True)
@@ -147,6 +207,7 @@ class AssessConfig:
     ratio_range: tuple = (0.05, 3.0)
     gate: GateConfig = field(default_factory=GateConfig)
     contrast: ContrastConfig = field(default_factory=ContrastConfig)
+    phase: PhaseConfig = field(default_factory=PhaseConfig)
     liver_label: int = LABEL_LIVER
     spleen_label: int = LABEL_SPLEEN
     thresholds: GradeThresholds = field(default_factory=lambda: GRADE_THRESHOLDS)

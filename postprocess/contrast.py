@@ -7,13 +7,17 @@ phases (docs/gate.md, tests/test_contrast.py):
 * ``attenuation``: enhanced organs are brighter than unenhanced tissue can be
   (spleen above ~80 HU; liver above ~80 HU outside rare iron or amiodarone
   overload, which are not what this screen grades either).
-* ``vessels``: in unenhanced CT, blood (about 40-45 HU) is as dark as or darker
-  than liver parenchyma, so the vessels inside the liver never stand out above it.
+* ``vessels``: in unenhanced CT, blood measures about 40-45 HU (at most
+  ``blood_max_hu``); with contrast (portal-venous: 130-200 HU) the vessels inside the
+  liver stand out above anything unenhanced blood can measure. A fatty liver's
+  parenchyma falls below the blood, so its vessels stand out too: only the tail above
+  ``blood_max_hu`` plus noise counts, never the tail above the parenchyma alone.
   With contrast (portal-venous: portal and hepatic veins 130-200 HU) they form a
   bright tail of the liver's attenuation distribution. Noise is symmetric about the
   parenchyma median, so the statistic is the excess of the upper tail over the
-  mirrored lower tail (voxels beyond ``max(vessel_excess_hu, 3 robust noise SD)``
-  above the median minus those as far below), inside the liver eroded by one coarse
+  mirrored lower tail (voxels beyond ``max(vessel_excess_hu, 2.5 robust noise SD)``
+  above the median, and above ``blood_max_hu + 2.5 noise SD``, minus those as far
+  below), inside the liver eroded by one coarse
   voxel so that its border (fat, ribs, kidney) does not enter.
 * ``spleen_pattern``: in the arterial phase the spleen enhances in cords
   (mottled); the spread of the spleen's cube means, corrected for what noise alone
@@ -80,6 +84,10 @@ def vessel_excess(hu_c, liver_c, cfg: ContrastConfig) -> tuple[float, float]:
     lo16, med = float(q[0]), float(q[1])
     sigma = max(med - lo16, 1.0)  # lower half only: bright vessels cannot inflate it
     t = max(cfg.vessel_excess_hu, cfg.vessel_noise_k * sigma)
+    # The tail must also lie above what unenhanced blood can measure: in a fatty liver
+    # (parenchyma below 40 HU) unenhanced vessels stand out above the parenchyma, the
+    # classic sign of steatosis, not of contrast (issue 20).
+    t = max(t, cfg.blood_max_hu + cfg.vessel_noise_k * sigma - med)
     upper = float(xp.mean(vals > med + t))
     lower = float(xp.mean(vals < med - t))
     return upper - lower, t

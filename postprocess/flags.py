@@ -48,7 +48,17 @@ FLAGS: dict[str, str] = {
     ),
     "contrast_suspected_by_attenuation": "spleen attenuation above the unenhanced range",
     "contrast_suspected_by_vessels": (
-        "vessels inside the liver are much brighter than its parenchyma (enhanced blood)"
+        "vessels inside the liver are brighter than its parenchyma and than unenhanced "
+        "blood can be (enhanced blood; only used without aorta/portal vein/kidney masks)"
+    ),
+    # Contrast phase (postprocess/phase.py, docs/phase.md).
+    "phase_conflict": (
+        "the contrast phase cannot be trusted: the DICOM header and the image disagree, or "
+        "the image contradicts itself (see notes); not graded"
+    ),
+    "phase_uncertain": (
+        "vessels or kidneys measure between unenhanced and enhanced values, so the phase "
+        "is unknown (see notes); not graded"
     ),
     "contrast_suspected_by_spleen_pattern": (
         "the spleen is mottled, as in the arterial phase (enhanced, heterogeneous)"
