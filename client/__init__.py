@@ -17,6 +17,8 @@ _EXPORTS = {
     "Segmenter": "client.pipeline",
     "TritonSegmenter": "client.pipeline",
     "MaskFolderSegmenter": "client.pipeline",
+    "screen_study": "client.study",
+    "StudyResult": "client.study",
     "ResultStore": "client.results",
     "read_rows": "client.results",
     "ScanVolume": "client.scan",

@@ -21,7 +21,7 @@ from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 
-from . import contract, results
+from . import contract, results, study
 from .errors import ConfigError, InferenceError, ScreeningError
 
 WHERE = """where things run:
@@ -61,6 +61,10 @@ def build_parser(prog: str = "python -m client.batch") -> argparse.ArgumentParse
                           help="continue in OUT: skip scans already ok/flagged and unchanged")  # fmt: skip
     out_mode.add_argument("--overwrite", action="store_true",
                           help="replace the results in OUT (other files there are left alone)")  # fmt: skip
+    add("--series", choices=("best", "all"), default="best",
+        help="series of a study to screen: 'best' (default) in header order until one is "
+        "graded by the ratio on unenhanced CT (usually the first: about one series per "
+        "study); 'all' every volume series (studies.csv answers either way)")  # fmt: skip
     add("--concurrency", type=int, default=4, help="scans in flight at once (default 4)")
     add("--allow-contrast", action="store_true", help="grade contrast-enhanced scans anyway")
     add("--device", choices=("cpu", "gpu"), default="cpu", help="see 'where things run' below")
@@ -150,7 +154,11 @@ def run(args) -> int:
         print("nothing to do: no scans found in " + ", ".join(args.inputs), file=sys.stderr)
         return 2
     store = store or results.ResultStore(out, context)
-    todo = [s for s in found.sources if not store.is_done(s)]
+    if args.series == "all":
+        todo = [s for s in found.sources if not store.is_done(s)]
+    else:  # the first round: per study, its first series without a row (client.study)
+        todo = study.next_round(found.sources, store.rows, set())
+    n_done = sum(store.is_done(s) for s in found.sources)
     remove_stale_temporaries(out)  # left by a killed run
     previous = results.RunManifest.previous(out / results.RUN_JSON) or {}
     manifest = results.RunManifest(out / results.RUN_JSON, {
@@ -159,12 +167,11 @@ def run(args) -> int:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv[1:],
         **results.environment(), "device": args.device,
         "mode": "masks" if args.masks else ("remote" if args.url else "embedded"),
-        "n_found": len(found.sources), "n_skipped_resume": len(found.sources) - len(todo),
+        "n_found": len(found.sources), "n_skipped_resume": n_done,
         "n_todo": len(todo), "skipped_series": found.skipped, "ignored": found.ignored,
         "missing_inputs": found.missing, "shard": getattr(found, "shard", None), "config": measurement,
     })  # fmt: skip
     manifest.info.update(previous)
-    store.retire([s.case_id for s in todo])  # exactly one row per case_id at the end
     status, error, t_wall, written = "interrupted", None, time.perf_counter(), []
     stats = seg = None
     try:
@@ -182,12 +189,14 @@ def run(args) -> int:
                 context.model_version, context.model_sha256 = d["model_version"], d["model_sha256"]
                 repo = str(seg.repository) if seg.repository else None
                 manifest.update(model={**d, "url": args.url or "embedded", "repository": repo})
-            if args.ray:
-                from .ray_runner import run_pool as ray_pool
+            for batch in _rounds(todo, found.sources, store, args.series):
+                store.retire([s.case_id for s in batch])  # exactly one row per case_id
+                if args.ray:
+                    from .ray_runner import run_pool as ray_pool
 
-                ray_pool(todo, seg, config, store, manifest, written, args)
-            else:
-                _run_pool(todo, seg, config, store, manifest, written, args)
+                    ray_pool(batch, seg, config, store, manifest, written, args)
+                else:
+                    _run_pool(batch, seg, config, store, manifest, written, args)
             stats = seg.statistics() if seg else None  # this run's
         status = "finished"
     except ScreeningError as exc:
@@ -200,15 +209,50 @@ def run(args) -> int:
             from .gpu import default_slots
 
             manifest.update(gpu_slots=default_slots(True).describe())
+        status, error = _write_studies(out, found.sources, manifest, args.series, status, error)
         status, error = _write_report(out, manifest, status, error)
         manifest.update(status=status, error=error, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     if status == "interrupted":  # a signal during the report: exit 130 as run.json says
         raise KeyboardInterrupt
     n_err = sum(r["status"] == contract.STATUS_ERROR for r in written)
     if not args.quiet:
-        print(f"{len(written)} scans screened ({n_err} failed, {len(found.sources) - len(todo)} "
-              f"already done) in {wall:.1f} s; results in {out}/results.csv")  # fmt: skip
+        print(f"{len(written)} scans screened ({n_err} failed, {n_done} already done) in "
+              f"{wall:.1f} s; results in {out}/results.csv, studies in {out}/studies.csv")  # fmt: skip
     return 1 if n_err else 0
+
+
+def _rounds(first: list, sources: list, store, series: str):
+    """Batches of scans to screen: all at once, or study rounds under ``--series best``
+    (each round, every unanswered study's next series; client.study)."""
+    if series == "all":
+        if first:
+            yield first
+        return
+    attempted: set = set()
+    batch = first
+    while batch:
+        yield batch
+        attempted |= {s.case_id for s in batch}
+        batch = study.next_round(sources, store.rows, attempted)
+
+
+def _write_studies(out: Path, sources, manifest, series: str, status: str, error):
+    """studies.csv / studies.jsonl from every row in OUT, and the series --series best
+    left out (run.json ``not_needed_series``, with the reason)."""
+    try:
+        rows = results.read_rows(out)
+        n_series: dict = {}
+        for s in sources:
+            n_series[s.study_id] = n_series.get(s.study_id, 0) + 1
+        table = study.write_studies(out, rows, n_series)
+        by_case = {r["case_id"]: r for r in rows}
+        skipped = study.not_needed(sources, by_case) if series == "best" else []
+        manifest.update(n_studies=len(table), series_mode=series, not_needed_series=skipped)
+    except KeyboardInterrupt:
+        return "interrupted", error
+    except Exception as exc:  # noqa: BLE001 - the rows are safe; say what failed
+        return "failed", f"studies.csv not written: {type(exc).__name__}: {exc}"
+    return status, error
 
 
 def _write_report(out: Path, manifest, status: str, error):

@@ -13,6 +13,8 @@
   summarised under ``merged_from`` (run_id, status, shard, counts, timings), the
   conflicts; ``status`` is ``finished`` only when every shard finished.
 * **report.html** regenerated from the merged rows (:func:`client.report.write_report`).
+* **studies.csv / studies.jsonl** rebuilt from the merged rows (:mod:`client.study`;
+  ``--shard`` keeps a study's series in one shard).
 
 Exit status: 0 merged, every row ok or flagged; 1 merged, some rows are errors (or
 a shard did not finish); 2 usage error (an OUT without results, MERGED not empty).
@@ -184,6 +186,9 @@ def merge(outs, dest: Path | str, *, link_files: bool = True) -> dict:
         manifest["warning"] = (
             "the OUT folders were screened with different models (see merged_from)"
         )
+    from .study import write_studies
+
+    manifest["n_studies"] = len(write_studies(dest, merged))  # studies.csv from the rows
     results.write_json_atomic(dest / results.RUN_JSON, manifest)
     from .report import write_report
 

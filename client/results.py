@@ -251,9 +251,20 @@ class ResultStore:
     def retire(self, case_ids) -> int:
         """Move the current rows of ``case_ids`` to attempts.jsonl; rewrite the results files.
 
-        Called once before screening, with the case_ids about to be screened, so that
-        each case_id ends with exactly one row. Returns the number of rows moved.
+        Called before screening, with the case_ids about to be screened, so that each
+        case_id ends with exactly one row (once per round of ``--series best``: the
+        files are reopened when they were open). Returns the number of rows moved.
         """
+        reopen = self._jsonl is not None
+        if reopen:  # the rewrite replaces the files: append to the new ones after it
+            self.close()
+        try:
+            return self._retire(case_ids)
+        finally:
+            if reopen:
+                self.open()
+
+    def _retire(self, case_ids) -> int:
         moving = [self.rows.pop(c) for c in case_ids if c in self.rows]
         new = [r for r in moving if self._count_attempt(r)]
         if new:

@@ -13,7 +13,10 @@ multi-series folder). The assignment of a scan therefore depends on nothing but
 that scan: it does not change when the archive is discovered again, in another
 order, or when other files are added (new files land in some shard; the old ones
 stay where they were). Every job must see the archive under the same path (the
-usual shared mount), since the path is part of the key.
+usual shared mount), since the path is part of the key. A DICOM series with a
+StudyInstanceUID is sharded by its study instead (:func:`shard_key`), so that every
+series of a study lands in one shard and the study is answered there
+(:mod:`client.study`).
 """
 
 from __future__ import annotations
@@ -63,7 +66,14 @@ def select(sources, k: int, n: int) -> list:
     """
     if not 1 <= k <= n:
         raise ConfigError(f"shard {k}/{n}: need 1 <= K <= N")
-    return [s for s in sources if shard_of(s.key, n) == k]
+    return [s for s in sources if shard_of(shard_key(s), n) == k]
+
+
+def shard_key(source) -> str:
+    """What a scan is sharded by: its study (all series of a DICOM study land in one
+    shard, so that the study is answered there), else its source key."""
+    uid = getattr(source, "study_uid", None)
+    return "study\n" + uid if uid else source.key
 
 
 def apply_to_discovery(found, spec: str | None):
