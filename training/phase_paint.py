@@ -133,8 +133,9 @@ REFERENCES = {
         "MDCT of the liver and hypervascular hepatocellular carcinomas: optimizing scan "
         "delays for bolus-tracking techniques of hepatic arterial and portal venous phases "
         "(171 patients, 2 mL/kg of 300 mgI/mL at 4 mL/s; contrast enhancement index of aorta, "
-        "spleen, portal veins, liver, hepatic veins). Gifu group (Kanematsu, Goshima et al.), "
-        "AJR; author list and year not verified in the copy found."
+        "spleen, portal veins, liver, hepatic veins). Authors, journal and year were not "
+        "shown in the copy found (from memory: Goshima S, Kanematsu M, et al., AJR 2006; "
+        "not verified)."
     ),
     "HAP_RADIOLOGY2007": (
         "Bolus tracking to time hepatic arterial phase imaging of hypervascular HCCs with a "
