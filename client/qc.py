@@ -86,9 +86,29 @@ def caption_lines(row: dict | None, title: str = "") -> list[tuple[str, tuple]]:
     ratio = _num(row.get("ratio"), 2)
     lo, hi = _num(row.get("ratio_ci_low"), 2), _num(row.get("ratio_ci_high"), 2)
     ci = f" (95% CI {lo}-{hi})" if lo != "n/a" and hi != "n/a" else ""
+    phase = row.get("phase")
+    criterion = row.get("criterion")
+    if criterion == "portal_venous_liver_hu":  # liver HU alone; the ratio is no grade here
+        lo, hi = _num(row.get("liver_hu_ci_low"), 0), _num(row.get("liver_hu_ci_high"), 0)
+        ci = f" (95% CI {lo}-{hi})" if lo != "n/a" and hi != "n/a" else ""
+        verdict = (
+            f"portal-venous: liver {_num(row.get('liver_hu'), 0)} HU{ci} -> "
+            f"{row.get('pv_assessment') or 'n/a'} (Pickhardt 2024)"
+        )
+    elif criterion == "liver_spleen_ratio" or not phase:
+        pdff = _num(row.get("pdff_estimate_pct"), 0)
+        verdict = f"L/S ratio {ratio}{ci}   grade: {grade.upper()}" + (
+            f"   PDFF~{pdff}%" if pdff != "n/a" else ""
+        )
+    else:
+        verdict = f"{phase} phase: no steatosis criterion   grade: {grade.upper()}"
     lines = [
-        (str(row.get("case_id", title))[:90], TEXT),
-        (f"L/S ratio {ratio}{ci}   grade: {grade.upper()}", GRADE_COLOURS.get(grade, TEXT)),
+        (
+            str(row.get("case_id", title))[:70]
+            + (f"   phase: {phase} ({row.get('phase_source')})" if phase else ""),
+            TEXT,
+        ),
+        (verdict, GRADE_COLOURS.get(grade, TEXT)),
         (
             f"liver {_num(row.get('liver_hu'), 0)} HU   spleen {_num(row.get('spleen_hu'), 0)} HU   "
             f"L-S {_num(row.get('liver_minus_spleen_hu'), 0)} HU   "

@@ -50,6 +50,9 @@ DEFAULT_VISIBLE = (
     "liver_minus_spleen_hu",
     "liver_volume_ml",
     "spleen_volume_ml",
+    "phase",
+    "criterion",
+    "pv_assessment",
     "flags",
     "notes",
     "error",
@@ -323,6 +326,21 @@ init();
 """
 
 
+def _model_words(model, mode=None) -> str:
+    """The model as the report header names it (run.json's ``model``)."""
+    if not isinstance(model, dict):
+        return str(model) if model else ("none: --masks label maps" if mode == "masks" else "")
+    name = model.get("model_name") or model.get("name")
+    if not name:
+        return "none: --masks label maps" if mode == "masks" else "unknown"
+    words = str(name)
+    if model.get("model_version"):
+        words += f" v{model['model_version']}"
+    if model.get("model_sha256"):
+        words += f" (sha256 {str(model['model_sha256'])[:12]})"
+    return words
+
+
 def _json_script(obj) -> str:
     text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     # Inside <script>: "</" must not appear, and U+2028/9 are fine in JSON but not in old JS.
@@ -339,7 +357,11 @@ def _count_table(title: str, counts: dict, order, colours=None, key: str = "") -
             if colours and name in colours
             else ""
         )
-        link = f'<a href="#{key}={quote(name)}">{html.escape(name)}</a>' if n else html.escape(name)
+        link = (
+            f'<a href="#{key}={quote(name)}">{html.escape(name)}</a>'
+            if n and key
+            else html.escape(name)
+        )
         rows.append(
             f'<tr><td>{sw}{link}</td><td class="num">{n}</td>'
             f'<td class="num">{100.0 * n / total:.1f} %</td></tr>'
@@ -381,13 +403,23 @@ def write_report(rows: list[dict], out_dir: Path, run_info: dict | None = None) 
     grade_counts: dict[str, int] = {}
     status_counts: dict[str, int] = {}
     ratios, flag_counts = [], {}
+    phase_counts: dict[str, int] = {}
+    pv_counts: dict[str, int] = {}
     for r in rows:
         g = r.get("grade") or "indeterminate"
         grade_counts[g] = grade_counts.get(g, 0) + 1
         s = r.get("status") or "error"
         status_counts[s] = status_counts.get(s, 0) + 1
+        if s != "error":
+            ph = r.get("phase") or "unknown"
+            phase_counts[ph] = phase_counts.get(ph, 0) + 1
+        if r.get("pv_assessment"):
+            pv_counts[r["pv_assessment"]] = pv_counts.get(r["pv_assessment"], 0) + 1
         v = r.get("ratio")
-        if isinstance(v, (int, float)) and math.isfinite(v) and s != "error":
+        # The histogram keeps the criteria apart: only ratios that graded a scan (an
+        # indeterminate or enhanced scan's ratio is no grade and is not drawn as one).
+        graded = g in GRADE_CSS and g != "indeterminate"
+        if isinstance(v, (int, float)) and math.isfinite(v) and s != "error" and graded:
             ratios.append(float(v))
         for f in _flags_of(r):
             flag_counts[f] = flag_counts.get(f, 0) + 1
@@ -441,7 +473,7 @@ def write_report(rows: list[dict], out_dir: Path, run_info: dict | None = None) 
     info = ""
     if run_info:
         model = run_info.get("model") or {}
-        model_name = model.get("name", "") if isinstance(model, dict) else str(model)
+        model_name = _model_words(model, run_info.get("mode"))
         t = run_info.get("timings") or {}
         info = (
             f"<p class=muted>Model: {html.escape(str(model_name))}"
@@ -460,12 +492,18 @@ def write_report(rows: list[dict], out_dir: Path, run_info: dict | None = None) 
 <div class="summary">
 {_count_table("grade", grade_counts, GRADE_ORDER, GRADE_CSS, "grade")}
 {_count_table("status", status_counts, STATUS_ORDER, None, "status")}
+{_count_table("contrast phase", phase_counts, contract.PHASES)}
+{_count_table("portal-venous liver HU", pv_counts, contract.PV_ASSESSMENTS) if pv_counts else ""}
 <div>{_histogram_svg(ratios)}</div>
 </div>
-<p>Grades from the liver/spleen CT ratio of cube means: {html.escape(thresholds_text())}
-(a ratio on a threshold takes the worse grade). The criteria hold for unenhanced CT;
-contrast-enhanced scans are indeterminate. Research use only: not a diagnosis; check every
-flagged scan and the QC pictures.</p>
+<p>Each phase is judged by the criterion that holds for it, never mixed (column
+<code>criterion</code>). Unenhanced CT: grades from the liver/spleen CT ratio of cube means:
+{html.escape(thresholds_text())} (a ratio on a threshold takes the worse grade); the
+histogram shows these graded ratios only. Portal-venous CT: grade indeterminate, and
+<code>pv_assessment</code> from liver attenuation alone (&lt; 80 HU moderate steatosis likely,
+80-90 HU possible; Pickhardt et al. 2024). Arterial, delayed and unknown phases: no
+criterion. Research use only: not a diagnosis; check every flagged scan and the QC
+pictures.</p>
 <h2 id="review">Needs review ({len(problems)}): errors, indeterminate grades, flags</h2>
 {review_html}
 <h2 id="table">All scans</h2>

@@ -156,3 +156,27 @@ def test_label_sidecars_name_every_label(tmp_path):
 @pytest.mark.parametrize("name", ["a.nii", "a.nrrd", "a.mha"])
 def test_label_sidecar_names_drop_the_image_extension(tmp_path, name):
     assert write_label_sidecars(tmp_path / name)["slicer"].name == "a.ctbl"
+
+
+def test_caption_names_the_criterion_that_produced_the_number():
+    """Issue 20: the caption shows which criterion gave which number."""
+    from client.qc import caption_lines
+
+    def text(row):
+        return " | ".join(t for t, _ in caption_lines(row))
+
+    ne = {"case_id": "a", "grade": "mild", "ratio": 0.9, "ratio_ci_low": 0.88,
+          "ratio_ci_high": 0.92, "phase": "unenhanced", "phase_source": "image",
+          "criterion": "liver_spleen_ratio", "pdff_estimate_pct": 12.0}  # fmt: skip
+    assert "L/S ratio 0.90 (95% CI 0.88-0.92)   grade: MILD   PDFF~12%" in text(ne)
+    assert "phase: unenhanced (image)" in text(ne)
+    pv = {"case_id": "b", "grade": "indeterminate", "ratio": 0.86, "liver_hu": 76.4,
+          "liver_hu_ci_low": 74.0, "liver_hu_ci_high": 79.0, "phase": "portal_venous",
+          "phase_source": "both", "criterion": "portal_venous_liver_hu",
+          "pv_assessment": "moderate_steatosis_likely"}  # fmt: skip
+    t = text(pv)
+    assert "portal-venous: liver 76 HU (95% CI 74-79) -> moderate_steatosis_likely" in t
+    assert "L/S ratio" not in t  # the ratio is not the criterion here
+    art = {"case_id": "c", "grade": "indeterminate", "ratio": 0.46, "phase": "arterial",
+           "phase_source": "image", "criterion": "none"}  # fmt: skip
+    assert "arterial phase: no steatosis criterion" in text(art) and "0.46" not in text(art)

@@ -174,3 +174,27 @@ def test_numpy_scalars_nan_and_nested_values_are_embedded(tmp_path):
     row = dict(zip(data["columns"], data["rows"][0]))
     assert row["ratio"] == 1.25 and row["n_pairs"] == 4 and row["liver_hu"] is None
     assert row["stage_seconds"] == '{"read":0.1}'
+
+
+def test_report_keeps_the_criteria_apart_and_names_the_model(tmp_path):
+    """An enhanced scan's ratio (a chest CTA at 0.46) is no grade: the histogram draws
+    only ratios that graded a scan; phases and portal-venous assessments are counted;
+    the header names the model from run.json (issue 20)."""
+    rows = [
+        {"case_id": "ne", "status": "ok", "grade": "normal", "ratio": 1.2, "phase": "unenhanced",
+         "criterion": "liver_spleen_ratio"},
+        {"case_id": "cta", "status": "flagged", "grade": "indeterminate", "ratio": 0.46,
+         "phase": "arterial", "criterion": "none", "flags": "contrast_enhanced"},
+        {"case_id": "pv", "status": "flagged", "grade": "indeterminate", "ratio": 0.9,
+         "phase": "portal_venous", "criterion": "portal_venous_liver_hu",
+         "pv_assessment": "moderate_steatosis_likely", "flags": "contrast_enhanced"},
+    ]  # fmt: skip
+    info = {"mode": "embedded", "model": {"model_name": "hepascreen_vnet", "model_version": "1",
+                                          "model_sha256": "ab" * 32}}  # fmt: skip
+    doc = write_report(rows, tmp_path, info).read_text()
+    assert "scans with a ratio: 1;" in doc  # the graded one only
+    assert "Model: hepascreen_vnet v1 (sha256 abababababab)" in doc
+    assert "(embedded)" in doc and "Model:  (embedded)" not in doc
+    assert "moderate_steatosis_likely" in doc and ">portal_venous<" in doc
+    doc = write_report(rows, tmp_path, {"mode": "masks", "model": None}).read_text()
+    assert "Model: none: --masks label maps" in doc
