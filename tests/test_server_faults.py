@@ -95,10 +95,8 @@ def test_sigkill_of_the_owner_leaves_no_server_and_the_next_start_cleans_up(tmp_
         assert shm, "the stub's shared memory carries the owner's tag"
         proc.send_signal(signal.SIGKILL)  # no handler, no finally, no atexit
         proc.wait(timeout=10)
-        t = time.monotonic()
         left = _wait_gone(pid, 10.0)
-        assert not left, f"orphans after SIGKILL of the owner: {left}"
-        assert time.monotonic() - t < 5.0
+        assert not left, f"orphans after SIGKILL of the owner: {left}"  # waited on the condition
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -203,27 +201,51 @@ def test_restarts_are_bounded_then_requests_fail_at_once(inputs_and_reference, t
         t = time.monotonic()
         with pytest.raises(InferenceError, match="gave up"):
             seg.segment(x[0])
-        assert time.monotonic() - t < 1.0
+        assert time.monotonic() - t < 5.0  # no restart attempt (one takes seconds); generous
         assert not seg.server.is_running()
 
 
-def test_dead_remote_url_fails_scans_quickly_with_a_clear_message(inputs_and_reference, tmp_path):
+def _raw_count(client) -> int:
+    return int(client.statistics(timeout_s=10.0)["inference_count"])
+
+
+def _wait_for_count(client, n: int, bound_s: float = 60.0) -> int:
+    """Poll the server's own inference_count until it reaches ``n`` (a generous bound, never
+    a fixed sleep: Triton counts a request only after its response has gone out)."""
+    deadline = time.monotonic() + bound_s
+    while (got := _raw_count(client)) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return got
+
+
+def test_dead_remote_url_fails_scans_quickly_with_a_clear_message(
+    inputs_and_reference, tmp_path, monkeypatch
+):
     x, ref = inputs_and_reference
+    # A remote segmenter takes its counter baseline right after its two warm-up requests;
+    # on a loaded machine Triton may not have counted them yet, and the run's count then
+    # includes them (seen: inference_count 2, expected 1). Wait for the warm-up to be
+    # counted (the condition, not a time) before the baseline is taken.
+    warm_up = SupervisedSegmenter._warm_up
+
+    def counted_warm_up(self):
+        before = _raw_count(self.client)
+        warm_up(self)
+        assert _wait_for_count(self.client, before + 2) >= before + 2
+
+    monkeypatch.setattr(SupervisedSegmenter, "_warm_up", counted_warm_up)
     srv = EmbeddedServer(log_path=tmp_path / "remote.log").start()
     try:
         # Earlier traffic on the "remote" server: not this run's statistics.
         with SupervisedSegmenter(srv.grpc_url) as other:
             other.segment(x[0])
-            # Triton counts a request once its response has gone out: wait for it, so
-            # that the next segmenter's baseline includes this earlier traffic.
-            deadline = time.monotonic() + 10
-            while other.statistics()["inference_count"] < 1 and time.monotonic() < deadline:
-                time.sleep(0.1)
+            total = 3  # its 2 warm-ups + 1 scan, all counted before the next baseline
+            assert _wait_for_count(other.client, total) == total
         seg = SupervisedSegmenter(srv.grpc_url, down_recheck_s=60).start()
+        assert _raw_count(seg.client) == total + 2  # the new segmenter's warm-up, counted
         assert np.array_equal(seg.segment(x[1]), ref[1])
-        deadline = time.monotonic() + 10
-        while (st := seg.statistics())["inference_count"] < 1 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        assert _wait_for_count(seg.client, total + 3) == total + 3
+        st = seg.statistics()
         assert st["inference_count"] == 1 and st["volumes"] == 1, st
     finally:
         srv.stop()
@@ -234,7 +256,9 @@ def test_dead_remote_url_fails_scans_quickly_with_a_clear_message(inputs_and_ref
             seg.segment(x[0])
         times.append(time.monotonic() - t)
     seg.close()
-    assert times[0] < 5.0 and max(times[1:]) < 0.5, times
+    # Generous bounds (a loaded machine): the first failure within one connect timeout, the
+    # next ones answered from the down-mark without a network round (down_recheck_s=60).
+    assert times[0] < 15.0 and max(times[1:]) < 2.0, times
 
 
 def test_unreachable_url_at_start_is_a_clear_error():
@@ -321,7 +345,8 @@ def test_batch_survives_a_killed_and_a_frozen_server_with_identical_results(tmp_
 
     inp = tmp_path / "in"
     inp.mkdir()
-    for i in range(6):  # copies (not links: discovery keeps one source per file)
+    n = 16  # enough work left after each fault whatever the machine's speed
+    for i in range(n):  # copies (not links: discovery keeps one source per file)
         shutil.copy(shared_data / "totalseg_example" / "ct_small.nii.gz", inp / f"ct{i}.nii.gz")
     out = tmp_path / "out"
     proc = subprocess.Popen(
@@ -356,15 +381,29 @@ def test_batch_survives_a_killed_and_a_frozen_server_with_identical_results(tmp_
             time.sleep(0.1)
         raise AssertionError("no (new) server found")
 
+    def paused(at_rows: int):
+        """Wait for ``at_rows`` rows, then freeze the batch (SIGSTOP) so that it cannot
+        finish before the fault is injected: the test waits on conditions, not on the
+        machine being slow enough (seen: the batch done before the kill on a quiet machine)."""
+        while n_rows() < at_rows and proc.poll() is None:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the batch ended before the fault could be injected"
+        os.kill(proc.pid, signal.SIGSTOP)
+        assert n_rows() < n, "every scan was done before the fault"
+
     try:
         first = server_pid()
-        while n_rows() < 1 and proc.poll() is None:
-            time.sleep(0.1)
-        os.kill(first, signal.SIGKILL)
+        paused(1)
+        try:
+            os.kill(first, signal.SIGKILL)
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
         second = server_pid(first)
-        while n_rows() < 3 and proc.poll() is None:
-            time.sleep(0.1)
-        os.killpg(second, signal.SIGSTOP)
+        paused(3)
+        try:
+            os.killpg(second, signal.SIGSTOP)
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
         rc = proc.wait(timeout=300)
         err = proc.stderr.read()
     finally:
@@ -374,7 +413,7 @@ def test_batch_survives_a_killed_and_a_frozen_server_with_identical_results(tmp_
     rows = [
         json.loads(ln) for ln in (out / "results.jsonl").read_text(encoding="utf-8").splitlines()
     ]
-    assert len(rows) == 6 and all(r["status"] in ("ok", "flagged") for r in rows), rows
+    assert len(rows) == n and all(r["status"] in ("ok", "flagged") for r in rows), rows
     assert len({(r["grade"], r["ratio"], r["liver_hu"], r["spleen_hu"]) for r in rows}) == 1
     stats = json.loads((out / "run.json").read_text(encoding="utf-8"))["inference_statistics"]
     assert stats["restarts"] == 2, stats["events"]
