@@ -100,3 +100,57 @@ def test_confidence_change_counts_voxels_and_organ_means():
     assert rec["liver_mean_change"] == pytest.approx(1 / 255)
     assert rec["liver_fp32_margin_above_floor"] == pytest.approx(245 / 255 - 0.9)
     assert "spleen_fp32_margin_above_floor" not in rec  # no floor declared
+
+
+# --- python -m benchmarks.gpu_check: dry run on this CPU machine -----------------------------
+@pytest.mark.slow
+def test_gpu_check_dry_run_reports_every_part_and_never_fails_for_missing_pieces(tmp_path):
+    import subprocess
+
+    out = tmp_path / "gpu_check.json"
+    r = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_check", "--out", str(out), "--shape", "48", "128", "128",
+         "--onnx-repeats", "2"],
+        cwd=ROOT, capture_output=True, encoding="utf-8", timeout=600,
+    )  # fmt: skip
+    rep = json.loads(out.read_text(encoding="utf-8"))
+    sections = rep["sections"]
+    assert set(sections) == {"device", "cupy_kernel", "pytest_gpu", "measurement", "onnx_cuda"}
+    assert all(s["status"] in ("ok", "unavailable", "failed") for s in sections.values())
+    assert r.returncode == (1 if rep["summary"]["failed"] else 0), r.stdout + r.stderr
+    dev = sections["device"]
+    assert "numpy" in dev["packages"] and "trtexec" in dev
+    meas = sections["measurement"]
+    assert meas["numpy_row"]["grade"] and meas["budget_bytes_per_voxel"] > 0
+    onnx = sections["onnx_cuda"]
+    assert onnx["cpu_latency_s"]["batch_1"] > 0 and onnx["input_shape"][0] == 8
+    from postprocess._xp import gpu_available
+
+    if not gpu_available():  # the dry run: every GPU part says why it did not run
+        assert rep["summary"]["failed"] == [] and r.returncode == 0
+        for name in ("cupy_kernel", "pytest_gpu", "measurement"):
+            assert sections[name]["status"] == "unavailable" and sections[name]["reason"]
+        assert onnx["status"] == "unavailable" and "onnxruntime-gpu" in onnx["reason"]
+        assert "unavailable" in r.stdout
+
+
+def test_device_part_reports_the_compute_capability_floor(monkeypatch):
+    import shutil
+
+    from benchmarks import gpu_check
+
+    class Done:
+        returncode = 0
+        stdout = (
+            "0, Tesla P100-PCIE-16GB, 6.0, 550.54, 16384, 16000\n"
+            "1, NVIDIA L4, 8.9, 550.54, 23034, 22000\n"
+        )
+        stderr = ""
+
+    real_which = shutil.which
+    monkeypatch.setattr(
+        shutil, "which", lambda n: "/usr/bin/nvidia-smi" if n == "nvidia-smi" else real_which(n)
+    )
+    sec = gpu_check.device_section(run=lambda *a, **k: Done())
+    assert sec["status"] == "failed" and "P100" in sec["reason"] and "7.0" in sec["reason"]
+    assert [g["tensorrt10_supported"] for g in sec["gpus"]] == [False, True]
