@@ -359,6 +359,8 @@ def test_gpu_first_run_is_at_most_three_commands_with_expected_output():
     text = (ROOT / "docs" / "gpu-first-run.md").read_text(encoding="utf-8")
     commands = re.findall(r"^\$ (.+)$", text, re.M)
     assert 1 <= len(commands) <= 3, commands
+    # The device check is one more command, documented after the three (issue 23).
+    assert "python -m benchmarks.gpu_check --out" in text.split("## Device check", 1)[1]
     assert "build-engine-only" in text and "compose" in text and "first_run.py" in text
     assert text.count("Expected output") >= len(commands)
 
