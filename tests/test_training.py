@@ -402,3 +402,76 @@ def test_demo_train_on_synth_shards_resumes_with_ema_and_validation(tmp_path):
     net = VNet(width=0.125)
     check_state_dict(net, state)
     net.set_state_dict({k: paddle.to_tensor(v) for k, v in state.items()})
+
+
+def test_multiclass_loss_and_init_from_a_three_class_checkpoint():
+    """Issue 19: Dice over the classes present; --init keeps liver/spleen output rows."""
+    torch = pytest.importorskip("torch")
+    from training.demo_train import _mixed_loss, load_init
+    from training.torch_vnet import TorchVNet
+
+    torch.manual_seed(0)
+    old = TorchVNet(width=0.125, num_classes=3)
+    new = TorchVNet(width=0.125, num_classes=13)
+    fresh = {k: v.clone() for k, v in new.state_dict().items()}
+    partial = load_init(new, old.state_dict())
+    st, so = new.state_dict(), old.state_dict()
+    assert partial and all(k.startswith("out_tr.") for k in partial)
+    for k, v in so.items():
+        if k in partial:
+            sl = tuple(slice(0, n) for n in v.shape)
+            assert torch.equal(st[k][sl], v), k
+            if st[k].dim() and st[k].shape[0] > v.shape[0]:
+                assert torch.equal(st[k][v.shape[0] :], fresh[k][v.shape[0] :]), k
+        else:
+            assert torch.equal(st[k], v), k
+    # Loss: a perfect prediction of the present classes scores ~0 whatever the absent ones.
+    target = torch.zeros((1, 4, 4, 4), dtype=torch.int64)
+    target[0, :2] = 1
+    target[0, 3, 0, 0] = 7
+    logits = torch.full((1, 13, 4, 4, 4), -20.0)
+    logits.scatter_(1, target[:, None], 20.0)
+    assert float(_mixed_loss(torch, logits, target, 13)) < 1e-3
+    # Soft probabilities on absent classes: with three classes the Dice term still
+    # averages all of them (old runs unchanged: ~2/3 of it lost), with more only the
+    # present ones count.
+    t3 = torch.zeros((1, 4, 4, 4), dtype=torch.int64)
+    l3 = torch.zeros((1, 3, 4, 4, 4))
+    l3[:, 0] = 3.0
+    assert float(_mixed_loss(torch, l3, t3, 3)) > 0.7 * 2 / 3
+    l13 = torch.zeros((1, 13, 4, 4, 4))
+    l13[:, 0] = 6.0
+    assert float(_mixed_loss(torch, l13, t3, 13)) < 0.1
+
+
+@pytest.mark.slow
+def test_demo_train_multiclass_pool_grows_and_validates_per_class(tmp_path):
+    """13-class run on a neighbours_heldout pool: init from a 3-class run, grow, resume."""
+    torch = pytest.importorskip("torch")
+    shared = ROOT.parent / "shared" / "data"
+    if not (shared / "labelmaps" / "totalseg_s0011" / "labels_all.nii.gz").exists():
+        pytest.skip("../shared/data/labelmaps missing")
+    from client.preprocess import PreprocessSpec
+    from training.demo_train import main as demo_main
+    from training.synth import write_shards
+    from training.torch_vnet import TorchVNet
+
+    spec = PreprocessSpec("spacing", (32, 32, 32), (12, 12, 12))
+    pool = tmp_path / "pool"
+    write_shards(pool, 0, 2, shard=2, spec=spec, mixture_name="neighbours_heldout")
+    init = tmp_path / "init.pt"
+    torch.save({"model": TorchVNet(width=0.125).state_dict(), "iter": 0}, init)
+    run = tmp_path / "run"
+    common = ["--pool_dir", str(pool), "--save_dir", str(run), "--val_phantoms", "1"]
+    common += ["--val_synth", "1", "--no_real_ct", "--width", "0.125", "--threads", "1"]
+    assert demo_main([*common, "--iters", "2", "--init", str(init), "--grow_every", "1"]) == 0
+    ck = torch.load(run / "latest.pt", weights_only=False)
+    assert ck["class_names"][1:3] == ["liver", "spleen"] and len(ck["class_names"]) == 13
+    assert ck["split"]["held_out"] == ["real", "totalseg_s0328"]
+    summary = json.loads((run / "train_summary.json").read_text(encoding="utf-8"))
+    v = summary["validation"]
+    assert "val_synth_heldout_totalseg_s0328_kidney" in v and "val_synth_heldout_real_aorta" in v
+    assert summary["pool_size"] > 2  # grown in the training process
+    assert demo_main([*common, "--iters", "3", "--resume"]) == 0
+    assert demo_main(["--save_dir", str(run), "--checkpoint_only"]) == 0
+    assert json.loads((run / "classes.json").read_text(encoding="utf-8"))["12"] == "colon"

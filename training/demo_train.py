@@ -28,6 +28,26 @@ the shared CT's label map) and ``synth_phantom_anatomy`` (seeds 5,100,000+ on ph
 anatomies 1,000+, never used by the pools), and ``real_ct_*``: the shared real CT
 (``training.evaluate.real_ct_cases``: native, resampled to 0.8 x 0.8 x 5 mm, painted
 contrast phases), Dice on the scan's own grid.
+
+Multi-class pools (issue 19; ``pool.json`` holds ``classes``, written by
+``training.synth --mixture neighbours_*``): the network gets one output per class
+(``--num_classes``, default from ``pool.json``), Dice is logged per class
+(``val_<set>_<class name>``), the real CT is scored against its 61-structure map
+mapped to the class table, and the validation sets follow the pool's source-level
+split: ``synth_heldout_<anatomy>`` for every held-out real anatomy (never in the
+pool), ``synth_train_<anatomy>`` for the first training one, phantom anatomies 1,000+
+and plain phantoms labelling kidneys and aorta. ``--init`` from a checkpoint with
+another number of classes keeps every layer but the last (``out_tr``), whose
+background/liver/spleen rows are copied and the other rows freshly initialised.
+``--grow_every N`` writes the pool's next shard (same preprocessing and mixture)
+every N iterations in the training process itself, so one process (one core) both
+grows the pool and trains.
+
+Loss with more than 3 classes: the Dice term averages over the classes present in
+the batch's labels (with 13 classes most are absent from a 64^3 window; any soft
+probability on an absent class scores Dice ~0 there, and averaging those terms would
+push every rare class towards never being predicted). Three-class runs keep the old
+average over all classes.
 """
 
 from __future__ import annotations
@@ -66,8 +86,61 @@ def _mixed_loss(torch, logits, target, num_classes=3, coef=(0.3, 0.7)):
     dims = (0, 2, 3, 4)
     inter = (prob * onehot).sum(dims)
     denom = prob.sum(dims) + onehot.sum(dims)
-    dice = 1.0 - ((2 * inter + 1e-5) / (denom + 1e-5)).mean()
+    per_class = (2 * inter + 1e-5) / (denom + 1e-5)
+    if num_classes > 3:  # multi-class: classes present in the batch only
+        present = onehot.sum(dims) > 0
+        dice = 1.0 - per_class[present].mean()
+    else:
+        dice = 1.0 - per_class.mean()
     return coef[0] * ce + coef[1] * dice
+
+
+def load_init(model, state: dict) -> list[str]:
+    """Load ``state`` into ``model``; tensors whose shape differs (another number of
+    classes in ``out_tr``) get their overlapping leading block copied, the rest keeps
+    the model's fresh initialisation. Returns the names partially copied."""
+    import torch
+
+    own = model.state_dict()
+    partial = []
+    for k, v in state.items():
+        if k not in own:
+            raise KeyError(f"--init checkpoint has {k!r}, which the model lacks")
+        v = torch.as_tensor(v).to(own[k].dtype)
+        if v.shape == own[k].shape:
+            own[k] = v
+        elif v.dim() == own[k].dim():
+            sl = tuple(slice(0, min(a, b)) for a, b in zip(v.shape, own[k].shape))
+            own[k][sl] = v[sl]
+            partial.append(k)
+        else:
+            raise ValueError(f"{k}: checkpoint shape {tuple(v.shape)}, model {tuple(own[k].shape)}")
+    model.load_state_dict(own)
+    return partial
+
+
+def grow_pool(pool_dir, shard: int = 100) -> int:
+    """Write the next shard of a ``training.synth`` pool (its ``pool.json`` settings)."""
+    from client.preprocess import PreprocessSpec
+
+    from .synth import MIXTURES, next_shard_start, write_shards
+
+    meta = json.loads((Path(pool_dir) / "pool.json").read_text(encoding="utf-8"))
+    spec = PreprocessSpec.from_parameters(meta, tuple(meta["model_shape"]))
+    name = meta.get("mixture", "synthetic")
+    start = next_shard_start(pool_dir)
+    write_shards(
+        pool_dir, start, shard, shard, spec=spec, mixture=MIXTURES[name], mixture_name=name
+    )
+    return start
+
+
+def pool_meta(pool_dir) -> dict:
+    """``pool.json`` of a pool folder ({} when absent)."""
+    meta = Path(pool_dir) / "pool.json" if pool_dir else None
+    if meta is not None and meta.exists():
+        return json.loads(meta.read_text(encoding="utf-8"))
+    return {}
 
 
 def load_pools(files, pool_dir, seen=None):
@@ -90,28 +163,49 @@ def load_pools(files, pool_dir, seen=None):
     return images, labels, seen
 
 
-def validation_sets(spec, n_plain=16, n_synth=24):
+# First validation seed per anatomy source (pools use seeds below 1,000,000).
+VAL_SEEDS = {
+    "real": 5_000_000,
+    "phantom": 5_100_000,
+    "totalseg_s0328": 5_200_000,
+    "totalseg_s0011": 5_300_000,
+    "totalseg_s0327": 5_400_000,
+}
+
+
+def validation_sets(spec, n_plain=16, n_synth=24, split=None):
     """Fixed validation sets at model size: name -> (images, labels).
 
     ``spec``: a :class:`client.preprocess.PreprocessSpec` or a model shape (``resize``);
     ``spacing`` specs give one fixed (seeded) training window per scan.
+    ``split`` (a multi-class pool's ``{"train": [...], "held_out": [...]}``): class-table
+    labels with issue 19's variety; one set per held-out real anatomy
+    (``synth_heldout_<name>``) and for the first training one (``synth_train_<name>``).
     """
     from .samples import phantom_sample
     from .synth import synth_scan, training_window
 
+    multiclass = split is not None
     sets = {}
-    val = [phantom_sample(900_000 + i, spec) for i in range(n_plain)]
+    val = [phantom_sample(900_000 + i, spec, label_neighbours=multiclass) for i in range(n_plain)]
     sets["plain_phantoms"] = (np.stack([v[0] for v in val]), np.stack([v[1] for v in val]))
-    for name, source, s0 in (
-        ("synth_real_anatomy", "real", 5_000_000),
-        ("synth_phantom_anatomy", "phantom", 5_100_000),
-    ):
+    if multiclass:
+        todo = [(f"synth_heldout_{a}", a) for a in split["held_out"]]
+        todo += [(f"synth_train_{a}", a) for a in split["train"][:1]]
+        todo += [("synth_phantom_anatomy", "phantom")]
+    else:
+        todo = [("synth_real_anatomy", "real"), ("synth_phantom_anatomy", "phantom")]
+    for name, source in todo:
+        s0 = VAL_SEEDS[source]
         xs, ys = [], []
         for i in range(n_synth):
             aseed = 1000 + i if source == "phantom" else None
-            s = synth_scan(s0 + i, source, anatomy_seed=aseed)
+            s = synth_scan(
+                s0 + i, source, anatomy_seed=aseed, multiclass=multiclass, variety=multiclass
+            )
+            lab = s["classes"] if multiclass else s["labels"]
             rng = np.random.default_rng([s0 + i, 11])
-            x, y = training_window(s["hu"], s["labels"], s["spacing"], s["direction"], spec, rng)
+            x, y = training_window(s["hu"], lab, s["spacing"], s["direction"], spec, rng)
             xs.append(x)
             ys.append(y)
         sets[name] = (np.stack(xs), np.stack(ys))
@@ -161,6 +255,16 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
+        "--num_classes", type=int, default=None, help="outputs (default: pool.json, else 3)"
+    )
+    ap.add_argument(
+        "--grow_every",
+        type=int,
+        default=0,
+        help="write the pool's next shard every N iterations (0: never)",
+    )
+    ap.add_argument("--grow_max", type=int, default=20000, help="stop growing at this pool size")
+    ap.add_argument(
         "--checkpoint_only",
         action="store_true",
         help="only convert SAVE_DIR/latest.pt to model.pdparams (no training)",
@@ -174,6 +278,10 @@ def main(argv=None) -> int:
     save = Path(args.save_dir)
     if args.checkpoint_only:
         ck = torch.load(save / "latest.pt", weights_only=False)
+        if ck.get("class_names"):
+            (save / "classes.json").write_text(
+                json.dumps({str(i): n for i, n in enumerate(ck["class_names"])})
+            )
         state = ck.get("ema") or ck["model"]
         pd = torch_state_to_paddle({k: torch.as_tensor(v).float() for k, v in state.items()})
         np.savez(save / "model_paddle_names.npz", **pd)
@@ -189,16 +297,27 @@ def main(argv=None) -> int:
     images, labels, seen = load_pools(args.pool, args.pool_dir)
     model_shape = images.shape[2:]
     spec = pool_spec(args.pool_dir, model_shape)
-    vsets = validation_sets(spec, args.val_phantoms, args.val_synth)
+    meta = pool_meta(args.pool_dir)
+    split = meta.get("split")
+    if meta.get("classes"):
+        class_names = [meta["classes"][str(i)] for i in range(len(meta["classes"]))]
+    else:
+        class_names = ["background", "liver", "spleen"]
+    n_cls = args.num_classes or len(class_names)
+    if n_cls != len(class_names):
+        ap.error(f"--num_classes {n_cls}, but the pool's labels have {len(class_names)} classes")
+    if int(labels.max()) >= n_cls:
+        raise SystemExit(f"pool labels reach {int(labels.max())}, expected < {n_cls} classes")
+    vsets = validation_sets(spec, args.val_phantoms, args.val_synth, split=split)
     real_cases = []
     if not args.no_real_ct:
         from .evaluate import DATA_DIR, real_ct_cases
 
         if (DATA_DIR / "ct.nii.gz").exists():
-            real_cases = real_ct_cases()
+            real_cases = real_ct_cases(multiclass=n_cls > 3)
 
-    model = TorchVNet(width=args.width, num_classes=3)
-    ema = TorchVNet(width=args.width, num_classes=3)
+    model = TorchVNet(width=args.width, num_classes=n_cls)
+    ema = TorchVNet(width=args.width, num_classes=n_cls)
     ema.load_state_dict(model.state_dict())
     ema.eval()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
@@ -218,9 +337,13 @@ def main(argv=None) -> int:
     elif args.init:
         ck = torch.load(args.init, weights_only=False)
         state = {k: torch.as_tensor(v).float() for k, v in (ck.get("ema") or ck["model"]).items()}
-        model.load_state_dict(state)
-        ema.load_state_dict(state)
-        print(f"initialised from {args.init} (iteration {ck.get('iter')})", flush=True)
+        partial = load_init(model, state)
+        ema.load_state_dict(model.state_dict())
+        print(
+            f"initialised from {args.init} (iteration {ck.get('iter')}); "
+            f"partially copied: {partial}",
+            flush=True,
+        )
     rng = np.random.default_rng([args.seed, it0])
     if rng_state is not None:
         rng.bit_generator.state = rng_state
@@ -231,6 +354,8 @@ def main(argv=None) -> int:
                 "event": "start",
                 "iter": it0,
                 "pool_size": int(len(images)),
+                "num_classes": n_cls,
+                "split": split,
                 "args": {k: v for k, v in vars(args).items()},
                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
@@ -254,14 +379,20 @@ def main(argv=None) -> int:
         from .evaluate import evaluate_case
 
         out = {}
+        vals = list(range(1, n_cls))
         for name, (vx, vy) in vsets.items():
             preds = np.concatenate([predict(vx[i : i + 4]) for i in range(0, len(vx), 4)])
-            d = dice_per_class(preds, vy)
-            out[f"val_{name}_liver"], out[f"val_{name}_spleen"] = round(d[0], 4), round(d[1], 4)
+            d = dice_per_class(preds, vy, vals)
+            for v, dv in zip(vals, d):
+                out[f"val_{name}_{class_names[v]}"] = round(dv, 4)
+        cmap = dict(enumerate(class_names)) if n_cls > 3 else None
         for name, hu, lab, sp, d in real_cases:
-            r = evaluate_case(predict, hu, lab, sp, d, spec, assess_ratio=False)
+            r = evaluate_case(predict, hu, lab, sp, d, spec, assess_ratio=False, classes=cmap)
             out[f"real_ct_{name}_liver"] = round(r["dice_liver"], 4)
             out[f"real_ct_{name}_spleen"] = round(r["dice_spleen"], 4)
+            if cmap and name == "native":
+                for v in vals[2:]:
+                    out[f"real_ct_{name}_{class_names[v]}"] = round(r[f"dice_{class_names[v]}"], 4)
         return out
 
     def checkpoint(it):
@@ -281,6 +412,8 @@ def main(argv=None) -> int:
                 "width": args.width,
                 "model_shape": list(model_shape),
                 "preprocess": spec.parameters(),
+                "class_names": class_names,
+                "split": split,
             },
             save / "latest.pt",
         )
@@ -292,6 +425,21 @@ def main(argv=None) -> int:
         progress = max(it / args.iters, (time.time() - t0) / budget)
         for g in opt.param_groups:
             g["lr"] = args.lr * (1.0 - min(progress, 0.999)) ** 0.9
+        if (
+            args.grow_every
+            and it % args.grow_every == 0
+            and it > it0
+            and len(images) < args.grow_max
+        ):
+            t_g = time.time()
+            s0 = grow_pool(args.pool_dir)
+            log.write(
+                json.dumps(
+                    {"event": "grow", "iter": it, "shard": s0, "seconds": round(time.time() - t_g)}
+                )
+                + "\n"
+            )
+            images, labels, seen = load_pools(args.pool, args.pool_dir, seen)
         if args.pool_dir and it % args.reload_every == 0 and it > it0:
             n_before = len(images)
             images, labels, seen = load_pools(args.pool, args.pool_dir, seen)
@@ -307,7 +455,7 @@ def main(argv=None) -> int:
         yb = np.roll(yb, shift, axis=(1, 2, 3))
         model.train()
         logits = model(to_input(xb))[0]
-        loss = _mixed_loss(torch, logits, torch.from_numpy(yb.astype(np.int64)))
+        loss = _mixed_loss(torch, logits, torch.from_numpy(yb.astype(np.int64)), n_cls)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -354,6 +502,8 @@ def main(argv=None) -> int:
         "model_shape": list(model_shape),
         "preprocess": spec.parameters(),
         "pool_size": int(len(images)),
+        "class_names": class_names,
+        "split": split,
         "validation": final,
         "final_loss": float(np.mean(losses[-50:])) if losses else None,
     }

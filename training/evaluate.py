@@ -126,8 +126,11 @@ def segment_volume(predict, hu, spacing, direction, spec, chunk: int = 4):
     return to_scan_grid(small, record), record
 
 
-def evaluate_case(predict, hu, labels, spacing, direction, spec, assess_ratio=True):
+def evaluate_case(predict, hu, labels, spacing, direction, spec, assess_ratio=True, classes=None):
     """Dice (and liver/spleen ratio) of one scan on its own grid.
+
+    ``classes``: ``{value: name}`` of a multi-class model (:mod:`training.classes`):
+    adds ``dice_<name>`` for every value > 0 (NaN where absent from both masks).
 
     ``predict`` maps a uint8 batch ``[N, 1, *model_shape]`` to labels ``[N, *model_shape]``
     (an ONNX Runtime session's ``run`` wrapped by :func:`onnx_predictor`, or a torch model);
@@ -139,6 +142,12 @@ def evaluate_case(predict, hu, labels, spacing, direction, spec, assess_ratio=Tr
         "dice_spleen": _dice(pred == 2, labels == 2),
         "windows": len(record.windows),
     }
+    if classes:
+        from .demo_train import dice_per_class
+
+        vals = [int(v) for v in classes if int(v) > 0]
+        for v, d in zip(vals, dice_per_class(pred, labels, vals)):
+            out[f"dice_{classes[v]}"] = d
     if assess_ratio:
         from postprocess import assess
 
@@ -234,8 +243,13 @@ def crop_slices(hu, labels, name):
     return np.ascontiguousarray(hu[sl]), np.ascontiguousarray(labels[sl])
 
 
-def real_ct_cases(data_dir=DATA_DIR, variants=REAL_CT_VARIANTS):
+def real_ct_cases(data_dir=DATA_DIR, variants=REAL_CT_VARIANTS, multiclass=False):
     """Variants of the shared real CT as ``(name, hu, labels, spacing, direction)``.
+
+    ``multiclass``: the labels are the class table's (:mod:`training.classes`), mapped
+    by structure name from its 61-structure map ``labels_all`` (a TotalSegmentator
+    model's output, not an expert's: say so where its Dice is used); otherwise 1 liver,
+    2 spleen from ``labels.nii.gz``.
 
     The crops (``slab_42mm``, ``organs_only``, ``upper_half``, :func:`crop_slices`)
     assume the slice axis is array axis 0 running along the body axis (true for the
@@ -250,6 +264,14 @@ def real_ct_cases(data_dir=DATA_DIR, variants=REAL_CT_VARIANTS):
     data_dir = Path(data_dir)
     ct = read_scan(data_dir / "ct.nii.gz")
     lab = read_label_map(data_dir / "labels.nii.gz", ct)
+    if multiclass:
+        from .classes import totalseg_lut
+
+        la = sitk.GetArrayFromImage(sitk.ReadImage(str(data_dir / "labels_all.nii.gz")))
+        names = json.loads((data_dir / "labels_all_names.json").read_text(encoding="utf-8"))
+        if la.shape != np.asarray(lab).shape:
+            raise ValueError(f"labels_all {la.shape} is not on the CT's grid {np.shape(lab)}")
+        lab = totalseg_lut(names)[la]
     hu = np.asarray(ct.array)
     out = []
     tissue = None

@@ -134,6 +134,7 @@ def make_phantom(
     random_orientation=False,
     cut_liver=False,
     fov_mm=350.0,
+    label_neighbours=False,
 ) -> Phantom:
     """Build one abdominal phantom.
 
@@ -166,6 +167,10 @@ def make_phantom(
         Shift the liver so the top of the volume cuts through it.
     fov_mm : float
         In-plane field of view used when ``spacing`` is not given.
+    label_neighbours : bool
+        Also label the kidneys and the aorta with their values of the multi-class
+        table (:mod:`training.classes`); default: liver and spleen only. The random
+        draws, and so the image, are the same either way.
 
     Returns
     -------
@@ -252,6 +257,11 @@ def make_phantom(
     labels = np.zeros(shape, np.uint8)
     labels[f_liver] = LABEL_LIVER
     labels[f_spleen] = LABEL_SPLEEN
+    if label_neighbours:
+        from .classes import CLASS_INDEX
+
+        labels[full == 4] = CLASS_INDEX["kidney"]
+        labels[full == 6] = CLASS_INDEX["aorta"]
 
     # Vessels inside the liver: thin random tubes on the full grid (labelled liver).
     n_vessels = int(rng.integers(4, 8))
@@ -373,7 +383,9 @@ TISSUES = {
 N_TISSUES = len(TISSUES)
 
 
-def make_anatomy_map(seed: int, spacing_mm: float = 3.0, extent_z_mm: float | None = None):
+def make_anatomy_map(
+    seed: int, spacing_mm: float = 3.0, extent_z_mm: float | None = None, parts: dict | None = None
+):
     """A multi-structure trunk label map (chest to pelvis) in the canonical LPS frame.
 
     Unlike :func:`make_phantom` (liver and spleen in a plain body), the map holds the
@@ -393,6 +405,9 @@ def make_anatomy_map(seed: int, spacing_mm: float = 3.0, extent_z_mm: float | No
         Isotropic grid spacing in mm.
     extent_z_mm : float, optional
         Cranio-caudal extent (default drawn in 520-600 mm: chest to pelvis).
+    parts : dict, optional
+        Filled with masks of sub-structures that share a tissue class but not a
+        training class: ``"iliac_artery"`` (artery tissue that is not aorta).
 
     Returns
     -------
@@ -565,8 +580,11 @@ def make_anatomy_map(seed: int, spacing_mm: float = 3.0, extent_z_mm: float | No
     top = ext[0] / 2
     bot = -ext[0] / 2
     lab[tube([(top, 30, 15), (z_bif, 35, 5)], ar) & (body_r < 1.0)] = T["artery"]
+    iliac = np.zeros(shape, bool)
     for side in (-1, 1):
-        lab[tube([(z_bif, 35, 5), (bot, 20, side * 90)], ar * 0.6) & (body_r < 1.0)] = T["artery"]
+        m_il = tube([(z_bif, 35, 5), (bot, 20, side * 90)], ar * 0.6) & (body_r < 1.0)
+        lab[m_il] = T["artery"]
+        iliac |= m_il
     lab[tube([(z_d + 20, 30, -25), (z_bif - 10, 38, -20)], rng.uniform(9, 13)) & (body_r < 1.0)] = (
         T["vein"]
     )
@@ -619,4 +637,6 @@ def make_anatomy_map(seed: int, spacing_mm: float = 3.0, extent_z_mm: float | No
         lab[(ring < 1.0) & (ring > 0.6) & (body_r < 1.0)] = T["bone"]
         fem = ell((pelvis_z - 110, 0, side * 95), (25, 25, 25), 0) < 1.0
         lab[fem & (body_r < 1.0)] = T["bone"]
+    if parts is not None:
+        parts["iliac_artery"] = iliac & (lab == T["artery"])
     return lab, (spacing_mm,) * 3

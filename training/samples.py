@@ -20,8 +20,13 @@ from client.preprocess import as_spec, labels_to_model, preprocess
 from .phantoms import make_phantom
 
 
-def phantom_sample(seed: int, model_shape, rng: np.random.Generator | None = None):
+def phantom_sample(
+    seed: int, model_shape, rng: np.random.Generator | None = None, label_neighbours: bool = False
+):
     """One phantom of random size, spacing, orientation, grade and contrast at model size.
+
+    ``label_neighbours``: labels of the multi-class table (:mod:`training.classes`:
+    kidneys and aorta too); the image is the same.
 
     ``model_shape`` may be a :class:`client.preprocess.PreprocessSpec`: a ``spacing``
     spec gives one training window (:func:`training.synth.training_window`).
@@ -43,6 +48,7 @@ def phantom_sample(seed: int, model_shape, rng: np.random.Generator | None = Non
         contrast=bool(rng.random() < 0.2),
         random_orientation=bool(rng.random() < 0.3),
         cut_liver=bool(rng.random() < 0.05),
+        label_neighbours=label_neighbours,
     )
     spec = as_spec(model_shape)
     if spec.mode != "resize":

@@ -31,6 +31,15 @@ The acquisition is simulated at a moderate grid (96-128 pixels in-plane, at leas
 about 1.25 mm between simulated slices) rather than 512 x 512: the model sees 64^3
 anyway, and a sample then costs about a second.
 
+Issue 19 (multi-class, ``--mixture neighbours_heldout`` / ``neighbours_all``): the
+anatomy sources add three image-less TotalSegmentator label maps (their body built
+by :mod:`training.labelmap_body`), the targets are the class table of
+:mod:`training.classes` (``synth_scan(multiclass=True)``: ``classes`` beside the
+liver/spleen ``labels``), the variety grows (:func:`vary_anatomy`: wider affine and
+elastic ranges, organ sizes, fluid) and every multi-class mixture declares its
+source-level split (:data:`SPLITS`: real anatomies for training, real anatomies held
+out), checked (:func:`split_of`) and written to ``pool.json``.
+
 ``python -m training.synth --out_dir runs/pool_synth --start 0 --count 2000`` writes
 deterministic shards (``synth_<start>.npz``) that ``training.demo_train --pool_dir``
 picks up while it trains.
@@ -54,6 +63,8 @@ from client.preprocess import (
     preprocess_grid,
 )
 
+from .classes import NUM_CLASSES, labels_dict, tissue_lut, totalseg_lut
+from .labelmap_body import LABELMAP_SUBJECTS, TOTALSEG_TISSUE, labelmap_anatomy, paint_envelope
 from .phantoms import N_TISSUES, TISSUES, _store_with_direction, make_anatomy_map
 
 PHASES = ("unenhanced", "arterial", "portal", "delayed")
@@ -108,37 +119,9 @@ _TEX = {
     "soft": 10,
 }
 
-# TotalSegmentator structure name -> tissue class (by prefix, first match wins).
-_TOTALSEG_TISSUE = (
-    ("spleen", "spleen"),
-    ("kidney", "kidney"),
-    ("gallbladder", "gallbladder"),
-    ("liver", "liver"),
-    ("stomach", "stomach"),
-    ("pancreas", "pancreas"),
-    ("adrenal", "soft"),
-    ("lung", "lung"),
-    ("small_bowel", "small_bowel"),
-    ("duodenum", "small_bowel"),
-    ("colon", "colon"),
-    ("urinary_bladder", "bladder"),
-    ("prostate", "soft"),
-    ("sacrum", "bone"),
-    ("vertebrae", "bone"),
-    ("femur", "bone"),
-    ("hip", "bone"),
-    ("rib", "bone"),
-    ("aorta", "artery"),
-    ("iliac_artery", "artery"),
-    ("inferior_vena_cava", "vein"),
-    ("iliac_vena", "vein"),
-    ("portal_vein", "portal_vein"),
-    ("spinal_cord", "cord"),
-    ("gluteus", "muscle"),
-    ("autochthon", "muscle"),
-    ("iliopsoas", "muscle"),
-    ("costal_cartilages", "cartilage"),
-)
+# TotalSegmentator structure name -> tissue class (by prefix, first match wins); one
+# table for the shared CT's map and the image-less label maps (training.labelmap_body).
+_TOTALSEG_TISSUE = TOTALSEG_TISSUE
 
 
 # --- anatomy sources -----------------------------------------------------------------
@@ -263,10 +246,43 @@ _ENHANCING = (
 )
 
 
+@functools.lru_cache(maxsize=1)
+def real_classes(data_dir: str = str(TOTALSEG_DIR)) -> np.ndarray:
+    """Training-class map (:mod:`training.classes`) of the shared CT's 61-structure map,
+    in the canonical orientation of :func:`real_anatomy` (by structure name)."""
+    import SimpleITK as sitk
+
+    d = Path(data_dir)
+    img = sitk.ReadImage(str(d / "labels_all.nii.gz"))
+    names = json.loads((d / "labels_all_names.json").read_text(encoding="utf-8"))
+    cls = totalseg_lut(names)[sitk.GetArrayFromImage(img)]
+    axes, flips = canonical_axes(np.asarray(img.GetDirection()).reshape(3, 3))
+    cls = np.transpose(cls, axes)
+    fl = tuple(a for a in range(3) if flips[a])
+    if fl:
+        cls = np.flip(cls, fl)
+    return np.ascontiguousarray(cls)
+
+
 @functools.lru_cache(maxsize=48)
+def _phantom_source(anatomy_seed: int):
+    parts: dict = {}
+    lab, sp = make_anatomy_map(int(anatomy_seed), parts=parts)
+    return lab, sp, np.flatnonzero(parts["iliac_artery"]).astype(np.int64)
+
+
 def phantom_anatomy(anatomy_seed: int):
     """Cached :func:`training.phantoms.make_anatomy_map` (3 mm grid)."""
-    return make_anatomy_map(int(anatomy_seed))
+    lab, sp, _ = _phantom_source(int(anatomy_seed))
+    return lab, sp
+
+
+def phantom_classes(anatomy_seed: int) -> np.ndarray:
+    """Training-class map of a phantom anatomy (iliac arteries: background)."""
+    lab, _, iliac = _phantom_source(int(anatomy_seed))
+    cls = tissue_lut()[lab]
+    cls.ravel()[iliac] = 0
+    return cls
 
 
 # --- random fields -----------------------------------------------------------------
@@ -370,6 +386,15 @@ def warp_map(src: np.ndarray, spacing, p) -> np.ndarray:
     ndarray of ``src.dtype``: points beyond the map in-plane are air (0); beyond its
     ends along z they take the nearest slice (the scan range is chosen inside the map).
     """
+    return warp_maps([src], spacing, p)[0]
+
+
+def warp_maps(srcs, spacing, p, fill=None) -> list:
+    """:func:`warp_map` of several maps of one shape at the same points (indices once).
+
+    ``fill``: value per map for points beyond the maps in-plane (default 0 each).
+    """
+    src = srcs[0]
     s = np.asarray(spacing, np.float64)
     ext = np.array(src.shape) * s
     idx = [
@@ -377,12 +402,164 @@ def warp_map(src: np.ndarray, spacing, p) -> np.ndarray:
         for i in range(3)
     ]
     idx = np.broadcast_arrays(*idx)
-    out = src[idx[0], idx[1], idx[2]]
-    outside = np.zeros(out.shape, bool)
+    flat = np.ravel_multi_index(idx, src.shape)
+    del idx
+    outside = np.zeros(flat.shape, bool)
     for i in (1, 2):
         outside |= (p[i] < -ext[i] / 2) | (p[i] > ext[i] / 2)
-    out[outside] = 0
+    outs = []
+    for k, m in enumerate(srcs):
+        if m.shape != src.shape:
+            raise ValueError(f"maps to warp differ in shape: {m.shape} vs {src.shape}")
+        o = m.ravel()[flat]
+        o[outside] = 0 if fill is None else fill[k]
+        outs.append(o)
+    return outs
+
+
+_IN_PLANE = np.zeros((1, 3, 3), bool)
+_IN_PLANE[0, 1, :] = _IN_PLANE[0, :, 1] = True
+_ALONG_Z = np.ones((3, 1, 1), bool)
+
+
+def _box(mask, pad):
+    """Bounding box of ``mask`` grown by ``pad`` voxels per axis (slices), or None."""
+    nz = [np.flatnonzero(mask.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
+    if any(len(n) == 0 for n in nz):
+        return None
+    return tuple(
+        slice(max(0, int(n[0]) - p_), min(mask.shape[a], int(n[-1]) + p_ + 1))
+        for a, (n, p_) in enumerate(zip(nz, pad))
+    )
+
+
+def grow_mask(mask, into, r_mm, spacing):
+    """``mask`` dilated by about ``r_mm`` (in-plane, then along z) into the voxels ``into``."""
+    kxy = max(1, int(round(r_mm / spacing[1])))
+    kz = int(round(r_mm / spacing[0]))
+    box = _box(mask, (kz, kxy, kxy))
+    if box is None:
+        return mask
+    m = mask[box]
+    allowed = into[box] | m
+    m = ndi.binary_dilation(m, _IN_PLANE, iterations=kxy, mask=allowed)
+    if kz:
+        m = ndi.binary_dilation(m, _ALONG_Z, iterations=kz, mask=allowed)
+    out = mask.copy()
+    out[box] = m
     return out
+
+
+def shrink_mask(mask, r_mm, spacing):
+    """``mask`` eroded by about ``r_mm`` (in-plane and along z)."""
+    kxy = max(1, int(round(r_mm / spacing[1])))
+    kz = int(round(r_mm / spacing[0]))
+    box = _box(mask, (1, 1, 1))
+    if box is None:
+        return mask
+    m = ndi.binary_erosion(mask[box], _IN_PLANE, iterations=kxy, border_value=1)
+    if kz:
+        m = ndi.binary_erosion(m, _ALONG_Z, iterations=kz, border_value=1)
+    out = np.zeros_like(mask)
+    out[box] = m
+    return out
+
+
+def _balls(rng, where, n, r_lo, r_hi, spacing):
+    """Union of ``n`` balls (radius drawn in mm) centred on random voxels of ``where``."""
+    out = np.zeros(where.shape, bool)
+    idx = np.flatnonzero(where.ravel())
+    if not idx.size:
+        return out
+    for _ in range(n):
+        c = np.unravel_index(int(idx[rng.integers(idx.size)]), where.shape)
+        r = rng.uniform(r_lo, r_hi)
+        k = [int(np.ceil(r / sp)) + 1 for sp in spacing]
+        sl = tuple(
+            slice(max(0, c[a] - k[a]), min(where.shape[a], c[a] + k[a] + 1)) for a in range(3)
+        )
+        g = np.ogrid[sl]
+        d2 = sum(((g[a] - c[a]) * spacing[a]) ** 2 for a in range(3))
+        out[sl] |= d2 <= r * r
+    return out
+
+
+def vary_anatomy(rng, tissue, cls, spacing) -> tuple[np.ndarray, dict]:
+    """Issue 19's anatomical variety, in place on scan-grid tissue and class maps.
+
+    Organ-size changes (hepatomegaly or a small liver, large or small spleen) grow
+    organs into fat and bowel only (never into bone, muscle or other organs);
+    a distended gallbladder; fluid: liver cysts (inside the liver: labelled liver;
+    their exophytic part: background), kidney cysts (background: the kidney class is
+    parenchyma), perihepatic free fluid (background) and, via ``info``, a water-filled
+    stomach. Labels follow every change.
+
+    Returns
+    -------
+    fluid : bool mask painted with water attenuation afterwards; info : what was done.
+    """
+    T = TISSUES
+    from .classes import CLASS_INDEX
+
+    info: dict = {"fluid_hu": float(rng.uniform(-5, 20))}
+    fluid = np.zeros(tissue.shape, bool)
+    soft = np.isin(tissue, (T["fat"], T["small_bowel"], T["colon"]))
+
+    def assign(m, tname, cname):
+        tissue[m] = T[tname]
+        if cls is not None:
+            cls[m] = CLASS_INDEX[cname]
+
+    for organ, p_grow, grow_mm, p_shrink, shrink_mm in (
+        ("liver", 0.25, (5, 25), 0.12, (4, 12)),
+        ("spleen", 0.25, (5, 30), 0.10, (3, 8)),
+    ):
+        u = rng.random()
+        m = tissue == T[organ]
+        if not m.any():
+            continue
+        if u < p_grow:
+            r = float(rng.uniform(*grow_mm))
+            new = grow_mask(m, soft, r, spacing) & ~m
+            assign(new, organ, organ)
+            soft &= ~new
+            info[f"{organ}_grown_mm"] = round(r, 1)
+        elif u < p_grow + p_shrink:
+            r = float(rng.uniform(*shrink_mm))
+            gone = m & ~shrink_mask(m, r, spacing)
+            assign(gone, "fat", "background")
+            if rng.random() < 0.5:  # ascites where the organ shrank
+                fluid |= gone
+            soft |= gone
+            info[f"{organ}_shrunk_mm"] = round(r, 1)
+    gb = tissue == T["gallbladder"]
+    if gb.any() and rng.random() < 0.3:
+        r = float(rng.uniform(5, 20))
+        new = grow_mask(gb, soft | (tissue == T["liver"]), r, spacing) & ~gb
+        assign(new, "gallbladder", "gallbladder")
+        soft &= ~new
+        info["gallbladder_distended_mm"] = round(r, 1)
+    liver = tissue == T["liver"]
+    if liver.any() and rng.random() < 0.2:
+        balls = _balls(rng, liver, int(rng.integers(1, 4)), 5, 30, spacing)
+        fluid |= balls & liver
+        exo = balls & soft
+        assign(exo, "fat", "background")
+        fluid |= exo
+        info["liver_cysts"] = True
+    kid = np.isin(tissue, (T["kidney_cortex"], T["kidney_medulla"]))
+    if kid.any() and rng.random() < 0.15:
+        balls = _balls(rng, kid, int(rng.integers(1, 3)), 5, 25, spacing) & (kid | soft)
+        assign(balls, "fat", "background")
+        fluid |= balls
+        info["kidney_cysts"] = True
+    if liver.any() and rng.random() < 0.1:
+        shell = grow_mask(liver, soft & (tissue == T["fat"]), rng.uniform(4, 15), spacing) & ~liver
+        assign(shell, "fat", "background")
+        fluid |= shell
+        info["perihepatic_fluid"] = True
+    info["stomach_fluid"] = bool(rng.random() < 0.25)
+    return fluid, info
 
 
 def synth_scan(
@@ -391,6 +568,8 @@ def synth_scan(
     anatomy_seed: int | None = None,
     phase: str | None = None,
     scenario: str | None = None,
+    multiclass: bool = False,
+    variety: bool = False,
 ) -> dict:
     """Synthesise one CT scan with its liver/spleen labels on the scan grid.
 
@@ -398,33 +577,53 @@ def synth_scan(
     ----------
     seed : int
         Seed of everything random in this sample (deterministic).
-    source : {"real", "phantom", "real_image"}
+    source : {"real", "phantom", "real_image"} or a name of :data:`LABELMAP_SUBJECTS`
         Anatomy: the shared real CT's 61-structure map or a phantom anatomy map, each
         painted; or ``real_image``: the shared real CT's own image (not a synthetic
         one) through the same geometry and acquisition, its organs moved to the
-        drawn phase's enhancement and liver/spleen ratio (texture kept).
+        drawn phase's enhancement and liver/spleen ratio (texture kept); or an
+        image-less real label map (``totalseg_s0011`` ...), its body built around the
+        labelled structures (:mod:`training.labelmap_body`).
     anatomy_seed : int, optional
         Phantom anatomy seed (default drawn from ``seed``, 48 distinct anatomies).
     phase, scenario : str, optional
         Force the contrast phase (:data:`PHASES`) or the field-of-view scenario
         (:data:`SCENARIOS`); the random draws are made anyway, so the rest of the
         sample stays the one of ``seed``.
+    multiclass : bool
+        Also return ``classes``: the multi-class targets (:mod:`training.classes`).
+    variety : bool
+        Issue 19's wider variety: larger affine and elastic ranges, organ-size changes
+        (hepatomegaly, small or large spleen), distended gallbladder, fluid-filled
+        stomach, liver and kidney cysts, perihepatic fluid (:func:`vary_anatomy`).
+        Its draws come from a second generator, so ``variety=False`` gives exactly the
+        samples of the liver/spleen pools.
 
     Returns
     -------
     dict with ``hu`` (int16 [z, y, x]), ``labels`` (uint8, 1 liver, 2 spleen, same
-    grid), ``spacing`` (z, y, x mm), ``direction`` (3 x 3) and ``info`` (phase,
-    scenario, slice thickness, ...).
+    grid), ``classes`` (with ``multiclass``: uint8 class table values, same grid),
+    ``spacing`` (z, y, x mm), ``direction`` (3 x 3) and ``info`` (phase, scenario,
+    slice thickness, ...).
     """
     rng = np.random.default_rng(seed)
+    rng2 = np.random.default_rng([int(seed), 19])  # issue 19 draws only (see ``variety``)
+    cls_src = out_src = None
     if source in ("real", "real_image"):
         src, s_src = real_anatomy()
+        cls_src = real_classes() if multiclass else None
     elif source == "phantom":
         aseed = int(anatomy_seed) if anatomy_seed is not None else int(rng.integers(0, 48))
         src, s_src = phantom_anatomy(aseed)
+        cls_src = phantom_classes(aseed) if multiclass else None
+    elif source in LABELMAP_SUBJECTS:
+        lm = labelmap_anatomy(source)
+        src, s_src, out_src = lm.tissue, lm.spacing, lm.outside_mm
+        cls_src = lm.classes if multiclass else None
     else:
         raise ValueError(
-            f"unknown anatomy source {source!r} (expected 'real', 'phantom' or 'real_image')"
+            f"unknown anatomy source {source!r} (expected 'real', 'phantom', 'real_image' "
+            f"or one of {LABELMAP_SUBJECTS})"
         )
     s_src = np.asarray(s_src, np.float32)
     ext_src = np.array(src.shape) * s_src
@@ -449,6 +648,8 @@ def synth_scan(
     src_lo, src_hi = -ext_src[0] / 2 + 3, ext_src[0] / 2 - 3
 
     scale = rng.uniform(0.8, 1.25) * rng.uniform(0.93, 1.07, 3)
+    if variety:  # about 0.74-1.35 overall, up to +-12 % anisotropy
+        scale = scale * rng2.uniform(0.92, 1.08) * rng2.uniform(0.95, 1.05, 3)
     a, b = _z_range(rng, scen, src_lo, src_hi, org_lo, org_hi, organs, scale[0])
     if b - a < 15 / scale[0]:  # too little room (e.g. no chest above the organs): whole abdomen
         scen = "full"
@@ -481,6 +682,8 @@ def synth_scan(
 
     # Output -> source: p = M q + c + elastic(q).
     rot = _rot(rng, 15, 6)
+    if variety:
+        rot = _rot(rng2, 10, 4) @ rot
     m = (rot.T / scale[None, :]).astype(np.float32)  # q scaled down, then rotated back
     body_yx = np.argwhere(src[src.shape[0] // 2] > 0)
     cy, cx = (body_yx.mean(0) + 0.5) * s_src[1:] - ext_src[1:] / 2 if len(body_yx) else (0, 0)
@@ -496,7 +699,26 @@ def synth_scan(
         + amp * _smooth_field(rng, axes_mm, corr)
         for i in range(3)
     ]
-    tissue = warp_map(src, s_src, p)
+    if variety:  # a second, shorter-range elastic displacement
+        amp2, corr2 = rng2.uniform(0, 8), rng2.uniform(25, 50)
+        for i in range(3):
+            p[i] = p[i] + amp2 * _smooth_field(rng2, axes_mm, corr2)
+    maps, fills = [src], [0]
+    if cls_src is not None:
+        maps.append(cls_src)
+        fills.append(0)
+    if out_src is not None:
+        maps.append(out_src)
+        fills.append(255)
+    warped = warp_maps(maps, s_src, p, fills)
+    tissue = warped[0]
+    cls = warped[1] if cls_src is not None else None
+    body_info = {}
+    if out_src is not None:  # image-less label map: wall muscle, subcutaneous fat, skin
+        field = _smooth_field(rng2, axes_mm, rng2.uniform(50, 90))
+        body_info = paint_envelope(tissue, warped[-1], rng2, field)
+        del field
+    del warped
     real_hu = None
     if source == "real_image":
         rimg, rmed = real_image()
@@ -529,6 +751,10 @@ def synth_scan(
                 tissue[put] = np.broadcast_to(arm2d[None], tissue.shape)[put]
                 arm_mask = put if arm_mask is None else arm_mask | put
 
+    fluid = None
+    vary_info: dict = {}
+    if variety and source != "real_image":
+        fluid, vary_info = vary_anatomy(rng2, tissue, cls, (dzf, dxy, dxy))
     # Paint: mean + texture per tissue, then organ-specific features.
     mean, info = draw_means(rng, phase)
     tex_lo = np.zeros(N_TISSUES, np.float32)
@@ -572,6 +798,9 @@ def synth_scan(
             yl = ys.min() + level * (ys.max() - ys.min())
             air = stomach_in & (np.arange(n_xy)[None, :, None] < yl)
             hu[air] = mean[T["gas"]]
+        if vary_info.get("stomach_fluid"):  # water-filled stomach (gas kept above it)
+            sel = stomach_in & (hu > -500)
+            hu[sel] = vary_info["fluid_hu"] + 4 * f_mid[sel]
     bowel_in = inner & (tissue != T["stomach"])
     if bowel_in.any():
         if rng.random() < 0.15:
@@ -579,6 +808,8 @@ def synth_scan(
             hu[sel] = rng.uniform(150, 350) + 20 * f_mid[sel]
         gas = bowel_in & (f_mid > rng.uniform(0.3, 1.5)) | (tissue == T["gas"])
         hu[gas] = mean[T["gas"]]
+    if fluid is not None and fluid.any():  # cysts, distended gallbladder, free fluid
+        hu[fluid] = vary_info["fluid_hu"] + 4 * f_mid[fluid]
     if real_hu is not None:
         # Real texture; organs moved to the drawn phase/steatosis; arms and (enhanced)
         # intrahepatic vessels and the arterial spleen pattern from the painting.
@@ -603,7 +834,11 @@ def synth_scan(
         scale=[float(s) for s in scale],
         arms=arms,
         source=source,
+        **body_info,
+        **{k: v for k, v in vary_info.items() if k != "stomach_fluid"},
     )
+    if vary_info.get("stomach_fluid"):
+        info["stomach_fluid"] = True
 
     # Acquisition: slice profile along z (and a little in-plane blur), sample the slices.
     sig_z = thick / 2.3548 / dzf
@@ -612,6 +847,8 @@ def synth_scan(
     sl = slice(k // 2, nzf, k)
     hu = np.ascontiguousarray(hu[sl])
     tissue = tissue[sl]
+    if cls is not None:
+        cls = np.ascontiguousarray(cls[sl])
     labels = np.zeros(tissue.shape, np.uint8)
     labels[tissue == T["liver"]] = LABEL_LIVER
     labels[tissue == T["spleen"]] = LABEL_SPLEEN
@@ -640,8 +877,13 @@ def synth_scan(
         d = np.zeros((3, 3))
         for c in range(3):
             d[perm[c], c] = signs[c]
+        if cls is not None:
+            cls = _store_with_direction(cls, cls, spacing, d)[0]
         hu, labels, spacing, direction = _store_with_direction(hu, labels, spacing, d)
-    return {"hu": hu, "labels": labels, "spacing": spacing, "direction": direction, "info": info}
+    out = {"hu": hu, "labels": labels, "spacing": spacing, "direction": direction, "info": info}
+    if cls is not None:
+        out["classes"] = cls
+    return out
 
 
 def training_window(
@@ -653,7 +895,7 @@ def training_window(
     ``spacing`` models: the fixed-spacing grid (body crop, resampling, centred padding:
     exactly what serving does), then one model-size window: with probability
     ``organ_p`` centred on a random liver/spleen voxel (+- ``jitter``), otherwise
-    anywhere. Along an axis no longer than the model box the window is the padded
+    anywhere (multi-class labels: still liver/spleen). Along an axis no longer than the model box the window is the padded
     grid itself, as in serving.
 
     Returns
@@ -667,7 +909,7 @@ def training_window(
     if tuple(grid.shape) == m:
         return grid[None], lab
     room = [g - n for g, n in zip(grid.shape, m)]
-    organ = np.flatnonzero(lab.ravel())
+    organ = np.flatnonzero(((lab == LABEL_LIVER) | (lab == LABEL_SPLEEN)).ravel())
     if organ.size and rng.random() < organ_p:
         v = np.unravel_index(int(organ[rng.integers(organ.size)]), lab.shape)
         start = [int(c) - n // 2 + int(rng.integers(-jitter, jitter + 1)) for c, n in zip(v, m)]
@@ -678,18 +920,21 @@ def training_window(
     return np.ascontiguousarray(grid[win])[None], np.ascontiguousarray(lab[win])
 
 
-def synth_sample(seed: int, spec, source: str = "real"):
+def synth_sample(seed: int, spec, source: str = "real", multiclass: bool = False):
     """One synthetic sample at model size through the serving preprocessing.
 
     ``spec``: a :class:`client.preprocess.PreprocessSpec` or a model shape (``resize``).
+    ``multiclass``: the labels are the class table's (:mod:`training.classes`) and the
+    sample gets issue 19's wider variety (``synth_scan(variety=True)``).
 
     Returns
     -------
     image : uint8 [1, z, y, x], labels : uint8 [z, y, x], info : dict
     """
-    s = synth_scan(seed, source)
+    s = synth_scan(seed, source, multiclass=multiclass, variety=multiclass)
+    lab = s["classes"] if multiclass else s["labels"]
     rng = np.random.default_rng([int(seed), 11])
-    image, labels = training_window(s["hu"], s["labels"], s["spacing"], s["direction"], spec, rng)
+    image, labels = training_window(s["hu"], lab, s["spacing"], s["direction"], spec, rng)
     return image, labels, s["info"]
 
 
@@ -700,7 +945,50 @@ MIXTURES = {
     "synthetic": (("real", 0.45), ("phantom", 0.40), ("plain", 0.15)),
     "shippable": (("real", 0.35), ("phantom", 0.30), ("real_image", 0.25), ("plain", 0.10)),
 }
+# Multi-class mixtures (issue 19): kinds are anatomy sources. Each names its
+# source-level split: ``train`` (real anatomies painted into the pool) and
+# ``held_out`` (real anatomies that the pool never uses: evaluation only).
+MIXTURES["neighbours_heldout"] = (
+    ("totalseg_s0011", 0.25),
+    ("totalseg_s0327", 0.25),
+    ("phantom", 0.40),
+    ("plain", 0.10),
+)
+MIXTURES["neighbours_all"] = (
+    ("real", 0.15),
+    ("totalseg_s0011", 0.15),
+    ("totalseg_s0327", 0.15),
+    ("totalseg_s0328", 0.15),
+    ("phantom", 0.30),
+    ("plain", 0.10),
+)
+REAL_ANATOMIES = ("real", *LABELMAP_SUBJECTS)  # "real": the shared CT's label map
+SPLITS = {
+    "neighbours_heldout": {
+        "train": ("totalseg_s0011", "totalseg_s0327"),
+        "held_out": ("real", "totalseg_s0328"),
+    },
+    "neighbours_all": {"train": REAL_ANATOMIES, "held_out": ()},
+}
+MULTICLASS_MIXTURES = tuple(SPLITS)
 MIXTURE = MIXTURES["synthetic"]
+
+
+def split_of(mixture_name: str) -> dict:
+    """The source-level split of a multi-class mixture, checked against its kinds.
+
+    Raises ValueError when a held-out anatomy is a kind of the mixture, or a real
+    anatomy of the mixture is not declared as training.
+    """
+    split = SPLITS[mixture_name]
+    kinds = {k for k, _ in MIXTURES[mixture_name]}
+    leak = kinds & set(split["held_out"])
+    if leak:
+        raise ValueError(f"mixture {mixture_name}: held-out anatomies {sorted(leak)} in the pool")
+    undeclared = (kinds & set(REAL_ANATOMIES)) - set(split["train"])
+    if undeclared:
+        raise ValueError(f"mixture {mixture_name}: {sorted(undeclared)} not in its train split")
+    return {"train": list(split["train"]), "held_out": list(split["held_out"])}
 
 
 def kind_of_seed(seed: int, mixture=MIXTURE) -> str:
@@ -714,25 +1002,32 @@ def kind_of_seed(seed: int, mixture=MIXTURE) -> str:
     return mixture[-1][0]
 
 
-def pool_sample(seed: int, spec, mixture=MIXTURE):
-    """The pool sample of a seed: synthetic from real or phantom anatomy, or a plain phantom."""
+def pool_sample(seed: int, spec, mixture=MIXTURE, multiclass: bool = False):
+    """The pool sample of a seed: synthetic from real or phantom anatomy, or a plain phantom.
+
+    ``multiclass``: labels of the class table (:mod:`training.classes`) and issue 19's
+    variety; plain phantoms then label kidneys and aorta too.
+    """
     kind = kind_of_seed(seed, mixture)
     if kind == "plain":
         from .samples import phantom_sample
 
-        image, labels = phantom_sample(int(seed), spec)
+        image, labels = phantom_sample(int(seed), spec, label_neighbours=multiclass)
         return image, labels, {"source": "plain_phantom"}
-    return synth_sample(seed, spec, kind)
+    return synth_sample(seed, spec, kind, multiclass=multiclass)
 
 
 def write_shards(
     out_dir, start: int, count: int, shard: int = 100, model_shape=(64, 64, 64), mixture=MIXTURE,
-    spec=None,
+    spec=None, mixture_name: str | None = None,
 ):  # fmt: skip
     """Write pool shards ``synth_<first seed>.npz`` for seeds ``start .. start+count-1``.
 
     ``spec`` (a :class:`client.preprocess.PreprocessSpec`) overrides ``model_shape``
     (``resize``); its parameters are stored in every shard and in ``pool.json``.
+    ``mixture_name`` of a multi-class mixture (:data:`MULTICLASS_MIXTURES`) selects it
+    (and ``mixture`` is ignored): the labels are the class table's, and ``pool.json``
+    records the mixture, its source-level split (:func:`split_of`) and the class table.
 
     Existing complete shards are skipped, so an interrupted run resumes; every shard
     is written to a temporary name and renamed (a reader never sees half a shard).
@@ -742,6 +1037,11 @@ def write_shards(
     spec = as_spec(spec if spec is not None else model_shape)
     model_shape = spec.model_shape
     meta = {"model_shape": list(model_shape), **spec.parameters()}
+    multiclass = mixture_name in MULTICLASS_MIXTURES
+    if multiclass:
+        mixture = MIXTURES[mixture_name]
+        meta.update(pool_meta(mixture_name))
+    meta = json.loads(json.dumps(meta))  # as stored (lists, string keys)
     pool_json = out / "pool.json"
     if pool_json.exists():
         old = json.loads(pool_json.read_text(encoding="utf-8"))
@@ -758,7 +1058,7 @@ def write_shards(
         labels = np.zeros((n, *model_shape), np.uint8)
         infos = []
         for j in range(n):
-            images[j], labels[j], info = pool_sample(s0 + j, spec, mixture)
+            images[j], labels[j], info = pool_sample(s0 + j, spec, mixture, multiclass)
             infos.append(info)
         tmp = out / f".tmp_synth_{s0:07d}.npz"
         with open(tmp, "wb") as fh:
@@ -769,6 +1069,28 @@ def write_shards(
         tmp.rename(path)
         (out / f"synth_{s0:07d}.json").write_text(json.dumps(infos, default=float))
         print(f"wrote {path} ({n} samples)", flush=True)
+
+
+def pool_meta(mixture_name: str) -> dict:
+    """``pool.json`` entries of a multi-class mixture: mixture, split, class table."""
+    return {
+        "mixture": mixture_name,
+        "mixture_fractions": {k: f for k, f in MIXTURES[mixture_name]},
+        "split": split_of(mixture_name),
+        "classes": labels_dict(),
+        "num_classes": NUM_CLASSES,
+        "variety": "issue19-v1",
+    }
+
+
+def next_shard_start(out_dir) -> int:
+    """First seed after the pool's last shard (0 for an empty pool)."""
+    paths = sorted(Path(out_dir).glob("synth_*.npz"))
+    if not paths:
+        return 0
+    last = paths[-1]
+    with np.load(last) as z:
+        return int(z["seeds"][-1]) + 1
 
 
 def main(argv=None) -> int:
@@ -792,7 +1114,8 @@ def main(argv=None) -> int:
         "--mixture",
         choices=sorted(MIXTURES),
         default="synthetic",
-        help="synthetic: no real image (default); shippable: adds the augmented real CT",
+        help="synthetic: no real image (default); shippable: adds the augmented real CT; "
+        "neighbours_heldout / neighbours_all: multi-class (issue 19), see SPLITS",
     )
     args = ap.parse_args(argv)
     spec = (
@@ -802,7 +1125,7 @@ def main(argv=None) -> int:
     )
     write_shards(
         args.out_dir, args.start, args.count, args.shard, args.model_shape, MIXTURES[args.mixture],
-        spec=spec,
+        spec=spec, mixture_name=args.mixture,
     )  # fmt: skip
     return 0
 
