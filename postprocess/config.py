@@ -103,6 +103,9 @@ class PhaseConfig:
         Structures smaller than this in the scan are not measured.
     trim_mm : float
         Partial-volume rim trimmed from each structure before taking its median.
+    measure_mm : float
+        The structures are measured on every k-th voxel, k = floor(measure_mm / spacing)
+        per axis (at least 1): a median over thousands of voxels needs no finer grid.
     cortex_mm, medulla_mm : float
         Kidney voxels at most ``cortex_mm`` from the kidney surface (past the trimmed
         rim) are cortex, those deeper than ``medulla_mm`` medulla.
@@ -120,6 +123,7 @@ class PhaseConfig:
     spleen_unenhanced_max_hu: float = 70.0
     min_structure_ml: float = 1.0
     trim_mm: float = 2.0
+    measure_mm: float = 1.5
     cortex_mm: float = 5.0
     medulla_mm: float = 9.0
 

@@ -69,6 +69,16 @@ def _box(slices, stride, shape):
     )
 
 
+def inside(mask: np.ndarray, mm: float, spacing) -> np.ndarray:
+    """Voxels of ``mask`` whose box neighbourhood of about ``mm`` (``max(1, round(mm /
+    spacing))`` voxels per axis) lies inside ``mask``: a binary erosion by a box, with
+    everything outside the array counted as outside (a separable minimum filter)."""
+    from scipy import ndimage as ndi
+
+    size = tuple(2 * max(1, int(round(mm / float(s)))) + 1 for s in spacing)
+    return ndi.minimum_filter(mask.view(np.uint8), size=size, mode="constant", cval=0) > 0
+
+
 def _median(values: np.ndarray, min_n: int = 10) -> float:
     return float(np.median(values)) if values.size >= min_n else float("nan")
 
@@ -105,35 +115,45 @@ def structure_attenuation(hu, labels, classes: dict | None, spacing, stride, cfg
     lab_c = np.ascontiguousarray(to_numpy(labels[coarse]))
     top = max(v for vals in groups.values() for v in vals)
     objects = ndi.find_objects(lab_c, max_label=top)
-    voxel_ml = float(np.prod(spacing)) / 1000.0
+    # Medians need no sub-millimetre grid: vessels measured on about 1.5 mm (every 2nd
+    # voxel of a 0.75 mm plane), which keeps the phase a small part of the measure stage.
     out: dict = {}
     for group, values in groups.items():
-        found = [objects[v - 1] for v in values if v - 1 < len(objects) and objects[v - 1]]
-        if not found:
+        # The kidneys (large, and split by a Euclidean depth) on about twice that.
+        mm = cfg.measure_mm * (2.0 if group == "kidney" else 1.0)
+        step = tuple(max(1, int(mm // float(s))) for s in spacing)
+        sp = tuple(float(s) * k for s, k in zip(spacing, step))
+        voxel_ml = float(np.prod(sp)) / 1000.0
+        parts: dict[str, list] = {"all": [], "core": [], "cortex": [], "medulla": []}
+        for v in values:  # each label in its own box (the two kidneys lie apart)
+            if v - 1 >= len(objects) or objects[v - 1] is None:
+                continue
+            box = tuple(
+                slice(b.start, b.stop, k)
+                for b, k in zip(_box(objects[v - 1], stride, labels.shape), step)
+            )
+            mask = to_numpy(labels[box]) == v
+            if not mask.any():
+                continue
+            h = to_numpy(hu[box]).astype(np.float32, copy=False)
+            # Trim the rim of partial-volume voxels (fat around the aorta, liver around the
+            # portal vein): keep voxels at least trim_mm inside along every axis.
+            core = inside(mask, cfg.trim_mm, sp)
+            parts["all"].append(h[mask])
+            parts["core"].append(h[core])
+            if group == "kidney":  # Euclidean depth (mm): small boxes, one per kidney
+                depth = ndi.distance_transform_edt(np.pad(mask, 1), sampling=sp)[1:-1, 1:-1, 1:-1]
+                parts["cortex"].append(h[(depth > cfg.trim_mm) & (depth <= cfg.cortex_mm)])
+                parts["medulla"].append(h[depth > cfg.medulla_mm])
+        cat = {k: np.concatenate(x) if x else np.zeros(0, np.float32) for k, x in parts.items()}
+        if cat["all"].size * voxel_ml < cfg.min_structure_ml:
             continue
-        union = tuple(
-            slice(min(b[a].start for b in found), max(b[a].stop for b in found)) for a in range(3)
-        )
-        box = _box(union, stride, labels.shape)
-        lab = to_numpy(labels[box])
-        mask = np.isin(lab, values)
-        n = int(mask.sum())
-        if n * voxel_ml < cfg.min_structure_ml:
-            continue
-        h = to_numpy(hu[box]).astype(np.float32, copy=False)
-        # Distance (mm) of every voxel to the structure's outside: trims the rim of
-        # partial-volume voxels (fat around the aorta, liver around the portal vein).
-        depth = ndi.distance_transform_edt(np.pad(mask, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
-        core = depth > cfg.trim_mm
-        if int(core.sum()) < 10:
-            core = mask  # thin structure on a coarse grid: take it whole
-        out[f"{group}_ml"] = round(n * voxel_ml, 1)
-        out[group] = _median(h[core])
+        core = cat["core"] if cat["core"].size >= 10 else cat["all"]  # thin: take it whole
+        out[f"{group}_ml"] = round(cat["all"].size * voxel_ml, 1)
+        out[group] = _median(core)
         if group == "kidney":
-            cortex = core & (depth <= cfg.cortex_mm)
-            medulla = depth > cfg.medulla_mm
-            out["kidney_cortex"] = _median(h[cortex])
-            out["kidney_medulla"] = _median(h[medulla])
+            out["kidney_cortex"] = _median(cat["cortex"])
+            out["kidney_medulla"] = _median(cat["medulla"])
     return {k: v for k, v in out.items() if not (isinstance(v, float) and math.isnan(v))}
 
 
