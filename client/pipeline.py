@@ -709,7 +709,12 @@ def write_outputs(
         from .labels_sidecar import write_label_sidecars
 
         files["mask"] = write_label_map(labels, scan, out / "masks" / f"{case}.nii.gz")
-        files.update(opt("label sidecars", lambda: write_label_sidecars(files["mask"])) or {})
+        # Every class the model declares is in the mask, and named in the label files.
+        classes = getattr(getattr(segmenter, "client", None), "classes", None) or {}
+        names = {**contract.LABEL_NAMES, **{int(v): str(n) for n, v in classes.items()}}
+        files.update(
+            opt("label sidecars", lambda: write_label_sidecars(files["mask"], names)) or {}
+        )
     if config.write_qc:
         from .report import qc_png
 

@@ -268,3 +268,46 @@ def test_real_ct_is_read_as_unenhanced(example):
     _, _, _, canon = example
     a = assess(scan.array, canon, scan.spacing, direction=scan.direction, classes=CLASSES)
     assert a.phase.phase == "unenhanced" and a.phase.hu["aorta"] < 60
+
+
+# --- the model declares its classes (issue 19 item 3, read by the client) ---------------
+def test_model_classes_parameter():
+    from client.triton import check_model_config, model_classes
+
+    assert model_classes({}) == {"liver": 1, "spleen": 2}
+    cfg = {"parameters": {"hepascreen_classes": {"string_value": "1=liver,2=spleen,5=aorta,7=portal_vein_and_splenic_vein"}}}  # fmt: skip
+    assert model_classes(cfg) == {"liver": 1, "spleen": 2, "aorta": 5,
+                                  "portal_vein_and_splenic_vein": 7}  # fmt: skip
+    for bad in (
+        "1=spleen,2=liver",
+        "1=liver,2=spleen,2=aorta",
+        "1=liver,x",
+        "1=liver,2=spleen,300=a",
+    ):
+        with pytest.raises(ValueError, match="hepascreen_classes"):
+            model_classes({"parameters": {"hepascreen_classes": bad}})
+    problems = check_model_config(
+        {"input": [{"dims": [1, 8, 8, 8], "data_type": "TYPE_UINT8", "name": "VOLUME"}],
+         "output": [{"dims": [8, 8, 8], "data_type": "TYPE_UINT8", "name": "LABELS"}],
+         "max_batch_size": 2, "parameters": {"hepascreen_classes": "1=spleen"}}
+    )  # fmt: skip
+    assert any("hepascreen_classes" in p for p in problems)
+
+
+def test_masks_written_name_every_class_the_model_declares(tmp_path, example):
+    from types import SimpleNamespace
+
+    from client.discover import ScanSource
+    from client.pipeline import ScreenConfig, write_outputs
+
+    scan, _, _, canon = example
+    seg = SimpleNamespace(kind="triton", client=SimpleNamespace(classes=CLASSES),
+                          describe=lambda: {"model_name": "m"})  # fmt: skip
+    src = ScanSource("case", REAL_CT_DIR / "ct.nii.gz", "image")
+    files = write_outputs(src, scan, canon, {"grade": "normal"}, seg,
+                          ScreenConfig(out_dir=tmp_path, write_qc=False))  # fmt: skip
+    back = read_label_map(files["mask"], scan, "hepascreen")
+    assert np.array_equal(back, canon)  # every class kept in the mask
+    ctbl = files["slicer"].read_text()
+    for name, value in CLASSES.items():
+        assert f"\n{value} {name} " in ctbl
