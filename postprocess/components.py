@@ -1,4 +1,13 @@
-"""Connected components, organ volume and bounding boxes (NumPy or CuPy)."""
+"""Connected components, organ volume and bounding boxes (NumPy or CuPy).
+
+Labelling: on NumPy arrays ``cc3d.connected_components`` (the ``connected-components-3d``
+package, CPU only) when it is installed, else ``scipy.ndimage.label``; CuPy arrays use
+``cupyx.scipy.ndimage.label``. cc3d numbers the 26-connected components exactly as
+SciPy does (same count, same label per voxel, in raster order of first voxel:
+``tests/test_postprocess.py`` compares them), and labelled a 9 M-voxel liver box 3.6x
+faster (0.037 s vs 0.133 s, ``benchmarks/bench_postprocess.py``), so the answer, ties
+included, does not depend on which one ran.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +17,53 @@ from ._xp import get_xp
 
 _STRUCT_26 = np.ones((3, 3, 3), dtype=bool)
 
+try:  # optional fast CPU labelling; SciPy is the reference and the fallback
+    import cc3d as _cc3d
+except ImportError:  # pragma: no cover - exercised where cc3d is not installed
+    _cc3d = None
+
+
+def label_26(mask):
+    """``(labels, n)``: 26-connected components of a boolean 3D mask, numbered 1..n in raster
+    order of each component's first voxel (``scipy.ndimage.label``'s numbering)."""
+    xp, ndi = get_xp(mask)
+    if xp is np and _cc3d is not None:
+        lab, n = _cc3d.connected_components(
+            np.ascontiguousarray(mask), connectivity=26, return_N=True
+        )
+        return lab, int(n)
+    lab, n = ndi.label(mask, structure=xp.asarray(_STRUCT_26))
+    return lab, int(n)
+
+
+def _word_aligned(within, mask):
+    """``within`` widened along x to multiples of 8 voxels inside the array (the same True
+    voxels, so the same box), so that :func:`_any_last_axis` can read it 8 voxels a word."""
+    if type(mask) is not np.ndarray or mask.shape[2] % 8:
+        return within
+    x = within[2]
+    x0, x1 = (x.start or 0) // 8 * 8, -(-(mask.shape[2] if x.stop is None else x.stop) // 8) * 8
+    return (within[0], within[1], slice(x0, min(x1, mask.shape[2])))
+
+
+def _any_last_axis(mask):
+    """``mask.any(axis=2)`` for a 3D mask; on a C-contiguous byte-sized NumPy array whose
+    last axis is a multiple of 8, reads 8 voxels per uint64 word (same answer, 8x fewer
+    elements: the full-volume pass of :func:`bounding_box` is the cost it cuts)."""
+    if (
+        type(mask) is np.ndarray
+        and mask.dtype.itemsize == 1
+        and mask.strides[2] == 1
+        and mask.shape[2] % 8 == 0
+        and mask.shape[2] > 0
+    ):
+        try:  # a view with a contiguous last axis (also a box cut of a larger array)
+            return mask.view(np.uint64).any(axis=2)
+        except ValueError:  # numpy refuses some layouts: the plain reduction
+            pass
+    xp, _ = get_xp(mask)
+    return xp.any(mask, axis=2)
+
 
 def bounding_box(mask):
     """Tight bounding box of a 3D mask as a tuple of slices ``(z, y, x)``; None if empty.
@@ -15,7 +71,7 @@ def bounding_box(mask):
     One pass over the volume (a [z, y] projection), then only the box's rows for x.
     """
     xp, _ = get_xp(mask)
-    zy = xp.any(mask, axis=2)
+    zy = _any_last_axis(mask)
     zs = xp.flatnonzero(xp.any(zy, axis=1))
     if zs.size == 0:
         return None
@@ -44,19 +100,19 @@ def largest_component_and_box(mask, within=None):
     ``within`` (a tuple of slices known to contain every True voxel of ``mask``, e.g.
     the bounding box of all labels) limits the search for the mask's box to it.
     """
-    xp, ndi = get_xp(mask)
+    xp, _ = get_xp(mask)
     mask = mask.astype(bool, copy=False)
     out = xp.zeros(mask.shape, dtype=bool)
     if within is None:
         box = bounding_box(mask)
     else:
+        within = _word_aligned(within, mask)
         inner = bounding_box(mask[within])
         box = None if inner is None else _offset_box(within, inner)
     if box is None:
         return out, None
     sub = mask[box]
-    lab, n = ndi.label(sub, structure=xp.asarray(_STRUCT_26))
-    n = int(n)
+    lab, n = label_26(sub)
     if n <= 1:
         out[box] = sub
         return out, box

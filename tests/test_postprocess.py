@@ -357,3 +357,57 @@ def test_edge_touch_from_box_matches_faces(seed):
         np.random.default_rng(0),
     )
     assert m.touches_edge == touches_edge(lab == 1) == ("liver_cut_by_edge" in flags)
+
+
+# --- issue 23: the faster measurement core gives the same answers ---------------------------
+def test_cc3d_is_used_when_installed_and_ties_still_go_to_the_first_component():
+    from postprocess import components
+
+    pytest.importorskip("cc3d")
+    assert components._cc3d is not None
+    m = np.zeros((6, 6, 12), bool)
+    m[1:3, 1:3, 1:3] = True  # two pieces of 8 voxels: the first in raster order wins
+    m[1:3, 1:3, 8:10] = True
+    comp, box = components.largest_component_and_box(m)
+    assert comp.sum() == 8 and comp[1, 1, 1] and not comp[1, 1, 8]
+    assert box == (slice(1, 3), slice(1, 3), slice(1, 3))
+
+
+def test_bounding_box_word_reads_match_the_plain_reduction():
+    from postprocess import components
+
+    rng = np.random.default_rng(0)
+    for shape in ((5, 7, 16), (5, 7, 24), (4, 6, 13), (3, 3, 8)):
+        m = np.zeros(shape, bool)
+        pts = rng.integers(0, shape, size=(3, 3))
+        m[tuple(pts.T)] = True
+        lo, hi = pts.min(0), pts.max(0) + 1
+        want = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        assert components.bounding_box(m) == want
+        assert components.bounding_box(m.astype(np.uint8) * 3) == want
+        # a box cut of a larger array (strided rows), as assess passes `within`
+        within = (slice(0, shape[0]), slice(0, shape[1]), slice(int(lo[2]), int(hi[2])))
+        comp, box = components.largest_component_and_box(m, within=within)
+        assert components.bounding_box(comp) == box
+
+
+def test_flat_and_indexed_cube_gathers_are_bit_identical():
+    from postprocess.cubes import cube_stats
+
+    rng = np.random.default_rng(1)
+    hu = rng.normal(50, 15, (30, 40, 50)).astype(np.float32)
+    corners = np.stack([rng.integers(0, n - s, 60) for n, s in zip(hu.shape, (4, 5, 6))], axis=1)
+    flat = cube_stats(hu, corners, (4, 5, 6))  # C-contiguous: flat indices
+    strided = cube_stats(hu[:, :, ::1][::1].T.copy().T, corners, (4, 5, 6))  # Fortran order
+    assert not hu.T.copy().T.flags.c_contiguous
+    for a, b in zip(flat, strided):
+        assert np.array_equal(a, b)
+    means = [hu[z : z + 4, y : y + 5, x : x + 6].astype(np.float64).mean() for z, y, x in corners]
+    assert np.allclose(flat[0], means, rtol=0, atol=1e-9)
+
+
+def test_nan_in_float_hu_is_still_refused():
+    hu = np.full((20, 20, 20), 40.0, np.float32)
+    hu[3, 4, 5] = np.nan
+    with pytest.raises(MeasurementError, match="NaN"):
+        assess(hu, np.zeros(hu.shape, np.uint8), (1.0, 1.0, 1.0))

@@ -550,3 +550,36 @@ def test_cupy_has_every_array_function_the_code_calls():
                 if not hasattr(mod, node.attr):
                     missing.append(f"{f.name}: {node.value.id}.{node.attr}")
     assert not missing, missing
+
+
+# --- the fast forms of issue 23 (summed windows, cc3d labelling, flat gathers) -------------------
+@pytest.mark.parametrize("s", [1, 2, 3, 5, 8, 13, 16, 17])
+def test_window_all_is_the_minimum_filter_it_replaced(xp, s):
+    from postprocess.cubes import window_all
+
+    rng = np.random.default_rng(s)
+    a = rng.random((19, 23, 29)) < 0.85
+    for axis in range(3):
+        if a.shape[axis] < s:
+            continue
+        want = ndi.minimum_filter1d(a.astype(np.uint8), s, axis=axis, origin=-(s // 2),
+                                    mode="constant", cval=0)  # fmt: skip
+        sl = [slice(None)] * 3
+        sl[axis] = slice(0, a.shape[axis] - s + 1)
+        _same(window_all(xp.asarray(a), s, axis), want[tuple(sl)] > 0)
+
+
+def test_label_26_numbers_components_as_scipy_on_either_path(xp, monkeypatch):
+    from postprocess import components
+
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        shape = tuple(int(n) for n in rng.integers(2, 24, 3))
+        m = rng.random(shape) < rng.uniform(0.05, 0.6)
+        want, n_want = ndi.label(m, structure=np.ones((3, 3, 3), bool))
+        got, n_got = components.label_26(xp.asarray(m))
+        assert n_got == n_want
+        _same(got, want)
+    monkeypatch.setattr(components, "_cc3d", None)  # the SciPy fallback gives the same
+    got, n_got = components.label_26(m)
+    assert n_got == n_want and np.array_equal(got, want)
