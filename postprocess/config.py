@@ -12,6 +12,10 @@ class GateConfig:
     """Thresholds of the segmentation-quality gate (:mod:`postprocess.gate`).
 
     Values and the measurements behind them: docs/gate.md (benchmarks/bench_gate.py).
+    ``arm_radius_mm``: the trunk's width (body-wall reach of the organs) is measured
+    after an opening by a disc of this radius, so that arms lying against the flanks
+    (upper arm 80-100 mm across) do not count as body (``postprocess.gate``).
+
     Volumes refer to the largest piece of each organ; a lower volume limit is not
     applied when the organ touches the scan's border (the volume is then a lower bound).
     """
@@ -44,6 +48,7 @@ class GateConfig:
     min_spleen_reach: float = 0.5
     min_liver_reach: float = 0.55
     max_reach: float = 1.05
+    arm_radius_mm: float = 50.0
     min_liver_to_spleen_volume: float = 1.0
 
 

@@ -256,6 +256,7 @@ def _trunk_midline_x(hu_c, stride, spacing, direction, cfg: GateConfig, centre_i
         v = int(xp.argmax(counts))
     trunk = lab == v
     a2 = ax_x if ax_x < ax_z else ax_x - 1  # axis of physical x in the 2D slice
+    trunk = _without_arms(trunk, stride, spacing, ax_z, cfg)
     prof = to_numpy(trunk.sum(axis=1 - a2))
     nz = np.flatnonzero(prof)
     lo, hi = int(nz[0]), int(nz[-1])
@@ -266,6 +267,36 @@ def _trunk_midline_x(hu_c, stride, spacing, direction, cfg: GateConfig, centre_i
     mm = centre * np.array([st * float(sp) for st, sp in zip(stride, spacing)])
     x = float((mm[::-1] @ d.T)[0])
     return x, half
+
+
+def _without_arms(trunk, stride, spacing, ax_z, cfg: GateConfig):
+    """The trunk without arms lying against it: a morphological opening by a disc of
+    radius ``cfg.arm_radius_mm`` (the union of all such discs inside the slice's body).
+
+    An upper arm (about 80-100 mm across) fits no such disc and vanishes, however
+    tightly it is pressed against the flank; the trunk (over 180 mm from front to back)
+    keeps its lateral extent (the curvature radius at its flank is larger than the
+    disc). The opening is kept only when it leaves the trunk most of its area (a child
+    or a tiny phantom is used as it is).
+    """
+    from scipy import ndimage as sndi
+
+    if cfg.arm_radius_mm <= 0:
+        return trunk
+    xp, _ = get_xp(trunk)
+    t = to_numpy(trunk)
+    sp2 = [float(s) * st for a, (s, st) in enumerate(zip(spacing, stride)) if a != ax_z]
+    inner = sndi.distance_transform_edt(np.pad(t, 1), sampling=sp2)[1:-1, 1:-1] > cfg.arm_radius_mm
+    if not inner.any():
+        return trunk
+    opened = sndi.distance_transform_edt(~inner, sampling=sp2) <= cfg.arm_radius_mm
+    opened &= t
+    lab, n = sndi.label(opened)
+    if n > 1:  # the piece holding most of the trunk
+        opened = lab == (1 + int(np.argmax(np.bincount(lab.ravel())[1:])))
+    if opened.sum() < 0.6 * t.sum():
+        return trunk
+    return xp.asarray(opened)
 
 
 def _strided(box, stride) -> tuple:

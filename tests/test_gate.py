@@ -195,3 +195,45 @@ def test_notes_stay_short_and_misplaced_masks_claim_no_contrast(real):
     assert len(a.to_row()["notes"]) < 700
     assert "contrast_enhanced" not in a.flags and a.contrast_evidence == ()
     assert a.evidence["contrast"]["ignored_because_organs_misplaced"] is True
+
+
+def _with_arms(hu, lab, sp, d, gap_mm: float):
+    """The real CT widened by 130 mm of air on both sides, with an arm (muscle, fat rim,
+    humerus) beside the trunk on each side, ``gap_mm`` from its skin (0: touching)."""
+    from scipy import ndimage as ndi
+
+    pad = int(round(130 / sp[2]))
+    hu2 = np.pad(hu, ((0, 0), (0, 0), (pad, pad)), constant_values=-1000).astype(np.int16)
+    lab2 = np.pad(lab, ((0, 0), (0, 0), (pad, pad)))
+    body = ndi.binary_fill_holes(hu2[hu2.shape[0] // 2] > -500)
+    ys, xs = np.nonzero(body)
+    yc = int(np.mean(ys))
+    ry, rx = 45.0 / sp[1], 40.0 / sp[2]  # an adult upper arm, 90 x 80 mm
+    yy, xx = np.mgrid[: hu2.shape[1], : hu2.shape[2]]
+    for side in (-1, 1):
+        edge = xs.min() if side < 0 else xs.max()
+        xc = edge + side * (rx + gap_mm / sp[2])
+        r2 = ((yy - yc) / ry) ** 2 + ((xx - xc) / rx) ** 2
+        arm = np.where(r2 <= 1, -90, -1000)  # fat
+        arm = np.where(r2 <= 0.75, 55, arm)  # muscle
+        arm = np.where(r2 <= 0.08, 700, arm)  # humerus
+        hu2 = np.where((arm > -1000)[None] & (hu2 < -500), arm[None], hu2).astype(np.int16)
+    return hu2, lab2
+
+
+@pytest.mark.parametrize("gap_mm", [-15.0, 0.0, 12.0])
+def test_arms_beside_the_body_are_not_body_width(real, gap_mm):
+    """Issue 19 item 5: with the arms down, touching the flanks or not, the liver still
+    reaches the right body wall (the trunk's width must not include the arms)."""
+    hu, lab, _, _, sp, d = real
+    hu2, lab2 = _with_arms(hu, lab, sp, d, gap_mm)
+    a = assess(hu2, lab2, sp, direction=d)
+    ref = assess(hu, lab, sp, direction=d)
+    gate, ref_gate = a.evidence["gate"], ref.evidence["gate"]
+    assert not any("body wall" in n for n in a.notes), a.notes
+    assert a.grade == ref.grade == "normal"
+    # the same half-width as without arms, within a coarse voxel on each side
+    for organ in ("liver", "spleen"):
+        assert gate[organ]["lateral_extreme"] == pytest.approx(
+            ref_gate[organ]["lateral_extreme"], abs=0.05
+        ), organ
