@@ -291,3 +291,36 @@ def test_multiclass_pool_records_split_and_classes_and_uses_train_sources_only(t
     with np.load(out / "synth_0000000.npz") as z:
         assert z["labels"].max() < 13 and z["images"].shape == (3, 1, 32, 32, 32)
     assert synth.next_shard_start(out) == 6
+
+
+@needs_maps
+def test_evaluate_multiclass_reads_classes_split_and_preprocessing_from_the_checkpoint(tmp_path):
+    torch = pytest.importorskip("torch")
+    from training import evaluate_multiclass as em
+    from training.torch_vnet import TorchVNet
+
+    net = TorchVNet(width=0.125, num_classes=13)
+    ck = tmp_path / "latest.pt"
+    torch.save(
+        {
+            "model": net.state_dict(),
+            "iter": 7,
+            "width": 0.125,
+            "model_shape": [32, 32, 32],
+            "preprocess": {"hepascreen_preprocess": "spacing", "hepascreen_spacing_mm": "12,12,12"},
+            "class_names": list(classes.CLASS_NAMES),
+            "split": synth.split_of("neighbours_heldout"),
+        },
+        ck,
+    )
+    predict = em.torch_predictor(ck)
+    assert predict.iteration == 7 and predict.class_names[12] == "colon"
+    assert predict.spec.model_shape == (32, 32, 32)
+    cases = em.heldout_anatomy_cases(["totalseg_s0328"], 1)
+    assert cases[0][0].startswith("totalseg_s0328_6000000")
+    rows = em.evaluate(predict, cases)
+    row = next(iter(rows.values()))
+    assert set(classes.CLASS_NAMES[1:]) <= set(row)
+    assert all(np.isnan(v) or 0.0 <= v <= 1.0 for k, v in row.items() if k != "seconds")
+    mean = em.summarise(rows, predict.class_names)
+    assert mean["liver"] == row["liver"] or np.isnan(row["liver"])
