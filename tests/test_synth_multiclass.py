@@ -176,6 +176,32 @@ def test_painted_label_map_scan_has_the_drawn_attenuation_and_a_body():
 
 
 @needs_maps
+@pytest.mark.parametrize("subject", LABELMAP_SUBJECTS)
+@pytest.mark.parametrize("phase", ["unenhanced", "arterial"])
+def test_class_medians_lie_in_the_painters_bands(subject, phase):
+    """Median HU per class against training.synth.HU_RANGES (the painter's table)."""
+    s = synth.synth_scan(5, subject, phase=phase, scenario="full", multiclass=True)
+    hu, cls = s["hu"].astype(np.float32), s["classes"]
+    k = synth.PHASES.index(phase)
+    margin = 25.0  # texture, noise, partial volume after the slice profile
+    bands = {
+        "spleen": [synth.HU_RANGES["spleen"][k]],
+        "kidney": [synth.HU_RANGES["kidney_cortex"][k], synth.HU_RANGES["kidney_medulla"][k]],
+        "aorta": [synth.HU_RANGES["artery"][k]],
+        "inferior_vena_cava": [synth.HU_RANGES["vein"][k]],
+        "pancreas": [synth.HU_RANGES["pancreas"][k]],
+    }
+    for name, ranges in bands.items():
+        m = ndi.binary_erosion(cls == classes.CLASS_INDEX[name], iterations=1)
+        if m.sum() < 20:
+            continue
+        lo = min(r[0] for r in ranges) - margin
+        hi = max(r[1] for r in ranges) + margin
+        med = float(np.median(hu[m]))
+        assert lo <= med <= hi, (name, med, lo, hi)
+
+
+@needs_maps
 def test_multiclass_scan_is_deterministic_and_variety_changes_it():
     a = synth.synth_scan(8, "totalseg_s0327", multiclass=True, variety=True)
     b = synth.synth_scan(8, "totalseg_s0327", multiclass=True, variety=True)
