@@ -1,8 +1,23 @@
 """Benchmark: ``postprocess.assess`` vs the original project's measurement method.
 
-``python benchmarks/bench_postprocess.py [--shape 300 512 512] [--seeds 20] [--out benchmarks/results]``
+``python benchmarks/bench_postprocess.py [--shape 300 512 512] [--seeds 20] [--repeats 5] [--out benchmarks/results]``
 
-Speed, on one thread, on a 512 x 512 x 300 phantom with realistic organ masks:
+Speed, on one thread, on every volume of ``volumes`` (median of ``--repeats``, CPU and
+wall seconds, the methods interleaved so that load drift hits them alike):
+
+* ``phantom_300x512x512``: a 512 x 512 x 300 phantom, 0.75 x 0.75 x 1 mm, int16;
+* ``large_liver``: 512 x 512 x 300 at 0.7 x 0.7 x 1 mm with a 2.4 L liver and a
+  0.37 L spleen, float32 HU (the issue-23 case: a user's volume loaded as floats);
+* ``real_ct``: the shared real CT (``totalseg_example``) with its reference masks.
+
+On each: ``ours`` (``postprocess.assess`` as shipped), ``before`` (the same call with
+the implementations issue 23 replaced, ``benchmarks/_postprocess_before.py``) and the
+original method with 5 and 200 cubes. ``equality`` checks that ``ours`` and ``before``
+give identical results (every row column, flags, notes, evidence, cube corners and
+means) on the speed volumes, the ``--seeds`` accuracy phantoms and the real CT over
+the same seeds.
+
+Before issue 23 (kept for the design notes below), the single volume was:
 
 * ours: ``postprocess.assess`` (largest components, valid cube positions by a
   separable minimum filter over the organ's bounding box, 200 cubes per organ
@@ -149,6 +164,91 @@ def eroded_ratio(hu, labels, spacing):
     return float(hu[li].mean() / hu[sp].mean())
 
 
+def large_liver_case():
+    """512 x 512 x 300, 0.7 x 0.7 x 1 mm, liver 2.39 L, spleen 0.37 L, float32 HU.
+
+    The phantom is drawn at 0.77 x the voxel size (organs of normal size in mm, then the
+    grid is declared at 0.7 x 0.7 x 1 mm, which scales every organ by 1 / 0.77^3 = 2.2).
+    """
+    from training.phantoms import make_phantom
+
+    f = 0.77
+    p = make_phantom(1, shape=(300, 512, 512), spacing=(1.0 * f, 0.7 * f, 0.7 * f), grade="mild")
+    return p.hu.astype(np.float32), p.labels, (1.0, 0.7, 0.7), p.direction
+
+
+def _comparable(a) -> dict:
+    """Everything of an Assessment that must not change: the row, flags, notes, evidence,
+    the cubes (corners, kept, means, SDs) of both organs."""
+    import json
+
+    out = {"row": a.to_row(), "flags": list(a.flags), "notes": list(a.notes),
+           "evidence": json.loads(json.dumps(a.evidence, default=str))}  # fmt: skip
+    for organ in (a.liver, a.spleen):
+        out[organ.name] = [organ.corners.tolist(), organ.kept.tolist(), organ.means.tolist(),
+                           organ.sds.tolist(), organ.n_valid_positions, organ.volume_ml]  # fmt: skip
+    return out
+
+
+def speed_on(name, hu, labels, spacing, direction, repeats: int) -> dict:
+    """ours / before / original (5 and 200 cubes) on one volume, interleaved, medians."""
+    from benchmarks._postprocess_before import before
+    from postprocess import assess
+
+    def ours():
+        return assess(hu, labels, spacing, direction=direction)
+
+    def old():
+        with before():
+            return assess(hu, labels, spacing, direction=direction)
+
+    runs = {"ours": ours, "before": old,
+            "original_5_cubes": lambda: original_method(hu, labels, spacing, n_cubes=5),
+            "original_200_cubes": lambda: original_method(hu, labels, spacing, n_cubes=200)}  # fmt: skip
+    ours()  # warm-up (imports, first-touch of the pages)
+    wall = {k: [] for k in runs}
+    cpu = {k: [] for k in runs}
+    results = {}
+    for _ in range(repeats):
+        for k, fn in runs.items():
+            w, c = time.perf_counter(), time.process_time()
+            results[k] = fn()
+            cpu[k].append(time.process_time() - c)
+            wall[k].append(time.perf_counter() - w)
+    med = lambda v: round(float(np.median(v)), 4)  # noqa: E731
+    entry = {"volume": name, "grid": list(hu.shape), "dtype": str(hu.dtype),
+             "spacing_mm": list(spacing),
+             "liver_ml": round(float((labels == 1).sum()) * float(np.prod(spacing)) / 1000, 1),
+             "spleen_ml": round(float((labels == 2).sum()) * float(np.prod(spacing)) / 1000, 1),
+             "cpu_s": {k: med(v) for k, v in cpu.items()},
+             "wall_s": {k: med(v) for k, v in wall.items()}}  # fmt: skip
+    c = entry["cpu_s"]
+    entry["speedup_vs_original_5_cubes"] = round(c["original_5_cubes"] / c["ours"], 1)
+    entry["speedup_vs_original_200_cubes"] = round(c["original_200_cubes"] / c["ours"], 1)
+    entry["speedup_vs_before"] = round(c["before"] / c["ours"], 2)
+    entry["identical_to_before"] = _comparable(results["ours"]) == _comparable(results["before"])
+    entry["ratio"] = results["ours"].to_row()["ratio"]
+    entry["grade"] = results["ours"].grade
+    return entry
+
+
+def equality(cases) -> dict:
+    """``ours`` vs ``before`` on every case: identical comparables, else the differing cases."""
+    from benchmarks._postprocess_before import before
+    from postprocess import assess
+
+    same, differ = 0, []
+    for name, args, kwargs in cases:
+        a = _comparable(assess(*args, **kwargs))
+        with before():
+            b = _comparable(assess(*args, **kwargs))
+        if a == b:
+            same += 1
+        else:
+            differ.append(name)
+    return {"cases": same + len(differ), "identical": same, "differing": differ}
+
+
 def main(argv=None) -> int:
     import scipy
     import SimpleITK as sitk
@@ -168,6 +268,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", type=int, nargs=3, default=(300, 512, 512))
     ap.add_argument("--seeds", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=5, help="timed repeats per method and volume")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args(argv)
     sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(1)
@@ -204,6 +305,23 @@ def main(argv=None) -> int:
     }
     res["speedup_vs_original_same_cubes"] = round(t_orig200 / t_ours, 1)
     res["speedup_vs_original_5_cubes"] = round(t_orig5 / t_ours, 1)
+
+    # Issue 23: every volume, ours vs before vs the original, CPU seconds, same run.
+    volumes = [speed_on("phantom_300x512x512", hu, labels, spacing, p.direction, args.repeats)]
+    volumes.append(speed_on("large_liver", *large_liver_case(), args.repeats))
+    real = ROOT.parent / "shared" / "data" / "totalseg_example"
+    if real.exists():
+        from client.io import read_label_map, read_scan
+
+        ct = read_scan(real / "ct.nii.gz")
+        lab = read_label_map(real / "labels.nii.gz", ct)
+        volumes.append(speed_on("real_ct", ct.array, lab, ct.spacing, ct.direction, args.repeats))
+    res["volumes"] = volumes
+    res["volumes_what"] = (
+        "CPU seconds, median of the repeats, one thread, methods interleaved; speedups are "
+        "original / ours in the same run; 'before' = assess with the implementations issue 23 "
+        "replaced (benchmarks/_postprocess_before.py)"
+    )
 
     # Design alternatives on the liver's bounding box.
     comp = largest_connected_component(labels == 1)
@@ -259,6 +377,18 @@ def main(argv=None) -> int:
             "original_5_cubes_mean_abs_err": round(float(np.mean(np.abs(np.array(orig) - ref))), 4),
             "original_5_cubes_sd": round(float(np.std(orig)), 4),
         }
+    eq_cases = []
+    for seed in range(args.seeds):
+        ph = make_phantom(1000 + seed, shape=(80, 192, 192),
+                          grade=("normal", "mild", "moderate", "severe")[seed % 4])  # fmt: skip
+        eq_cases.append((f"phantom_{1000 + seed}", (ph.hu, ph.labels, ph.spacing),
+                         {"config": AssessConfig(seed=seed), "direction": ph.direction}))  # fmt: skip
+    if real.exists():
+        for s in range(args.seeds):
+            eq_cases.append((f"real_ct_seed_{s}", (ct.array, lab, ct.spacing),
+                             {"config": AssessConfig(seed=s), "direction": ct.direction}))  # fmt: skip
+    res["equality"] = equality(eq_cases)
+    res["equality"]["speed_volumes_identical"] = all(v["identical_to_before"] for v in volumes)
     res["accuracy_phantoms"] = {
         "seeds": args.seeds,
         "ours_mean_abs_err": round(float(np.mean(err_ours)), 4),

@@ -107,6 +107,38 @@ def section_postprocess(res, plots, out_md, missing) -> list[str]:
             [[k, v, round(v / s["ours_assess_200_cubes"], 1)] for k, v in s.items()],
         )
         lines.append("")
+    volumes = res.get("volumes")
+    if isinstance(volumes, list) and volumes and isinstance(volumes[0], dict):
+        lines += [
+            "Every volume, same run"
+            + (f" ({res['volumes_what']})" if res.get("volumes_what") else "")
+            + ":",
+            "",
+        ]
+        lines += _table(
+            ["volume", "grid", "dtype", "liver ml", "spleen ml", "ours s", "before s",
+             "original 5 cubes s", "original 200 cubes s", "vs original 5", "vs original 200",
+             "vs before", "identical to before"],
+            [
+                [v["volume"], "x".join(map(str, v["grid"])), v.get("dtype"), v.get("liver_ml"),
+                 v.get("spleen_ml"), v["cpu_s"]["ours"], v["cpu_s"]["before"],
+                 v["cpu_s"]["original_5_cubes"], v["cpu_s"]["original_200_cubes"],
+                 f"{v['speedup_vs_original_5_cubes']}x", f"{v['speedup_vs_original_200_cubes']}x",
+                 f"{v['speedup_vs_before']}x", "yes" if v.get("identical_to_before") else "NO"]
+                for v in volumes
+            ],
+        )  # fmt: skip
+        eq = res.get("equality")
+        if isinstance(eq, dict):
+            lines += [
+                "",
+                f"Results identical to the code before issue 23 (every row column, flags, notes, "
+                f"evidence, cube corners and means): {eq.get('identical')}/{eq.get('cases')} "
+                f"cases (accuracy phantoms and real-CT seeds)"
+                + (f"; differing: {', '.join(eq['differing'])}" if eq.get("differing") else "")
+                + ".",
+            ]
+        lines.append("")
     scaling = res.get("scaling") or res.get("sizes")
     if isinstance(scaling, list) and scaling and isinstance(scaling[0], dict):
         xs = [e.get("voxels") or _prod(e.get("grid") or e.get("shape")) for e in scaling]
