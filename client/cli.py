@@ -5,6 +5,8 @@
     hepascreen screen INPUT... -o OUT [options]   screen scans (same options as python -m client.batch)
     hepascreen serve [options]                    run the bundled Triton server in the foreground
     hepascreen merge OUT... -o MERGED             merge shard OUT folders (client.merge)
+    hepascreen listen -o OUT [options]            DICOM node: receive, screen, send back (client.node)
+    hepascreen node status|check [options]        the node's jobs; C-ECHO its destinations
     hepascreen version                            tool, schema and model versions
     hepascreen --version                          the tool's version
 """
@@ -13,11 +15,13 @@ from __future__ import annotations
 
 import sys
 
-USAGE = """usage: hepascreen {screen,serve,merge,version} ... | --version
+USAGE = """usage: hepascreen {screen,serve,merge,listen,node,version} ... | --version
 
   screen INPUT... -o OUT   screen CT scans (hepascreen screen --help)
   serve                    run the bundled Triton server (hepascreen serve --help)
   merge OUT... -o MERGED   merge the OUT folders of shards (hepascreen merge --help)
+  listen -o OUT            DICOM node: receive studies, screen, send SEG/SR back (listen --help)
+  node status|check        the node's jobs; C-ECHO its destinations (hepascreen node --help)
   version                  tool, result-schema and model versions
 """
 
@@ -65,6 +69,14 @@ def main(argv=None) -> int:
         from .serve import main as serve
 
         return serve(rest, prog="hepascreen serve")
+    if cmd == "listen":
+        from .node.entry import listen
+
+        return listen(rest, prog="hepascreen listen")
+    if cmd == "node":
+        from .node.entry import node_main
+
+        return node_main(rest, prog="hepascreen node")
     print(f"hepascreen: unknown command {cmd!r}\n{USAGE}", end="", file=sys.stderr)
     return 2
 

@@ -1,0 +1,135 @@
+"""Results to their destinations: C-STORE to a DICOM AE, with each failure classified.
+
+``transient`` failures (connection refused or dropped, timeouts, association rejected
+transiently, "out of resources" / processing-failure statuses) are retried on the
+node's persisted schedule; ``permanent`` ones (association rejected permanently, SOP
+class or transfer syntax refused, "cannot understand", not authorised, ...) are not:
+sending the same object again would be refused again (MONAI Informatics Gateway
+#200/#153: an export retried forever).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+log = logging.getLogger("hepascreen.node")
+
+# C-STORE status codes that succeed (success and warnings, PS3.4 B.2.3).
+_SUCCESS = {0x0000, 0x0001, 0xB000, 0xB006, 0xB007}
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    ok: bool
+    transient: bool = False
+    reason: str = ""
+
+
+def _transient_status(code: int) -> bool:
+    # A7xx out of resources, 0110 processing failure, 0213 resource limitation,
+    # 0212 / 0211 mistyped argument / unrecognised operation are not transient.
+    return (code & 0xFF00) == 0xA700 or code in (0x0110, 0x0213)
+
+
+def _storage_contexts():
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    from pynetdicom.sop_class import (
+        Comprehensive3DSRStorage,
+        SecondaryCaptureImageStorage,
+        SegmentationStorage,
+    )
+
+    syntaxes = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    return [
+        (c, syntaxes)
+        for c in (SegmentationStorage, Comprehensive3DSRStorage, SecondaryCaptureImageStorage)
+    ]
+
+
+def _associate(dest, calling_ae: str, contexts, timeout: float):
+    from pynetdicom import AE
+
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.network_timeout = ae.connection_timeout = timeout
+    ae.dimse_timeout = max(timeout, 60)
+    for sop, syntaxes in contexts:
+        if syntaxes:
+            ae.add_requested_context(sop, syntaxes)
+        else:
+            ae.add_requested_context(sop)
+    return ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+
+
+def _refused(assoc) -> SendOutcome:
+    if assoc.is_rejected:
+        result = getattr(getattr(assoc, "acceptor", None), "primitive", None)
+        code = getattr(result, "result", None)
+        transient = code == 0x02
+        return SendOutcome(
+            False, transient, f"association rejected ({'transient' if transient else 'permanent'})"
+        )
+    return SendOutcome(False, True, "no association (connection refused, dropped or timed out)")
+
+
+def store_files(dest, paths: list, calling_ae: str, timeout: float = 30.0) -> list[SendOutcome]:
+    """C-STORE ``paths`` to ``dest`` in one association; one outcome per path."""
+    try:
+        assoc = _associate(dest, calling_ae, _storage_contexts(), timeout)
+    except Exception as exc:  # noqa: BLE001 - socket errors: transient
+        return [SendOutcome(False, True, f"no association ({type(exc).__name__})")] * len(paths)
+    if not assoc.is_established:
+        return [_refused(assoc)] * len(paths)
+    out: list[SendOutcome] = []
+    try:
+        for p in paths:
+            try:
+                status = assoc.send_c_store(str(p))
+            except ValueError as exc:  # no accepted presentation context for the SOP class
+                out.append(SendOutcome(False, False, f"refused by the destination ({exc})"[:200]))
+                continue
+            except FileNotFoundError:
+                out.append(SendOutcome(False, False, "the output file is gone"))
+                continue
+            except Exception as exc:  # noqa: BLE001 - connection lost mid-send
+                out.append(SendOutcome(False, True, f"send interrupted ({type(exc).__name__})"))
+                continue
+            code = int(status.Status) if status is not None and "Status" in status else None
+            if code is None:
+                out.append(SendOutcome(False, True, "no response (connection lost or timed out)"))
+            elif code in _SUCCESS:
+                out.append(SendOutcome(True))
+            else:
+                t = _transient_status(code)
+                out.append(SendOutcome(False, t, f"C-STORE status 0x{code:04X}"))
+            if not assoc.is_established:  # the peer aborted: the rest is transient
+                out += [SendOutcome(False, True, "association lost")] * (len(paths) - len(out))
+                break
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return out
+
+
+def echo(dest, calling_ae: str, timeout: float = 10.0) -> SendOutcome:
+    """C-ECHO ``dest`` (``hepascreen node check``)."""
+    if dest.url:
+        return SendOutcome(False, False, "DICOMweb destinations are not supported yet")
+    from pynetdicom.sop_class import Verification
+
+    try:
+        assoc = _associate(dest, calling_ae, [(Verification, None)], timeout)
+    except Exception as exc:  # noqa: BLE001
+        return SendOutcome(False, True, f"no association ({type(exc).__name__})")
+    if not assoc.is_established:
+        return _refused(assoc)
+    try:
+        status = assoc.send_c_echo()
+        code = int(status.Status) if status is not None and "Status" in status else None
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return SendOutcome(code == 0, code is None, "" if code == 0 else f"C-ECHO status {code}")
+
+
+__all__ = ["SendOutcome", "echo", "store_files"]

@@ -1,0 +1,722 @@
+"""The DICOM node (``hepascreen listen``) against a real Orthanc and real CT.
+
+Orthanc is Debian's package (``bash scripts/install_orthanc.sh``), started here with a
+generated configuration on free ports and its own storage in a temporary folder;
+without it the Orthanc tests skip with that reason. Orthanc 1.10 cannot bind one
+address, so it is told to refuse every HTTP client but loopback and every DICOM peer
+but the node (from 127.0.0.1). The node binds 127.0.0.1 and screens with ``--masks``
+(the real CT's reference labels), so no Triton server is needed.
+
+Every wait is on a condition with a generous bound, never on elapsed time alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from client._dicom import write_series
+from client.io import read_scan
+from client.node import JobStore, load_config, node_paths, series_key
+
+ROOT = Path(__file__).resolve().parents[1]
+PLANTED = {
+    "PatientName": "Doe^Jane",
+    "PatientID": "PID-4711",
+    "AccessionNumber": "ACC-99",
+    "PatientBirthDate": "19600101",
+    "StudyDescription": "Secret^Study",
+}
+SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(cond, timeout: float, what: str, every: float = 0.2):
+    """Poll ``cond()`` until it returns something truthy; fail after ``timeout`` s."""
+    end = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got:
+            return got
+        if time.monotonic() > end:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
+def orthanc_binary() -> str | None:
+    for p in (shutil.which("Orthanc"), "/usr/sbin/Orthanc", "/usr/bin/Orthanc"):
+        if p and os.access(p, os.X_OK):
+            return p
+    return None
+
+
+# --- real CT studies ---------------------------------------------------------------------
+def make_study(shared_data, folder: Path, seed: int) -> dict:
+    """The real CT crop (30 slices) as a DICOM study with planted identifiers; its reference
+    labels as the --masks label map of its series. Each seed gives new UIDs."""
+    d = shared_data / "totalseg_example"
+    files = write_series(read_scan(d / "ct_small.nii.gz"), folder / "ct", shuffle_seed=seed)
+    for_uid = pydicom.uid.generate_uid()
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.FrameOfReferenceUID = for_uid
+        for k, v in PLANTED.items():
+            setattr(ds, k, v)
+        ds.save_as(f)
+    ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+    masks = folder.parent / "masks"
+    masks.mkdir(exist_ok=True)
+    shutil.copyfile(d / "labels_small.nii.gz", masks / f"{series_key(ds.SeriesInstanceUID)}.nii.gz")
+    return {
+        "files": files,
+        "study_uid": str(ds.StudyInstanceUID),
+        "series_uid": str(ds.SeriesInstanceUID),
+        "sop_uids": {
+            str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files
+        },
+        "masks": masks,
+    }
+
+
+@pytest.fixture(scope="module")
+def studies(shared_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("studies")
+    return [make_study(shared_data, root / f"s{k}", seed=100 + k) for k in range(4)]
+
+
+# --- Orthanc --------------------------------------------------------------------------------
+class Orthanc:
+    """A real Orthanc on loopback ports, driven through its REST API."""
+
+    def __init__(self, folder: Path):
+        import requests
+
+        self.http = requests.Session()
+        self.folder = folder
+        self.http_port, self.dicom_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.aet = "ORTHANC"
+        cfg = {
+            "Name": "HEPASCREEN-TEST",
+            "StorageDirectory": str(folder / "db"),
+            "IndexDirectory": str(folder / "db"),
+            "HttpServerEnabled": True,
+            "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False,  # HTTP from loopback only
+            "AuthenticationEnabled": False,
+            "DicomServerEnabled": True,
+            "DicomAet": self.aet,
+            "DicomPort": self.dicom_port,
+            "DicomCheckCalledAet": True,
+            "DicomAlwaysAllowStore": False,  # only the modalities below may store
+            "DicomAlwaysAllowEcho": False,
+            "DicomCheckModalityHost": True,
+            "DicomModalities": {},
+            "Plugins": [],
+            "LuaScripts": [],
+            "SaveJobs": False,
+            "ConcurrentJobs": 4,
+            "StableAge": 2,
+        }
+        (folder / "orthanc.json").write_text(json.dumps(cfg))
+        self.log = open(folder / "orthanc.log", "wb")
+        self.proc = subprocess.Popen(
+            [orthanc_binary(), str(folder / "orthanc.json")],
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=folder,
+        )  # fmt: skip
+        wait_for(self._up, 60, "Orthanc's REST API")
+
+    def _up(self):
+        if self.proc.poll() is not None:
+            pytest.fail(f"Orthanc exited: {(self.folder / 'orthanc.log').read_text()[-2000:]}")
+        try:
+            return self.http.get(self.url + "/system", timeout=2).ok
+        except Exception:  # noqa: BLE001 - not listening yet
+            return False
+
+    def get(self, path):
+        r = self.http.get(self.url + path, timeout=60)
+        r.raise_for_status()
+        return r.json() if "json" in r.headers.get("content-type", "") else r.content
+
+    def post(self, path, body):
+        data = body if isinstance(body, bytes) else json.dumps(body)
+        r = self.http.post(self.url + path, data=data, timeout=300)
+        r.raise_for_status()
+        return r.json() if r.content and "json" in r.headers.get("content-type", "") else r.content
+
+    def set_node(self, port: int, ae: str = "HEPASCREEN") -> None:
+        r = self.http.put(
+            self.url + "/modalities/hepascreen",
+            data=json.dumps({"AET": ae, "Host": "127.0.0.1", "Port": port,
+                             "AllowStore": True, "AllowEcho": True}),
+            timeout=30,
+        )  # fmt: skip
+        r.raise_for_status()
+
+    def upload(self, files) -> str:
+        """Store the files (REST), return the Orthanc study id."""
+        ids = {self.post("/instances", Path(f).read_bytes())["ParentStudy"] for f in files}
+        assert len(ids) == 1
+        return ids.pop()
+
+    def send_to_node(self, study_id: str, synchronous: bool = True):
+        """Orthanc's own C-STORE of the study to the node (as a routing rule would)."""
+        key = "Synchronous" if synchronous else "Asynchronous"
+        return self.post("/modalities/hepascreen/store", {"Resources": [study_id], key: True})
+
+    def study_id(self, study_uid: str) -> str | None:
+        hits = self.post("/tools/lookup", study_uid.encode())
+        return next((h["ID"] for h in hits if h["Type"] == "Study"), None)
+
+    def instances_by_class(self, study_uid: str) -> dict:
+        """SOP class UID -> list of instance ids in the study (none when it is unknown)."""
+        sid = self.study_id(study_uid)
+        out: dict = {}
+        if sid is None:
+            return out
+        for inst in self.get(f"/studies/{sid}/instances"):
+            tags = self.get(f"/instances/{inst['ID']}/simplified-tags")
+            out.setdefault(tags.get("SOPClassUID"), []).append(inst["ID"])
+        return out
+
+    def has_results(self, study_uid: str):
+        got = self.instances_by_class(study_uid)
+        return got if got.get(SEG_CLASS) and got.get(SR_CLASS) else None
+
+    def dataset(self, instance_id: str):
+        import io
+
+        return pydicom.dcmread(io.BytesIO(self.get(f"/instances/{instance_id}/file")))
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory):
+    if orthanc_binary() is None:
+        pytest.skip(
+            "Orthanc not installed (bash scripts/install_orthanc.sh needs apt-get and root)"
+        )
+    pytest.importorskip("requests")
+    o = Orthanc(tmp_path_factory.mktemp("orthanc"))
+    yield o
+    o.close()
+
+
+# --- the node as a process ---------------------------------------------------------------
+class NodeProc:
+    """``hepascreen listen`` in its own process (so that it can be killed with -9)."""
+
+    def __init__(self, out: Path, port: int, masks: Path, send_to: list[str], accept=("ORTHANC@127.0.0.1",),
+                 idle: float = 1.0, retry=(1, 1, 2, 2, 3), extra=()):  # fmt: skip
+        self.out, self.port = out, port
+        cfg = out.parent / f"{out.name}.yaml"
+        cfg.write_text(json.dumps({"retry_seconds": list(retry), "poll_seconds": 0.2}))
+        self.argv = [
+            sys.executable, "-m", "client.cli", "listen", "--config", str(cfg), "-o", str(out),
+            "--port", str(port), "--idle-seconds", str(idle), "--masks", str(masks), "--quiet",
+            *[a for p in accept for a in ("--accept", p)],
+            *[a for d in send_to for a in ("--send-to", d)], *extra,
+        ]  # fmt: skip
+        self.stderr_path = out.parent / f"{out.name}.stderr"
+        self.proc = None
+
+    def start(self) -> NodeProc:
+        self.stderr = open(self.stderr_path, "ab")
+        self.proc = subprocess.Popen(self.argv, cwd=ROOT, stdout=self.stderr, stderr=self.stderr)
+        wait_for(self._listening, 90, "the node to listen")
+        return self
+
+    def _listening(self):
+        if self.proc.poll() is not None:
+            pytest.fail(
+                f"node exited {self.proc.returncode}: {self.stderr_path.read_text()[-3000:]}"
+            )
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        self.stderr.close()
+
+    def stop(self) -> int:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.stderr.close()
+        return self.proc.returncode
+
+    def jobs(self) -> list[dict]:
+        db = node_paths(self.out)["db"]
+        if not db.is_file():
+            return []
+        store = JobStore(db)
+        try:
+            return store.jobs()
+        finally:
+            store.close()
+
+    def sends(self) -> list[dict]:
+        store = JobStore(node_paths(self.out)["db"])
+        try:
+            return store.query("SELECT * FROM sends ORDER BY id")
+        finally:
+            store.close()
+
+    def all_finished(self, n: int):
+        js = self.jobs()
+        return js if len(js) >= n and all(j["state"] in ("done", "failed") for j in js) else None
+
+    def rows(self) -> list[dict]:
+        from client.results import read_rows
+
+        return read_rows(self.out)
+
+
+@pytest.fixture
+def node_factory(tmp_path):
+    started = []
+
+    def make(*args, **kw):
+        n = NodeProc(*args, **kw)
+        started.append(n)
+        return n
+
+    yield make
+    for n in started:
+        n.stop()
+
+
+def _sr_numbers(ds) -> dict:
+    out = {}
+
+    def walk(items):
+        for it in items:
+            if it.ValueType == "NUM" and "ConceptNameCodeSequence" in it:
+                out.setdefault(it.ConceptNameCodeSequence[0].CodeValue, []).append(
+                    float(it.MeasuredValueSequence[0].NumericValue)
+                )
+            if "ContentSequence" in it:
+                walk(it.ContentSequence)
+
+    walk(ds.ContentSequence)
+    return out
+
+
+def _assert_logs_clean(node: NodeProc, study: dict) -> None:
+    """No planted identifier and no UID of the study in any of the node's logs."""
+    texts = [node_paths(node.out)["log"].read_text(), node.stderr_path.read_text()]
+    err = node.out / "errors.log"
+    if err.exists():
+        texts.append(err.read_text())
+    secrets = [
+        *PLANTED.values(),
+        "Doe",
+        study["study_uid"],
+        study["series_uid"],
+        *study["sop_uids"],
+    ]
+    for text in texts:
+        for s in secrets:
+            assert s not in text, f"{s!r} in a node log"
+
+
+# --- tests -------------------------------------------------------------------------------
+def test_a_study_routed_from_orthanc_comes_back_with_seg_and_sr(
+    orthanc, studies, tmp_path, node_factory, shared_data
+):
+    st = studies[0]
+    port = free_port()
+    orthanc.set_node(port)
+    node = node_factory(tmp_path / "out", port, st["masks"],
+                        [f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"]).start()  # fmt: skip
+    sid = orthanc.upload(st["files"])
+    t0 = time.monotonic()
+    orthanc.send_to_node(sid)  # returns when the node has acknowledged every instance
+    t_sent = time.monotonic()
+    got = wait_for(lambda: orthanc.has_results(st["study_uid"]), 120, "SEG and SR in Orthanc")
+    latency = time.monotonic() - t_sent
+    assert len(got[SEG_CLASS]) == 1 and len(got[SR_CLASS]) == 1
+    wait_for(lambda: node.all_finished(1), 60, "the job to finish")
+    (job,) = node.jobs()
+    assert job["state"] == "done" and job["n_instances"] == len(st["files"]) and job["n_sent"] == 2
+    (row,) = node.rows()
+    assert row["status"] in ("ok", "flagged") and row["grade"] == "normal"
+    assert row["case_id"] == series_key(st["series_uid"])
+
+    seg = orthanc.dataset(got[SEG_CLASS][0])
+    sr = orthanc.dataset(got[SR_CLASS][0])
+    for ds in (seg, sr):  # filed with the source study, identifiers copied for PACS
+        assert ds.StudyInstanceUID == st["study_uid"]
+        assert ds.PatientID == PLANTED["PatientID"]
+        assert ds.AccessionNumber == PLANTED["AccessionNumber"]
+    # The SR read back equals the row.
+    nums = _sr_numbers(sr)
+    assert nums["LSRATIO"] == [pytest.approx(row["ratio"])]
+    assert nums["LMINUSS_HU"] == [pytest.approx(row["liver_minus_spleen_hu"])]
+    assert nums["N_PAIRS"] == [row["n_pairs"]]
+    assert sorted(nums["112031"]) == sorted([row["liver_hu"], row["spleen_hu"]])  # HU
+    assert sorted(nums["118565006"]) == sorted([row["liver_volume_ml"], row["spleen_volume_ml"]])
+    # The SEG read back: every liver/spleen voxel of the reference labels, on the source slices.
+    import SimpleITK as sitk
+
+    ref = sitk.GetArrayFromImage(
+        sitk.ReadImage(str(shared_data / "totalseg_example" / "labels_small.nii.gz"))
+    )
+    frames = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns)
+    seg_no = [int(f.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+              for f in seg.PerFrameFunctionalGroupsSequence]  # fmt: skip
+    for k, label in ((1, 1), (2, 2)):
+        n = int(sum(frames[i].astype(bool).sum() for i, s in enumerate(seg_no) if s == k))
+        assert n == int((ref == label).sum())
+    refs = {str(i.ReferencedSOPInstanceUID) for s in seg.ReferencedSeriesSequence
+            for i in s.ReferencedInstanceSequence}  # fmt: skip
+    assert refs <= st["sop_uids"]
+
+    # Re-sent: a new job, the same SEG/SR UIDs, so Orthanc still holds one of each.
+    orthanc.send_to_node(sid)
+    wait_for(lambda: node.all_finished(2), 120, "the second job to finish")
+    assert [j["state"] for j in node.jobs()] == ["done", "done"]
+    again = orthanc.instances_by_class(st["study_uid"])
+    assert len(again[SEG_CLASS]) == 1 and len(again[SR_CLASS]) == 1
+    assert len(node.rows()) == 1  # one row per series, the latest
+    _assert_logs_clean(node, st)
+    # node status and node check through the CLI
+    out = subprocess.run([sys.executable, "-m", "client.cli", "node", "status", "-o", str(node.out)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)  # fmt: skip
+    assert out.returncode == 0 and out.stdout.count(" done ") == 2
+    chk = subprocess.run([sys.executable, "-m", "client.cli", "node", "check", "--ae-title", "HEPASCREEN",
+                          "--send-to", f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)  # fmt: skip
+    assert chk.returncode == 0, chk.stdout + chk.stderr
+    print(f"\nlatency from the last instance acknowledged to SEG+SR in Orthanc: {latency:.1f} s "
+          f"(idle 1 s; whole send {t_sent - t0:.1f} s)")  # fmt: skip
+
+
+def test_unknown_peers_are_refused_and_known_ones_echo(orthanc, studies, tmp_path, node_factory):
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage, Verification
+
+    port = free_port()
+    orthanc.set_node(port)
+    node = node_factory(tmp_path / "out", port, studies[0]["masks"], []).start()
+    assert orthanc.post("/modalities/hepascreen/echo", {}) is not None  # Orthanc -> node C-ECHO
+    for calling, called in (("INTRUDER", "HEPASCREEN"), ("ORTHANC", "NOT-THE-NODE")):
+        ae = AE(ae_title=calling)
+        ae.add_requested_context(CTImageStorage)
+        ae.add_requested_context(Verification)
+        a = ae.associate("127.0.0.1", port, ae_title=called)
+        assert a.is_rejected and not a.is_established, (calling, called)
+    assert node.jobs() == []
+    # A host restriction: the right AE title from a host that is not allowed.
+    node.stop()
+    port2 = free_port()
+    other = node_factory(tmp_path / "out2", port2, studies[0]["masks"], [],
+                         accept=("ORTHANC@192.0.2.1",)).start()  # fmt: skip
+    ae = AE(ae_title="ORTHANC")
+    ae.add_requested_context(Verification)
+    assert ae.associate("127.0.0.1", port2, ae_title="HEPASCREEN").is_rejected
+    other.stop()
+
+
+def _scu_send(files, port, abort_after: int | None = None, calling="ORTHANC"):
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage
+
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(CTImageStorage)
+    a = ae.associate("127.0.0.1", port, ae_title="HEPASCREEN")
+    assert a.is_established
+    for k, f in enumerate(files):
+        if abort_after is not None and k == abort_after:
+            a.abort()
+            return
+        assert a.send_c_store(str(f)).Status == 0
+    a.release()
+
+
+def test_an_aborted_association_is_held_until_the_study_is_sent_again(
+    orthanc, studies, tmp_path, node_factory
+):
+    st = studies[1]
+    port = free_port()
+    node = node_factory(tmp_path / "out", port, st["masks"],
+                        [f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"]).start()  # fmt: skip
+    files = sorted(st["files"])
+    _scu_send(files, port, abort_after=len(files) // 2)
+    wait_for(lambda: [j for j in node.jobs() if j["state"] == "held"], 30, "the job to be held")
+    # Held, not screened: still held well past the idle time.
+    time.sleep(3.0)  # 3x idle_seconds; the state is then checked, not the time
+    (job,) = node.jobs()
+    assert job["state"] == "held" and node.rows() == []
+    _scu_send(files, port)  # the whole study again, released cleanly
+    wait_for(lambda: node.all_finished(1), 120, "the re-sent study to finish")
+    (job,) = node.jobs()
+    assert job["state"] == "done" and job["n_instances"] == len(files)
+    got = wait_for(lambda: orthanc.has_results(st["study_uid"]), 60, "SEG and SR in Orthanc")
+    assert len(got[SEG_CLASS]) == 1 and len(got[SR_CLASS]) == 1
+
+
+def test_concurrent_studies_are_all_answered_and_none_mixed_up(
+    orthanc, studies, tmp_path, node_factory
+):
+    chosen = studies[2:4]
+    port = free_port()
+    orthanc.set_node(port)
+    masks = chosen[0]["masks"]  # one folder holds every study's label map
+    node = node_factory(tmp_path / "out", port, masks,
+                        [f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"]).start()  # fmt: skip
+    ids = [orthanc.upload(st["files"]) for st in chosen]
+    threads = [threading.Thread(target=orthanc.send_to_node, args=(i,)) for i in ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    for st in chosen:
+        got = wait_for(lambda st=st: orthanc.has_results(st["study_uid"]), 180, "results")
+        assert len(got[SEG_CLASS]) == 1 and len(got[SR_CLASS]) == 1
+        sr = orthanc.dataset(got[SR_CLASS][0])
+        evidence = {str(i.ReferencedSOPInstanceUID)
+                    for s in sr.CurrentRequestedProcedureEvidenceSequence
+                    for se in s.ReferencedSeriesSequence for i in se.ReferencedSOPSequence}  # fmt: skip
+        seg_uid = str(orthanc.dataset(got[SEG_CLASS][0]).SOPInstanceUID)
+        assert evidence == st["sop_uids"] | {seg_uid}  # its own study's images, nobody else's
+    wait_for(lambda: node.all_finished(len(chosen)), 60, "every job to finish")
+    assert [j["state"] for j in node.jobs()] == ["done"] * len(chosen)
+
+
+class _StoreSCP:
+    """A minimal pynetdicom storage SCP standing in for a PACS that is down, then up
+    (or one that refuses everything with a permanent status)."""
+
+    def __init__(self, port: int, status: int = 0x0000):
+        from pynetdicom import AE, evt
+        from pynetdicom.sop_class import Comprehensive3DSRStorage, SegmentationStorage
+
+        self.received: list[str] = []
+        ae = AE(ae_title="PACS")
+        for c in (SegmentationStorage, Comprehensive3DSRStorage):
+            ae.add_supported_context(c)
+
+        def on_store(event):
+            self.received.append(str(event.request.AffectedSOPInstanceUID))
+            return status
+
+        self.server = ae.start_server(("127.0.0.1", port), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, on_store)])  # fmt: skip
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_a_destination_that_is_down_gets_everything_when_it_returns(
+    studies, tmp_path, node_factory
+):
+    st = studies[0]
+    port, pacs_port = free_port(), free_port()
+    node = node_factory(tmp_path / "out", port, st["masks"], [f"PACS@127.0.0.1:{pacs_port}"],
+                        retry=(1, 1, 1, 1, 1, 1, 1, 1, 1, 1)).start()  # fmt: skip
+    _scu_send(sorted(st["files"]), port)
+    wait_for(lambda: [s for s in node.sends() if s["attempts"] >= 2], 60, "two failed attempts")
+    assert {j["state"] for j in node.jobs()} == {"sending"}
+    pacs = _StoreSCP(pacs_port)
+    try:
+        wait_for(lambda: node.all_finished(1), 60, "delivery after the destination returned")
+        assert node.jobs()[0]["state"] == "done" and len(pacs.received) == 2
+    finally:
+        pacs.close()
+
+
+def test_a_permanent_refusal_is_not_retried(studies, tmp_path, node_factory):
+    st = studies[0]
+    port, pacs_port = free_port(), free_port()
+    pacs = _StoreSCP(pacs_port, status=0xA900)  # "data set does not match SOP class"
+    try:
+        node = node_factory(tmp_path / "out", port, st["masks"],
+                            [f"PACS@127.0.0.1:{pacs_port}"]).start()  # fmt: skip
+        _scu_send(sorted(st["files"]), port)
+        wait_for(lambda: node.all_finished(1), 60, "the job to fail")
+        assert node.jobs()[0]["state"] == "failed"
+        assert [s["attempts"] for s in node.sends()] == [1, 1]
+        assert all("0xA900" in s["last_error"] for s in node.sends())
+    finally:
+        pacs.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "kill_at", ["receiving", "received", "ready", "screening", "sending", "done"]
+)
+def test_kill_9_at_any_point_sends_nothing_twice(
+    orthanc, shared_data, tmp_path, node_factory, kill_at
+):
+    """kill -9 when the job is first seen in each state (polled every 10 ms), restart:
+    every study ends with exactly one SEG and one SR in Orthanc; a restart after
+    everything was sent sends nothing."""
+    st = make_study(shared_data, tmp_path / "study", seed=hash(kill_at) % 10**6)
+    port = free_port()
+    orthanc.set_node(port)
+    dest = [f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"]
+    node = node_factory(tmp_path / "out", port, st["masks"], dest).start()
+    sid = orthanc.upload(st["files"])
+    if kill_at == "receiving":
+        orthanc.send_to_node(sid, synchronous=False)
+        wait_for(lambda: any(j["n_instances"] >= 3 for j in node.jobs()), 60, "instances", 0.01)
+    else:
+        orthanc.send_to_node(sid)  # every instance acknowledged, hence durable
+        wait_for(lambda: any(j["state"] == kill_at for j in node.jobs()) or node.all_finished(1),
+                 60, f"state {kill_at}", 0.01)  # fmt: skip
+    node.kill9()
+    states = [(j["state"], j["n_instances"]) for j in node.jobs()]
+    print(f"killed at {kill_at}: jobs {states}")
+    again = node_factory(tmp_path / "out", port, st["masks"], dest).start()
+    if kill_at == "receiving":  # the association died with the node: held until re-sent
+        if states[0][1] < len(st["files"]):
+            wait_for(lambda: [j for j in again.jobs() if j["state"] == "held"], 30, "held")
+        wait_for(lambda: orthanc.get("/jobs?expand") and all(
+            j["State"] in ("Success", "Failure") for j in orthanc.get("/jobs?expand")
+        ), 120, "Orthanc's first store job to end")  # fmt: skip
+        orthanc.send_to_node(sid)
+    wait_for(lambda: again.all_finished(1), 120, f"the job to finish after kill -9 in {states}")
+    assert [j["state"] for j in again.jobs()] == ["done"]
+    got = wait_for(lambda: orthanc.has_results(st["study_uid"]), 60, "SEG and SR in Orthanc")
+    assert len(got[SEG_CLASS]) == 1 and len(got[SR_CLASS]) == 1
+    assert len(again.rows()) == 1
+    sends = again.sends()
+    # A restart after everything was sent sends nothing.
+    again.kill9()
+    third = node_factory(tmp_path / "out", port, st["masks"], dest).start()
+    time.sleep(2.0)  # several poll periods; the database is then compared
+    assert third.sends() == sends
+    assert [j["state"] for j in third.jobs()] == ["done"]
+    assert len(orthanc.instances_by_class(st["study_uid"])[SEG_CLASS]) == 1
+
+
+def test_config_file_and_flags(tmp_path):
+    from client.errors import ConfigError
+
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text(
+        "ae_title: HS\nport: 11113\naccept: [ORTHANC@127.0.0.1, '*']\n"
+        "send_to: [PACS@10.0.0.5:104]\nidle_seconds: 5\nscreen: {device: cpu}\n"
+    )
+    c = load_config(cfg, tmp_path / "out", port=12000, send_to=["A@h:1", "B@h:2"])
+    assert (c.ae_title, c.port, c.idle_seconds) == ("HS", 12000, 5)
+    assert [str(d) for d in c.send_to] == ["A@h:1", "B@h:2"]
+    assert c.allows("ORTHANC", "127.0.0.1") and c.allows("ANY", "10.1.1.1")
+    c2 = load_config(None, tmp_path, accept=["ORTHANC@127.0.0.1"])
+    assert c2.allows("ORTHANC", "127.0.0.1") and not c2.allows("ORTHANC", "10.0.0.1")
+    assert not c2.allows("OTHER", "127.0.0.1") and c2.host == "127.0.0.1"
+    for bad in ({"send_to": ["nohost"]}, {"accept": ["WAY-TOO-LONG-AE-TITLE"]}):
+        with pytest.raises(ConfigError):
+            load_config(None, tmp_path, **bad)
+    cfg.write_text("colour: blue\n")
+    with pytest.raises(ConfigError, match="unknown settings"):
+        load_config(cfg, tmp_path)
+    r = subprocess.run([sys.executable, "-m", "client.cli", "listen", "-o", str(tmp_path / "o")],
+                       capture_output=True, text=True, cwd=ROOT, timeout=60)  # fmt: skip
+    assert r.returncode == 2 and "--accept" in r.stderr
+
+
+def test_compressed_transfer_syntaxes_are_accepted_as_the_reader_decodes_them(
+    shared_data, tmp_path, node_factory
+):
+    """JPEG 2000, JPEG lossless, JPEG-LS and RLE files are stored as sent (durable, not
+    decoded) and the spooled file is the one the sender sent."""
+    from pynetdicom import AE
+
+    from client.node.scp import ACCEPTED_TRANSFER_SYNTAXES
+
+    port = free_port()
+    node = node_factory(tmp_path / "out", port, tmp_path, [], idle=60).start()
+    folder = shared_data / "dicom_edge_cases" / "dicom2nifti_compressed"
+    files = [
+        f for f in sorted(folder.rglob("*")) if f.is_file() and f.suffix not in (".nii", ".gz")
+    ]
+    by_syntax = {}
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f)
+        except Exception:  # noqa: BLE001 - not DICOM (ground truth, licence)
+            continue
+        ts = str(ds.file_meta.TransferSyntaxUID)
+        if ts != "1.2.840.10008.1.2.1" and ts not in by_syntax:
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+            by_syntax[ts] = ds  # the same image in several syntaxes: one instance each
+    assert len(by_syntax) >= 3, sorted(by_syntax)
+    assert set(by_syntax) <= set(ACCEPTED_TRANSFER_SYNTAXES)
+    ae = AE(ae_title="ORTHANC")
+    for ts, ds in by_syntax.items():
+        ae.add_requested_context(ds.SOPClassUID, ts)
+    a = ae.associate("127.0.0.1", port, ae_title="HEPASCREEN")
+    assert a.is_established
+    for ds in by_syntax.values():
+        assert a.send_c_store(ds).Status == 0
+    a.release()
+    spooled = list(node_paths(node.out)["spool"].rglob("*.dcm"))
+    assert len(spooled) == len(by_syntax)
+    got = {str(pydicom.dcmread(p).file_meta.TransferSyntaxUID) for p in spooled}
+    assert got == set(by_syntax)
+    import SimpleITK as sitk
+
+    from client._dicom import read_slice
+
+    for p in spooled:  # decoded as the reader decodes (GDCM)
+        a = sitk.GetArrayFromImage(read_slice(p))
+        assert a.size > 0 and np.isfinite(a).all()
+
+
+def test_spool_and_job_store_survive_a_reopen(tmp_path):
+    from client.node import Spool
+
+    sp = Spool(tmp_path / "spool")
+    sk, ek, ik, path = sp.store("1.2.3", "1.2.3.4", "1.2.3.4.5", b"x" * 1000)
+    assert path.read_bytes() == b"x" * 1000 and "1.2.3" not in str(path)
+    (path.parent / ".junk.1.2.tmp").write_bytes(b"half")
+    assert sp.remove_temporaries() == 1
+    db = JobStore(tmp_path / "jobs.sqlite")
+    a = db.open_assoc("ORTHANC")
+    job, new = db.record_instance(a, sk, ik, 1000)
+    assert new and db.record_instance(a, sk, ik, 1000) == (job, False)  # same instance again
+    db.close()
+    db = JobStore(tmp_path / "jobs.sqlite")  # as after kill -9: the association was open
+    assert db.recover() == {"associations_aborted": 1, "jobs_rescreened": 0}
+    assert db.advance_ready(0, 3600) == [(job, "received", "held")]
+    assert db.advance_ready(0, 0) == [(job, "held", "ready")]
+    (j,) = db.jobs()
+    assert j["n_instances"] == 1 and j["note"] == "screened after the hold expired"
+    db.close()
