@@ -457,6 +457,7 @@ def write_dicom_sr(
     series_uid: str | None = None,
     model_name: str | None = None,
     uid_settings: str | None = None,
+    allow_failed: bool = False,
 ) -> Path:
     """Write the measurements of one scan as a DICOM TID 1500 measurement report (atomically).
 
@@ -485,6 +486,10 @@ def write_dicom_sr(
         The model and measurement settings as text. Given, the SR's UIDs are derived
         from the source instances and this text (:func:`derive_uid`): a re-run or a
         re-sent study gives the same objects and a PACS keeps one copy. None: new UIDs.
+    allow_failed : bool
+        For an error row, write an SR that says the screening failed (grade
+        ``INDETERMINATE``, status ``FAILED``, no measurements; the error text is not
+        copied: it may quote paths) instead of refusing (the DICOM node does).
 
     Returns
     -------
@@ -497,13 +502,14 @@ def write_dicom_sr(
         The source is not a readable DICOM image series, or cannot carry an SR (no
         Study or Series Instance UID, or SOP Instance UID).
     ValueError
-        The row is an error row (nothing measured).
+        The row is an error row (nothing measured) and ``allow_failed`` is False.
     """
     import highdicom as hd
     import pydicom
     from pydicom.sr.codedict import codes
 
-    if row.get("status") == "error":
+    failed = row.get("status") == "error"
+    if failed and not allow_failed:
         raise ValueError(f"{row.get('case_id')}: no measurements for a scan that failed")
     hs = source_series(source, series_uid)
     uid_key = _uid_key(hs, uid_settings)
@@ -583,6 +589,13 @@ def write_dicom_sr(
             _code(str(row.get("grade") or "indeterminate").upper(), str(row.get("grade"))),
         )
     ]
+    if failed:
+        evals.append(
+            hd.sr.QualitativeEvaluation(
+                _code("STATUS", "Screening status"),
+                _code("FAILED", "screening failed; nothing was measured"),
+            )
+        )
     for f in _flags(row):
         evals.append(
             hd.sr.QualitativeEvaluation(_code("FLAG", "Quality flag"), _code(f.upper(), f))

@@ -254,6 +254,18 @@ def test_outputs_refuse_an_error_row(tmp_path, phantom_series):
         write_dicom_seg(files, labels, row, tmp_path / "x.dcm", scan=scan)
 
 
+def test_a_failed_scan_can_get_an_sr_that_says_so(tmp_path, phantom_series):
+    files, *_ = phantom_series
+    row = {"case_id": "x", "status": "error", "grade": "indeterminate", "error": "/secret/path"}
+    path = write_dicom_sr(files, row, tmp_path / "x.sr.dcm", allow_failed=True)
+    ds = pydicom.dcmread(path)
+    nums, coded = _sr_values(ds)
+    assert coded["GRADE"] == ["indeterminate"] and coded["STATUS"] == [
+        "screening failed; nothing was measured"
+    ]
+    assert not [k for k in nums if k[0] == CODING_SCHEME] and "/secret/path" not in str(ds)
+
+
 @pytest.mark.slow
 def test_real_ct_as_dicom_seg_matches_the_label_map(tmp_path, shared_data):
     ct = read_scan(shared_data / "totalseg_example" / "ct.nii.gz")  # RAS-stored NIfTI

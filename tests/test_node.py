@@ -407,6 +407,14 @@ def test_a_study_routed_from_orthanc_comes_back_with_seg_and_sr(
             for i in s.ReferencedInstanceSequence}  # fmt: skip
     assert refs <= st["sop_uids"]
 
+    # As stored by Orthanc, both pass dicom3tools' validator (when installed).
+    if shutil.which("dciodvfy"):
+        for kind, iid in (("seg", got[SEG_CLASS][0]), ("sr", got[SR_CLASS][0])):
+            path = tmp_path / f"from_orthanc.{kind}.dcm"
+            path.write_bytes(orthanc.get(f"/instances/{iid}/file"))
+            r = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
+            errors = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")]
+            assert errors == [], kind
     # Re-sent: a new job, the same SEG/SR UIDs, so Orthanc still holds one of each.
     orthanc.send_to_node(sid)
     wait_for(lambda: node.all_finished(2), 120, "the second job to finish")
@@ -532,8 +540,11 @@ class _StoreSCP:
         for c in (SegmentationStorage, Comprehensive3DSRStorage):
             ae.add_supported_context(c)
 
+        self.datasets: list = []
+
         def on_store(event):
             self.received.append(str(event.request.AffectedSOPInstanceUID))
+            self.datasets.append(event.dataset)
             return status
 
         self.server = ae.start_server(("127.0.0.1", port), block=False,
@@ -557,6 +568,27 @@ def test_a_destination_that_is_down_gets_everything_when_it_returns(
     try:
         wait_for(lambda: node.all_finished(1), 60, "delivery after the destination returned")
         assert node.jobs()[0]["state"] == "done" and len(pacs.received) == 2
+    finally:
+        pacs.close()
+
+
+def test_a_failed_series_still_gets_an_sr_that_says_so_and_no_seg(studies, tmp_path, node_factory):
+    st = studies[0]
+    port, pacs_port = free_port(), free_port()
+    pacs = _StoreSCP(pacs_port)
+    try:
+        empty = tmp_path / "no_masks"
+        empty.mkdir()
+        node = node_factory(tmp_path / "out", port, empty, [f"PACS@127.0.0.1:{pacs_port}"]).start()
+        _scu_send(sorted(st["files"]), port)
+        wait_for(lambda: node.all_finished(1), 60, "the job to finish")
+        (row,) = node.rows()
+        assert row["status"] == "error" and "label map not found" in row["error"]
+        assert node.jobs()[0]["state"] == "done" and len(pacs.datasets) == 1
+        (sr,) = pacs.datasets
+        assert sr.SOPClassUID == SR_CLASS and sr.StudyInstanceUID == st["study_uid"]
+        text = str(sr)
+        assert "FAILED" in text and "INDETERMINATE" in text and "label map" not in text
     finally:
         pacs.close()
 

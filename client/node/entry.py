@@ -6,6 +6,7 @@
                       [--accept CALLING_AE[@HOST]]... [--send-to AE@HOST:PORT]...
                       [--idle-seconds S] [--max-hold-seconds S]
                       [--masks DIR] [--label-map NAME] [--url HOST:PORT] [--device cpu|gpu]
+                      [--series best|all]
     hepascreen node status -o OUT [--json]
     hepascreen node check [--config node.yaml] [--send-to AE@HOST:PORT]... [--ae-title AE]
 """
@@ -43,6 +44,7 @@ def listen_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--label-map", help="label values of --masks (default|totalsegmentator)")
     p.add_argument("--url", help="Triton server HOST:PORT (default: the bundled server)")
     p.add_argument("--device", choices=("cpu", "gpu"), help="measurement device (cpu)")
+    p.add_argument("--series", choices=("best", "all"), help="series of a study to screen (best)")
     p.add_argument("--quiet", action="store_true", help="log to OUT/node/node.log only")
     return p
 
@@ -52,8 +54,12 @@ def listen(argv, prog: str = "hepascreen listen") -> int:
     from .service import Node, node_paths, setup_logging
 
     args = listen_parser(prog).parse_args(argv)
-    screen = {k: v for k, v in (("masks", args.masks), ("label_map", args.label_map),
-                                ("url", args.url), ("device", args.device)) if v}  # fmt: skip
+    screen = {
+        k: v
+        for k, v in (("masks", args.masks), ("label_map", args.label_map), ("url", args.url),
+                     ("device", args.device), ("series", args.series))
+        if v
+    }  # fmt: skip
     try:
         config = load_config(
             args.config, args.out, ae_title=args.ae_title, host=args.host, port=args.port,

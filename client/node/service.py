@@ -124,6 +124,7 @@ class Node:
         ctx.model_version, ctx.model_sha256 = d.get("model_version"), d.get("model_sha256")
         self.store = ResultStore(cfg.out_dir, ctx)
         self._store_lock = threading.Lock()
+        self.series = s.get("series", "best")
         self.screen_config = ScreenConfig(
             device=s.get("device", "cpu"), out_dir=cfg.out_dir, write_qc=bool(s.get("qc", True)),
             dicom_seg=True, dicom_sr=True,
@@ -211,29 +212,38 @@ class Node:
         return True
 
     def screen_job(self, job: dict) -> None:
+        """Screen every study in the job's spool folder (one, normally) with
+        :func:`client.study.screen_study` (series choice, ``screen_scan``, the study's
+        answer), write the rows and the studies table, and queue the SEG/SR sends."""
         from ..discover import discover
-        from ..pipeline import screen_scan
+        from ..results import read_rows
+        from ..study import screen_study, write_studies
 
         jid = job["id"]
         log.info("job %d: screening (%d instances)", jid, job["n_instances"])
         t0 = time.perf_counter()
-        found = discover([self.spool.study_dir(job["study_key"])])
-        sources = found.sources
-        sends, rows, n_err = [], 0, 0
+        folder = self.spool.study_dir(job["study_key"])
+        case_ids = [s.case_id for s in discover([folder]).sources]
         with self._store_lock:
             self.store.close()
-            self.store.retire([s.case_id for s in sources])  # one row per series, the latest
+            self.store.retire(case_ids)  # one row per series, the latest
             self.store.open()
-        for src in sources:
-            res = screen_scan(src, self.segmenter, self.screen_config)
-            with self._store_lock:
-                self.store.write(res.row)
-            rows += 1
-            n_err += res.status == "error"
-            for kind, key in (("seg", "dicom_seg"), ("sr", "dicom_sr")):
-                if key in res.files:
-                    sends += [(d.name, kind, res.files[key]) for d in self.config.send_to]
-        note = "" if sources else "no CT volume series in the study"
+        results = screen_study(folder, self.segmenter, self.screen_config, self.series)
+        sends, rows, n_err = [], 0, 0
+        for study in results:
+            for res in study.series:
+                with self._store_lock:
+                    self.store.write(res.row)
+                rows += 1
+                n_err += res.status == "error"
+                if res.status == "error":
+                    self._failed_sr(jid, res)
+                for kind, key in (("seg", "dicom_seg"), ("sr", "dicom_sr")):
+                    if key in res.files:
+                        sends += [(d.name, kind, res.files[key]) for d in self.config.send_to]
+        with self._store_lock:
+            write_studies(self.config.out_dir, read_rows(self.config.out_dir))
+        note = "" if rows else "no CT volume series in the study"
         if n_err:
             note = f"{n_err} of {rows} series failed (results.csv says why)"
         state = self.jobs.screened(jid, sends, rows, note)
@@ -242,6 +252,20 @@ class Node:
             jid, rows, n_err, time.perf_counter() - t0, len(sends), state,
         )  # fmt: skip
         self._write_report()
+
+    def _failed_sr(self, jid: int, res) -> None:
+        """A failed series still gets an SR that says so (no SEG: there is no mask)."""
+        from ..dicom_out import write_dicom_sr
+
+        d = self.segmenter.describe()
+        try:
+            res.files["dicom_sr"] = write_dicom_sr(
+                res.source, res.row, self.config.out_dir / "dicom" / f"{res.case_id}.sr.dcm",
+                model_name=d.get("model_name"), allow_failed=True,
+                uid_settings=f"failed|{d.get('model_name')}|{d.get('model_sha256')}",
+            )  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - an unreadable series cannot carry an SR
+            log.warning("job %d: no SR for a failed series (%s)", jid, type(exc).__name__)
 
     def _write_report(self) -> None:
         from ..report import write_report
