@@ -52,7 +52,9 @@ def build_parser(prog: str = "python -m client.batch") -> argparse.ArgumentParse
     add("--masks", metavar="DIR", help="measure DIR/<case_id>.nii.gz (or DIR/<case_id>/liver.nii.gz"
         " + spleen.nii.gz) instead of segmenting; no server")  # fmt: skip
     add("--label-map", default="default", choices=sorted(contract.LABEL_MAPS),
-        help="label values in --masks files (default: 1 liver, 2 spleen)")  # fmt: skip
+        help="label values in --masks files: default 1 liver, 2 spleen; 'totalsegmentator' "
+        "(v2 'total' multilabel: liver, spleen and aorta, portal vein, IVC, kidneys for the "
+        "contrast phase); 'hepascreen' (every class of client.contract.STRUCTURE_LABELS)")  # fmt: skip
     add("--cubes", type=int, default=200, help="cubes per organ (default 200)")
     add("--cube-mm", type=float, default=10.0, help="cube edge in mm (default 10)")
     add("--seed", type=int, default=0)
