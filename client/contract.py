@@ -137,6 +137,33 @@ class GradeThresholds:
 
 GRADE_THRESHOLDS = GradeThresholds()
 GRADES = ("normal", "mild", "moderate", "severe", "indeterminate")
+# One colour per grade for every picture and page (QC caption, report.html).
+GRADE_RGB = {
+    "normal": (46, 158, 91),
+    "mild": (217, 180, 40),
+    "moderate": (232, 130, 42),
+    "severe": (210, 60, 60),
+    "indeterminate": (140, 140, 140),
+}
+
+
+def grade_of_ratio(ratio, thresholds: GradeThresholds = GRADE_THRESHOLDS) -> str:
+    """The grade of a liver/spleen ratio: the one home of the rule (a ratio on a threshold
+    falls in the worse grade; not a finite number: ``indeterminate``)."""
+    try:
+        r = float(ratio)
+    except (TypeError, ValueError):
+        return "indeterminate"
+    if r != r or r in (float("inf"), float("-inf")):
+        return "indeterminate"
+    if r > thresholds.normal_above:
+        return "normal"
+    if r > thresholds.mild_above:
+        return "mild"
+    if r > thresholds.moderate_above:
+        return "moderate"
+    return "severe"
+
 
 # Radiologists' HU rules of thumb reported beside the ratio.
 LIVER_HU_MODERATE_BELOW = 40.0  # liver < 40 HU suggests moderate or worse steatosis

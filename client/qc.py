@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import contract
 from ._atomic import atomic_path
 from .contract import LABEL_LIVER, LABEL_SPLEEN
 from .labels_sidecar import LABEL_COLOURS
@@ -31,13 +32,7 @@ WINDOW = (-160.0, 240.0)  # soft-tissue display window (W400 / L40)
 COLOURS = {LABEL_LIVER: LABEL_COLOURS[LABEL_LIVER], LABEL_SPLEEN: LABEL_COLOURS[LABEL_SPLEEN]}
 CUBE_KEPT = (255, 215, 0)
 CUBE_REJECTED = (70, 150, 255)
-GRADE_COLOURS = {
-    "normal": (60, 170, 90),
-    "mild": (230, 190, 40),
-    "moderate": (240, 130, 40),
-    "severe": (220, 50, 50),
-    "indeterminate": (150, 150, 150),
-}
+GRADE_COLOURS = dict(contract.GRADE_RGB)  # the same colours as report.html
 PANEL_HEIGHT = 360
 CORONAL_MAX_HEIGHT = 540
 BACKGROUND = (0, 0, 0)

@@ -30,13 +30,7 @@ from ._atomic import atomic_path
 
 GRADE_ORDER = ("normal", "mild", "moderate", "severe", "indeterminate")
 STATUS_ORDER = ("ok", "flagged", "error")
-GRADE_CSS = {
-    "normal": "#2e9e5b",
-    "mild": "#d9b428",
-    "moderate": "#e8822a",
-    "severe": "#d23c3c",
-    "indeterminate": "#8c8c8c",
-}
+GRADE_CSS = {g: "#{:02x}{:02x}{:02x}".format(*rgb) for g, rgb in contract.GRADE_RGB.items()}
 # Shown by default; every other column is one click (or ``#cols=all``) away.
 DEFAULT_VISIBLE = (
     "case_id",
@@ -220,13 +214,7 @@ def _histogram_svg(ratios: list[float], t=contract.GRADE_THRESHOLDS) -> str:
 
 
 def _grade(r: float, t=contract.GRADE_THRESHOLDS) -> str:
-    if r > t.normal_above:
-        return "normal"
-    if r > t.mild_above:
-        return "mild"
-    if r > t.moderate_above:
-        return "moderate"
-    return "severe"
+    return contract.grade_of_ratio(r, t)
 
 
 _CSS = """

@@ -80,16 +80,9 @@ _NO_CRITERION = {
 
 
 def grade_ratio(ratio: float, thresholds: GradeThresholds = GRADE_THRESHOLDS) -> str:
-    """Grade of a liver/spleen ratio; a ratio on a threshold falls in the worse grade."""
-    if ratio is None or not math.isfinite(ratio):
-        return "indeterminate"
-    if ratio > thresholds.normal_above:
-        return "normal"
-    if ratio > thresholds.mild_above:
-        return "mild"
-    if ratio > thresholds.moderate_above:
-        return "moderate"
-    return "severe"
+    """Grade of a liver/spleen ratio; a ratio on a threshold falls in the worse grade
+    (the rule lives in :func:`client.contract.grade_of_ratio`)."""
+    return contract.grade_of_ratio(ratio, thresholds)
 
 
 @dataclass

@@ -38,3 +38,18 @@ def test_thresholds_are_ordered_and_labels_distinct():
     assert len(labels) == contract.NUM_CLASSES
     for name, mapping in contract.LABEL_MAPS.items():
         assert mapping["liver"] != mapping["spleen"], name
+
+
+def test_one_grading_rule_and_one_colour_per_grade():
+    """Issue 21: the grade thresholds, words and colours have one home (client.contract)."""
+    from client import contract, qc, report_html
+    from postprocess import grade_ratio
+
+    for r, g in ((1.0001, "normal"), (1.0, "mild"), (0.7, "moderate"), (0.5, "severe"),
+                 (float("nan"), "indeterminate"), (None, "indeterminate")):  # fmt: skip
+        assert contract.grade_of_ratio(r) == grade_ratio(r) == g
+        if r is not None and r == r:
+            assert report_html._grade(r) == g
+    for g, rgb in contract.GRADE_RGB.items():
+        assert qc.GRADE_COLOURS[g] == rgb
+        assert report_html.GRADE_CSS[g] == "#{:02x}{:02x}{:02x}".format(*rgb)
