@@ -34,8 +34,13 @@ def _series(folder: Path, n=6, shape=(48, 40), seed=0) -> list[Path]:
 
 
 def _rewrite(paths, *, unsigned=False, bits=16, slope=1, intercept=0, explicit=False,
-             padding=False, overlay=False, mono1=False, rle=False):  # fmt: skip
-    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
+             padding=False, overlay=False, mono1=False, rle=False, jpegls=False):  # fmt: skip
+    from pydicom.uid import (
+        ExplicitVRLittleEndian,
+        ImplicitVRLittleEndian,
+        JPEGLSLossless,
+        RLELossless,
+    )
 
     for p in paths:
         ds = pydicom.dcmread(str(p))
@@ -65,6 +70,8 @@ def _rewrite(paths, *, unsigned=False, bits=16, slope=1, intercept=0, explicit=F
             ds.add_new(0xFFFCFFFC, "OB", b"\0" * 16)  # Data Set Trailing Padding after the pixels
         if rle:
             ds.compress(RLELossless, arr)
+        if jpegls:
+            ds.compress(JPEGLSLossless, arr)
         ds.save_as(str(p), enforce_file_format=True)
 
 
@@ -78,8 +85,11 @@ LAYOUTS = {
                                     "overlay": True},
     "monochrome1": {"mono1": True},
     "rle": {"rle": True, "explicit": True},
+    "rle_unsigned_12bit_intercept": {"rle": True, "explicit": True, "unsigned": True, "bits": 12,
+                                     "intercept": -1024},
 }  # fmt: skip
-DIRECT = {"signed_implicit", "unsigned_12bit_intercept_explicit", "slope_2"}
+DIRECT = {"signed_implicit", "unsigned_12bit_intercept_explicit", "slope_2", "rle",
+          "rle_unsigned_12bit_intercept"}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(LAYOUTS))
@@ -150,8 +160,10 @@ def test_shared_edge_case_series_read_the_same(folder, monkeypatch):
 
 
 def test_compressed_slices_decode_on_threads_with_the_same_volume_and_errors(tmp_path, monkeypatch):
+    pytest.importorskip("jpeg_ls", reason="pyjpegls writes the JPEG-LS test series")
     paths = sorted(_series(tmp_path / "rle", n=12, seed=5))
-    _rewrite(paths, rle=True, explicit=True)
+    _rewrite(paths, jpegls=True, explicit=True)  # GDCM decodes JPEG-LS (pydicom only RLE here)
+    assert all(_dicom.raw_pixel_layout(_dicom.read_header(p)) is None for p in paths)
     monkeypatch.setattr(_dicom, "GDCM_THREADS", 4)
     threaded = read_scan(tmp_path / "rle", min_slices=3)
     monkeypatch.setattr(_dicom, "GDCM_THREADS", 1)
