@@ -38,6 +38,7 @@ KNOWN = {
     "flops.json": "python -m benchmarks.flops",
     "training_step.json": "benchmarks/bench_training_step.py",
     "postprocess_scaling.json": "benchmarks/bench_postprocess_scaling.py",
+    "dicom.json": "benchmarks/bench_dicom.py",
 }
 
 
@@ -644,8 +645,35 @@ def section_other(name, res, limit=40) -> list[str]:
     return lines + [""]
 
 
+def section_dicom(res, plots, out_md, missing) -> list[str]:
+    lines = [
+        "## DICOM series read: `read_scan` vs plain series readers",
+        "",
+        _machine_line(res),
+        "",
+    ]
+    if res.get("what"):
+        lines += [res["what"] + ".", ""]
+    rows = []
+    for name, s in (res.get("series") or {}).items():
+        c, r = s["cpu_s"], s["ratio_cpu"]
+        same = all(v for k, v in s.get("identical", {}).items() if k != "dtype")
+        rows.append([name, s.get("files"), c["read_bytes"], c["sitk_series"], c["pydicom_loop"],
+                     c["read_scan"], c["read_scan_before"],
+                     f"{r['read_scan_vs_faster_plain_reader']}x",
+                     f"{r['read_scan_before_vs_faster_plain_reader']}x",
+                     "yes" if same else "NO"])  # fmt: skip
+    lines += _table(
+        ["series", "files", "bytes read s", "SimpleITK series s", "pydicom loop s", "read_scan s",
+         "read_scan before s", "ours vs faster plain", "before vs faster plain", "arrays equal"],
+        rows,
+    )  # fmt: skip
+    return lines + [""]
+
+
 SECTIONS = [
     ("decompress.json", section_decompress),
+    ("dicom.json", section_dicom),
     ("batch.json", section_batch),
     ("postprocess.json", section_postprocess),
     ("serving.json", section_serving),
