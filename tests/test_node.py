@@ -69,7 +69,20 @@ def orthanc_binary() -> str | None:
 
 
 # --- real CT studies ---------------------------------------------------------------------
-def make_study(shared_data, folder: Path, seed: int) -> dict:
+ROUTE_DESCRIPTION = "ROUTE-TO-HEPASCREEN"
+# docs/pacs.md's routing rule, narrowed to one series description so that the other
+# tests' studies are sent by hand only.
+ROUTE_LUA = """
+function OnStableSeries(seriesId, tags, metadata)
+  if tags['Modality'] == 'CT' and tags['SeriesDescription'] == 'DESCRIPTION' then
+    RestApiPost('/modalities/hepascreen/store',
+                '{"Resources": ["' .. seriesId .. '"], "Asynchronous": true}')
+  end
+end
+""".replace("DESCRIPTION", ROUTE_DESCRIPTION)
+
+
+def make_study(shared_data, folder: Path, seed: int, series_description: str | None = None) -> dict:
     """The real CT crop (30 slices) as a DICOM study with planted identifiers; its reference
     labels as the --masks label map of its series. Each seed gives new UIDs."""
     d = shared_data / "totalseg_example"
@@ -80,6 +93,8 @@ def make_study(shared_data, folder: Path, seed: int) -> dict:
         ds.FrameOfReferenceUID = for_uid
         for k, v in PLANTED.items():
             setattr(ds, k, v)
+        if series_description:
+            ds.SeriesDescription = series_description
         ds.save_as(f)
     ds = pydicom.dcmread(files[0], stop_before_pixels=True)
     masks = folder.parent / "masks"
@@ -131,11 +146,12 @@ class Orthanc:
             "DicomCheckModalityHost": True,
             "DicomModalities": {},
             "Plugins": [],
-            "LuaScripts": [],
+            "LuaScripts": [str(folder / "route.lua")],
             "SaveJobs": False,
             "ConcurrentJobs": 4,
             "StableAge": 2,
         }
+        (folder / "route.lua").write_text(ROUTE_LUA)
         (folder / "orthanc.json").write_text(json.dumps(cfg))
         self.log = open(folder / "orthanc.log", "wb")
         self.proc = subprocess.Popen(
@@ -433,6 +449,22 @@ def test_a_study_routed_from_orthanc_comes_back_with_seg_and_sr(
     assert chk.returncode == 0, chk.stdout + chk.stderr
     print(f"\nlatency from the last instance acknowledged to SEG+SR in Orthanc: {latency:.1f} s "
           f"(idle 1 s; whole send {t_sent - t0:.1f} s)")  # fmt: skip
+
+
+def test_orthanc_routes_a_stable_ct_series_by_itself(orthanc, shared_data, tmp_path, node_factory):
+    """docs/pacs.md's Lua rule: Orthanc sends the CT series once it is stable (StableAge
+    2 s); the node's SEG and SR coming back are not CT, so nothing goes round again."""
+    st = make_study(shared_data, tmp_path / "study", seed=77, series_description=ROUTE_DESCRIPTION)
+    port = free_port()
+    orthanc.set_node(port)
+    node = node_factory(tmp_path / "out", port, st["masks"],
+                        [f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"]).start()  # fmt: skip
+    orthanc.upload(st["files"])  # no send by hand
+    got = wait_for(lambda: orthanc.has_results(st["study_uid"]), 120, "routed SEG and SR")
+    assert len(got[SEG_CLASS]) == 1 and len(got[SR_CLASS]) == 1
+    wait_for(lambda: node.all_finished(1), 60, "the job to finish")
+    time.sleep(4.0)  # twice StableAge: a loop would show as a second job; states are checked
+    assert [j["state"] for j in node.jobs()] == ["done"]
 
 
 def test_unknown_peers_are_refused_and_known_ones_echo(orthanc, studies, tmp_path, node_factory):
