@@ -291,3 +291,16 @@ def test_gpu_md_says_what_the_gpu_path_really_does():
     ops = collections.Counter(n.op_type for n in onnx.load(str(onnx_file)).graph.node)
     assert f"{ops['BatchNormalization']} `BatchNormalization` nodes" in text
     assert "map-back" in text and "stays on the CPU" in text
+
+
+def test_bench_dicom_runs_small_and_finds_every_reader_equal(tmp_path):
+    from benchmarks import bench_dicom
+
+    out = tmp_path / "res"
+    argv = ["--slices", "10", "--repeats", "1", "--work", str(tmp_path / "w"), "--out", str(out),
+            "--layouts", "uncompressed_u12_intercept", "rle"]  # fmt: skip
+    assert bench_dicom.main(argv) == 0
+    res = json.loads((out / "dicom.json").read_text(encoding="utf-8"))
+    for name, s in res["series"].items():
+        assert s["files"] == 10 and s["cpu_s"]["read_scan"] > 0, name
+        assert all(v for k, v in s["identical"].items() if k != "dtype"), (name, s["identical"])
