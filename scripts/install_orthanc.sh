@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Install Debian's Orthanc (a real PACS for the DICOM node's end-to-end tests).
+# Install Debian's Orthanc and its DICOMweb plugin (a real PACS for the DICOM node's
+# end-to-end tests: C-STORE and STOW-RS).
 # Only the binary is used: the tests start their own Orthanc on 127.0.0.1 with a
 # generated configuration and storage in a temporary folder; the package's system
 # service is not needed (it is stopped when the package started it).
-# Idempotent: does nothing when the Orthanc binary is already on PATH.
+# Idempotent: does nothing when the Orthanc binary and the plugin are already there.
 # Usage: bash scripts/install_orthanc.sh   (needs root or sudo; prints the binary path)
 set -euo pipefail
 
@@ -14,7 +15,8 @@ find_orthanc() {
     return 1
 }
 
-if path=$(find_orthanc); then
+PLUGIN=/usr/share/orthanc/plugins/libOrthancDicomWeb.so
+if path=$(find_orthanc) && [ -e "$PLUGIN" ]; then
     echo "$path"
     exit 0
 fi
@@ -35,9 +37,9 @@ if [ "$had_policy" = 0 ]; then
 fi
 cleanup() { if [ "$had_policy" = 0 ]; then $SUDO rm -f /usr/sbin/policy-rc.d; fi; }
 trap cleanup EXIT
-if ! $SUDO apt-get install -y -q --no-install-recommends orthanc >/dev/null 2>&1; then
+if ! $SUDO apt-get install -y -q --no-install-recommends orthanc orthanc-dicomweb >/dev/null 2>&1; then
     $SUDO apt-get update -q >/dev/null
-    $SUDO apt-get install -y -q --no-install-recommends orthanc >/dev/null
+    $SUDO apt-get install -y -q --no-install-recommends orthanc orthanc-dicomweb >/dev/null
 fi
 if path=$(find_orthanc); then
     echo "$path"

@@ -40,6 +40,7 @@ PLANTED = {
     "StudyDescription": "Secret^Study",
 }
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"  # Debian's orthanc-dicomweb
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 
 
@@ -145,7 +146,8 @@ class Orthanc:
             "DicomAlwaysAllowEcho": False,
             "DicomCheckModalityHost": True,
             "DicomModalities": {},
-            "Plugins": [],
+            "Plugins": [DICOMWEB_PLUGIN] if Path(DICOMWEB_PLUGIN).exists() else [],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
             "LuaScripts": [str(folder / "route.lua")],
             "SaveJobs": False,
             "ConcurrentJobs": 4,
@@ -623,6 +625,57 @@ def test_a_failed_series_still_gets_an_sr_that_says_so_and_no_seg(studies, tmp_p
         assert "FAILED" in text and "INDETERMINATE" in text and "label map" not in text
     finally:
         pacs.close()
+
+
+def test_stow_rs_to_orthanc_dicomweb(orthanc, studies, tmp_path, node_factory):
+    if not Path(DICOMWEB_PLUGIN).exists():
+        pytest.skip("Orthanc's DICOMweb plugin not installed (bash scripts/install_orthanc.sh)")
+    st = studies[1]
+    port = free_port()
+    url = f"{orthanc.url}/dicom-web"
+    node = node_factory(tmp_path / "out", port, st["masks"], [url]).start()
+    _scu_send(sorted(st["files"]), port)
+    got = wait_for(lambda: orthanc.has_results(st["study_uid"]), 120, "SEG and SR by STOW-RS")
+    assert len(got[SEG_CLASS]) == 1 and len(got[SR_CLASS]) == 1
+    wait_for(lambda: node.all_finished(1), 60, "the job to finish")
+    assert node.jobs()[0]["state"] == "done" and [s["attempts"] for s in node.sends()] == [1, 1]
+    chk = subprocess.run([sys.executable, "-m", "client.cli", "node", "check", "--send-to", url],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)  # fmt: skip
+    assert chk.returncode == 0, chk.stdout + chk.stderr
+
+
+def test_a_stow_rs_200_that_stored_nothing_is_not_taken_for_success(
+    studies, tmp_path, node_factory
+):
+    """dicomweb-client #42: HTTP 200 with no ReferencedSOPSequence; the node retries."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Liar(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/dicom+json")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Liar)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        st = studies[0]
+        port = free_port()
+        url = f"http://127.0.0.1:{server.server_address[1]}/dicom-web"
+        node = node_factory(tmp_path / "out", port, st["masks"], [url], retry=(1, 1)).start()
+        _scu_send(sorted(st["files"]), port)
+        wait_for(lambda: node.all_finished(1), 60, "retries to run out")
+        assert node.jobs()[0]["state"] == "failed"
+        sends = node.sends()
+        assert [s["attempts"] for s in sends] == [3, 3]  # first try + the 2 retries
+        assert all("not confirmed" in s["last_error"] for s in sends)
+    finally:
+        server.shutdown()
 
 
 def test_a_permanent_refusal_is_not_retried(studies, tmp_path, node_factory):

@@ -1,4 +1,5 @@
-"""Results to their destinations: C-STORE to a DICOM AE, with each failure classified.
+"""Results to their destinations: C-STORE to a DICOM AE or STOW-RS to a DICOMweb
+service, with each failure classified.
 
 ``transient`` failures (connection refused or dropped, timeouts, association rejected
 transiently, "out of resources" / processing-failure statuses) are retried on the
@@ -6,6 +7,13 @@ node's persisted schedule; ``permanent`` ones (association rejected permanently,
 class or transfer syntax refused, "cannot understand", not authorised, ...) are not:
 sending the same object again would be refused again (MONAI Informatics Gateway
 #200/#153: an export retried forever).
+
+STOW-RS success is read from the response, not assumed from the HTTP status
+(dicomweb-client #42: a 200 that stored nothing): an instance counts as sent only when
+its SOP Instance UID is in the response's ReferencedSOPSequence (0008,1199); in the
+FailedSOPSequence (0008,1198) its FailureReason decides (A7xx transient, else
+permanent); in neither, it is retried. HTTP 408/429/5xx and connection errors are
+transient; other 4xx permanent.
 """
 
 from __future__ import annotations
@@ -111,10 +119,89 @@ def store_files(dest, paths: list, calling_ae: str, timeout: float = 30.0) -> li
     return out
 
 
+def _sop_uid(path) -> str:
+    import pydicom
+
+    ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+    return str(ds.SOPInstanceUID)
+
+
+def _dicom_json_seq(body: dict, tag: str) -> list[dict]:
+    el = body.get(tag) or {}
+    return list(el.get("Value") or [])
+
+
+def _first(item: dict, tag: str):
+    v = (item.get(tag) or {}).get("Value") or [None]
+    return v[0]
+
+
+def stow_files(dest, paths: list, timeout: float = 60.0) -> list[SendOutcome]:
+    """STOW-RS ``paths`` to ``dest.url`` (``POST {url}/studies``) in one request; one
+    outcome per path, read from the response body."""
+    import uuid
+
+    import requests
+
+    boundary = f"hepascreen-{uuid.uuid4().hex}"
+    try:
+        uids = [_sop_uid(p) for p in paths]
+        parts = []
+        for p in paths:
+            parts.append(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode())
+            parts.append(open(p, "rb").read())
+            parts.append(b"\r\n")
+        parts.append(f"--{boundary}--\r\n".encode())
+    except FileNotFoundError:
+        return [SendOutcome(False, False, "the output file is gone")] * len(paths)
+    headers = {
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+        "Accept": "application/dicom+json",
+    }
+    try:
+        r = requests.post(
+            dest.url + "/studies", data=b"".join(parts), headers=headers, timeout=timeout
+        )
+    except requests.RequestException as exc:
+        return [SendOutcome(False, True, f"no response ({type(exc).__name__})")] * len(paths)
+    code = r.status_code
+    if code in (408, 429) or code >= 500:
+        return [SendOutcome(False, True, f"HTTP {code}")] * len(paths)
+    try:
+        body = r.json() if r.content else {}
+    except ValueError:
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    stored = {str(_first(i, "00081155")) for i in _dicom_json_seq(body, "00081199")}
+    failed = {
+        str(_first(i, "00081155")): _first(i, "00081197") for i in _dicom_json_seq(body, "00081198")
+    }
+    out = []
+    for uid in uids:
+        if uid in stored:
+            out.append(SendOutcome(True))
+        elif uid in failed:
+            reason = failed[uid]
+            t = isinstance(reason, int) and (reason & 0xFF00) == 0xA700
+            out.append(SendOutcome(False, t, f"STOW-RS failure reason {reason} (HTTP {code})"))
+        elif 400 <= code < 500:
+            out.append(SendOutcome(False, False, f"HTTP {code}"))
+        else:
+            out.append(SendOutcome(False, True, f"HTTP {code} but not confirmed in the response"))
+    return out
+
+
 def echo(dest, calling_ae: str, timeout: float = 10.0) -> SendOutcome:
-    """C-ECHO ``dest`` (``hepascreen node check``)."""
+    """C-ECHO ``dest``, or for a DICOMweb URL a QIDO-RS query (``hepascreen node check``)."""
     if dest.url:
-        return SendOutcome(False, False, "DICOMweb destinations are not supported yet")
+        import requests
+
+        try:
+            r = requests.get(dest.url + "/studies", params={"limit": 1}, timeout=timeout)
+        except requests.RequestException as exc:
+            return SendOutcome(False, True, f"no response ({type(exc).__name__})")
+        return SendOutcome(r.ok, r.status_code >= 500, "" if r.ok else f"HTTP {r.status_code}")
     from pynetdicom.sop_class import Verification
 
     try:
@@ -132,4 +219,4 @@ def echo(dest, calling_ae: str, timeout: float = 10.0) -> SendOutcome:
     return SendOutcome(code == 0, code is None, "" if code == 0 else f"C-ECHO status {code}")
 
 
-__all__ = ["SendOutcome", "echo", "store_files"]
+__all__ = ["SendOutcome", "echo", "stow_files", "store_files"]

@@ -280,7 +280,7 @@ class Node:
 
     # -- sending ---------------------------------------------------------------------
     def _send_loop(self) -> bool:
-        from .sender import store_files
+        from .sender import store_files, stow_files
 
         due = self.jobs.due_sends()
         if not due:
@@ -291,21 +291,20 @@ class Node:
             by_dest.setdefault(s["dest"], []).append(s)
         for name, sends in by_dest.items():
             dest = dests.get(name)
-            if dest is None or dest.url:
-                why = (
-                    "destination no longer configured"
-                    if dest is None
-                    else "DICOMweb not supported yet"
-                )
+            if dest is None:
                 for s in sends:
-                    self._record(s, False, why, None)
+                    self._record(s, False, "destination no longer configured", None)
                 continue
-            outcomes = store_files(dest, [s["path"] for s in sends], self.config.ae_title)
+            paths = [s["path"] for s in sends]
+            if dest.url:
+                outcomes, who = stow_files(dest, paths), "DICOMweb"
+            else:
+                outcomes, who = store_files(dest, paths, self.config.ae_title), dest.ae_title
             for s, o in zip(sends, outcomes):
                 retry = None
                 if not o.ok and o.transient and s["attempts"] < len(self.config.retry_seconds):
                     retry = float(self.config.retry_seconds[s["attempts"]])
-                self._record(s, o.ok, o.reason, retry, dest.ae_title)
+                self._record(s, o.ok, o.reason, retry, who)
             if self._stop.is_set():
                 break
         return True
