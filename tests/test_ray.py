@@ -361,3 +361,32 @@ def test_a_join_that_hangs_stops_at_the_deadline_naming_the_address(monkeypatch)
         finally:
             release.set()
     assert "127.0.0.1:" in str(err.value) and ray_runner.CONNECT_TIMEOUT_ENV in str(err.value)
+
+
+def test_a_real_ray_join_to_a_silent_address_stops_at_the_deadline_and_exits():
+    """A port that accepts connections and never speaks GCS (what a node advertising an
+    unreachable address looks like from here): the real ray.init is cut at the deadline
+    and the process still exits promptly (no hang in Ray's exit handlers)."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        port = s.getsockname()[1]
+        env = dict(
+            os.environ, RAY_ADDRESS=f"127.0.0.1:{port}", HEPASCREEN_RAY_CONNECT_TIMEOUT_S="8"
+        )
+        code = (
+            "from client.ray_runner import init_ray\n"
+            "try:\n    init_ray('auto')\n"
+            "except Exception as e:\n    print('ERR', type(e).__name__, e)\n"
+        )
+        t0 = time.monotonic()
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              encoding="utf-8", timeout=240, cwd=Path(__file__).parents[1])  # fmt: skip
+        took = time.monotonic() - t0
+    assert "ERR ConfigError" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    assert f"127.0.0.1:{port}" in proc.stdout and "within 8 s" in proc.stdout
+    assert took < 8 + 120, took  # the deadline plus a generous margin for start and exit
