@@ -149,9 +149,13 @@ def cube_stats(hu, corners, size):
     if hu.flags.c_contiguous:
         # One flat index per voxel (same voxels, same order as the 3-index gather below,
         # so the same means and SDs to the bit): a third of the index arithmetic.
-        strides = xp.asarray([hu.shape[1] * hu.shape[2], hu.shape[2], 1], dtype=xp.int64)
-        offs = sum(g.ravel().astype(xp.int64) * strides[a] for a, g in enumerate(grids))
-        base = corners.astype(xp.int64, copy=False) @ strides
+        # Python-int strides and elementwise products only (no integer matmul: CuPy's
+        # cuBLAS path has none).
+        sz, sy = hu.shape[1] * hu.shape[2], hu.shape[2]
+        g0, g1, g2 = (g.ravel().astype(xp.int64) for g in grids)
+        offs = g0 * sz + g1 * sy + g2
+        c = corners.astype(xp.int64, copy=False)
+        base = c[:, 0] * sz + c[:, 1] * sy + c[:, 2]
         vals = xp.take(hu.reshape(-1), base[:, None] + offs[None, :]).astype(xp.float64)
         return vals.mean(axis=1), vals.std(axis=1)
     offs = xp.stack([g.ravel() for g in grids], axis=1)  # [v, 3]
