@@ -458,6 +458,8 @@ def write_dicom_sr(
     model_name: str | None = None,
     uid_settings: str | None = None,
     allow_failed: bool = False,
+    study: dict | None = None,
+    series_case_id: str | None = None,
 ) -> Path:
     """Write the measurements of one scan as a DICOM TID 1500 measurement report (atomically).
 
@@ -490,6 +492,13 @@ def write_dicom_sr(
         For an error row, write an SR that says the screening failed (grade
         ``INDETERMINATE``, status ``FAILED``, no measurements; the error text is not
         copied: it may quote paths) instead of refusing (the DICOM node does).
+    study : dict, optional
+        The study's answer (a :func:`client.study.study_answer` row): written as one more
+        group "Study answer" (study grade, criterion, whether this series answered, the
+        answering series' ratio / liver HU / PDFF estimate / portal-venous assessment),
+        so that each series' SR of a multi-series study carries the study's answer.
+    series_case_id : str, optional
+        This series' case_id, to say whether it is the one that answered the study.
 
     Returns
     -------
@@ -611,6 +620,8 @@ def write_dicom_sr(
             qualitative_evaluations=evals,
         )
     )
+    if study is not None:
+        groups.append(_study_group(hd, study, series_case_id, algo, units, uid_key))
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -636,6 +647,61 @@ def write_dicom_sr(
     with atomic_path(out_path, ".dcm") as tmp:
         sr.save_as(tmp)
     return out_path
+
+
+# Study-answer field -> (code value, meaning, unit kind).
+SR_STUDY_MEASUREMENTS = {
+    "ratio": ("STUDY_LSRATIO", "Study answer: liver/spleen attenuation ratio", "ratio"),
+    "liver_hu": ("STUDY_LIVER_HU", "Study answer: liver attenuation", "hu"),
+    "pdff_estimate_pct": ("STUDY_PDFF", "Study answer: PDFF estimate", "percent"),
+}
+
+
+def _study_group(hd, study: dict, case_id: str | None, algo, units: dict, uid_key):
+    """The TID 1501 group carrying a study's answer (client.study.study_answer)."""
+    grade = str(study.get("grade") or "indeterminate")
+    criterion = str(study.get("criterion") or "none")
+    answer = str(study.get("answer_case_id") or "")
+    by = "NONE" if not answer else ("THIS" if case_id and answer == case_id else "OTHER")
+    by_meaning = {
+        "NONE": "no series answered the study",
+        "THIS": "this series answered the study",
+        "OTHER": "another series of the study answered it",
+    }[by]
+    evals = [
+        hd.sr.QualitativeEvaluation(
+            _code("STUDY_GRADE", "Study hepatic steatosis grade"), _code(grade.upper(), grade)
+        ),
+        hd.sr.QualitativeEvaluation(
+            _code("CRITERION", "Criterion of the study answer"), _code(criterion.upper(), criterion)
+        ),
+        hd.sr.QualitativeEvaluation(
+            _code("ANSWERED_BY", "Series that answered the study"), _code(by, by_meaning)
+        ),
+    ]
+    pv = study.get("pv_assessment")
+    if pv:
+        evals.append(
+            hd.sr.QualitativeEvaluation(
+                _code("PV_ASSESSMENT", "Portal-venous liver attenuation assessment"),
+                _code(str(pv).upper(), str(pv)),
+            )
+        )
+    ms = []
+    units = {**units, "percent": hd.sr.CodedConcept("%", "UCUM", "percent")}
+    for key, (code, meaning, unit) in SR_STUDY_MEASUREMENTS.items():
+        v = _finite(study.get(key))
+        if v is not None:
+            ms.append(hd.sr.Measurement(_code(code, meaning), v, units[unit], algorithm_id=algo))
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=derive_uid(uid_key, "sr.tracking.study"), identifier="Study answer"
+        ),
+        finding_type=_code("STUDY", "Study answer"),
+        algorithm_id=algo,
+        measurements=ms or None,
+        qualitative_evaluations=evals,
+    )
 
 
 def _comprehensive_sr(hd, evidence, report, uid_key=None):

@@ -678,6 +678,61 @@ def test_a_stow_rs_200_that_stored_nothing_is_not_taken_for_success(
         server.shutdown()
 
 
+def _sr_coded(ds) -> dict:
+    out: dict = {}
+
+    def walk(items):
+        for it in items:
+            if it.ValueType == "CODE" and "ConceptNameCodeSequence" in it:
+                out.setdefault(it.ConceptNameCodeSequence[0].CodeValue, []).append(
+                    it.ConceptCodeSequence[0].CodeValue
+                )
+            if "ContentSequence" in it:
+                walk(it.ContentSequence)
+
+    walk(ds.ContentSequence)
+    return out
+
+
+def test_each_sr_of_a_multi_series_study_carries_the_study_answer(
+    shared_data, tmp_path, node_factory
+):
+    """Two CT series of one study (--series all): two SEG and two SR, each SR with the
+    same study answer and saying whether its own series gave it; studies.csv has one row."""
+    a = make_study(shared_data, tmp_path / "a", seed=901)
+    b = make_study(shared_data, tmp_path / "b", seed=902)
+    for f in b["files"]:  # series b joins study a
+        ds = pydicom.dcmread(f)
+        ds.StudyInstanceUID = a["study_uid"]
+        ds.save_as(f)
+    port, pacs_port = free_port(), free_port()
+    pacs = _StoreSCP(pacs_port)
+    try:
+        node = node_factory(tmp_path / "out", port, a["masks"], [f"PACS@127.0.0.1:{pacs_port}"],
+                            extra=("--series", "all")).start()  # fmt: skip
+        _scu_send(sorted(a["files"]) + sorted(b["files"]), port)
+        wait_for(lambda: node.all_finished(1), 90, "the study to finish")
+        assert node.jobs()[0]["state"] == "done" and len(node.rows()) == 2
+        srs = [ds for ds in pacs.datasets if ds.SOPClassUID == SR_CLASS]
+        assert len(srs) == 2 and len(pacs.datasets) == 4
+        coded = [_sr_coded(ds) for ds in srs]
+        assert [c["STUDY_GRADE"] for c in coded] == [["NORMAL"], ["NORMAL"]]
+        assert sorted(c["ANSWERED_BY"][0] for c in coded) == ["OTHER", "THIS"]
+        assert {c["CRITERION"][0] for c in coded} == {"LIVER_SPLEEN_RAT"}  # SH: 16 characters
+        studies_csv = (node.out / "studies.csv").read_text().splitlines()
+        assert len(studies_csv) == 2  # header + one study
+        if shutil.which("dciodvfy"):
+            for p in (node.out / "dicom").glob("*.sr.dcm"):
+                r = subprocess.run(
+                    ["dciodvfy", str(p)], capture_output=True, text=True, timeout=120
+                )
+                assert not [
+                    ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")
+                ]
+    finally:
+        pacs.close()
+
+
 def test_a_permanent_refusal_is_not_retried(studies, tmp_path, node_factory):
     st = studies[0]
     port, pacs_port = free_port(), free_port()

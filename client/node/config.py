@@ -10,7 +10,7 @@ YAML keys (every one optional; flags given on the command line win)::
     idle_seconds: 30              # a study is ready this long after its last instance
     max_hold_seconds: 3600        # an aborted study waits this long for a re-send
     retry_seconds: [60, 300, 900, 1800, 3600, 7200, 14400]   # transient send failures
-    screen: {masks: DIR, label_map: default, url: HOST:PORT, device: cpu, qc: true}
+    screen: {masks: DIR, label_map: default, url: HOST:PORT, device: cpu, qc: true, series: best}
 
 Imports nothing heavy.
 """
@@ -113,7 +113,8 @@ class NodeConfig:
     retry_seconds : tuple of float
         Waits between attempts of a transiently failed send; after the last, the send fails.
     screen : dict
-        ``masks``, ``label_map``, ``url``, ``device``, ``qc``, ``model_repository``.
+        ``masks``, ``label_map``, ``url``, ``device``, ``qc``, ``model_repository``,
+        ``series`` (``best`` | ``all``, as ``hepascreen screen --series``).
     poll_seconds : float
         How often readiness and due sends are checked.
     """
@@ -146,6 +147,7 @@ class NodeConfig:
             "device",
             "qc",
             "model_repository",
+            "series",
         }
         if unknown:
             raise ConfigError(f"screen: unknown keys {sorted(unknown)}")

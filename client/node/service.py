@@ -236,8 +236,7 @@ class Node:
                     self.store.write(res.row)
                 rows += 1
                 n_err += res.status == "error"
-                if res.status == "error":
-                    self._failed_sr(jid, res)
+                self._study_sr(jid, res, study.row)
                 for kind, key in (("seg", "dicom_seg"), ("sr", "dicom_sr")):
                     if key in res.files:
                         sends += [(d.name, kind, res.files[key]) for d in self.config.send_to]
@@ -253,19 +252,26 @@ class Node:
         )  # fmt: skip
         self._write_report()
 
-    def _failed_sr(self, jid: int, res) -> None:
-        """A failed series still gets an SR that says so (no SEG: there is no mask)."""
+    def _study_sr(self, jid: int, res, study_row: dict) -> None:
+        """The series' SR, written again with its study's answer (a study of several
+        series answers once, :func:`client.study.study_answer`); a failed series gets an
+        SR that says so (no SEG: there is no mask). UIDs fixed by the source, model,
+        settings and the study answer."""
         from ..dicom_out import write_dicom_sr
 
         d = self.segmenter.describe()
+        answer = "|".join(str(study_row.get(k)) for k in ("grade", "criterion", "answer_case_id"))
+        settings = f"node|{d.get('model_name')}|{d.get('model_sha256')}|"
+        settings += f"{self.screen_config.assess!r}|{answer}"
         try:
             res.files["dicom_sr"] = write_dicom_sr(
                 res.source, res.row, self.config.out_dir / "dicom" / f"{res.case_id}.sr.dcm",
-                model_name=d.get("model_name"), allow_failed=True,
-                uid_settings=f"failed|{d.get('model_name')}|{d.get('model_sha256')}",
+                seg_path=res.files.get("dicom_seg"), model_name=d.get("model_name"),
+                uid_settings=settings, allow_failed=True, study=study_row,
+                series_case_id=res.case_id,
             )  # fmt: skip
-        except Exception as exc:  # noqa: BLE001 - an unreadable series cannot carry an SR
-            log.warning("job %d: no SR for a failed series (%s)", jid, type(exc).__name__)
+        except Exception as exc:  # noqa: BLE001 - the row says why (output_not_written)
+            log.warning("job %d: no SR for a series (%s)", jid, type(exc).__name__)
 
     def _write_report(self) -> None:
         from ..report import write_report
