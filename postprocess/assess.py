@@ -424,9 +424,70 @@ def assess(
         labels, a direction that is not an orthonormal 3 x 3 matrix.
     """
     cfg = config or AssessConfig()
+    w = _prepare(hu, labels, spacing, direction, cfg)  # checks, organ masks in one box
+    liver, spleen = _measure_organs(w)  # largest pieces, cubes (rng: liver, then spleen)
+    ratio = _ratio(w, liver, spleen)  # ratio of means, pairwise mean, bootstrap interval
+    _plausibility(w, liver, spleen, ratio[0])  # values no liver or spleen tissue has
+    cres = _organ_contrast_evidence(w, liver, spleen)  # liver/spleen evidence of contrast
+    gate_doubt = _gate(w, liver, spleen)  # cut by the scan's edge, segmentation gate
+    conf = _confidence(w, confidence, confidence_floor)  # the model's own confidence
+    if tag is None and contrast_hint:
+        tag = "enhanced"
+    ph, contrast_ev = _phase(w, cres, gate_doubt, classes, tag, spleen.hu)
+    verdict = _criterion(w, ph, ratio[0], liver)  # grade and the criterion of the phase
+    return Assessment(
+        ratio=ratio[0],
+        ratio_ci=ratio[2],
+        ratio_mean_pairwise=ratio[1],
+        grade=verdict["grade"],
+        liver_hu=liver.hu,
+        spleen_hu=spleen.hu,
+        liver_minus_spleen_hu=liver.hu - spleen.hu,
+        liver_volume_ml=liver.volume_ml,
+        spleen_volume_ml=spleen.volume_ml,
+        n_pairs=int(liver.kept_means.size * spleen.kept_means.size),
+        flags=tuple(w.flags),
+        liver=liver,
+        spleen=spleen,
+        notes=tuple(w.notes),
+        liver_confidence=conf["liver"],
+        spleen_confidence=conf["spleen"],
+        contrast_evidence=tuple(contrast_ev),
+        evidence=w.evidence,
+        phase=ph,
+        criterion=verdict["criterion"],
+        pdff_pct=verdict["pdff"],
+        pv_assessment=verdict["pv"],
+        liver_hu_ci=verdict["liver_ci"],
+    )
+
+
+# --- the stages of assess, top to bottom -----------------------------------------------
+@dataclass
+class _Work:
+    """What the stages of :func:`assess` share: inputs, checked, and what they found."""
+
+    hu: object
+    labels: object
+    sp: tuple
+    direction: object
+    cfg: AssessConfig
+    rng: object
+    lbox: tuple | None
+    liver_all: object
+    spleen_all: object
+    stride: tuple
+    flags: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+    evidence: dict = field(default_factory=dict)
+    liver_comp: object = None
+    spleen_comp: object = None
+    hu_c: object = None
+
+
+def _prepare(hu, labels, spacing, direction, cfg: AssessConfig) -> _Work:
     sp = _validate(hu, labels, spacing)
     direction = _validate_direction(direction)
-    rng = np.random.default_rng(cfg.seed)
     # One pass over the label map for the box of every label; the organ masks are then
     # compared inside that box only (zeros outside: np.zeros pages stay untouched).
     xp, _ = get_xp(hu)
@@ -440,145 +501,178 @@ def assess(
         sub = labels[lbox]
         liver_all[lbox] = sub == cfg.liver_label
         spleen_all[lbox] = sub == cfg.spleen_label
-    liver, f_l, liver_comp, _ = _measure_organ(hu, liver_all, sp, "liver", cfg, rng, lbox)
-    spleen, f_s, spleen_comp, _ = _measure_organ(hu, spleen_all, sp, "spleen", cfg, rng, lbox)
-    flags = f_l + f_s
-    notes: list[str] = []
+    return _Work(
+        hu, labels, sp, direction, cfg, np.random.default_rng(cfg.seed), lbox,
+        liver_all, spleen_all, coarse_strides(sp, cfg.gate.coarse_mm),
+    )  # fmt: skip
+
+
+def _measure_organs(w: _Work):
+    liver, f_l, w.liver_comp, _ = _measure_organ(
+        w.hu, w.liver_all, w.sp, "liver", w.cfg, w.rng, w.lbox
+    )
+    spleen, f_s, w.spleen_comp, _ = _measure_organ(
+        w.hu, w.spleen_all, w.sp, "spleen", w.cfg, w.rng, w.lbox
+    )
+    w.flags += f_l + f_s
+    return liver, spleen
+
+
+def _ratio(w: _Work, liver: OrganMeasurement, spleen: OrganMeasurement):
+    """(ratio of means, the original pairwise mean, 95 % bootstrap interval)."""
     lm, sm = liver.kept_means, spleen.kept_means
     ratio = pairwise = float("nan")
     ci = (float("nan"), float("nan"))
-    n_pairs = int(lm.size * sm.size)
-    lhu, shu = liver.hu, spleen.hu
     if lm.size and sm.size:
+        shu = spleen.hu
         if shu <= 0:
-            flags.append("spleen_hu_nonpositive")
-            notes.append(f"spleen {shu:.0f} HU: no ratio")
+            w.flags.append("spleen_hu_nonpositive")
+            w.notes.append(f"spleen {shu:.0f} HU: no ratio")
         else:
             ratio = float(lm.mean() / sm.mean())
             with np.errstate(divide="ignore"):
                 inv = 1.0 / sm
             pairwise = float(lm.mean() * inv.mean()) if np.all(sm > 0) else float("nan")
-            ci = _bootstrap_ci(lm, sm, cfg.n_bootstrap, rng)
-    # Attenuation plausibility (issue 10): values no liver or spleen tissue has.
+            ci = _bootstrap_ci(lm, sm, w.cfg.n_bootstrap, w.rng)
+    return ratio, pairwise, ci
+
+
+def _plausibility(w: _Work, liver, spleen, ratio: float) -> None:
+    """Attenuation plausibility (issue 10): values no liver or spleen tissue has."""
+    cfg = w.cfg
     for name, v, (lo, hi) in (
-        ("liver", lhu, cfg.liver_hu_range),
-        ("spleen", shu, cfg.spleen_hu_range),
+        ("liver", liver.hu, cfg.liver_hu_range),
+        ("spleen", spleen.hu, cfg.spleen_hu_range),
     ):
         if math.isfinite(v) and not (lo <= v <= hi) and not (name == "spleen" and v <= 0):
-            flags.append(f"{name}_hu_implausible")
-            notes.append(f"{name} {v:.0f} HU outside tissue range {lo:.0f}..{hi:.0f}")
+            w.flags.append(f"{name}_hu_implausible")
+            w.notes.append(f"{name} {v:.0f} HU outside tissue range {lo:.0f}..{hi:.0f}")
     if math.isfinite(ratio) and not (cfg.ratio_range[0] < ratio <= cfg.ratio_range[1]):
-        flags.append("ratio_implausible")
-        notes.append(
+        w.flags.append("ratio_implausible")
+        w.notes.append(
             f"ratio {ratio:.2f} outside the physiological range "
             f"{cfg.ratio_range[0]:g}..{cfg.ratio_range[1]:g}"
         )
-    stride = coarse_strides(sp, cfg.gate.coarse_mm)
-    coarse = tuple(slice(None, None, s) for s in stride)
-    xp, _ = get_xp(hu)
-    checks = cfg.gate.enabled or cfg.contrast.enabled
-    hu_c = xp.ascontiguousarray(hu[coarse]) if checks else None  # one copy for both
-    evidence: dict = {}
-    # Contrast: the tag, then what the image shows.
+
+
+def _organ_contrast_evidence(w: _Work, liver, spleen):
+    cfg = w.cfg
+    coarse = tuple(slice(None, None, s) for s in w.stride)
+    xp, _ = get_xp(w.hu)
+    if cfg.gate.enabled or cfg.contrast.enabled:  # one coarse copy for both
+        w.hu_c = xp.ascontiguousarray(w.hu[coarse])
     cres = contrast_evidence(
-        hu_c,
-        liver_comp[coarse] if liver.volume_ml >= cfg.min_organ_ml else None,
-        lhu,
-        shu,
+        w.hu_c,
+        w.liver_comp[coarse] if liver.volume_ml >= cfg.min_organ_ml else None,
+        liver.hu,
+        spleen.hu,
         spleen.means,
         spleen.sds,
         spleen.cube_voxels,
         cfg.contrast,
         cfg.contrast_spleen_hu,
     )
-    evidence["contrast"] = cres.details()
-    gate_doubt = False
+    w.evidence["contrast"] = cres.details()
+    return cres
+
+
+def _gate(w: _Work, liver, spleen) -> bool:
+    """Edge cuts and the segmentation-quality gate; True when the organs lie where no body
+    has them (image evidence read from such masks says nothing about contrast)."""
+    cfg = w.cfg
     if liver.touches_edge and liver.volume_ml < cfg.cut_liver_min_ml:
-        flags.append("liver_mostly_outside_scan")
+        w.flags.append("liver_mostly_outside_scan")
     if spleen.touches_edge and spleen.volume_ml < cfg.cut_spleen_min_ml:
-        flags.append("spleen_mostly_outside_scan")
-    # Segmentation-quality gate: only when both organs were found (a missing organ
-    # already makes the scan indeterminate and says why).
-    if (
+        w.flags.append("spleen_mostly_outside_scan")
+    # Only when both organs were found (a missing organ already makes the scan
+    # indeterminate and says why).
+    if not (
         cfg.gate.enabled
         and liver.volume_ml >= cfg.min_organ_ml
-        and (spleen.volume_ml >= cfg.min_organ_ml)
+        and spleen.volume_ml >= cfg.min_organ_ml
     ):
-        g = check_segmentation(
-            hu,
-            liver_comp,
-            spleen_comp,
-            liver_all,
-            spleen_all,
-            sp,
-            direction,
-            liver.volume_ml,
-            spleen.volume_ml,
-            cfg.gate,
-            noise_sd=(_median_sd(liver), _median_sd(spleen)),
-            hu_coarse=hu_c,
-            touches_edge=(liver.touches_edge, spleen.touches_edge),
-            within=lbox,
-        )
-        flags += g.flags
-        notes += g.notes
-        gate_doubt = "organs_implausibly_placed" in g.flags
-        evidence["gate"] = g.evidence()
-        if g.liver is not None:
-            liver.volume_all_ml = liver.volume_ml / max(g.liver.largest_fraction, 1e-9)
-        if g.spleen is not None:
-            spleen.volume_all_ml = spleen.volume_ml / max(g.spleen.largest_fraction, 1e-9)
+        return False
+    g = check_segmentation(
+        w.hu,
+        w.liver_comp,
+        w.spleen_comp,
+        w.liver_all,
+        w.spleen_all,
+        w.sp,
+        w.direction,
+        liver.volume_ml,
+        spleen.volume_ml,
+        cfg.gate,
+        noise_sd=(_median_sd(liver), _median_sd(spleen)),
+        hu_coarse=w.hu_c,
+        touches_edge=(liver.touches_edge, spleen.touches_edge),
+        within=w.lbox,
+    )
+    w.flags += g.flags
+    w.notes += g.notes
+    w.evidence["gate"] = g.evidence()
+    if g.liver is not None:
+        liver.volume_all_ml = liver.volume_ml / max(g.liver.largest_fraction, 1e-9)
+    if g.spleen is not None:
+        spleen.volume_all_ml = spleen.volume_ml / max(g.spleen.largest_fraction, 1e-9)
+    return "organs_implausibly_placed" in g.flags
+
+
+def _confidence(w: _Work, confidence, confidence_floor) -> dict:
     conf = {"liver": float("nan"), "spleen": float("nan")}
-    if confidence is not None:
-        if tuple(confidence.shape) != tuple(labels.shape):
-            raise MeasurementError(
-                f"confidence map {tuple(confidence.shape)} does not match labels {tuple(labels.shape)}"
-            )
-        for name, comp in (("liver", liver_comp), ("spleen", spleen_comp)):
-            conf[name] = mean_confidence(confidence, comp, lbox)
-        evidence["confidence"] = {
-            k: (None if not math.isfinite(v) else round(v, 4)) for k, v in conf.items()
-        }
-        for name, floor in (confidence_floor or {}).items():
-            v = conf.get(name, float("nan"))
-            if math.isfinite(v) and v < floor:
-                flag = f"{name}_segmentation_doubtful"
-                if flag not in flags:
-                    flags.append(flag)
-                notes.append(
-                    f"{name}: the model's confidence {v:.3f} is below its floor {floor:.3f}"
-                )
-    # Contrast phase: vessels and kidneys where the label map has them (steatosis cannot
-    # move them), else the liver/spleen evidence; then weighed against the tag. Image
-    # evidence read from masks that lie on the wrong structures (sides or levels
-    # implausible) says nothing about contrast (a mirrored "spleen" over bowel looks
-    # mottled), so it is dropped then; the grade is indeterminate anyway and the notes
-    # say why. Masks doubted for their attenuation keep it: a mottled arterial spleen is
-    # evidence of contrast.
+    if confidence is None:
+        return conf
+    if tuple(confidence.shape) != tuple(w.labels.shape):
+        raise MeasurementError(
+            f"confidence map {tuple(confidence.shape)} does not match labels {tuple(w.labels.shape)}"
+        )
+    for name, comp in (("liver", w.liver_comp), ("spleen", w.spleen_comp)):
+        conf[name] = mean_confidence(confidence, comp, w.lbox)
+    w.evidence["confidence"] = {
+        k: (None if not math.isfinite(v) else round(v, 4)) for k, v in conf.items()
+    }
+    for name, floor in (confidence_floor or {}).items():
+        v = conf.get(name, float("nan"))
+        if math.isfinite(v) and v < floor:
+            flag = f"{name}_segmentation_doubtful"
+            if flag not in w.flags:
+                w.flags.append(flag)
+            w.notes.append(f"{name}: the model's confidence {v:.3f} is below its floor {floor:.3f}")
+    return conf
+
+
+def _phase(w: _Work, cres, gate_doubt: bool, classes, tag, spleen_hu: float):
+    """Contrast phase: vessels and kidneys where the label map has them (steatosis cannot
+    move them), else the liver/spleen evidence; then weighed against the tag.
+
+    Image evidence read from masks that lie on the wrong structures (sides or levels
+    implausible) says nothing about contrast (a mirrored "spleen" over bowel looks
+    mottled), so it is dropped then; the grade is indeterminate anyway and the notes
+    say why. Masks doubted for their attenuation keep it: a mottled arterial spleen is
+    evidence of contrast. Returns the :class:`PhaseResult` and the contrast evidence.
+    """
+    cfg = w.cfg
     image_ev = list(cres.evidence)
     if gate_doubt:
         image_ev = []
-        evidence["contrast"]["ignored_because_organs_misplaced"] = True
-    if tag is None and contrast_hint:
-        tag = "enhanced"
+        w.evidence["contrast"]["ignored_because_organs_misplaced"] = True
     hu_s = (
-        structure_attenuation(hu, labels, classes, sp, stride, cfg.phase)
+        structure_attenuation(w.hu, w.labels, classes, w.sp, w.stride, cfg.phase)
         if classes and cfg.phase.enabled and not gate_doubt
         else {}
     )
-    ph = classify_phase(hu_s, shu, image_ev, tag, cfg.phase)
-    evidence["phase"] = ph.details()
-    flags += [f for f in ph.flags if f not in flags]
-    notes += ph.notes
-    tag_enh = tag is not None and tag != "unenhanced"
+    ph = classify_phase(hu_s, spleen_hu, image_ev, tag, cfg.phase)
+    w.evidence["phase"] = ph.details()
+    w.flags += [f for f in ph.flags if f not in w.flags]
+    w.notes += ph.notes
     if ph.basis == "vessels":
         t = cfg.phase
         limits = {"aorta": t.enhanced_min_hu, "portal_vein": t.enhanced_min_hu,
                   "ivc": t.enhanced_min_hu, "kidney": t.kidney_enhanced_min_hu}  # fmt: skip
         image_ev = [k for k, lim in limits.items() if hu_s.get(k, -1e9) > lim]
-    contrast_ev = (["tag"] if tag_enh else []) + image_ev
+    contrast_ev = (["tag"] if tag is not None and tag != "unenhanced" else []) + image_ev
     if ph.phase in ENHANCED_PHASES or (ph.phase == "unknown" and contrast_ev):
-        flags.append("contrast_enhanced")
+        w.flags.append("contrast_enhanced")
         if ph.basis == "organs":
             for e, flag in (
                 ("attenuation", "contrast_suspected_by_attenuation"),
@@ -586,60 +680,45 @@ def assess(
                 ("spleen_pattern", "contrast_suspected_by_spleen_pattern"),
             ):
                 if e in image_ev:
-                    flags.append(flag)
-    blocking = set(BLOCKING)
-    if not cfg.allow_contrast:
-        blocking |= {"contrast_enhanced", "phase_conflict", "phase_uncertain"}
-    blocked = blocking & set(flags)
+                    w.flags.append(flag)
+    return ph, contrast_ev
+
+
+_PHASE_FLAGS = frozenset({"contrast_enhanced", "phase_conflict", "phase_uncertain"})
+
+
+def _criterion(w: _Work, ph: PhaseResult, ratio: float, liver: OrganMeasurement) -> dict:
+    """The grade, and the criterion that holds for the phase, never mixed (docs/phase.md)."""
+    cfg = w.cfg
+    blocking = set(BLOCKING) | (set() if cfg.allow_contrast else set(_PHASE_FLAGS))
+    blocked = blocking & set(w.flags)
     grade = "indeterminate" if blocked else grade_ratio(ratio, cfg.thresholds)
-    # The criterion that holds for the phase, never mixed (docs/phase.md).
-    criterion = contract.CRITERION_NONE
-    pdff = float("nan")
-    pv = ""
-    liver_ci = (float("nan"), float("nan"))
-    measured_ok = not (blocked - {"contrast_enhanced", "phase_conflict", "phase_uncertain"})
+    out = {
+        "grade": grade,
+        "criterion": contract.CRITERION_NONE,
+        "pdff": float("nan"),
+        "pv": "",
+        "liver_ci": (float("nan"), float("nan")),
+    }
+    lm = liver.kept_means
     if ph.phase == "unenhanced" or cfg.allow_contrast:
-        criterion = contract.CRITERION_RATIO
+        out["criterion"] = contract.CRITERION_RATIO
         if ph.phase == "unenhanced" and grade != "indeterminate":
-            pdff = pdff_from_hu(lhu)
+            out["pdff"] = pdff_from_hu(liver.hu)
     elif ph.phase == "portal_venous":
-        criterion = contract.CRITERION_PV_LIVER_HU
-        notes.append(
+        out["criterion"] = contract.CRITERION_PV_LIVER_HU
+        w.notes.append(
             "portal-venous phase: graded by liver attenuation alone (pv_assessment); "
             "the liver/spleen ratio does not hold"
         )
     else:
-        notes.append(_NO_CRITERION.get(ph.phase, _NO_CRITERION["unknown"]))
-    if ph.phase == "portal_venous" and measured_ok and lm.size:
-        pv = pv_assessment(lhu)
-        liver_ci = _bootstrap_mean_ci(lm, cfg.n_bootstrap, rng)
-    elif criterion == contract.CRITERION_RATIO and lm.size and grade != "indeterminate":
-        liver_ci = _bootstrap_mean_ci(lm, cfg.n_bootstrap, rng)
-    return Assessment(
-        ratio=ratio,
-        ratio_ci=ci,
-        ratio_mean_pairwise=pairwise,
-        grade=grade,
-        liver_hu=lhu,
-        spleen_hu=shu,
-        liver_minus_spleen_hu=lhu - shu,
-        liver_volume_ml=liver.volume_ml,
-        spleen_volume_ml=spleen.volume_ml,
-        n_pairs=n_pairs,
-        flags=tuple(flags),
-        liver=liver,
-        spleen=spleen,
-        notes=tuple(notes),
-        liver_confidence=conf["liver"],
-        spleen_confidence=conf["spleen"],
-        contrast_evidence=tuple(contrast_ev),
-        evidence=evidence,
-        phase=ph,
-        criterion=criterion,
-        pdff_pct=pdff,
-        pv_assessment=pv,
-        liver_hu_ci=liver_ci,
-    )
+        w.notes.append(_NO_CRITERION.get(ph.phase, _NO_CRITERION["unknown"]))
+    if ph.phase == "portal_venous" and not (blocked - _PHASE_FLAGS) and lm.size:
+        out["pv"] = pv_assessment(liver.hu)
+        out["liver_ci"] = _bootstrap_mean_ci(lm, cfg.n_bootstrap, w.rng)
+    elif out["criterion"] == contract.CRITERION_RATIO and lm.size and grade != "indeterminate":
+        out["liver_ci"] = _bootstrap_mean_ci(lm, cfg.n_bootstrap, w.rng)
+    return out
 
 
 __all__ = [
