@@ -121,6 +121,9 @@ INPUT_CHANNELS = 1
 INPUT_DTYPE_FLOAT_VARIANT = "TYPE_FP32"
 OUTPUT_DTYPE_FLOAT_VARIANT = "TYPE_INT32"
 MAX_BATCH_SIZE = 8
+# Requests one client keeps in flight to one server by default (--concurrency sets it
+# for the batch; benchmarks/bench_serving.py measured 4 as enough to fill the batcher).
+DEFAULT_MAX_IN_FLIGHT = 4
 
 
 # --- grading (Chinese Medical Association criteria on non-contrast CT) -------

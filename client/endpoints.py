@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import contract
 from .errors import ConfigError, InferenceError
 from .triton import bounded_submit, first_item
 
@@ -184,7 +185,7 @@ class EndpointPool:
         self,
         urls,
         *,
-        max_in_flight: int = 4,
+        max_in_flight: int = contract.DEFAULT_MAX_IN_FLIGHT,
         probe_interval_s: float = 2.0,
         wait_healthy_s: float = 60.0,
         connect_timeout_s: float = 10.0,
@@ -445,7 +446,7 @@ def _describe(spec) -> str:
     return ", ".join(f"{k}={v}" for k, v in params.items())
 
 
-def connect(urls, *, max_in_flight: int = 4, **kw):
+def connect(urls, *, max_in_flight: int = contract.DEFAULT_MAX_IN_FLIGHT, **kw):
     """A :class:`client.pipeline.TritonSegmenter` over ``urls`` (one URL: the plain
     supervised client; several: an :class:`EndpointPool`). ``kw``: TLS options
     (``ssl``, ``root_certificates``, ...) and :class:`EndpointPool` arguments."""
@@ -460,7 +461,7 @@ def connect(urls, *, max_in_flight: int = 4, **kw):
     return TritonSegmenter(pool.start())
 
 
-def open_segmenter(stack, *, url=None, max_in_flight: int = 4, **kw):
+def open_segmenter(stack, *, url=None, max_in_flight: int = contract.DEFAULT_MAX_IN_FLIGHT, **kw):
     """:func:`client.pipeline.open_segmenter` that also takes several URLs (a list).
 
     ``url``: None (bundled server), a ``host:port`` or a list of them. Whatever is

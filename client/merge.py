@@ -35,8 +35,8 @@ from .errors import ConfigError
 
 # Per-scan files: folder -> suffixes after the case_id (client.pipeline.write_outputs,
 # client.labels_sidecar).
-PER_SCAN = {"masks": (".nii.gz", ".ctbl", ".itksnap.txt"), "qc": (".png",),
-            "dicom": (".seg.dcm", ".sr.dcm")}  # fmt: skip
+PER_SCAN = {results.MASKS_DIR: (".nii.gz", ".ctbl", ".itksnap.txt"), results.QC_DIR: (".png",),
+            results.DICOM_DIR: (".seg.dcm", ".sr.dcm")}  # fmt: skip
 _RESULT_KEYS = ("status", "grade", "ratio", "flags", "error")
 
 

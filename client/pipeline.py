@@ -30,7 +30,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from . import contract
+from . import contract, results
 from .discover import ScanSource, source_for_path
 from .errors import ConfigError, ScanReadError, ScreeningError
 from .scan import ScanVolume
@@ -183,7 +183,7 @@ class TritonSegmenter:
         *,
         device: str = "cpu",
         log_path: Path | str | None = None,
-        max_in_flight: int = 4,
+        max_in_flight: int = contract.DEFAULT_MAX_IN_FLIGHT,
         **supervisor_kw,
     ) -> TritonSegmenter:
         """Start the bundled Triton server and connect to it (stopped by :meth:`close`).
@@ -203,7 +203,9 @@ class TritonSegmenter:
         return cls(sup, model_file_sha256(repo), repo)
 
     @classmethod
-    def connect(cls, url: str, *, max_in_flight: int = 4, **client_kw) -> TritonSegmenter:
+    def connect(
+        cls, url: str, *, max_in_flight: int = contract.DEFAULT_MAX_IN_FLIGHT, **client_kw
+    ) -> TritonSegmenter:
         """Use the Triton server at ``url`` (``host:port``); ``client_kw`` (TLS options, ...)
         go to :class:`client.triton.SegmentationClient`."""
         from .supervisor import SupervisedSegmenter
@@ -396,7 +398,7 @@ def open_segmenter(
     model_repository: Path | str | None = None,
     device: str = "cpu",
     server_log: Path | str | None = None,
-    max_in_flight: int = 4,
+    max_in_flight: int = contract.DEFAULT_MAX_IN_FLIGHT,
     **client_kw,
 ) -> Segmenter:
     """The segmenter a run asks for; whatever it starts is stopped by ``stack`` (an ExitStack).
@@ -708,7 +710,7 @@ def write_outputs(
         from .io import write_label_map
         from .labels_sidecar import write_label_sidecars
 
-        files["mask"] = write_label_map(labels, scan, out / "masks" / f"{case}.nii.gz")
+        files["mask"] = write_label_map(labels, scan, out / results.MASKS_DIR / f"{case}.nii.gz")
         # Every class the model declares is in the mask, and named in the label files.
         classes = getattr(getattr(segmenter, "client", None), "classes", None) or {}
         names = {**contract.LABEL_NAMES, **{int(v): str(n) for n, v in classes.items()}}
@@ -721,7 +723,7 @@ def write_outputs(
         ratio = "n/a" if row.get("ratio") is None else f"{row['ratio']:.3f}"
         title = f"{case}  L/S ratio {ratio}  {row['grade']}  {row.get('flags', '')}"
         files["qc"] = opt("QC picture", lambda: qc_png(
-            scan.array, labels, scan.spacing, out / "qc" / f"{case}.png", title, scan.direction,
+            scan.array, labels, scan.spacing, out / results.QC_DIR / f"{case}.png", title, scan.direction,
             row=row, assessment=assessment,
         ))  # fmt: skip
     if (config.dicom_seg or config.dicom_sr) and src.kind == "dicom":
@@ -734,12 +736,12 @@ def write_outputs(
         settings = f"{desc.get('model_name')}|{desc.get('model_sha256')}|{config.assess!r}"
         if config.dicom_seg:
             files["dicom_seg"] = opt("DICOM SEG", lambda: dicom_out.write_dicom_seg(
-                where, labels, row, out / "dicom" / f"{case}.seg.dcm",
+                where, labels, row, out / results.DICOM_DIR / f"{case}.seg.dcm",
                 scan=scan, series_uid=src.series_uid, model_name=model, uid_settings=settings,
             ))  # fmt: skip
         if config.dicom_sr:
             files["dicom_sr"] = opt("DICOM SR", lambda: dicom_out.write_dicom_sr(
-                where, row, out / "dicom" / f"{case}.sr.dcm",
+                where, row, out / results.DICOM_DIR / f"{case}.sr.dcm",
                 seg_path=files.get("dicom_seg"), series_uid=src.series_uid, model_name=model,
                 uid_settings=settings,
             ))  # fmt: skip

@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 from . import contract
 from ._atomic import atomic_path
+from .results import QC_DIR
 
 GRADE_ORDER = ("normal", "mild", "moderate", "severe", "indeterminate")
 STATUS_ORDER = ("ok", "flagged", "error")
@@ -384,7 +385,7 @@ def write_report(rows: list[dict], out_dir: Path, run_info: dict | None = None) 
         if must not in columns:
             columns.append(must)
     schema = _schema_units()
-    qc_dir = out_dir / "qc"
+    qc_dir = out_dir / QC_DIR
     qc_names = {p.name for p in qc_dir.iterdir()} if qc_dir.is_dir() else set()
     glossary, glossary_source = flag_glossary()
 

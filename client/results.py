@@ -42,17 +42,27 @@ RESULTS_JSONL = "results.jsonl"
 RESULTS_CSV = "results.csv"
 ATTEMPTS_JSONL = "attempts.jsonl"
 RUN_JSON = "run.json"
+# The OUT layout, one home: per-scan files go in these folders (masks/<case_id>.nii.gz,
+# qc/<case_id>.png, dicom/<case_id>.seg.dcm / .sr.dcm).
+MASKS_DIR = "masks"
+QC_DIR = "qc"
+DICOM_DIR = "dicom"
+STUDIES_CSV = "studies.csv"
+STUDIES_JSONL = "studies.jsonl"
 # Everything a run writes into OUT (--overwrite removes these and nothing else).
 OUTPUT_NAMES = (
     RESULTS_JSONL,
     RESULTS_CSV,
     ATTEMPTS_JSONL,
     RUN_JSON,
+    STUDIES_CSV,
+    STUDIES_JSONL,
     "report.html",
     "server.log",
-    "masks",
-    "qc",
-    "dicom",
+    "errors.log",
+    MASKS_DIR,
+    QC_DIR,
+    DICOM_DIR,
 )
 DONE_STATUSES = (contract.STATUS_OK, contract.STATUS_FLAGGED)
 

@@ -30,10 +30,9 @@ from pathlib import Path
 
 from . import contract
 from ._atomic import atomic_path
+from .results import STUDIES_CSV, STUDIES_JSONL
 
 SERIES_MODES = ("best", "all")
-STUDIES_CSV = "studies.csv"
-STUDIES_JSONL = "studies.jsonl"
 
 # One row per study: every writer reads this (name, unit, meaning).
 STUDY_SCHEMA: tuple[contract.Column, ...] = (

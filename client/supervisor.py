@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import contract
 from .errors import InferenceError
 
 RECOVERABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED", "INTERNAL")
@@ -94,7 +95,7 @@ class SupervisedSegmenter:
         *,
         model_repository: Path | str | None = None,
         log_path: Path | str | None = None,
-        max_in_flight: int = 4,
+        max_in_flight: int = contract.DEFAULT_MAX_IN_FLIGHT,
         max_restarts: int = 3,
         deadline_factor: float = 4.0,
         min_deadline_s: float = 10.0,

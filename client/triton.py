@@ -90,7 +90,7 @@ class SegmentationClient:
         model_name: str = contract.MODEL_NAME,
         *,
         timeout_s: float = 300.0,
-        max_in_flight: int = 4,
+        max_in_flight: int = contract.DEFAULT_MAX_IN_FLIGHT,
         retries: int = 3,
         ssl: bool = False,
         root_certificates: str | None = None,

@@ -245,3 +245,16 @@ def test_a_study_stays_in_one_shard(tmp_path):
         picked = select(srcs, k, 4)
         studies = {s.study_uid for s in picked}
         assert all(s in picked for s in srcs if s.study_uid in studies)
+
+
+def test_overwrite_removes_the_study_table_too(phase_study, tmp_path):
+    """studies.csv / studies.jsonl are outputs of a run: --overwrite clears them."""
+    from client import results
+
+    assert {results.STUDIES_CSV, results.STUDIES_JSONL} <= set(results.OUTPUT_NAMES)
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "studies.csv").write_text("stale")
+    (out / "mine.txt").write_text("keep")
+    results.clear_outputs(out)
+    assert not (out / "studies.csv").exists() and (out / "mine.txt").exists()
