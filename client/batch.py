@@ -55,9 +55,14 @@ def build_parser(prog: str = "python -m client.batch") -> argparse.ArgumentParse
         help="label values in --masks files: default 1 liver, 2 spleen; 'totalsegmentator' "
         "(v2 'total' multilabel: liver, spleen and aorta, portal vein, IVC, kidneys for the "
         "contrast phase); 'hepascreen' (every class of client.contract.STRUCTURE_LABELS)")  # fmt: skip
-    add("--cubes", type=int, default=200, help="cubes per organ (default 200)")
-    add("--cube-mm", type=float, default=10.0, help="cube edge in mm (default 10)")
-    add("--seed", type=int, default=0)
+    # Defaults from the one home of each setting (AssessConfig, the contract).
+    from postprocess.config import AssessConfig
+
+    dflt = AssessConfig()
+    add("--cubes", type=int, default=dflt.n_cubes, help=f"cubes per organ (default {dflt.n_cubes})")
+    add("--cube-mm", type=float, default=dflt.cube_mm,
+        help=f"cube edge in mm (default {dflt.cube_mm:g})")  # fmt: skip
+    add("--seed", type=int, default=dflt.seed)
     out_mode = ap.add_mutually_exclusive_group()
     out_mode.add_argument("--resume", action="store_true",
                           help="continue in OUT: skip scans already ok/flagged and unchanged")  # fmt: skip
@@ -67,7 +72,8 @@ def build_parser(prog: str = "python -m client.batch") -> argparse.ArgumentParse
         help="series of a study to screen: 'best' (default) in header order until one is "
         "graded by the ratio on unenhanced CT (usually the first: about one series per "
         "study); 'all' every volume series (studies.csv answers either way)")  # fmt: skip
-    add("--concurrency", type=int, default=4, help="scans in flight at once (default 4)")
+    add("--concurrency", type=int, default=contract.DEFAULT_MAX_IN_FLIGHT,
+        help=f"scans in flight at once (default {contract.DEFAULT_MAX_IN_FLIGHT})")  # fmt: skip
     add("--allow-contrast", action="store_true", help="grade contrast-enhanced scans anyway")
     add("--device", choices=("cpu", "gpu"), default="cpu", help="see 'where things run' below")
     add("--gpu", action="store_true", help=argparse.SUPPRESS)  # deprecated: --device gpu
