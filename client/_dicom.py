@@ -456,6 +456,46 @@ def _orientation_frame(hs: list[SliceHeader], folder: Path):
 GDCM_THREADS = 4  # decoding threads for compressed slices (beyond 4 the gain is small)
 
 
+GDCM_SERIES = True  # decode GDCM's slices with one ImageSeriesReader where it applies
+
+
+def _gdcm_series(hs: list[SliceHeader]) -> list | None:
+    """Slices of ``hs`` (in this order) decoded by one SimpleITK ``ImageSeriesReader``, or None.
+
+    One reader for all slices costs what a plain series reader costs; a reader per slice
+    was 1.4x that on JPEG-LS (benchmarks/bench_dicom.py). Used only where it must give
+    what per-slice reading gives: every slice of one pixel layout and one rescale (the
+    series reader takes the first file's pixel type for all), names ITK can open. Any
+    failure returns None: the per-slice path then decodes and words the error exactly.
+    """
+    import SimpleITK as sitk
+
+    from ._headers import _itk_ok
+
+    def key(h):
+        ds = h.ds
+        if ds is None:
+            return None
+        syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+        fields = ("BitsAllocated", "BitsStored", "PixelRepresentation", "SamplesPerPixel",
+                  "PhotometricInterpretation", "RescaleSlope", "RescaleIntercept")  # fmt: skip
+        return (syntax, h.rows, h.cols, h.frames, *(str(ds.get(f, "")) for f in fields))
+
+    keys = {key(h) for h in hs}
+    if len(keys) != 1 or None in keys or not all(_itk_ok(os.fspath(h.path)) for h in hs):
+        return None
+    reader = sitk.ImageSeriesReader()
+    reader.SetImageIO("GDCMImageIO")
+    reader.SetFileNames([os.fspath(h.path) for h in hs])
+    try:
+        a = sitk.GetArrayFromImage(reader.Execute())
+    except RuntimeError:
+        return None
+    if a.ndim != 3 or a.shape[0] != len(hs):
+        return None
+    return list(a)
+
+
 def _gdcm_slice(h: SliceHeader) -> np.ndarray:
     """One slice decoded by GDCM, as a 2D array (errors name the file and what is wrong)."""
     import SimpleITK as sitk
@@ -557,6 +597,11 @@ def load_series(
         slices.append(a)
         if a is None:
             todo.append(k)
+    decoded = _gdcm_series([hs[k] for k in todo]) if GDCM_SERIES and len(todo) >= 2 else None
+    if decoded is not None:
+        for k, a in zip(todo, decoded):
+            slices[k] = a
+        todo = []
     workers = min(GDCM_THREADS, os.cpu_count() or 1, len(todo))
     if workers > 1 and len(todo) >= 8:
         from concurrent.futures import ThreadPoolExecutor

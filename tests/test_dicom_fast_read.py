@@ -164,6 +164,7 @@ def test_compressed_slices_decode_on_threads_with_the_same_volume_and_errors(tmp
     paths = sorted(_series(tmp_path / "rle", n=12, seed=5))
     _rewrite(paths, jpegls=True, explicit=True)  # GDCM decodes JPEG-LS (pydicom only RLE here)
     assert all(_dicom.raw_pixel_layout(_dicom.read_header(p)) is None for p in paths)
+    monkeypatch.setattr(_dicom, "GDCM_SERIES", False)  # the per-slice path, on threads
     monkeypatch.setattr(_dicom, "GDCM_THREADS", 4)
     threaded = read_scan(tmp_path / "rle", min_slices=3)
     monkeypatch.setattr(_dicom, "GDCM_THREADS", 1)
@@ -180,3 +181,15 @@ def test_compressed_slices_decode_on_threads_with_the_same_volume_and_errors(tmp
             read_scan(tmp_path / "rle", min_slices=3)
         messages.append(str(err.value))
     assert messages[0] == messages[1] and hs[4].path.name in messages[0]
+
+
+@pytest.mark.parametrize("name", ["rle", "slope_2", "monochrome1", "overlay_bit_above_12_stored"])
+def test_one_series_reader_decodes_like_a_reader_per_slice(tmp_path, name, monkeypatch):
+    paths = _series(tmp_path / name, n=9, seed=7)
+    _rewrite(paths, **LAYOUTS[name])
+    monkeypatch.setattr(_dicom, "raw_pixel_layout", lambda h: None)  # everything through GDCM
+    one = read_scan(tmp_path / name, min_slices=3)
+    monkeypatch.setattr(_dicom, "GDCM_SERIES", False)
+    per_slice = read_scan(tmp_path / name, min_slices=3)
+    assert one.array.dtype == per_slice.array.dtype
+    assert np.array_equal(one.array, per_slice.array)
