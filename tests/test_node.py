@@ -258,7 +258,8 @@ class NodeProc:
         cfg.write_text(json.dumps({"retry_seconds": list(retry), "poll_seconds": 0.2}))
         self.argv = [
             sys.executable, "-m", "client.cli", "listen", "--config", str(cfg), "-o", str(out),
-            "--port", str(port), "--idle-seconds", str(idle), "--masks", str(masks), "--quiet",
+            "--port", str(port), "--idle-seconds", str(idle), "--quiet",
+            *(["--masks", str(masks)] if masks else []),
             *[a for p in accept for a in ("--accept", p)],
             *[a for d in send_to for a in ("--send-to", d)], *extra,
         ]  # fmt: skip
@@ -729,6 +730,28 @@ def test_each_sr_of_a_multi_series_study_carries_the_study_answer(
                 assert not [
                     ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")
                 ]
+    finally:
+        pacs.close()
+
+
+@pytest.mark.slow
+def test_the_bundled_triton_server_screens_what_the_node_receives(studies, tmp_path, node_factory):
+    """No --masks: the node starts the bundled Triton server (the shipped model) once and
+    screens with it; SEG and SR go out with the model named in them."""
+    st = studies[0]
+    port, pacs_port = free_port(), free_port()
+    pacs = _StoreSCP(pacs_port)
+    try:
+        node = node_factory(tmp_path / "out", port, None, [f"PACS@127.0.0.1:{pacs_port}"])
+        node.start()
+        _scu_send(sorted(st["files"]), port)
+        wait_for(lambda: node.all_finished(1), 240, "screening with the bundled server")
+        (row,) = node.rows()
+        assert row["segmenter"] == "triton" and row["model_name"] and row["status"] != "error"
+        assert row["liver_volume_ml"] > 500  # the model found the liver of the real CT
+        classes = sorted(str(ds.SOPClassUID) for ds in pacs.datasets)
+        assert classes == sorted([SEG_CLASS, SR_CLASS]) and node.jobs()[0]["state"] == "done"
+        assert row["model_name"] in str(pacs.datasets[0]) + str(pacs.datasets[1])
     finally:
         pacs.close()
 
