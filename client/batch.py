@@ -197,13 +197,19 @@ def run(args) -> int:
                 context.model_version, context.model_sha256 = d["model_version"], d["model_sha256"]
                 repo = str(seg.repository) if seg.repository else None
                 manifest.update(model={**d, "url": args.url or "embedded", "repository": repo})
-            for batch in _rounds(todo, found.sources, store, args.series):
-                store.retire([s.case_id for s in batch])  # exactly one row per case_id
-                if args.ray:
-                    from .ray_runner import run_pool as ray_pool
+            rounds = _rounds(todo, found.sources, store, args.series)
 
-                    ray_pool(batch, seg, config, store, manifest, written, args)
-                else:
+            def more() -> list:  # the next round, its old rows retired (one row per case)
+                batch = next(rounds, [])
+                store.retire([s.case_id for s in batch])
+                return batch
+
+            if args.ray:  # one Ray session and one set of actors for every round
+                from .ray_runner import run_pool as ray_pool
+
+                ray_pool(more(), seg, config, store, manifest, written, args, more=more)
+            else:
+                while batch := more():
                     _run_pool(batch, seg, config, store, manifest, written, args)
             stats = seg.statistics() if seg else None  # this run's
         status = "finished"

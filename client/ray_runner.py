@@ -588,11 +588,13 @@ def default_workers(n_todo: int) -> int:
     return max(1, min(cpus, n_todo))
 
 
-def run_pool(todo, seg, config, store, manifest, written: list, args) -> None:
+def run_pool(todo, seg, config, store, manifest, written: list, args, more=None) -> None:
     """:func:`client.batch._run_pool`'s counterpart on Ray (same rows, progress, counts).
 
     ``seg`` is the driver's segmenter (already open): the actors open their own
     from :func:`worker_spec`; the driver writes every row through ``store``.
+    ``more``: a callable giving the next batch once ``todo`` is done (``[]`` to stop):
+    the rounds of ``--series best`` run in the same actors, started once.
     """
     from tqdm import tqdm
 
@@ -635,6 +637,10 @@ def run_pool(todo, seg, config, store, manifest, written: list, args) -> None:
             info["start_s"] = round(time.perf_counter() - t0, 2)
             manifest.update(ray=info)
             screen.run(todo, on_row)
+            while more is not None and (batch := more()):
+                bar.total += len(batch)
+                bar.refresh()
+                screen.run(batch, on_row)
             # The driver's own segmenter served nothing: the actors' statistics tell.
             info["worker_statistics"] = screen.statistics()
     finally:

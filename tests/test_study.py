@@ -191,9 +191,9 @@ def test_series_best_screens_only_what_the_answer_needs(phase_study, tmp_path):
     assert rc == 0 and len(_read_csv(out / "results.csv")) == 1
 
 
-def test_series_best_goes_on_when_the_first_series_is_enhanced(tmp_path):
-    """A study whose first series (by number) is portal-venous: best screens on until the
-    unenhanced series answers."""
+def _pv_first_study(tmp_path):
+    """A study whose first series (by number) is portal-venous, then the unenhanced one;
+    TotalSegmentator masks for both."""
     import dataclasses
 
     import pydicom
@@ -212,14 +212,46 @@ def test_series_best_goes_on_when_the_first_series_is_enhanced(tmp_path):
     masks.mkdir()
     for s in discover([str(inp)]).sources:
         shutil.copy(REAL_CT_DIR / "labels_all.nii.gz", masks / f"{s.case_id}.nii.gz")
-    out = tmp_path / "out"
-    rc = batch_main([str(inp), "-o", str(out), "--quiet", "--no-qc", "--masks", str(masks),
-                     "--label-map", "totalsegmentator"])  # fmt: skip
-    assert rc == 0
+    return inp, masks
+
+
+def _check_pv_first(out):
     rows = _read_csv(out / "results.csv")
     assert sorted(r["phase"] for r in rows) == ["portal_venous", "unenhanced"]
     st = _read_csv(out / "studies.csv")[0]
     assert st["criterion"] == "liver_spleen_ratio" and st["grade"] == "normal"
+    run = json.loads((out / "run.json").read_text())
+    assert run["not_needed_series"] == [] and run["n_studies"] == 1
+
+
+def test_series_best_goes_on_when_the_first_series_is_enhanced(tmp_path):
+    """Best screens on (a second round) until the unenhanced series answers."""
+    inp, masks = _pv_first_study(tmp_path)
+    out = tmp_path / "out"
+    rc = batch_main([str(inp), "-o", str(out), "--quiet", "--no-qc", "--masks", str(masks),
+                     "--label-map", "totalsegmentator"])  # fmt: skip
+    assert rc == 0
+    _check_pv_first(out)
+
+
+def test_series_best_rounds_on_ray_in_one_session(tmp_path):
+    """The rounds of --series best on a real local Ray: the same rows, actors started once."""
+    pytest.importorskip("ray", reason="Ray is not installed: pip install 'hepascreen[ray]'")
+    import subprocess
+    import sys
+
+    inp, masks = _pv_first_study(tmp_path)
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "client.batch", str(inp), "-o", str(out), "--quiet", "--no-qc",
+         "--masks", str(masks), "--label-map", "totalsegmentator", "--ray", "local",
+         "--ray-workers", "1"],
+        timeout=600, capture_output=True, encoding="utf-8",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _check_pv_first(out)
+    run = json.loads((out / "run.json").read_text())
+    assert run["ray"]["workers"] == 1 and run["ray"]["started_local"]
 
 
 def test_screen_study_library(phase_study):
