@@ -371,6 +371,20 @@ def check_model_config(cfg: dict) -> list[str]:
     return problems
 
 
+def string_parameter(cfg: dict, name: str) -> str | None:
+    """A model config's string parameter (``{"string_value": ...}`` in the JSON form, or
+    a plain string); None when absent or blank."""
+    raw = (cfg.get("parameters") or {}).get(name)
+    if isinstance(raw, dict):
+        raw = raw.get("string_value")
+    return None if raw is None or not str(raw).strip() else str(raw)
+
+
+def _pairs(raw: str):
+    """``"a=b,c=d"`` -> ``(a, "=", b)`` triples (``sep`` empty where a part has no '=')."""
+    return [(k, sep, v.strip()) for k, sep, v in (p.partition("=") for p in raw.split(","))]
+
+
 def model_classes(cfg: dict) -> dict[str, int]:
     """The classes a model config declares, ``{name: label value}``, from the parameter
     :data:`client.contract.CLASSES_PARAM` (``"1=liver,2=spleen,3=kidney_right,..."``);
@@ -381,17 +395,12 @@ def model_classes(cfg: dict) -> dict[str, int]:
     ValueError
         Malformed value, a repeated value or name, or liver/spleen not at 1 and 2.
     """
-    params = cfg.get("parameters") or {}
-    raw = params.get(contract.CLASSES_PARAM)
-    if isinstance(raw, dict):  # JSON config: {"string_value": "..."}
-        raw = raw.get("string_value")
-    if raw is None or not str(raw).strip():
+    raw = string_parameter(cfg, contract.CLASSES_PARAM)
+    if raw is None:
         return {"liver": contract.LABEL_LIVER, "spleen": contract.LABEL_SPLEEN}
     name = contract.CLASSES_PARAM
     out: dict[str, int] = {}
-    for part in str(raw).split(","):
-        val, sep, cls = part.partition("=")
-        cls = cls.strip()
+    for val, sep, cls in _pairs(raw):
         try:
             v = int(val)
         except ValueError:
@@ -423,18 +432,14 @@ def model_confidence_floor(cfg: dict) -> dict[str, float] | None:
         Malformed value, an organ other than liver/spleen, a floor outside (0, 1), or a
         floor declared by a model without the confidence output.
     """
-    params = cfg.get("parameters") or {}
-    raw = params.get(contract.CONFIDENCE_FLOOR_PARAM)
-    if isinstance(raw, dict):  # JSON config: {"string_value": "..."}
-        raw = raw.get("string_value")
-    if raw is None or not str(raw).strip():
+    raw = string_parameter(cfg, contract.CONFIDENCE_FLOOR_PARAM)
+    if raw is None:
         return None
     name = contract.CONFIDENCE_FLOOR_PARAM
     if not model_has_confidence(cfg):
         raise ValueError(f"{name} is set but the model has no {contract.CONFIDENCE_NAME} output")
     out: dict[str, float] = {}
-    for part in str(raw).split(","):
-        organ, sep, val = part.partition("=")
+    for organ, sep, val in _pairs(raw):
         organ = organ.strip()
         try:
             v = float(val)
