@@ -496,13 +496,14 @@ def test_unknown_peers_are_refused_and_known_ones_echo(orthanc, studies, tmp_pat
     other.stop()
 
 
-def _scu_send(files, port, abort_after: int | None = None, calling="ORTHANC"):
+def _scu_send(files, port, abort_after: int | None = None, calling="ORTHANC", tls=None):
     from pynetdicom import AE
     from pynetdicom.sop_class import CTImageStorage
 
     ae = AE(ae_title=calling)
     ae.add_requested_context(CTImageStorage)
-    a = ae.associate("127.0.0.1", port, ae_title="HEPASCREEN")
+    tls_args = (tls, "127.0.0.1") if tls is not None else None
+    a = ae.associate("127.0.0.1", port, ae_title="HEPASCREEN", tls_args=tls_args)
     assert a.is_established
     for k, f in enumerate(files):
         if abort_after is not None and k == abort_after:
@@ -566,7 +567,7 @@ class _StoreSCP:
     """A minimal pynetdicom storage SCP standing in for a PACS that is down, then up
     (or one that refuses everything with a permanent status)."""
 
-    def __init__(self, port: int, status: int = 0x0000):
+    def __init__(self, port: int, status: int = 0x0000, ssl_context=None):
         from pynetdicom import AE, evt
         from pynetdicom.sop_class import Comprehensive3DSRStorage, SegmentationStorage
 
@@ -582,7 +583,7 @@ class _StoreSCP:
             self.datasets.append(event.dataset)
             return status
 
-        self.server = ae.start_server(("127.0.0.1", port), block=False,
+        self.server = ae.start_server(("127.0.0.1", port), block=False, ssl_context=ssl_context,
                                       evt_handlers=[(evt.EVT_C_STORE, on_store)])  # fmt: skip
 
     def close(self):
@@ -752,6 +753,70 @@ def test_the_bundled_triton_server_screens_what_the_node_receives(studies, tmp_p
         classes = sorted(str(ds.SOPClassUID) for ds in pacs.datasets)
         assert classes == sorted([SEG_CLASS, SR_CLASS]) and node.jobs()[0]["state"] == "done"
         assert row["model_name"] in str(pacs.datasets[0]) + str(pacs.datasets[1])
+    finally:
+        pacs.close()
+
+
+def _certificates(folder: Path) -> dict:
+    """A test CA, certificates for the node, the PACS and a client (IP SAN 127.0.0.1),
+    and a rogue client certificate from another CA (openssl CLI)."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def run(*args):
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True, timeout=60)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for ca in ("ca", "rogue_ca"):
+        run("req", "-x509", *ec, "-keyout", f"{ca}.key", "-out", f"{ca}.crt", "-days", "2",
+            "-subj", f"/CN={ca}")  # fmt: skip
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    for name, ca in (("node", "ca"), ("pacs", "ca"), ("client", "ca"), ("rogue", "rogue_ca")):
+        run("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
+            "-CAcreateserial", "-out", f"{name}.crt", "-days", "2", "-extfile", "san.ext")  # fmt: skip
+    return {p.stem + p.suffix: p for p in folder.iterdir()}
+
+
+def _client_ctx(certs: dict, name: str | None):
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(certs["ca.crt"])
+    if name:
+        ctx.load_cert_chain(certs[f"{name}.crt"], certs[f"{name}.key"])
+    return ctx
+
+
+def test_mutual_tls_receiving_and_sending(studies, tmp_path, node_factory):
+    import ssl
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl CLI not installed: cannot make test certificates")
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    certs = _certificates(tmp_path / "pki")
+    pacs_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    pacs_ctx.load_cert_chain(certs["pacs.crt"], certs["pacs.key"])
+    pacs_ctx.load_verify_locations(certs["ca.crt"])
+    pacs_ctx.verify_mode = ssl.CERT_REQUIRED  # the PACS wants the node's certificate too
+    st = studies[0]
+    port, pacs_port = free_port(), free_port()
+    pacs = _StoreSCP(pacs_port, ssl_context=pacs_ctx)
+    tls = ("--tls-cert", str(certs["node.crt"]), "--tls-key", str(certs["node.key"]),
+           "--tls-ca", str(certs["ca.crt"]))  # fmt: skip
+    try:
+        node = node_factory(tmp_path / "out", port, st["masks"], [f"PACS@127.0.0.1:{pacs_port}"],
+                            extra=tls).start()  # fmt: skip
+        for ctx in (None, _client_ctx(certs, None), _client_ctx(certs, "rogue")):
+            ae = AE(ae_title="ORTHANC")
+            ae.add_requested_context(Verification)
+            args = (ctx, "127.0.0.1") if ctx is not None else None
+            a = ae.associate("127.0.0.1", port, ae_title="HEPASCREEN", tls_args=args)
+            assert not a.is_established  # plain TCP, no client certificate, another CA
+        _scu_send(sorted(st["files"]), port, tls=_client_ctx(certs, "client"))
+        wait_for(lambda: node.all_finished(1), 90, "the job to finish over TLS")
+        assert node.jobs()[0]["state"] == "done" and len(pacs.datasets) == 2
     finally:
         pacs.close()
 

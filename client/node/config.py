@@ -11,6 +11,7 @@ YAML keys (every one optional; flags given on the command line win)::
     max_hold_seconds: 3600        # an aborted study waits this long for a re-send
     retry_seconds: [60, 300, 900, 1800, 3600, 7200, 14400]   # transient send failures
     screen: {masks: DIR, label_map: default, url: HOST:PORT, device: cpu, qc: true, series: best}
+    tls: {cert: node.crt, key: node.key, ca: ca.crt}   # mutual TLS, listening and sending
 
 Imports nothing heavy.
 """
@@ -117,6 +118,11 @@ class NodeConfig:
         ``series`` (``best`` | ``all``, as ``hepascreen screen --series``).
     poll_seconds : float
         How often readiness and due sends are checked.
+    tls : dict
+        ``cert``, ``key`` (PEM: the node's certificate and key) and ``ca`` (PEM: peers'
+        certificates must chain to it). Given, the node accepts TLS associations only and
+        requires a client certificate (mutual TLS), and sends to DICOM destinations over
+        TLS with its certificate, checking theirs (host name included).
     """
 
     out_dir: Path
@@ -130,6 +136,7 @@ class NodeConfig:
     retry_seconds: tuple = DEFAULT_RETRY_SECONDS
     screen: dict = field(default_factory=dict)
     poll_seconds: float = 0.5
+    tls: dict = field(default_factory=dict)
 
     def __post_init__(self):
         object.__setattr__(self, "out_dir", Path(self.out_dir))
@@ -151,6 +158,37 @@ class NodeConfig:
         }
         if unknown:
             raise ConfigError(f"screen: unknown keys {sorted(unknown)}")
+        if self.tls:
+            if set(self.tls) != {"cert", "key", "ca"}:
+                raise ConfigError(f"tls: expected cert, key and ca, got {sorted(self.tls)}")
+            for k, v in self.tls.items():
+                if not Path(v).is_file():
+                    raise ConfigError(f"tls {k}: {v}: no such file")
+
+    def server_ssl_context(self):
+        """TLS context of the receiver (None without ``tls``): client certificates required."""
+        if not self.tls:
+            return None
+        import ssl
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(self.tls["cert"], self.tls["key"])
+        ctx.load_verify_locations(self.tls["ca"])
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
+    def client_ssl_context(self):
+        """TLS context for sending (None without ``tls``): our certificate, theirs checked."""
+        if not self.tls:
+            return None
+        import ssl
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_verify_locations(self.tls["ca"])
+        ctx.load_cert_chain(self.tls["cert"], self.tls["key"])
+        return ctx
 
     def allows(self, ae_title: str, host: str) -> bool:
         """True when the calling AE title (from ``host``) may associate."""
@@ -159,7 +197,7 @@ class NodeConfig:
 
 _KEYS = {
     "ae_title", "host", "port", "accept", "send_to", "idle_seconds", "max_hold_seconds",
-    "retry_seconds", "screen", "poll_seconds",
+    "retry_seconds", "screen", "poll_seconds", "tls",
 }  # fmt: skip
 
 
@@ -189,13 +227,14 @@ def load_config(path: Path | str | None, out_dir: Path | str, **overrides) -> No
             raise ConfigError(f"{path}: unknown settings {sorted(unknown)}; known: {sorted(_KEYS)}")
     data.update({k: v for k, v in overrides.items() if v is not None})
     screen = dict(data.pop("screen", {}) or {})
+    tls = {k: str(v) for k, v in (data.pop("tls", {}) or {}).items() if v}
     accept = tuple(Peer.parse(p) for p in data.pop("accept", ()) or ())
     send_to = tuple(Destination.parse(d) for d in data.pop("send_to", ()) or ())
     retry = tuple(float(s) for s in data.pop("retry_seconds", DEFAULT_RETRY_SECONDS))
     try:
         return NodeConfig(
             out_dir=Path(out_dir), accept=accept, send_to=send_to, retry_seconds=retry,
-            screen=screen, **data,
+            screen=screen, tls=tls, **data,
         )  # fmt: skip
     except TypeError as exc:
         raise ConfigError(f"node configuration: {exc}") from exc

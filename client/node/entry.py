@@ -6,7 +6,7 @@
                       [--accept CALLING_AE[@HOST]]... [--send-to AE@HOST:PORT]...
                       [--idle-seconds S] [--max-hold-seconds S]
                       [--masks DIR] [--label-map NAME] [--url HOST:PORT] [--device cpu|gpu]
-                      [--series best|all]
+                      [--series best|all] [--tls-cert PEM --tls-key PEM --tls-ca PEM]
     hepascreen node status -o OUT [--json]
     hepascreen node check [--config node.yaml] [--send-to AE@HOST:PORT]... [--ae-title AE]
 """
@@ -45,6 +45,11 @@ def listen_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--url", help="Triton server HOST:PORT (default: the bundled server)")
     p.add_argument("--device", choices=("cpu", "gpu"), help="measurement device (cpu)")
     p.add_argument("--series", choices=("best", "all"), help="series of a study to screen (best)")
+    p.add_argument(
+        "--tls-cert", help="PEM certificate of the node (mutual TLS; with --tls-key, --tls-ca)"
+    )
+    p.add_argument("--tls-key", help="PEM private key of the node")
+    p.add_argument("--tls-ca", help="PEM CA that peers' certificates must chain to")
     p.add_argument("--quiet", action="store_true", help="log to OUT/node/node.log only")
     return p
 
@@ -65,6 +70,8 @@ def listen(argv, prog: str = "hepascreen listen") -> int:
             args.config, args.out, ae_title=args.ae_title, host=args.host, port=args.port,
             accept=args.accept, send_to=args.send_to, idle_seconds=args.idle_seconds,
             max_hold_seconds=args.max_hold_seconds,
+            tls={"cert": args.tls_cert, "key": args.tls_key, "ca": args.tls_ca}
+            if (args.tls_cert or args.tls_key or args.tls_ca) else None,
         )  # fmt: skip
         if screen:
             from dataclasses import replace

@@ -55,7 +55,7 @@ def _storage_contexts():
     ]
 
 
-def _associate(dest, calling_ae: str, contexts, timeout: float):
+def _associate(dest, calling_ae: str, contexts, timeout: float, tls=None):
     from pynetdicom import AE
 
     ae = AE(ae_title=calling_ae)
@@ -66,7 +66,8 @@ def _associate(dest, calling_ae: str, contexts, timeout: float):
             ae.add_requested_context(sop, syntaxes)
         else:
             ae.add_requested_context(sop)
-    return ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+    tls_args = (tls, dest.host) if tls is not None else None
+    return ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args)
 
 
 def _refused(assoc) -> SendOutcome:
@@ -80,10 +81,13 @@ def _refused(assoc) -> SendOutcome:
     return SendOutcome(False, True, "no association (connection refused, dropped or timed out)")
 
 
-def store_files(dest, paths: list, calling_ae: str, timeout: float = 30.0) -> list[SendOutcome]:
-    """C-STORE ``paths`` to ``dest`` in one association; one outcome per path."""
+def store_files(
+    dest, paths: list, calling_ae: str, timeout: float = 30.0, tls=None
+) -> list[SendOutcome]:
+    """C-STORE ``paths`` to ``dest`` in one association (over TLS with the ``tls``
+    ssl.SSLContext); one outcome per path."""
     try:
-        assoc = _associate(dest, calling_ae, _storage_contexts(), timeout)
+        assoc = _associate(dest, calling_ae, _storage_contexts(), timeout, tls)
     except Exception as exc:  # noqa: BLE001 - socket errors: transient
         return [SendOutcome(False, True, f"no association ({type(exc).__name__})")] * len(paths)
     if not assoc.is_established:
@@ -192,7 +196,7 @@ def stow_files(dest, paths: list, timeout: float = 60.0) -> list[SendOutcome]:
     return out
 
 
-def echo(dest, calling_ae: str, timeout: float = 10.0) -> SendOutcome:
+def echo(dest, calling_ae: str, timeout: float = 10.0, tls=None) -> SendOutcome:
     """C-ECHO ``dest``, or for a DICOMweb URL a QIDO-RS query (``hepascreen node check``)."""
     if dest.url:
         import requests
@@ -205,7 +209,7 @@ def echo(dest, calling_ae: str, timeout: float = 10.0) -> SendOutcome:
     from pynetdicom.sop_class import Verification
 
     try:
-        assoc = _associate(dest, calling_ae, [(Verification, None)], timeout)
+        assoc = _associate(dest, calling_ae, [(Verification, None)], timeout, tls)
     except Exception as exc:  # noqa: BLE001
         return SendOutcome(False, True, f"no association ({type(exc).__name__})")
     if not assoc.is_established:

@@ -130,13 +130,17 @@ class Node:
             dicom_seg=True, dicom_sr=True,
         )  # fmt: skip
         ae, handlers = make_receiver(cfg, self.spool, self.jobs)
-        self._server = ae.start_server((cfg.host, cfg.port), block=False, evt_handlers=handlers)
+        self._server = ae.start_server(
+            (cfg.host, cfg.port), block=False, evt_handlers=handlers,
+            ssl_context=cfg.server_ssl_context(),
+        )  # fmt: skip
         self.port = int(self._server.server_address[1])
         write_json_atomic(self.paths["info"], {
             "ae_title": cfg.ae_title, "host": cfg.host, "port": self.port,
             "accept": [str(p) for p in cfg.accept], "send_to": [str(d) for d in cfg.send_to],
             "idle_seconds": cfg.idle_seconds, "max_hold_seconds": cfg.max_hold_seconds,
             "retry_seconds": list(cfg.retry_seconds), "segmenter": seg.kind, "model": d,
+            "tls": bool(cfg.tls),
             "run_id": ctx.run_id, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         })  # fmt: skip
         for name, fn in (("ready", self._ready_loop), ("screen", self._screen_loop),
@@ -305,7 +309,10 @@ class Node:
             if dest.url:
                 outcomes, who = stow_files(dest, paths), "DICOMweb"
             else:
-                outcomes, who = store_files(dest, paths, self.config.ae_title), dest.ae_title
+                outcomes = store_files(
+                    dest, paths, self.config.ae_title, tls=self.config.client_ssl_context()
+                )
+                who = dest.ae_title
             for s, o in zip(sends, outcomes):
                 retry = None
                 if not o.ok and o.transient and s["attempts"] < len(self.config.retry_seconds):
@@ -351,7 +358,8 @@ def check_destinations(config: NodeConfig) -> list[tuple]:
     from .sender import echo
 
     quiet_libraries()
-    return [(d, echo(d, config.ae_title)) for d in config.send_to]
+    tls = config.client_ssl_context()
+    return [(d, echo(d, config.ae_title, tls=tls)) for d in config.send_to]
 
 
 __all__ = ["Node", "check_destinations", "node_paths", "node_status"]
