@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -338,6 +339,12 @@ def node_factory(tmp_path):
     yield make
     for n in started:
         n.stop()
+    for n in started:  # every node log of every test: no planted identifier, no UID at all
+        for path in (node_paths(n.out)["log"], n.stderr_path, n.out / "errors.log"):
+            text = path.read_text() if path.exists() else ""
+            for secret in (*PLANTED.values(), "Doe"):
+                assert secret not in text, f"{secret!r} in {path.name}"
+            assert not re.search(r"\b\d+(\.\d+){4,}\b", text), f"a UID in {path.name}"
 
 
 def _sr_numbers(ds) -> dict:
