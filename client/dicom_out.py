@@ -43,6 +43,7 @@ CODING_SCHEME = "99HEPASCREEN"
 SEGMENTS = {LABEL_LIVER: "Liver", LABEL_SPLEEN: "Spleen"}
 SEG_SERIES_NUMBER = 9901
 SR_SERIES_NUMBER = 9902
+QC_SERIES_NUMBER = 9903
 
 __all__ = [
     "ALGORITHM_NAME",
@@ -50,6 +51,7 @@ __all__ = [
     "derive_uid",
     "labels_on_source_slices",
     "source_series",
+    "write_dicom_qc",
     "write_dicom_seg",
     "write_dicom_sr",
 ]
@@ -720,3 +722,75 @@ def _comprehensive_sr(hd, evidence, report, uid_key=None):
 def _flags(row: dict) -> Sequence[str]:
     flags = row.get("flags") or ""
     return flags if isinstance(flags, (list, tuple)) else [f for f in str(flags).split(";") if f]
+
+
+def write_dicom_qc(
+    source,
+    png_path: str | Path,
+    out_path: str | Path,
+    *,
+    series_uid: str | None = None,
+    uid_settings: str | None = None,
+) -> Path:
+    """Write a QC picture as a DICOM Secondary Capture of the source's study (atomically).
+
+    Marked ``BurnedInAnnotation YES``: the picture's caption is burned into the pixels
+    (measurements, grade, flags and the case_id; the DICOM node's case_ids are hashes).
+    The Patient and Study attributes are copied from the source, as for the SEG/SR.
+
+    Parameters
+    ----------
+    source : str, Path or sequence of paths
+        The source DICOM series (see :func:`source_series`).
+    png_path : str or Path
+        The QC picture (``qc/<case_id>.png``).
+    out_path : str or Path
+        Where to write the ``.dcm`` file.
+    series_uid : str, optional
+        The series to use when ``source`` holds several.
+    uid_settings : str, optional
+        As for :func:`write_dicom_seg`: fixed UIDs from the source and this text.
+
+    Returns
+    -------
+    Path
+        ``out_path``.
+
+    Raises
+    ------
+    ScanReadError
+        The source is not a readable DICOM image series, or cannot carry the picture.
+    """
+    import highdicom as hd
+    from PIL import Image
+
+    hs = source_series(source, series_uid)
+    ref = _source_datasets(hs, "QC secondary capture")[0]
+    uid_key = _uid_key(hs, uid_settings)
+    with Image.open(png_path) as im:
+        rgb = np.ascontiguousarray(np.asarray(im.convert("RGB")))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*person name.*", category=UserWarning)
+        sc = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=ref,
+            pixel_array=rgb,
+            photometric_interpretation="RGB",
+            bits_allocated=8,
+            coordinate_system="PATIENT",
+            series_instance_uid=derive_uid(uid_key, "qc.series"),
+            series_number=QC_SERIES_NUMBER,
+            sop_instance_uid=derive_uid(uid_key, "qc.sop"),
+            instance_number=1,
+            manufacturer=MANUFACTURER,
+            patient_orientation=("L", "P"),  # the axial panels (radiological view)
+            transfer_syntax_uid="1.2.840.10008.1.2.1",
+        )
+    sc.BurnedInAnnotation = "YES"
+    if "Laterality" not in sc:
+        sc.Laterality = ""  # Type 2C: abdomen, not a paired structure (empty, not absent)
+    sc.SeriesDescription = "HepaScreen QC picture"
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_path, ".dcm") as tmp:
+        sc.save_as(tmp)
+    return out_path

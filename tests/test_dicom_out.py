@@ -266,6 +266,26 @@ def test_a_failed_scan_can_get_an_sr_that_says_so(tmp_path, phantom_series):
     assert not [k for k in nums if k[0] == CODING_SCHEME] and "/secret/path" not in str(ds)
 
 
+def test_qc_picture_as_a_burned_in_secondary_capture(tmp_path, real_small):
+    from PIL import Image
+
+    from client.dicom_out import write_dicom_qc
+
+    folder = _variant(real_small, tmp_path / "in" / "qc", lambda ds: None)
+    png = tmp_path / "qc.png"
+    Image.fromarray(np.full((120, 200, 3), 90, np.uint8)).save(png)
+    a = write_dicom_qc(folder, png, tmp_path / "a.dcm", uid_settings="s")
+    b = write_dicom_qc(folder, png, tmp_path / "b.dcm", uid_settings="s")
+    ds = pydicom.dcmread(a)
+    assert ds.BurnedInAnnotation == "YES" and ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
+    assert (ds.Rows, ds.Columns, ds.SamplesPerPixel) == (120, 200, 3)
+    assert ds.SOPInstanceUID == pydicom.dcmread(b).SOPInstanceUID
+    src = pydicom.dcmread(sorted(folder.iterdir())[0], stop_before_pixels=True)
+    _assert_no_new_identifiers(ds, src)
+    if DCIODVFY:
+        assert dciodvfy_errors(a) == []
+
+
 @pytest.mark.slow
 def test_real_ct_as_dicom_seg_matches_the_label_map(tmp_path, shared_data):
     ct = read_scan(shared_data / "totalseg_example" / "ct.nii.gz")  # RAS-stored NIfTI

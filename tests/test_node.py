@@ -576,11 +576,15 @@ class _StoreSCP:
 
     def __init__(self, port: int, status: int = 0x0000, ssl_context=None):
         from pynetdicom import AE, evt
-        from pynetdicom.sop_class import Comprehensive3DSRStorage, SegmentationStorage
+        from pynetdicom.sop_class import (
+            Comprehensive3DSRStorage,
+            SecondaryCaptureImageStorage,
+            SegmentationStorage,
+        )
 
         self.received: list[str] = []
         ae = AE(ae_title="PACS")
-        for c in (SegmentationStorage, Comprehensive3DSRStorage):
+        for c in (SegmentationStorage, Comprehensive3DSRStorage, SecondaryCaptureImageStorage):
             ae.add_supported_context(c)
 
         self.datasets: list = []
@@ -824,6 +828,31 @@ def test_mutual_tls_receiving_and_sending(studies, tmp_path, node_factory):
         _scu_send(sorted(st["files"]), port, tls=_client_ctx(certs, "client"))
         wait_for(lambda: node.all_finished(1), 90, "the job to finish over TLS")
         assert node.jobs()[0]["state"] == "done" and len(pacs.datasets) == 2
+    finally:
+        pacs.close()
+
+
+def test_the_qc_picture_goes_out_as_a_burned_in_secondary_capture_when_asked(
+    studies, tmp_path, node_factory
+):
+    st = studies[0]
+    port, pacs_port = free_port(), free_port()
+    pacs = _StoreSCP(pacs_port)
+    try:
+        node = node_factory(tmp_path / "out", port, st["masks"], [f"PACS@127.0.0.1:{pacs_port}"],
+                            extra=("--send-qc",)).start()  # fmt: skip
+        _scu_send(sorted(st["files"]), port)
+        wait_for(lambda: node.all_finished(1), 90, "the job to finish")
+        assert node.jobs()[0]["state"] == "done"
+        by_class = {str(ds.SOPClassUID): ds for ds in pacs.datasets}
+        assert set(by_class) == {SEG_CLASS, SR_CLASS, "1.2.840.10008.5.1.4.1.1.7"}
+        sc = by_class["1.2.840.10008.5.1.4.1.1.7"]
+        assert sc.BurnedInAnnotation == "YES" and sc.StudyInstanceUID == st["study_uid"]
+        assert sc.Rows > 100 and sc.SamplesPerPixel == 3
+        if shutil.which("dciodvfy"):
+            (p,) = (node.out / "dicom").glob("*.qc.dcm")
+            r = subprocess.run(["dciodvfy", str(p)], capture_output=True, text=True, timeout=120)
+            assert not [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")]
     finally:
         pacs.close()
 

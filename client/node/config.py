@@ -115,7 +115,8 @@ class NodeConfig:
         Waits between attempts of a transiently failed send; after the last, the send fails.
     screen : dict
         ``masks``, ``label_map``, ``url``, ``device``, ``qc``, ``model_repository``,
-        ``series`` (``best`` | ``all``, as ``hepascreen screen --series``).
+        ``series`` (``best`` | ``all``, as ``hepascreen screen --series``), ``send_qc``
+        (also send the QC picture as a Secondary Capture marked burned-in; off).
     poll_seconds : float
         How often readiness and due sends are checked.
     tls : dict
@@ -155,6 +156,7 @@ class NodeConfig:
             "qc",
             "model_repository",
             "series",
+            "send_qc",
         }
         if unknown:
             raise ConfigError(f"screen: unknown keys {sorted(unknown)}")

@@ -45,6 +45,8 @@ def listen_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--url", help="Triton server HOST:PORT (default: the bundled server)")
     p.add_argument("--device", choices=("cpu", "gpu"), help="measurement device (cpu)")
     p.add_argument("--series", choices=("best", "all"), help="series of a study to screen (best)")
+    p.add_argument("--send-qc", action="store_true",
+                   help="also send the QC picture (Secondary Capture, burned-in annotation)")  # fmt: skip
     p.add_argument(
         "--tls-cert", help="PEM certificate of the node (mutual TLS; with --tls-key, --tls-ca)"
     )
@@ -62,7 +64,7 @@ def listen(argv, prog: str = "hepascreen listen") -> int:
     screen = {
         k: v
         for k, v in (("masks", args.masks), ("label_map", args.label_map), ("url", args.url),
-                     ("device", args.device), ("series", args.series))
+                     ("device", args.device), ("series", args.series), ("send_qc", args.send_qc))
         if v
     }  # fmt: skip
     try:

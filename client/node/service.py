@@ -241,7 +241,9 @@ class Node:
                 rows += 1
                 n_err += res.status == "error"
                 self._study_sr(jid, res, study.row)
-                for kind, key in (("seg", "dicom_seg"), ("sr", "dicom_sr")):
+                if self.config.screen.get("send_qc") and "qc" in res.files:
+                    self._qc_sc(jid, res)
+                for kind, key in (("seg", "dicom_seg"), ("sr", "dicom_sr"), ("qc", "dicom_qc")):
                     if key in res.files:
                         sends += [(d.name, kind, res.files[key]) for d in self.config.send_to]
         with self._store_lock:
@@ -276,6 +278,20 @@ class Node:
             )  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - the row says why (output_not_written)
             log.warning("job %d: no SR for a series (%s)", jid, type(exc).__name__)
+
+    def _qc_sc(self, jid: int, res) -> None:
+        """The QC picture as a Secondary Capture (opt-in: ``send_qc``)."""
+        from ..dicom_out import write_dicom_qc
+
+        d = self.segmenter.describe()
+        settings = f"qc|{d.get('model_name')}|{d.get('model_sha256')}|{self.screen_config.assess!r}"
+        try:
+            res.files["dicom_qc"] = write_dicom_qc(
+                res.source, res.files["qc"], self.config.out_dir / "dicom" / f"{res.case_id}.qc.dcm",
+                uid_settings=settings,
+            )  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - an optional output
+            log.warning("job %d: no QC secondary capture (%s)", jid, type(exc).__name__)
 
     def _write_report(self) -> None:
         from ..report import write_report
