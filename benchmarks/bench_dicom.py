@@ -192,8 +192,8 @@ def main(argv=None) -> int:
         },  # fmt: skip
         "what": "512 x 512 x N phantom series, files in the page cache; CPU and wall seconds, "
         "median of interleaved repeats; SimpleITK on 1 thread; read_scan reads plain slices "
-        "straight from the files, decodes RLE with pydicom and the JPEG family with GDCM on "
-        "up to 4 threads",
+        "straight from the files, decodes RLE with pydicom and the JPEG family with one GDCM "
+        "series reader",
         "series": {},
     }
     for layout in args.layouts:
