@@ -12,7 +12,7 @@ in the page cache, random file names):
   -1024, explicit VR (the common vendor layout);
 * ``rle``: the same, RLE Lossless compressed;
 * ``jpegls``: the same, JPEG-LS lossless (needs pyjpegls, which highdicom installs; GDCM
-  decodes it, on up to 4 threads in ``read_scan``).
+  decodes it through one series reader in ``read_scan``).
 
 Readers, each timed ``--repeats`` times interleaved (median CPU and wall seconds):
 ``read_bytes`` (the files' bytes, the floor), ``sitk_series`` (SimpleITK
