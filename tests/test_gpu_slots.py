@@ -79,8 +79,12 @@ class FakeStream:
         self.syncs += 1
 
 
-def _hammer(slots, n_threads=8, hold=0.03, fail_every=0):
+def _hammer(slots, n_threads=8, hold=0.03, fail_every=0, until=None):
+    """``n_threads`` measurements through ``slots``; each holds its slot until ``until``
+    are inside at once (an event, bounded at 10 s: the peak is reached by condition, not
+    by the threads happening to overlap on a loaded machine), then ``hold`` seconds."""
     active, peak, seen, lock = [0], [0], [], threading.Lock()
+    reached = threading.Event()
 
     def work(i):
         try:
@@ -88,9 +92,12 @@ def _hammer(slots, n_threads=8, hold=0.03, fail_every=0):
                 with lock:
                     active[0] += 1
                     peak[0] = max(peak[0], active[0])
+                    if until is None or active[0] >= until:
+                        reached.set()
                 if s is not None:
                     assert FakeStream.current.stream is s.stream  # this slot's stream is current
                     seen.append(s.index)
+                reached.wait(10)
                 time.sleep(hold)
                 with lock:
                     active[0] -= 1
@@ -103,13 +110,13 @@ def _hammer(slots, n_threads=8, hold=0.03, fail_every=0):
     for t in threads:
         t.start()
     for t in threads:
-        t.join(10)
+        t.join(60)
     return peak[0], seen
 
 
 def test_at_most_n_slots_measure_at_once_whatever_the_concurrency():
     slots = gpu.GpuSlots(2, stream_factory=FakeStream)
-    peak, seen = _hammer(slots, n_threads=8)
+    peak, seen = _hammer(slots, n_threads=8, until=2)
     assert peak == 2 and slots.peak_in_use == 2
     assert sorted(set(seen)) == [0, 1] and len(seen) == 8
     streams = [s.stream for s in list(_drain(slots))]
@@ -134,7 +141,7 @@ def test_a_failing_measurement_gives_its_slot_back():
 def test_cpu_pool_is_a_no_op():
     slots = gpu.GpuSlots.for_run(gpu=False)
     assert not slots.enabled and slots.describe()["slots"] == 0
-    peak, seen = _hammer(slots, n_threads=8, hold=0.05)
+    peak, seen = _hammer(slots, n_threads=8, hold=0.05, until=8)
     assert peak == 8 and seen == []  # nobody waited
     with pytest.raises(ValueError, match="at least one GPU slot"):
         gpu.GpuSlots(0)
