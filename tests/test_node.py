@@ -1005,6 +1005,11 @@ def test_spool_and_job_store_survive_a_reopen(tmp_path):
     assert path.read_bytes() == b"x" * 1000 and "1.2.3" not in str(path)
     (path.parent / ".junk.1.2.tmp").write_bytes(b"half")
     assert sp.remove_temporaries() == 1
+    # A job screens a snapshot: the same instance sent again later does not change it.
+    assert sp.snapshot(sk, tmp_path / "job1") == 1
+    sp.store("1.2.3", "1.2.3.4", "1.2.3.4.5", b"y" * 1000)
+    assert (tmp_path / "job1" / ek / path.name).read_bytes() == b"x" * 1000
+    assert path.read_bytes() == b"y" * 1000
     db = JobStore(tmp_path / "jobs.sqlite")
     a = db.open_assoc("ORTHANC")
     job, new = db.record_instance(a, sk, ik, 1000)

@@ -40,6 +40,7 @@ def node_paths(out_dir: Path) -> dict:
     return {
         "base": base,
         "spool": base / "spool",
+        "jobs": base / "jobs",  # per job: hard links of the instances it screened
         "db": base / "jobs.sqlite",
         "log": base / "node.log",
         "info": base / "node.json",
@@ -224,14 +225,15 @@ class Node:
         from ..study import screen_study, write_studies
 
         jid = job["id"]
-        log.info("job %d: screening (%d instances)", jid, job["n_instances"])
         t0 = time.perf_counter()
-        folder = self.spool.study_dir(job["study_key"])
+        folder = self.paths["jobs"] / str(jid)  # the instances as they are now (snapshot)
+        n = self.spool.snapshot(job["study_key"], folder)
         case_ids = [s.case_id for s in discover([folder]).sources]
         with self._store_lock:
             self.store.close()
             self.store.retire(case_ids)  # one row per series, the latest
             self.store.open()
+        log.info("job %d: screening (%d instances)", jid, n)
         results = screen_study(folder, self.segmenter, self.screen_config, self.series)
         sends, rows, n_err = [], 0, 0
         for study in results:

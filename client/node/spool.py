@@ -97,6 +97,30 @@ class Spool:
         _fsync_dir(folder)
         return sk, ek, ik, path
 
+    def snapshot(self, skey: str, dest: Path) -> int:
+        """Hard-link the study's instances into ``dest/<series_key>/`` (a folder made anew).
+
+        What a job screens is this snapshot, not the live folder: instances of the same
+        study arriving during the screening (a re-send replaces files by rename) belong
+        to the next job and cannot change what this one reads. Links cost no data; a
+        file system without hard links gets copies. Returns the number of instances.
+        """
+        import shutil
+
+        dest = Path(dest)
+        if dest.exists():
+            shutil.rmtree(dest)  # a snapshot left by a killed screening
+        n = 0
+        for src in sorted(self.study_dir(skey).glob("*/*.dcm")):
+            target = dest / src.parent.name / src.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(src, target)
+            except OSError:
+                shutil.copy2(src, target)
+            n += 1
+        return n
+
     def remove_temporaries(self) -> int:
         """Delete the temporary files a killed node left (never acknowledged)."""
         n = 0
