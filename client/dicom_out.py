@@ -435,6 +435,25 @@ SR_GLOBAL_MEASUREMENTS = {
     "ratio_mean_pairwise": ("LSRATIO_PAIRWISE", "Mean of pairwise cube ratios", "ratio"),
     "liver_minus_spleen_hu": ("LMINUSS_HU", "Liver minus spleen attenuation", "hu"),
     "n_pairs": ("N_PAIRS", "Number of liver-spleen cube pairs", "count"),
+    # Which criterion produced which number (docs/phase.md): the PDFF estimate holds on
+    # unenhanced CT only, the liver-HU interval goes with the ratio grade or pv_assessment.
+    "pdff_estimate_pct": ("PDFF_EST", "PDFF estimate from unenhanced liver HU", "percent"),
+    "liver_hu_ci_low": ("LIVER_HU_CI_LOW", "Liver attenuation 95% CI lower bound", "hu"),
+    "liver_hu_ci_high": ("LIVER_HU_CI_HIGH", "Liver attenuation 95% CI upper bound", "hu"),
+}
+SR_SHORT_CODES = {
+    "liver_spleen_ratio": "LS_RATIO",
+    "portal_venous_liver_hu": "PV_LIVER_HU",
+    "moderate_steatosis_likely": "PV_LIKELY",
+    "moderate_steatosis_possible": "PV_POSSIBLE",
+    "moderate_steatosis_unlikely": "PV_UNLIKELY",
+}
+# Row field -> (code value, meaning) of the phase and criterion evaluations.
+SR_PHASE_EVALUATIONS = {
+    "phase": ("PHASE", "Contrast phase"),
+    "phase_source": ("PHASE_SOURCE", "Contrast phase read from"),
+    "criterion": ("CRITERION", "Steatosis criterion applied for this phase"),
+    "pv_assessment": ("PV_ASSESSMENT", "Portal-venous liver attenuation assessment"),
 }
 ORGAN_FIELDS = {
     "Liver": ("liver_hu", "liver_volume_ml"),
@@ -590,6 +609,7 @@ def write_dicom_sr(
                 )
             )
     ms = []
+    units = {**units, "percent": hd.sr.CodedConcept("%", "UCUM", "percent")}
     for key, (code, meaning, unit) in SR_GLOBAL_MEASUREMENTS.items():
         v = _finite(row.get(key))
         if v is not None:
@@ -600,6 +620,11 @@ def write_dicom_sr(
             _code(str(row.get("grade") or "indeterminate").upper(), str(row.get("grade"))),
         )
     ]
+    for key, (code, meaning) in SR_PHASE_EVALUATIONS.items():
+        v = str(row.get(key) or "")
+        if v:  # code values are at most 16 characters: the words stay in the meaning
+            value = SR_SHORT_CODES.get(v, v.upper())
+            evals.append(hd.sr.QualitativeEvaluation(_code(code, meaning), _code(value, v)))
     if failed:
         evals.append(
             hd.sr.QualitativeEvaluation(

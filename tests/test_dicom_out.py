@@ -536,3 +536,23 @@ def test_the_same_source_model_and_settings_give_the_same_uids(tmp_path, real_sm
     assert uids[0] == uids[1]
     assert len(set(uids[0]) & set(uids[2])) == 0 and len(set(uids[0]) & set(uids[3])) == 0
     assert all(u.startswith("2.25.") and len(u) <= 64 for u in uids[0])
+
+
+def test_sr_says_which_criterion_produced_which_number(tmp_path, phantom_series):
+    """Issue 20: the SR carries the phase, where it was read from, the criterion of that
+    phase, the portal-venous assessment, and the PDFF estimate / liver-HU interval."""
+    files, scan, labels, row = phantom_series
+    pv = dict(row, phase="portal_venous", phase_source="image", criterion="portal_venous_liver_hu",
+              pv_assessment="moderate_steatosis_likely", grade="indeterminate",
+              liver_hu_ci_low=70.5, liver_hu_ci_high=75.25, pdff_estimate_pct=None)  # fmt: skip
+    nums, coded = _sr_values(pydicom.dcmread(write_dicom_sr(files, pv, tmp_path / "pv.sr.dcm")))
+    assert coded["PHASE"] == ["portal_venous"] and coded["PHASE_SOURCE"] == ["image"]
+    assert coded["CRITERION"] == ["portal_venous_liver_hu"]
+    assert coded["PV_ASSESSMENT"] == ["moderate_steatosis_likely"]
+    assert nums[(CODING_SCHEME, "LIVER_HU_CI_LOW")] == [70.5]
+    assert (CODING_SCHEME, "PDFF_EST") not in nums
+    ne = dict(row, phase="unenhanced", phase_source="both", criterion="liver_spleen_ratio",
+              pv_assessment="", pdff_estimate_pct=12.5)  # fmt: skip
+    nums, coded = _sr_values(pydicom.dcmread(write_dicom_sr(files, ne, tmp_path / "ne.sr.dcm")))
+    assert coded["CRITERION"] == ["liver_spleen_ratio"] and "PV_ASSESSMENT" not in coded
+    assert nums[(CODING_SCHEME, "PDFF_EST")] == [12.5]  # both SRs pass dciodvfy (autouse)
