@@ -857,6 +857,36 @@ def test_the_qc_picture_goes_out_as_a_burned_in_secondary_capture_when_asked(
         pacs.close()
 
 
+def test_a_job_that_cannot_be_screened_fails_alone_in_process(studies, tmp_path, monkeypatch):
+    """The node as a library (Node with a segmenter given); an unexpected error while
+    screening fails that job (traceback in OUT/errors.log) and the node goes on."""
+    import client.study
+    from client.node import Node
+    from client.pipeline import MaskFolderSegmenter
+
+    calls = []
+
+    def broken(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError(" ".join(PLANTED.values()))
+        return real(*a, **k)
+
+    real = client.study.screen_study
+    monkeypatch.setattr(client.study, "screen_study", broken)
+    port = free_port()
+    cfg = load_config(None, tmp_path / "out", port=port, accept=["ORTHANC"], idle_seconds=0.5,
+                      poll_seconds=0.1)  # fmt: skip
+    with Node(cfg, segmenter=MaskFolderSegmenter(studies[0]["masks"])) as node:
+        assert node.port == port
+        _scu_send(sorted(studies[0]["files"]), port)
+        wait_for(lambda: [j for j in node.jobs.jobs() if j["state"] == "failed"], 30, "failure")
+        _scu_send(sorted(studies[1]["files"]), port)  # the next study is screened
+        wait_for(lambda: [j for j in node.jobs.jobs() if j["state"] == "done"], 60, "next job")
+    log = (tmp_path / "out" / "errors.log").read_text()
+    assert "RuntimeError" in log and "in broken" in log and "Doe" not in log
+
+
 def test_a_permanent_refusal_is_not_retried(studies, tmp_path, node_factory):
     st = studies[0]
     port, pacs_port = free_port(), free_port()

@@ -26,6 +26,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from types import SimpleNamespace
 
+from . import jobs as J
 from .config import NodeConfig
 from .jobs import JobStore
 from .spool import Spool
@@ -213,7 +214,17 @@ class Node:
         job = self.jobs.next_ready()
         if job is None:
             return False
-        self.screen_job(job)
+        try:
+            self.screen_job(job)
+        except Exception as exc:  # noqa: BLE001 - a job that cannot be screened fails, alone
+            from ..pipeline import log_traceback
+
+            log.error("job %d: screening failed (unexpected %s)", job["id"], type(exc).__name__)
+            log_traceback(self.config.out_dir, SimpleNamespace(source_id=f"job-{job['id']}"),
+                          "node screening", exc)  # fmt: skip
+            self.jobs.set_state(
+                job["id"], J.FAILED, note=f"unexpected {type(exc).__name__} (errors.log)"
+            )
         return True
 
     def screen_job(self, job: dict) -> None:
