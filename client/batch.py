@@ -181,6 +181,13 @@ def run(args) -> int:
     })  # fmt: skip
     manifest.info.update(previous)
     status, error, t_wall, written = "interrupted", None, time.perf_counter(), []
+    if args.device == "gpu" and not args.ray:  # GPU slots never exceed --concurrency
+        from .gpu import configure
+
+        try:
+            configure(concurrency=args.concurrency)
+        except RuntimeError as exc:  # a second run in one process keeps the first pool
+            print(f"warning: {exc}", file=sys.stderr)
     stats = seg = None
     try:
         with ExitStack() as stack, store:

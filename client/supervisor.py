@@ -175,8 +175,13 @@ class SupervisedSegmenter:
             self.classes = getattr(self.client, "classes", None)
             self.max_batch_size = self.client.max_batch_size
             self.config = self.client.config
+            # The warm-up's two requests are excluded from this run's counts: on a fresh
+            # bundled server they are the first two; on a remote one (which may have
+            # served others before) wait until the counter has moved past them, else a
+            # late update lands in this run's statistics.
+            before = 0 if self.embedded else self._counts_after(None)["inference_count"]
             self._warm_up()
-            self._baseline = self._counts_after(2 if self.embedded else None)
+            self._baseline = self._counts_after(before + 2)
         except BaseException:
             self.close()
             raise
@@ -211,8 +216,8 @@ class SupervisedSegmenter:
     def _counts_after(self, at_least: int | None) -> dict:
         """Server counters now (the warm-up is excluded from this run's counts).
 
-        Statistics are updated just after a response is sent: poll briefly until the
-        warm-up shows (``at_least``) on a fresh server.
+        Statistics are updated just after a response is sent: poll briefly (at most 3 s)
+        until the inference count reaches ``at_least`` (None: take them as they are).
         """
         deadline = time.monotonic() + 3.0
         while True:
