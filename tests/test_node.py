@@ -731,9 +731,11 @@ def test_each_sr_of_a_multi_series_study_carries_the_study_answer(
         coded = [_sr_coded(ds) for ds in srs]
         assert [c["STUDY_GRADE"] for c in coded] == [["NORMAL"], ["NORMAL"]]
         assert sorted(c["ANSWERED_BY"][0] for c in coded) == ["OTHER", "THIS"]
-        assert {c["CRITERION"][0] for c in coded} == {"LIVER_SPLEEN_RAT"}  # SH: 16 characters
         studies_csv = (node.out / "studies.csv").read_text().splitlines()
         assert len(studies_csv) == 2  # header + one study
+        (study,) = [json.loads(ln) for ln in (node.out / "studies.jsonl").read_text().splitlines()]
+        assert {c["CRITERION"][0] for c in coded} == {study["criterion"].upper()[:16]}  # SH
+        assert [c["STUDY_GRADE"][0] for c in coded] == [study["grade"].upper()] * 2
         if shutil.which("dciodvfy"):
             for p in (node.out / "dicom").glob("*.sr.dcm"):
                 r = subprocess.run(
@@ -1052,3 +1054,28 @@ def test_spool_and_job_store_survive_a_reopen(tmp_path):
     (j,) = db.jobs()
     assert j["n_instances"] == 1 and j["note"] == "screened after the hold expired"
     db.close()
+
+
+def test_the_node_sits_on_top_of_the_client_and_nothing_imports_it():
+    """client/node imports the pipeline (client) and never training/; nothing else in
+    client/ or postprocess/ imports client.node (the layer runs one way)."""
+    import ast
+
+    for path in (ROOT / "client").rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        names = set()
+        for n in ast.walk(tree):
+            if isinstance(n, ast.ImportFrom):
+                names.add(("." * n.level) + (n.module or ""))
+            elif isinstance(n, ast.Import):
+                names.update(a.name for a in n.names)
+        in_node = "node" in path.relative_to(ROOT / "client").parts[:1]
+        if in_node:
+            assert not {m for m in names if m.startswith(("training", "..."))}, path
+        else:
+            bad = {
+                m
+                for m in names
+                if m in ("client.node", ".node") or m.startswith((".node.", "client.node."))
+            }
+            assert not bad or path.name == "cli.py", (path, bad)  # the CLI's lazy dispatch only
