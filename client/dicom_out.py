@@ -700,7 +700,8 @@ def _study_group(hd, study: dict, case_id: str | None, algo, units: dict, uid_ke
             _code("STUDY_GRADE", "Study hepatic steatosis grade"), _code(grade.upper(), grade)
         ),
         hd.sr.QualitativeEvaluation(
-            _code("CRITERION", "Criterion of the study answer"), _code(criterion.upper(), criterion)
+            _code("STUDY_CRITERION", "Criterion of the study answer"),
+            _code(SR_SHORT_CODES.get(criterion, criterion.upper()), criterion),
         ),
         hd.sr.QualitativeEvaluation(
             _code("ANSWERED_BY", "Series that answered the study"), _code(by, by_meaning)
@@ -710,8 +711,8 @@ def _study_group(hd, study: dict, case_id: str | None, algo, units: dict, uid_ke
     if pv:
         evals.append(
             hd.sr.QualitativeEvaluation(
-                _code("PV_ASSESSMENT", "Portal-venous liver attenuation assessment"),
-                _code(str(pv).upper(), str(pv)),
+                _code("STUDY_PV_ASSESS", "Study answer: portal-venous liver assessment"),
+                _code(SR_SHORT_CODES.get(str(pv), str(pv).upper()), str(pv)),
             )
         )
     ms = []
