@@ -12,6 +12,7 @@ Every wait is on a condition with a generous bound, never on elapsed time alone.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -1084,3 +1085,32 @@ def test_the_node_sits_on_top_of_the_client_and_nothing_imports_it():
                 if m in ("client.node", ".node") or m.startswith((".node.", "client.node."))
             }
             assert not bad or path.name == "cli.py", (path, bad)  # the CLI's lazy dispatch only
+
+
+def test_received_instances_are_deleted_after_retention_results_stay(studies, tmp_path):
+    """Spool housekeeping: once every job of a study finished longer ago than
+    retention_hours, its received instances (spool and job snapshot) are deleted; the
+    rows, SEG and SR in OUT stay; the measurement options reach the screening."""
+    import time as _time
+
+    from client.node import Node
+    from client.pipeline import MaskFolderSegmenter
+
+    port = free_port()
+    out = tmp_path / "out"
+    cfg = load_config(None, out, port=port, accept=["ORTHANC"], idle_seconds=0.5,
+                      poll_seconds=0.1, retention_hours=1.0)  # fmt: skip
+    cfg = dataclasses.replace(cfg, screen={"cubes": 50, "seed": 3})
+    with Node(cfg, segmenter=MaskFolderSegmenter(studies[0]["masks"])) as node:
+        _scu_send(sorted(studies[0]["files"]), port)
+        wait_for(lambda: [j for j in node.jobs.jobs() if j["state"] == "done"], 60, "done")
+        paths = node_paths(out)
+        assert any(paths["spool"].iterdir()) and any(paths["jobs"].iterdir())
+        assert node.purge_finished(_time.time() - 3600.0) == 0  # finished too recently
+        assert node.purge_finished(_time.time() + 1.0) == 1
+        assert not any(paths["spool"].iterdir()) and not any(paths["jobs"].iterdir())
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert rows and all(r["n_cubes_liver"] <= 50 for r in rows)
+    assert list((out / "dicom").glob("*.sr.dcm"))
+    with pytest.raises(Exception, match="retention_hours"):
+        load_config(None, out, retention_hours=-1)

@@ -10,7 +10,9 @@ YAML keys (every one optional; flags given on the command line win)::
     idle_seconds: 30              # a study is ready this long after its last instance
     max_hold_seconds: 3600        # an aborted study waits this long for a re-send
     retry_seconds: [60, 300, 900, 1800, 3600, 7200, 14400]   # transient send failures
-    screen: {masks: DIR, label_map: default, url: HOST:PORT, device: cpu, qc: true, series: best}
+    retention_hours: 72           # received instances of finished studies kept this long
+    screen: {masks: DIR, label_map: default, url: HOST:PORT, device: cpu, qc: true, series: best,
+             cubes: 200, cube_mm: 10, seed: 0, allow_contrast: false}
     tls: {cert: node.crt, key: node.key, ca: ca.crt}   # mutual TLS, listening and sending
 
 Imports nothing heavy.
@@ -113,10 +115,16 @@ class NodeConfig:
         screened with what arrived (the reader refuses a series with missing slices).
     retry_seconds : tuple of float
         Waits between attempts of a transiently failed send; after the last, the send fails.
+    retention_hours : float
+        The received instances of a study (spool and job snapshots) are deleted this long
+        after its last job finished (done or failed) with no job of the study open; the
+        results in OUT stay. 0 keeps them forever.
     screen : dict
         ``masks``, ``label_map``, ``url``, ``device``, ``qc``, ``model_repository``,
         ``series`` (``best`` | ``all``, as ``hepascreen screen --series``), ``send_qc``
-        (also send the QC picture as a Secondary Capture marked burned-in; off).
+        (also send the QC picture as a Secondary Capture marked burned-in; off), and the
+        measurement as ``hepascreen screen`` takes it: ``cubes``, ``cube_mm``, ``seed``,
+        ``allow_contrast``.
     poll_seconds : float
         How often readiness and due sends are checked.
     tls : dict
@@ -135,6 +143,7 @@ class NodeConfig:
     idle_seconds: float = 30.0
     max_hold_seconds: float = 3600.0
     retry_seconds: tuple = DEFAULT_RETRY_SECONDS
+    retention_hours: float = 72.0
     screen: dict = field(default_factory=dict)
     poll_seconds: float = 0.5
     tls: dict = field(default_factory=dict)
@@ -144,8 +153,8 @@ class NodeConfig:
         _check_ae(self.ae_title, "ae_title")
         if not 0 <= int(self.port) < 65536:
             raise ConfigError(f"port: expected 0..65535, got {self.port}")
-        if self.idle_seconds < 0 or self.max_hold_seconds < 0:
-            raise ConfigError("idle_seconds and max_hold_seconds must be >= 0")
+        if self.idle_seconds < 0 or self.max_hold_seconds < 0 or self.retention_hours < 0:
+            raise ConfigError("idle_seconds, max_hold_seconds and retention_hours must be >= 0")
         if any(float(s) < 0 for s in self.retry_seconds):
             raise ConfigError(f"retry_seconds must be >= 0, got {list(self.retry_seconds)}")
         unknown = set(self.screen) - {
@@ -157,6 +166,10 @@ class NodeConfig:
             "model_repository",
             "series",
             "send_qc",
+            "cubes",
+            "cube_mm",
+            "seed",
+            "allow_contrast",
         }
         if unknown:
             raise ConfigError(f"screen: unknown keys {sorted(unknown)}")
@@ -199,7 +212,7 @@ class NodeConfig:
 
 _KEYS = {
     "ae_title", "host", "port", "accept", "send_to", "idle_seconds", "max_hold_seconds",
-    "retry_seconds", "screen", "poll_seconds", "tls",
+    "retry_seconds", "screen", "poll_seconds", "tls", "retention_hours",
 }  # fmt: skip
 
 

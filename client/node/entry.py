@@ -45,6 +45,14 @@ def listen_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--url", help="Triton server HOST:PORT (default: the bundled server)")
     p.add_argument("--device", choices=("cpu", "gpu"), help="measurement device (cpu)")
     p.add_argument("--series", choices=("best", "all"), help="series of a study to screen (best)")
+    p.add_argument("--cubes", type=int, help="cubes per organ (as hepascreen screen; 200)")
+    p.add_argument("--cube-mm", type=float, help="cube edge in mm (10)")
+    p.add_argument("--seed", type=int, help="seed of cube sampling and bootstrap (0)")
+    p.add_argument("--allow-contrast", action="store_true",
+                   help="grade contrast-enhanced series by the ratio anyway")  # fmt: skip
+    p.add_argument("--retention-hours", type=float,
+                   help="delete received instances this long after their study finished "
+                   "(72; 0 keeps them)")  # fmt: skip
     p.add_argument("--send-qc", action="store_true",
                    help="also send the QC picture (Secondary Capture, burned-in annotation)")  # fmt: skip
     p.add_argument(
@@ -64,14 +72,16 @@ def listen(argv, prog: str = "hepascreen listen") -> int:
     screen = {
         k: v
         for k, v in (("masks", args.masks), ("label_map", args.label_map), ("url", args.url),
-                     ("device", args.device), ("series", args.series), ("send_qc", args.send_qc))
-        if v
+                     ("device", args.device), ("series", args.series), ("send_qc", args.send_qc),
+                     ("cubes", args.cubes), ("cube_mm", args.cube_mm), ("seed", args.seed),
+                     ("allow_contrast", args.allow_contrast))
+        if v is not None and v is not False
     }  # fmt: skip
     try:
         config = load_config(
             args.config, args.out, ae_title=args.ae_title, host=args.host, port=args.port,
             accept=args.accept, send_to=args.send_to, idle_seconds=args.idle_seconds,
-            max_hold_seconds=args.max_hold_seconds,
+            max_hold_seconds=args.max_hold_seconds, retention_hours=args.retention_hours,
             tls={"cert": args.tls_cert, "key": args.tls_key, "ca": args.tls_ca}
             if (args.tls_cert or args.tls_key or args.tls_ca) else None,
         )  # fmt: skip

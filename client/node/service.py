@@ -127,7 +127,16 @@ class Node:
         self.store = ResultStore(cfg.out_dir, ctx)
         self._store_lock = threading.Lock()
         self.series = s.get("series", "best")
+        from postprocess.config import AssessConfig
+
+        dflt = AssessConfig()
         self.screen_config = ScreenConfig(
+            assess=AssessConfig(
+                n_cubes=int(s.get("cubes", dflt.n_cubes)),
+                cube_mm=float(s.get("cube_mm", dflt.cube_mm)),
+                seed=int(s.get("seed", dflt.seed)),
+                allow_contrast=bool(s.get("allow_contrast", False)),
+            ),
             device=s.get("device", "cpu"), out_dir=cfg.out_dir, write_qc=bool(s.get("qc", True)),
             dicom_seg=True, dicom_sr=True,
         )  # fmt: skip
@@ -141,12 +150,13 @@ class Node:
             "ae_title": cfg.ae_title, "host": cfg.host, "port": self.port,
             "accept": [str(p) for p in cfg.accept], "send_to": [str(d) for d in cfg.send_to],
             "idle_seconds": cfg.idle_seconds, "max_hold_seconds": cfg.max_hold_seconds,
-            "retry_seconds": list(cfg.retry_seconds), "segmenter": seg.kind, "model": d,
+            "retry_seconds": list(cfg.retry_seconds), "retention_hours": cfg.retention_hours,
+            "segmenter": seg.kind, "model": d,
             "tls": bool(cfg.tls),
             "run_id": ctx.run_id, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         })  # fmt: skip
         for name, fn in (("ready", self._ready_loop), ("screen", self._screen_loop),
-                         ("send", self._send_loop)):  # fmt: skip
+                         ("send", self._send_loop), ("retention", self._retention_loop)):  # fmt: skip
             t = threading.Thread(target=self._guard, args=(fn,), name=f"node-{name}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -208,6 +218,44 @@ class Node:
         ):
             log.info("job %d: %s -> %s", job, old, new)
         return False
+
+    # -- retention -------------------------------------------------------------------
+    def _retention_loop(self) -> bool:
+        """Delete the received instances (spool and job snapshots) of studies whose jobs
+        all finished more than ``retention_hours`` ago; results in OUT stay. Checked at
+        most once a minute."""
+        if self.config.retention_hours <= 0:
+            self._stop.wait(60.0)
+            return True
+        cutoff = time.time() - 3600.0 * self.config.retention_hours
+        removed = self.purge_finished(cutoff)
+        if removed:
+            log.info("retention: received instances of %d finished jobs deleted", removed)
+        self._stop.wait(60.0)
+        return True
+
+    def purge_finished(self, cutoff: float) -> int:
+        """Delete the spool folder and job snapshots of every study whose jobs are all done
+        or failed since before ``cutoff`` (epoch seconds). Returns the jobs purged."""
+        import shutil
+
+        rows = self.jobs.query("SELECT id, study_key, state, state_since FROM jobs")
+        by_study: dict = {}
+        for r in rows:
+            by_study.setdefault(r["study_key"], []).append(r)
+        n = 0
+        for skey, js in by_study.items():
+            if any(j["state"] not in (J.DONE, J.FAILED) or j["state_since"] > cutoff for j in js):
+                continue  # a job of the study is open, or finished too recently
+            for j in js:
+                snap = self.paths["jobs"] / str(j["id"])
+                if snap.exists():
+                    shutil.rmtree(snap, ignore_errors=True)
+                    n += 1
+            study = self.spool.study_dir(skey)
+            if study.exists():
+                shutil.rmtree(study, ignore_errors=True)
+        return n
 
     # -- screening -------------------------------------------------------------------
     def _screen_loop(self) -> bool:
