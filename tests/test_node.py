@@ -1114,3 +1114,55 @@ def test_received_instances_are_deleted_after_retention_results_stay(studies, tm
     assert list((out / "dicom").glob("*.sr.dcm"))
     with pytest.raises(Exception, match="retention_hours"):
         load_config(None, out, retention_hours=-1)
+
+
+def test_two_studies_are_screened_at_once_and_one_studys_jobs_one_after_another(studies, tmp_path):
+    """screen_workers=2: two studies' segmentations run at the same time (a segmenter
+    that waits, bounded, until a second call is in flight); two ready jobs of ONE study
+    are never claimed together."""
+    from client.node import Node
+    from client.pipeline import MaskFolderSegmenter
+
+    class Overlap(MaskFolderSegmenter):
+        def __init__(self, *a):
+            super().__init__(*a)
+            self.cond, self.now, self.peak = threading.Condition(), 0, 0
+
+        def segment(self, scan, source, timer):
+            with self.cond:
+                self.now += 1
+                self.peak = max(self.peak, self.now)
+                self.cond.notify_all()
+                self.cond.wait_for(lambda: self.now >= 2, timeout=30)  # not a timing assert
+            try:
+                return super().segment(scan, source, timer)
+            finally:
+                with self.cond:
+                    self.now -= 1
+
+    port = free_port()
+    cfg = load_config(None, tmp_path / "out", port=port, accept=["ORTHANC"], idle_seconds=0.5,
+                      poll_seconds=0.1, screen_workers=2)  # fmt: skip
+    seg = Overlap(studies[0]["masks"])
+    with Node(cfg, segmenter=seg) as node:
+        for st in studies[:2]:
+            _scu_send(sorted(st["files"]), port)
+        wait_for(lambda: len([j for j in node.jobs.jobs() if j["state"] == "done"]) == 2, 120,
+                 "both studies")  # fmt: skip
+    assert seg.peak == 2
+    db = JobStore(tmp_path / "one.sqlite")
+    a = db.open_assoc("ORTHANC")
+    j1, _ = db.record_instance(a, "s", "i1", 10)
+    db.end_assoc(a, True)
+    db.advance_ready(0, 3600)
+    assert db.next_ready()["id"] == j1  # now screening
+    db.set_state(j1, "done")  # a re-send of the same study while nothing runs: a new job
+    b = db.open_assoc("ORTHANC")
+    j2, _ = db.record_instance(b, "s", "i2", 10)
+    db.end_assoc(b, True)
+    db.advance_ready(0, 3600)
+    db.set_state(j1, "screening")  # pretend the first is still screening
+    assert db.next_ready() is None  # the second job of the study waits
+    db.set_state(j1, "done")
+    assert db.next_ready()["id"] == j2
+    db.close()

@@ -11,6 +11,7 @@ YAML keys (every one optional; flags given on the command line win)::
     max_hold_seconds: 3600        # an aborted study waits this long for a re-send
     retry_seconds: [60, 300, 900, 1800, 3600, 7200, 14400]   # transient send failures
     retention_hours: 72           # received instances of finished studies kept this long
+    screen_workers: 2             # studies screened at once
     screen: {masks: DIR, label_map: default, url: HOST:PORT, device: cpu, qc: true, series: best,
              cubes: 200, cube_mm: 10, seed: 0, allow_contrast: false}
     tls: {cert: node.crt, key: node.key, ca: ca.crt}   # mutual TLS, listening and sending
@@ -115,6 +116,9 @@ class NodeConfig:
         screened with what arrived (the reader refuses a series with missing slices).
     retry_seconds : tuple of float
         Waits between attempts of a transiently failed send; after the last, the send fails.
+    screen_workers : int
+        Studies screened at once (each with its own thread; the segmenter and the
+        results store are shared; two jobs of one study never run at once).
     retention_hours : float
         The received instances of a study (spool and job snapshots) are deleted this long
         after its last job finished (done or failed) with no job of the study open; the
@@ -144,6 +148,7 @@ class NodeConfig:
     max_hold_seconds: float = 3600.0
     retry_seconds: tuple = DEFAULT_RETRY_SECONDS
     retention_hours: float = 72.0
+    screen_workers: int = 2
     screen: dict = field(default_factory=dict)
     poll_seconds: float = 0.5
     tls: dict = field(default_factory=dict)
@@ -153,6 +158,8 @@ class NodeConfig:
         _check_ae(self.ae_title, "ae_title")
         if not 0 <= int(self.port) < 65536:
             raise ConfigError(f"port: expected 0..65535, got {self.port}")
+        if int(self.screen_workers) < 1:
+            raise ConfigError(f"screen_workers must be >= 1, got {self.screen_workers}")
         if self.idle_seconds < 0 or self.max_hold_seconds < 0 or self.retention_hours < 0:
             raise ConfigError("idle_seconds, max_hold_seconds and retention_hours must be >= 0")
         if any(float(s) < 0 for s in self.retry_seconds):
@@ -212,7 +219,7 @@ class NodeConfig:
 
 _KEYS = {
     "ae_title", "host", "port", "accept", "send_to", "idle_seconds", "max_hold_seconds",
-    "retry_seconds", "screen", "poll_seconds", "tls", "retention_hours",
+    "retry_seconds", "screen", "poll_seconds", "tls", "retention_hours", "screen_workers",
 }  # fmt: skip
 
 

@@ -50,6 +50,7 @@ def listen_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed of cube sampling and bootstrap (0)")
     p.add_argument("--allow-contrast", action="store_true",
                    help="grade contrast-enhanced series by the ratio anyway")  # fmt: skip
+    p.add_argument("--screen-workers", type=int, help="studies screened at once (2)")
     p.add_argument("--retention-hours", type=float,
                    help="delete received instances this long after their study finished "
                    "(72; 0 keeps them)")  # fmt: skip
@@ -82,6 +83,7 @@ def listen(argv, prog: str = "hepascreen listen") -> int:
             args.config, args.out, ae_title=args.ae_title, host=args.host, port=args.port,
             accept=args.accept, send_to=args.send_to, idle_seconds=args.idle_seconds,
             max_hold_seconds=args.max_hold_seconds, retention_hours=args.retention_hours,
+            screen_workers=args.screen_workers,
             tls={"cert": args.tls_cert, "key": args.tls_key, "ca": args.tls_ca}
             if (args.tls_cert or args.tls_key or args.tls_ca) else None,
         )  # fmt: skip

@@ -237,11 +237,17 @@ class JobStore:
         )
 
     def next_ready(self) -> dict | None:
-        """The oldest ready job, now marked ``screening`` (None when there is none)."""
+        """The oldest ready job, now marked ``screening`` (None when there is none).
+
+        Claimed in one transaction, so several screening threads never take the same job;
+        a study with a job already being screened waits (its jobs run one after another).
+        """
 
         def fn(db):
             row = db.execute(
-                "SELECT * FROM jobs WHERE state=? ORDER BY id LIMIT 1", (READY,)
+                "SELECT * FROM jobs WHERE state=? AND study_key NOT IN "
+                "(SELECT study_key FROM jobs WHERE state=?) ORDER BY id LIMIT 1",
+                (READY, SCREENING),
             ).fetchone()
             if row is None:
                 return None

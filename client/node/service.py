@@ -155,8 +155,10 @@ class Node:
             "tls": bool(cfg.tls),
             "run_id": ctx.run_id, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         })  # fmt: skip
-        for name, fn in (("ready", self._ready_loop), ("screen", self._screen_loop),
-                         ("send", self._send_loop), ("retention", self._retention_loop)):  # fmt: skip
+        loops = [("ready", self._ready_loop), ("send", self._send_loop),
+                 ("retention", self._retention_loop)]  # fmt: skip
+        loops += [(f"screen-{i}", self._screen_loop) for i in range(int(cfg.screen_workers))]
+        for name, fn in loops:
             t = threading.Thread(target=self._guard, args=(fn,), name=f"node-{name}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -359,9 +361,9 @@ class Node:
         from ..results import read_rows
 
         try:
-            write_report(
-                read_rows(self.config.out_dir), self.config.out_dir, {"tool": "hepascreen listen"}
-            )
+            with self._store_lock:  # several screening threads: one reader of the rows at a time
+                rows = read_rows(self.config.out_dir)
+            write_report(rows, self.config.out_dir, {"tool": "hepascreen listen"})
         except Exception as exc:  # noqa: BLE001 - the rows are safe; the report is a view
             log.warning("report.html not written (%s)", type(exc).__name__)
 
