@@ -311,3 +311,37 @@ def test_masks_written_name_every_class_the_model_declares(tmp_path, example):
     ctbl = files["slicer"].read_text()
     for name, value in CLASSES.items():
         assert f"\n{value} {name} " in ctbl
+
+
+def test_totalsegmentator_per_organ_folder_brings_the_vessels(example, tmp_path):
+    """TotalSegmentator's default output (one binary mask per structure in DIR/<case>/)
+    gives the phase its vessels too: a painted portal-venous scan is read from them."""
+    import SimpleITK as sitk
+
+    from client.discover import ScanSource
+    from client.pipeline import MaskFolderSegmenter, ScreenConfig, screen_scan
+
+    scan, labels, names, _ = example
+    hu = pp.paint_phase(scan.array, labels, names, "portal_venous")
+    img = tmp_path / "pv.nii.gz"
+    sitk.WriteImage(scan.to_sitk(hu), str(img))
+    organ_dir = tmp_path / "masks" / "pv"
+    organ_dir.mkdir(parents=True)
+    wanted = ("liver", "spleen", "aorta", "portal_vein_and_splenic_vein", "inferior_vena_cava",
+              "kidney_left", "kidney_right")  # fmt: skip
+    for name in wanted:
+        m = pp.structure_mask(labels, names, name).astype(np.uint8)
+        sitk.WriteImage(scan.to_sitk(m), str(organ_dir / f"{name}.nii.gz"))
+    seg = MaskFolderSegmenter(tmp_path / "masks")
+    row = screen_scan(ScanSource("pv", img, "image"), seg, ScreenConfig()).row
+    assert (row["phase"], row["phase_basis"], row["criterion"]) == (
+        "portal_venous",
+        "vessels",
+        "portal_venous_liver_hu",
+    )
+    assert row["aorta_hu"] == pytest.approx(165, abs=5)
+    # without the vessel files: liver and spleen only, the phase is no longer named
+    for name in wanted[2:]:
+        (organ_dir / f"{name}.nii.gz").unlink()
+    row = screen_scan(ScanSource("pv", img, "image"), seg, ScreenConfig()).row
+    assert (row["phase"], row["phase_basis"]) == ("unknown", "organs")
