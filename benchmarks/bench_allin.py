@@ -66,6 +66,48 @@ def make_scans(folder: Path, n: int, shape=SHAPE) -> dict:
     return {k: v for k, v in truth.items() if (folder / f"{k}.nii.gz").exists()}
 
 
+def make_real_scans(folder: Path, n: int) -> dict:
+    """Write ``n`` copies of the shared REAL CT on a clinical grid (512 x 512 x 336,
+    0.75 x 0.75 x 1 mm: linear resampling, air around the 366 mm field of view, 12 HU
+    noise, a seed per copy) as ``r000.nii.gz ...``: real anatomy the model segments,
+    unlike an ellipsoid phantom (issue 23). Kept when present; returns case -> grade of
+    the reference masks (normal)."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from client.io import read_scan
+
+    src = ROOT.parent / "shared" / "data" / "totalseg_example" / "ct.nii.gz"
+    folder.mkdir(parents=True, exist_ok=True)
+    ct = read_scan(src).to_sitk()
+    spacing = (0.75, 0.75, 1.0)
+    size = (512, 512, int(round(ct.GetSize()[2] * ct.GetSpacing()[2] / spacing[2])))
+    centre = ct.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in ct.GetSize()])
+    d = np.asarray(ct.GetDirection()).reshape(3, 3)
+    half = d @ (np.array(spacing) * (np.array(size) - 1) / 2)
+    ref = sitk.Image(size, sitk.sitkInt16)
+    ref.SetSpacing(spacing)
+    ref.SetDirection(ct.GetDirection())
+    ref.SetOrigin(tuple(np.array(centre) - half))
+    base = sitk.GetArrayFromImage(
+        sitk.Resample(ct, ref, sitk.Transform(), sitk.sitkLinear, -1024, sitk.sitkInt16)
+    )
+    truth = {}
+    for i in range(n):
+        case = f"r{i:03d}"
+        path = folder / f"{case}.nii.gz"
+        truth[case] = "normal"
+        if path.exists():
+            continue
+        rng = np.random.default_rng(9000 + i)
+        arr = base + rng.normal(0, 12, base.shape).astype(np.float32)
+        img = sitk.GetImageFromArray(np.clip(np.round(arr), -1024, 3071).astype(np.int16))
+        img.CopyInformation(ref)
+        sitk.WriteImage(img, str(path), useCompression=True)
+    (folder / "truth.json").write_text(json.dumps(truth, indent=1))
+    return truth
+
+
 def _run_cpu(cmd, cwd=None, env=None) -> tuple[int, float, float, int]:
     """Run ``cmd``; (exit code, wall s, CPU s of it and its waited-for children, max RSS KiB)."""
     t = time.perf_counter()
@@ -133,6 +175,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tree", action="append", default=[], metavar="NAME=DIR")
     ap.add_argument("--work", type=Path, default=Path("/tmp/hs_bench_allin"))
     ap.add_argument("--scans", type=Path, help="folder of .nii.gz scans (default: phantoms)")
+    ap.add_argument("--real", action="store_true",
+                    help="the shared real CT on a 512 x 512 x 336 clinical grid instead of phantoms")  # fmt: skip
     ap.add_argument("--model-repository", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--name", default="allin.json")
@@ -142,8 +186,11 @@ def main(argv=None) -> int:
     repo = model_repository(args.model_repository)
     trees = dict(t.split("=", 1) for t in args.tree) or {"this_checkout": str(ROOT)}
     trees = {k: Path(v).resolve() for k, v in trees.items()}
-    scans = args.scans or args.work / "scans"
-    truth = make_scans(scans, args.n) if args.scans is None else {}
+    scans = args.scans or args.work / ("real" if args.real else "scans")
+    if args.scans is not None:
+        truth = {}
+    else:
+        truth = make_real_scans(scans, args.n) if args.real else make_scans(scans, args.n)
     files = sorted(scans.glob("*.nii.gz"))
     n = len(files)
     samples: dict = {"gzip_dc": []}
@@ -170,7 +217,12 @@ def main(argv=None) -> int:
             "`gzip -dc` of the same files in the same run"
         ),
         "n_scans": n,
-        "shape_zyx": list(SHAPE) if args.scans is None else None,
+        "shape_zyx": None
+        if args.scans is not None
+        else ([336, 512, 512] if args.real else list(SHAPE)),
+        "scans": "real CT on a clinical grid"
+        if args.real
+        else ("phantoms" if args.scans is None else str(args.scans)),
         "mean_file_bytes": int(sum(f.stat().st_size for f in files) / n),
         "concurrency": args.concurrency,
         "repeats": args.repeats,
