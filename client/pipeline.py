@@ -113,7 +113,8 @@ class Segmentation:
         On the scan's grid (1 liver, 2 spleen).
     confidence : ndarray [z, y, x] uint8, optional
         ``round(255 * p)``, p the softmax probability of the predicted class, on the
-        same grid (:data:`client.contract.CONFIDENCE_NAME`); 0 outside the model's box.
+        same grid (:data:`client.contract.CONFIDENCE_NAME`); 0 outside the box of the
+        labelled voxels (the measurement reads it inside the organs only).
     confidence_floor : dict, optional
         ``{"liver": f, "spleen": f}``: the gate floors the model's config declares
         (:data:`client.contract.CONFIDENCE_FLOOR_PARAM`).
@@ -241,7 +242,8 @@ class TritonSegmenter:
         with timer("map_back"):
             return Segmentation(
                 to_scan_grid(labels, record),
-                None if confidence is None else to_scan_grid(confidence, record),
+                # only inside the labelled box: the measurement reads it in the organs
+                None if confidence is None else to_scan_grid(confidence, record, within=labels),
                 getattr(self.client, "confidence_floor", None) if confidence is not None else None,
                 classes if classes and len(classes) > 2 else None,
             )

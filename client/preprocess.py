@@ -574,7 +574,7 @@ def stitch_windows(labels, record: PreprocessRecord):
     return full[tuple(slice(p, p + g) for p, g in zip(record.pad, grid_shape))]
 
 
-def to_scan_grid(labels, record: PreprocessRecord):
+def to_scan_grid(labels, record: PreprocessRecord, within=None):
     """Map model-size labels back onto the scan's own grid (nearest neighbour).
 
     Parameters
@@ -582,6 +582,11 @@ def to_scan_grid(labels, record: PreprocessRecord):
     labels : ndarray, ``[n_windows, *record.model_shape]`` (one window: the leading axis
         may be omitted)
     record : PreprocessRecord
+    within : ndarray, optional
+        Model-size labels of the same windows: only their nonzero box is mapped back
+        (0 elsewhere). For a per-voxel map that is nonzero everywhere (the model's
+        confidence) but needed only inside the organs: the full-resolution map-back of
+        the whole volume is skipped.
 
     Returns
     -------
@@ -592,6 +597,7 @@ def to_scan_grid(labels, record: PreprocessRecord):
     if labels.ndim == 3 and len(record.windows) == 1 and tuple(labels.shape) != m:
         raise PreprocessError(f"expected a label map of model shape {m}, got {tuple(labels.shape)}")
     grid = stitch_windows(labels, record)
+    boxed = grid if within is None else stitch_windows(within, record)
     out = xp.zeros(record.scan_shape, dtype=labels.dtype)
     # ``out`` seen in the canonical orientation (a view: writes land on the scan grid).
     canon = xp.transpose(out, record.axes)
@@ -603,7 +609,7 @@ def to_scan_grid(labels, record: PreprocessRecord):
     # Only the labelled box is resampled; everything else is background (0). The
     # nearest-neighbour source index is non-decreasing along each axis, so the output
     # voxels whose source lies in the box form one contiguous range per axis.
-    box = _nonzero_box(grid)
+    box = _nonzero_box(boxed)
     if box is None:
         return out
     idx, sel = [], []

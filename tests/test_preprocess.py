@@ -546,3 +546,22 @@ def test_a_body_slightly_wider_than_the_box_takes_one_window(width_mm, windows):
     back = to_scan_grid(window_batch(labels_to_grid(body, rec), rec)[:, 0], rec)
     assert (back.astype(bool) & ~body.astype(bool)).sum() <= 0.02 * body.sum()
     assert 1.0 - back.sum() / body.sum() < 0.02
+
+
+@pytest.mark.parametrize("spec", MODES)
+def test_a_map_back_within_the_labels_box_equals_the_full_one_there(real_ct, spec):
+    """to_scan_grid(conf, rec, within=labels): the confidence mapped back only inside the
+    box of the labelled voxels (issue 23: the whole-volume map-back of a map that is
+    nonzero everywhere is skipped) equals the full map-back inside that box, 0 outside."""
+    ct, labels = real_ct
+    windows, rec = preprocess_scan(ct, spec)
+    model_labels = window_batch(labels_to_grid(labels, rec), rec)[:, 0]
+    conf = (windows[:, 0].astype(np.uint16) * 7 % 251 + 1).astype(np.uint8)  # nonzero everywhere
+    full = to_scan_grid(conf, rec)
+    boxed = to_scan_grid(conf, rec, within=model_labels)
+    back = to_scan_grid(model_labels, rec)
+    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(back))
+    inside = np.zeros(back.shape, bool)
+    inside[box] = True
+    assert np.array_equal(boxed[inside], full[inside])
+    assert not boxed[~inside].any() and full[~inside].any()
