@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._headers import check_direction, itk_safe_path, max_voxels_default, show
+from ._headers import check_direction, itk_array, itk_safe_path, max_voxels_default, show
 from .errors import ScanReadError
 
 SOP_NON_IMAGE = {
@@ -488,7 +488,7 @@ def _gdcm_series(hs: list[SliceHeader]) -> list | None:
     reader.SetImageIO("GDCMImageIO")
     reader.SetFileNames([os.fspath(h.path) for h in hs])
     try:
-        a = sitk.GetArrayFromImage(reader.Execute())
+        a = itk_array(reader.Execute())
     except RuntimeError:
         return None
     if a.ndim != 3 or a.shape[0] != len(hs):
@@ -498,7 +498,6 @@ def _gdcm_series(hs: list[SliceHeader]) -> list | None:
 
 def _gdcm_slice(h: SliceHeader) -> np.ndarray:
     """One slice decoded by GDCM, as a 2D array (errors name the file and what is wrong)."""
-    import SimpleITK as sitk
 
     try:
         img = read_slice(h.path)
@@ -507,7 +506,7 @@ def _gdcm_slice(h: SliceHeader) -> np.ndarray:
         raise ScanReadError(
             f"{show(h.path)}: corrupt DICOM slice: its pixel data cannot be decoded"
         ) from None
-    a = sitk.GetArrayFromImage(img)
+    a = itk_array(img)
     if a.ndim == 4:  # RGB or similar
         raise ScanReadError(
             f"{show(h.path)}: expected grey-level CT pixels, got {a.shape[-1]} channels"

@@ -731,3 +731,15 @@ def _detached_name(path: Path, fmt: str) -> str | None:
         if s and k.strip().lower() in key:
             return v.strip()
     return None
+
+
+def itk_array(img):
+    """The pixels of a SimpleITK image as a NumPy array of their own ([z, y, x]).
+
+    The same array as ``SimpleITK.GetArrayFromImage``, copied from the buffer view in
+    one ``memcpy``: ``GetArrayFromImage`` took 0.37-0.43 s for a 512 x 512 x 336 int16
+    volume, this 0.04 s (issue 23 item 5).
+    """
+    import SimpleITK as sitk
+
+    return np.array(sitk.GetArrayViewFromImage(img), copy=True)

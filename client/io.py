@@ -23,7 +23,14 @@ import numpy as np
 
 from . import _dicom
 from ._atomic import atomic_path
-from ._headers import check_direction, check_readable_file, itk_safe_path, precheck, show
+from ._headers import (
+    check_direction,
+    check_readable_file,
+    itk_array,
+    itk_safe_path,
+    precheck,
+    show,
+)
 from .contract import LABEL_MAPS, STRUCTURE_LABELS
 from .errors import ScanReadError
 from .scan import ScanVolume
@@ -290,7 +297,7 @@ def _read_itk_file(path: Path, min_slices: int, max_voxels: int | None = None) -
             f"{show(path)}: expected a 3D volume, got a {dim}D image of size {img.GetSize()}"
         )
     check_direction(np.asarray(img.GetDirection()).reshape(3, 3), path)
-    array = sitk.GetArrayFromImage(img)
+    array = itk_array(img)
     spacing = tuple(img.GetSpacing())[::-1]
     check_geometry(array.shape, spacing, show(path), min_slices)
     check_finite(array, show(path))
@@ -485,7 +492,7 @@ def read_label_map(
         and np.allclose(img.GetOrigin(), ref.GetOrigin(), atol=1e-2)
         and np.allclose(img.GetDirection(), ref.GetDirection(), atol=1e-3)
     )
-    raw = sitk.GetArrayFromImage(img)
+    raw = itk_array(img)
     if raw.dtype.kind == "f":
         check_finite(raw, show(path))
         if not np.array_equal(raw, np.round(raw)):
@@ -495,7 +502,7 @@ def read_label_map(
             )
     if not same:
         img = sitk.Resample(img, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-        raw = sitk.GetArrayFromImage(img)
+        raw = itk_array(img)
     out = np.zeros(raw.shape, np.uint8)
     for name, value in values.items():  # liver, spleen and any neighbour the map names
         target = STRUCTURE_LABELS.get(name)

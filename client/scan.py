@@ -71,10 +71,10 @@ class ScanVolume:
     @classmethod
     def from_sitk(cls, img, metadata: dict[str, Any] | None = None, source: str = "") -> ScanVolume:
         """Build a ScanVolume from a 3D SimpleITK image."""
-        import SimpleITK as sitk
+        from ._headers import itk_array
 
         return cls(
-            array=sitk.GetArrayFromImage(img),
+            array=itk_array(img),
             spacing=tuple(img.GetSpacing())[::-1],
             origin=tuple(img.GetOrigin()),
             direction=np.asarray(img.GetDirection()).reshape(3, 3),
