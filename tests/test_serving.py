@@ -299,15 +299,19 @@ def test_spacing_model_windows_come_back_stitched_as_onnxruntime_gives(
     windows, rec = preprocess_scan(scan, spacing_client.preprocess_spec)
     assert len(rec.windows) >= 3
     refs = [_both(ort_session, windows[i : i + 2]) for i in range(0, len(windows), 2)]
-    ref = to_scan_grid(np.concatenate([r[0] for r in refs]), rec)
-    ref_conf = to_scan_grid(np.concatenate([r[1] for r in refs]), rec)
+    ref_labels = np.concatenate([r[0] for r in refs])
+    ref = to_scan_grid(ref_labels, rec)
+    # the confidence is mapped back inside the box of the labelled voxels (0 outside)
+    ref_conf = to_scan_grid(np.concatenate([r[1] for r in refs]), rec, within=ref_labels)
     before = spacing_client.statistics()["inference_count"]
     timer = StageTimer()
     seg = as_segmentation(TritonSegmenter(spacing_client).segment(scan, None, timer))
     got = seg.labels
     assert got.shape == scan.shape and np.array_equal(got, ref)
-    # The served confidence (the config lists it) comes back on the same grid.
+    # The served confidence (the config lists it) comes back on the same grid, inside
+    # the labelled box, and is not all zero there.
     assert seg.confidence is not None and np.array_equal(seg.confidence, ref_conf)
+    assert seg.confidence[ref > 0].min() > 0
     assert (ref == 1).sum() > 1000 and (ref == 2).sum() > 100  # a real comparison
     deadline = time.monotonic() + 10
     while spacing_client.statistics()["inference_count"] - before < len(windows):
