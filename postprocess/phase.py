@@ -44,7 +44,7 @@ def structure_group(name: str) -> str | None:
         return "aorta"
     if n.startswith("inferior_vena_cava") or n == "ivc":
         return "ivc"
-    if n.startswith("portal_vein"):
+    if n.startswith("portal_vein") or n.startswith("portal_splenic"):
         return "portal_vein"
     if n.startswith("kidney") and "cyst" not in n:
         return "kidney"

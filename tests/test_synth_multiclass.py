@@ -350,3 +350,23 @@ def test_evaluate_multiclass_reads_classes_split_and_preprocessing_from_the_chec
     assert all(np.isnan(v) or 0.0 <= v <= 1.0 for k, v in row.items() if k != "seconds")
     mean = em.summarise(rows, predict.class_names)
     assert mean["liver"] == row["liver"] or np.isnan(row["liver"])
+
+
+def test_the_class_table_is_what_the_client_reads():
+    """The served model will declare training/classes.py's table as hepascreen_classes:
+    the client parses it, liver and spleen keep 1 and 2, and the contrast phase finds
+    its vessels and kidneys by these names."""
+    from client import contract
+    from client.triton import model_classes
+    from postprocess.phase import evidence_classes
+
+    assert classes.METADATA_KEY == contract.CLASSES_PARAM
+    cfg = {"parameters": {contract.CLASSES_PARAM: {"string_value": classes.classes_parameter()}}}
+    got = model_classes(cfg)
+    assert got == {n: v for v, n in classes.CLASSES if v}
+    assert evidence_classes(got) == {
+        "kidney": (classes.CLASS_INDEX["kidney"],),
+        "aorta": (classes.CLASS_INDEX["aorta"],),
+        "ivc": (classes.CLASS_INDEX["inferior_vena_cava"],),
+        "portal_vein": (classes.CLASS_INDEX["portal_splenic_vein"],),
+    }

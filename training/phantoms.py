@@ -38,15 +38,11 @@ _GRADE_RANGES = {
 
 
 def grade_of_ratio(r: float) -> str:
-    """Grade of a liver/spleen ratio by the contract thresholds (boundary -> worse grade)."""
-    t = GRADE_THRESHOLDS
-    if r > t.normal_above:
-        return "normal"
-    if r > t.mild_above:
-        return "mild"
-    if r > t.moderate_above:
-        return "moderate"
-    return "severe"
+    """Grade of a liver/spleen ratio by the contract thresholds (boundary -> worse grade);
+    the rule itself lives in :func:`client.contract.grade_of_ratio`."""
+    from client.contract import grade_of_ratio as rule
+
+    return rule(r, GRADE_THRESHOLDS)
 
 
 @dataclass
