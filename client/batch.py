@@ -250,11 +250,12 @@ def _rounds(first: list, sources: list, store, series: str):
             yield first
         return
     attempted: set = set()
+    fingerprints: dict = {}  # each series' files stat'ed once per run, not per round
     batch = first
     while batch:
         yield batch
         attempted |= {s.case_id for s in batch}
-        batch = study.next_round(sources, store.rows, attempted)
+        batch = study.next_round(sources, store.rows, attempted, fingerprints)
 
 
 def _write_studies(out: Path, sources, manifest, series: str, status: str, error):

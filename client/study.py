@@ -88,7 +88,7 @@ def answers_by_ratio(row: dict | None) -> bool:
     )
 
 
-def next_round(sources, rows: dict, attempted: set) -> list:
+def next_round(sources, rows: dict, attempted: set, fingerprints: dict | None = None) -> list:
     """The series to screen next under ``--series best``: per study, the first series in
     order that has no usable row yet, unless a row already answers the study by rule 1.
 
@@ -99,16 +99,23 @@ def next_round(sources, rows: dict, attempted: set) -> list:
         ``{case_id: row}`` of the rows written so far (this run and earlier ones).
     attempted : set
         case_ids screened in this run (an error row is not retried within the run).
+    fingerprints : dict, optional
+        ``{case_id: fingerprint}`` kept across the rounds of one run, so that each
+        series' files are stat'ed once per run, not once per round.
     """
+    fps = {} if fingerprints is None else fingerprints
     todo = []
     for series in group(sources).values():
         for s in series:
             row = rows.get(s.case_id)
-            if answers_by_ratio(row) and row.get("source_fingerprint") == s.fingerprint():
+            if row is not None and s.case_id not in fps:
+                fps[s.case_id] = s.fingerprint()
+            fp = fps.get(s.case_id)
+            if answers_by_ratio(row) and row.get("source_fingerprint") == fp:
                 break
             done = (
                 row is not None
-                and row.get("source_fingerprint") == s.fingerprint()
+                and row.get("source_fingerprint") == fp
                 and (row.get("status") != contract.STATUS_ERROR or s.case_id in attempted)
             )
             if not done:
