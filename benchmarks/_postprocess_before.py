@@ -66,7 +66,7 @@ def _cube_stats(hu, corners, size):
 
 
 def _validate(hu, labels, spacing):
-    from client.errors import MeasurementError
+    from client.core.errors import MeasurementError
     from postprocess._xp import get_xp
 
     if getattr(hu, "ndim", None) != 3 or getattr(labels, "ndim", None) != 3:

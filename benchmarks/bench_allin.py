@@ -75,7 +75,7 @@ def make_real_scans(folder: Path, n: int) -> dict:
     import numpy as np
     import SimpleITK as sitk
 
-    from client.io import read_scan
+    from client.reading.io import read_scan
 
     src = ROOT.parent / "shared" / "data" / "totalseg_example" / "ct.nii.gz"
     folder.mkdir(parents=True, exist_ok=True)
@@ -181,7 +181,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--name", default="allin.json")
     args = ap.parse_args(argv)
-    from client._paths import model_repository
+    from client.core.paths import model_repository
 
     repo = model_repository(args.model_repository)
     trees = dict(t.split("=", 1) for t in args.tree) or {"this_checkout": str(ROOT)}

@@ -95,7 +95,7 @@ def wire_bytes_per_volume(model_shape, channels: int = 1) -> dict:
     import tritonclient.grpc as g
     from tritonclient.grpc import _utils, service_pb2
 
-    from client import contract
+    from client.core import contract
 
     x = np.zeros((1, channels, *model_shape), np.uint8)
     inp = g.InferInput(contract.INPUT_NAME, list(x.shape), "UINT8")
@@ -128,8 +128,8 @@ def served_model_shape() -> tuple[int, int, int]:
     """Spatial input shape of the bundled model, from its ``config.pbtxt`` (``dims: [1, z, y, x]``)."""
     import re
 
-    from client import contract
-    from client._paths import model_repository
+    from client.core import contract
+    from client.core.paths import model_repository
 
     text = (model_repository() / contract.MODEL_NAME / "config.pbtxt").read_text(encoding="utf-8")
     dims = re.search(r"dims:\s*\[([^\]]*)\]", text)

@@ -7,7 +7,7 @@ normalisation, VNet with isotropic 2x2x2 down/up convolutions, argmax) exported
 from a randomly initialised Paddle VNet through ``training.export.export_onnx``,
 exactly as a trained model would be; weights do not change the run time of a
 convolutional network, so random initialisation is enough for timing. The input is
-the shared real CT preprocessed by the client (``client.preprocess``) to that size.
+the shared real CT preprocessed by the client (``client.reading.preprocess``) to that size.
 Batch 1, ONNX Runtime CPUExecutionProvider with 2 intra-op threads; the shipped model
 is timed in the same run. Every repeat times each model once in turn (round-robin),
 so changes in the machine's load hit all variants alike. Reported: median and
@@ -40,10 +40,10 @@ DATA = ROOT.parent / "shared" / "data" / "totalseg_example" / "ct.nii.gz"
 
 
 def _input(size: int) -> np.ndarray:
-    from client.preprocess import preprocess
+    from client.reading.preprocess import preprocess
 
     if DATA.exists():
-        from client.io import read_scan
+        from client.reading.io import read_scan
 
         ct = read_scan(DATA)
         x, _ = preprocess(ct.array, ct.spacing, ct.direction, (size,) * 3)
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     import onnxruntime as ort
     import paddle
 
-    from client.contract import INPUT_NAME
+    from client.core.contract import INPUT_NAME
 
     inputs = {s: _input(s) for s in args.sizes}
     models = []

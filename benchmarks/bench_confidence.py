@@ -2,7 +2,7 @@
 
 ``python benchmarks/bench_confidence.py [--model NAME=PATH.onnx ...] [--phantoms 10]``
 
-The served ``CONFIDENCE`` output (``client.contract.CONFIDENCE_NAME``: ``round(255 * p)``,
+The served ``CONFIDENCE`` output (``client.core.contract.CONFIDENCE_NAME``: ``round(255 * p)``,
 p the softmax probability of the predicted class) is averaged inside each measured organ
 piece, exactly as the pipeline does (``postprocess.assess``, ``mean_confidence``). This
 script measures that number against the Dice of the same mask, on masks made by REAL
@@ -134,8 +134,8 @@ def cases(n_phantoms: int):
 
 def run_case(sess, spec, hu, spacing, direction):
     """Labels and the confidence map on the scan's grid, as ``TritonSegmenter`` makes them."""
-    from client.contract import CONFIDENCE_NAME, INPUT_NAME, OUTPUT_NAME
-    from client.preprocess import preprocess_windows, to_scan_grid
+    from client.core.contract import CONFIDENCE_NAME, INPUT_NAME, OUTPUT_NAME
+    from client.reading.preprocess import preprocess_windows, to_scan_grid
 
     x, record = preprocess_windows(hu, spacing, direction, spec)
     labs, confs = [], []
@@ -219,8 +219,8 @@ def floor_table(rows):
 def cost(path: Path, threads: int, repeats: int = 15) -> dict:
     """ONNX Runtime seconds per window with LABELS only vs LABELS + CONFIDENCE (the shared
     CT's window, alternating so that load changes hit both alike)."""
-    from client.contract import CONFIDENCE_NAME, INPUT_NAME, OUTPUT_NAME
-    from client.preprocess import preprocess_windows
+    from client.core.contract import CONFIDENCE_NAME, INPUT_NAME, OUTPUT_NAME
+    from client.reading.preprocess import preprocess_windows
     from training.evaluate import onnx_spec, real_ct_cases
 
     sess, _ = session(path, threads)

@@ -12,9 +12,9 @@ and on the same file, every way of getting the voxels out of it:
 * ``isal.igzip.decompress`` (Intel ISA-L), ``zlib_ng.gzip_ng.decompress``
   (zlib-ng), when those packages are installed (``pip install isal zlib-ng``);
 * ``SimpleITK.ReadImage`` + ``GetArrayFromImage`` on the ``.nii.gz`` (what
-  ``client.io`` does today) and on the same image stored uncompressed (``.nii``,
+  ``client.reading.io`` does today) and on the same image stored uncompressed (``.nii``,
   so the difference is ITK's decompression);
-* ``client.io.read_scan`` (the whole reader, validation included);
+* ``client.reading.io.read_scan`` (the whole reader, validation included);
 * a prototype reader: header and geometry from SimpleITK's
   ``ReadImageInformation`` (only the header is decompressed), voxels from an
   ISA-L decompression into NumPy, checked bit for bit against SimpleITK's array.
@@ -69,9 +69,9 @@ def make_file(shape, work: Path) -> tuple[Path, Path, Path]:
 
 
 def time_mask_writes(labels: np.ndarray, like_path: Path, work: Path, repeats: int) -> dict:
-    """Writing the label map (uint8) as .nii.gz at several zlib levels, as client.io does.
+    """Writing the label map (uint8) as .nii.gz at several zlib levels, as client.reading.io does.
 
-    ``client.io.write_label_map`` calls ``sitk.WriteImage(..., useCompression=True)``
+    ``client.reading.io.write_label_map`` calls ``sitk.WriteImage(..., useCompression=True)``
     (ITK's default level); SimpleITK 2.5 also takes ``compressionLevel``. Every file is
     read back and compared with the labels.
     """
@@ -162,17 +162,17 @@ def read_voxels_isal(path: Path):
 
 
 def _io_version() -> str:
-    """Commit of client/io.py and whether the working tree differs from it."""
+    """Commit of client/reading/io.py and whether the working tree differs from it."""
     try:
         h = subprocess.run(
-            ["git", "log", "-1", "--format=%h", "--", "client/io.py"],
+            ["git", "log", "-1", "--format=%h", "--", "client/reading/io.py"],
             cwd=ROOT,
             capture_output=True,
             encoding="utf-8",
             timeout=10,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "diff", "--quiet", "--", "client/io.py"], cwd=ROOT, timeout=10
+            ["git", "diff", "--quiet", "--", "client/reading/io.py"], cwd=ROOT, timeout=10
         ).returncode
         return f"{h}{' + uncommitted changes' if dirty else ''}"
     except (OSError, subprocess.SubprocessError):
@@ -182,7 +182,7 @@ def _io_version() -> str:
 def main(argv=None) -> int:
     import SimpleITK as sitk
 
-    from client.io import read_scan
+    from client.reading.io import read_scan
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", type=int, nargs=3, default=(300, 512, 512))
@@ -224,7 +224,7 @@ def main(argv=None) -> int:
     except ImportError:
         notes["zlib_ng"] = "not installed (pip install zlib-ng)"
 
-    # client.io may be mid-change in a shared working tree: time it only if it reads the
+    # client.reading.io may be mid-change in a shared working tree: time it only if it reads the
     # file, and record which version was timed.
     try:
         read_scan(gz)

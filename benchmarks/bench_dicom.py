@@ -1,4 +1,4 @@
-"""Benchmark: reading a DICOM CT series, ``client.io.read_scan`` against plain series readers.
+"""Benchmark: reading a DICOM CT series, ``client.reading.io.read_scan`` against plain series readers.
 
 ``python benchmarks/bench_dicom.py [--slices 151] [--repeats 5] [--out benchmarks/results]``
 
@@ -46,8 +46,8 @@ def write_series(folder: Path, n_slices: int, layout: str) -> Path:
     import pydicom
     from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, RLELossless
 
-    from client._dicom import write_series as write
-    from client.scan import ScanVolume
+    from client.reading.dicom import write_series as write
+    from client.reading.scan import ScanVolume
     from training.phantoms import make_phantom
 
     out = folder / f"{layout}_{n_slices}"
@@ -79,7 +79,7 @@ def write_series(folder: Path, n_slices: int, layout: str) -> Path:
 def before_issue_23():
     """``read_scan`` as before issue 23: GDCM parses and decodes every slice, one at a
     time, and the volume is stacked as int32 then narrowed."""
-    from client import _dicom
+    from client.reading import dicom as _dicom
 
     def old_stack(slices):
         vol = np.stack(slices).astype(
@@ -102,7 +102,7 @@ def readers(folder: Path) -> dict:
     import pydicom
     import SimpleITK as sitk
 
-    from client.io import read_scan
+    from client.reading.io import read_scan
 
     files = sorted(str(p) for p in folder.iterdir())
 

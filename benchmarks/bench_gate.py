@@ -63,7 +63,7 @@ def model_segmenter():
         return None
     import onnxruntime as ort
 
-    from client.preprocess import PreprocessSpec, preprocess_windows, to_scan_grid
+    from client.reading.preprocess import PreprocessSpec, preprocess_windows, to_scan_grid
 
     sess = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]
@@ -105,7 +105,7 @@ def good_cases(n_phantoms: int, seg=None, n_model_phantoms: int = 0):
     out.append(("real_reference_transposed", ht, lt, sp, dt, "normal"))
     ha, la = add_arms(hu, lab, sp, d)
     out.append(("real_reference_arms_beside_body", ha, la, sp, d, "normal"))
-    from client.io import read_label_map, read_scan
+    from client.reading.io import read_label_map, read_scan
 
     small = read_scan(REAL / "ct_small.nii.gz")
     small_lab = read_label_map(REAL / "labels_small.nii.gz", small)
@@ -209,7 +209,7 @@ def no_abdomen_cases(seg):
     synthetic scans, the real head CT: truth None or empty) the scan must be
     ``indeterminate``.
     """
-    from client.io import read_scan
+    from client.reading.io import read_scan
     from training.phantoms import make_phantom
     from training.synth import synth_scan
 

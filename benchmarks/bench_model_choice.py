@@ -4,7 +4,7 @@
 
 A model's preprocessing comes from its ONNX metadata (``training.evaluate.onnx_spec``;
 none = MedicalSeg's whole-volume resize), so a fixed-spacing model is timed with all its
-windows. Per scan: ``client.preprocess.preprocess_windows`` + ONNX Runtime on every
+windows. Per scan: ``client.reading.preprocess.preprocess_windows`` + ONNX Runtime on every
 window (batch 1, CPUExecutionProvider, 2 intra-op threads, as the bundled server runs
 it) + ``to_scan_grid``. Scans (built from the shared real CT, so nothing is downloaded):
 
@@ -40,7 +40,7 @@ def scans():
     """``name -> (hu, spacing, direction)`` built from the shared real CT."""
     from scipy import ndimage as ndi
 
-    from client.io import read_label_map, read_scan
+    from client.reading.io import read_label_map, read_scan
     from training.evaluate import DATA_DIR, crop_slices
 
     ct = read_scan(DATA_DIR / "ct.nii.gz")
@@ -71,8 +71,8 @@ def main(argv=None) -> int:
 
     import onnxruntime as ort
 
-    from client.contract import INPUT_NAME
-    from client.preprocess import preprocess_windows, to_scan_grid
+    from client.core.contract import INPUT_NAME
+    from client.reading.preprocess import preprocess_windows, to_scan_grid
     from training.evaluate import onnx_spec
 
     models = []

@@ -54,9 +54,9 @@ def big_series(folder: Path) -> list[Path]:
     a clinical CT's."""
     from scipy.ndimage import zoom
 
-    from client._dicom import write_series
-    from client.io import read_scan
-    from client.scan import ScanVolume
+    from client.reading.dicom import write_series
+    from client.reading.io import read_scan
+    from client.reading.scan import ScanVolume
 
     ct = read_scan(ROOT.parent / "shared" / "data" / "totalseg_example" / "ct.nii.gz")
     f = (1.0, 512 / ct.shape[1], 512 / ct.shape[2])

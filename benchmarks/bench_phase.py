@@ -51,7 +51,11 @@ class _ModelSegmenter:
             return self.seg(scan.array, scan.spacing, scan.direction)
 
     def describe(self):
-        return {"model_name": "shipped model (ONNX Runtime)", "model_version": None, "model_sha256": None}
+        return {
+            "model_name": "shipped model (ONNX Runtime)",
+            "model_version": None,
+            "model_sha256": None,
+        }
 
 
 def _cases(tmp: Path) -> list[tuple[str, str, Path]]:
@@ -73,7 +77,7 @@ def _cases(tmp: Path) -> list[tuple[str, str, Path]]:
 
 def _masks(tmp: Path, cases, kind: str) -> tuple[Path, str]:
     """A --masks folder for ``cases`` (the same map for every case: one patient)."""
-    from client.pipeline import _as_source
+    from client.pipeline.screen import _as_source
     from training import phase_paint as pp
 
     folder = tmp / f"masks_{kind}"
@@ -96,7 +100,7 @@ def confusion(results: list[dict]) -> dict:
 
 
 def run_cases(tmp: Path) -> dict:
-    from client.pipeline import MaskFolderSegmenter, ScreenConfig, screen_scan
+    from client.pipeline.screen import MaskFolderSegmenter, ScreenConfig, screen_scan
 
     cases = _cases(tmp)
     out: dict = {}
@@ -132,8 +136,10 @@ def run_cases(tmp: Path) -> dict:
             "phase_right": sum(x["phase"] == x["truth"] for x in phase_rows),
             "n_phase_cases": len(phase_rows),
             "ratio_graded_while_enhanced": sum(
-                x["truth"] != "unenhanced" and x["criterion"] == "liver_spleen_ratio"
-                and x["grade"] != "indeterminate" for x in phase_rows
+                x["truth"] != "unenhanced"
+                and x["criterion"] == "liver_spleen_ratio"
+                and x["grade"] != "indeterminate"
+                for x in phase_rows
             ),  # fmt: skip
             "steatosis_graded": sum(x["grade"] != "indeterminate" for x in steat),
             "n_steatosis": len(steat),
@@ -145,8 +151,8 @@ def cost(repeats: int = 5) -> dict:
     """CPU seconds of assess with and without the phase structures (same run)."""
     from scipy import ndimage as ndi
 
-    from client import contract
-    from client.io import read_label_map, read_scan
+    from client.core import contract
+    from client.reading.io import read_label_map, read_scan
     from postprocess import assess
 
     ct = read_scan(DATA / "ct.nii.gz")
@@ -190,8 +196,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         cases = run_cases(Path(tmp))
     res = {
-        "machine": machine_info(numpy=np.__version__, scipy=scipy.__version__,
-                                onnxruntime=onnxruntime.__version__),  # fmt: skip
+        "machine": machine_info(
+            numpy=np.__version__, scipy=scipy.__version__, onnxruntime=onnxruntime.__version__
+        ),  # fmt: skip
         "cases": cases,
         "cost": cost(args.repeats),
     }

@@ -311,7 +311,7 @@ def main(argv=None) -> int:
     volumes.append(speed_on("large_liver", *large_liver_case(), args.repeats))
     real = ROOT.parent / "shared" / "data" / "totalseg_example"
     if real.exists():
-        from client.io import read_label_map, read_scan
+        from client.reading.io import read_label_map, read_scan
 
         ct = read_scan(real / "ct.nii.gz")
         lab = read_label_map(real / "labels.nii.gz", ct)
@@ -361,7 +361,7 @@ def main(argv=None) -> int:
     real = ROOT.parent / "shared" / "data" / "totalseg_example"
     real_res = {}
     if real.exists():
-        from client.io import read_label_map, read_scan
+        from client.reading.io import read_label_map, read_scan
 
         ct = read_scan(real / "ct.nii.gz")
         lab = read_label_map(real / "labels.nii.gz", ct)

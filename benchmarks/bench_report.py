@@ -40,12 +40,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import machine_info, save_result  # noqa: E402
 
-BASELINE_COMMIT = "8520dea"  # last commit with the previous client/report.py
+BASELINE_COMMIT = "8520dea"  # last commit with the previous client/outputs/report.py
 
 
 def _baseline_module():
     src = subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{BASELINE_COMMIT}:client/report.py"],
+        ["git", "-C", str(ROOT), "show", f"{BASELINE_COMMIT}:client/outputs/report.py"],
         capture_output=True,
         encoding="utf-8",
         check=True,
@@ -68,8 +68,8 @@ def _median_time(fn, repeats):
 
 
 def bench_qc(old, repeats: int, tmp: Path) -> dict:
-    from client.io import read_label_map, read_scan
-    from client.qc import qc_png
+    from client.outputs.qc import qc_png
+    from client.reading.io import read_label_map, read_scan
     from postprocess import assess
     from training.phantoms import make_phantom
 
@@ -106,7 +106,7 @@ def bench_qc(old, repeats: int, tmp: Path) -> dict:
 
 
 def _rows(n: int, seed: int = 0) -> list[dict]:
-    from client import contract
+    from client.core import contract
 
     rng = np.random.default_rng(seed)
     grades = ("normal", "mild", "moderate", "severe")
@@ -215,7 +215,7 @@ def chromium_load(binary: str, url: str, timeout: float = 300.0) -> dict:
 
 
 def bench_report(old, n: int, repeats: int, tmp: Path, binary: str | None) -> dict:
-    from client.report import write_report
+    from client.outputs.report import write_report
 
     rows = _rows(n)
     qc_png = tmp / "one_qc.png"
@@ -266,7 +266,7 @@ def main(argv=None) -> int:
 
     import PIL
 
-    from client.qc import qc_png
+    from client.outputs.qc import qc_png
 
     binary = next(
         (shutil.which(b) for b in ("chromium", "chromium-browser") if shutil.which(b)), None
@@ -282,7 +282,7 @@ def main(argv=None) -> int:
         tmp = Path(d)
         qc = bench_qc(old, args.repeats, tmp)
         # One real QC picture (the new one, real CT) as every row's thumbnail.
-        from client.io import read_label_map, read_scan
+        from client.reading.io import read_label_map, read_scan
 
         data = ROOT.parent / "shared" / "data" / "totalseg_example"
         ct = read_scan(data / "ct.nii.gz")
@@ -292,7 +292,7 @@ def main(argv=None) -> int:
         rep = bench_report(old, args.rows, args.repeats, tmp, binary)
     res = {
         "benchmark": "report",
-        "baseline": f"client/report.py at {BASELINE_COMMIT}",
+        "baseline": f"client/outputs/report.py at {BASELINE_COMMIT}",
         "machine": machine_info(numpy=np.__version__, pillow=PIL.__version__, chromium=version),
         # Other jobs share this machine: its load average says how noisy the times are.
         "load_average_1_5_15_min": {"start": load_start, "end": os.getloadavg()},

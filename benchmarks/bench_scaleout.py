@@ -8,8 +8,8 @@ Writes ``--n`` phantoms (NIfTI, all grades) and screens them
   timing the client process's CPU (``getrusage``) and the server's process group
   CPU (``/proc``): **CPU-seconds per scan** on each side, the numbers the scaling
   model needs;
-* with a local Ray instance (:class:`client.ray_runner.RayScreen`): 1 and 2
-  actors x 1 and 2 bundled servers (:class:`client.endpoints.EndpointPool`),
+* with a local Ray instance (:class:`client.scaleout.ray_runner.RayScreen`): 1 and 2
+  actors x 1 and 2 bundled servers (:class:`client.serving.endpoints.EndpointPool`),
   timing Ray's start-up (instance + actors opening their segmenter) apart from
   the screening itself.
 
@@ -80,8 +80,8 @@ def make_scans(folder: Path, n: int, shape) -> list[Path]:
 
 
 def no_ray(paths, server, config, workers: int) -> dict:
-    from client.endpoints import connect
-    from client.pipeline import screen_scan
+    from client.pipeline.screen import screen_scan
+    from client.serving.endpoints import connect
 
     with connect([server.grpc_url], max_in_flight=workers) as seg:
         screen_scan(paths[0], seg, config)  # warm: imports, first request
@@ -105,8 +105,8 @@ def no_ray(paths, server, config, workers: int) -> dict:
 def with_ray(paths, servers, config, workers: int) -> dict:
     import ray
 
-    from client.discover import source_for_path
-    from client.ray_runner import RayScreen, init_ray
+    from client.reading.discover import source_for_path
+    from client.scaleout.ray_runner import RayScreen, init_ray
 
     urls = [s.grpc_url for s in servers]
     spec = {"kind": "triton", "urls": urls, "max_in_flight": 2, "client_kwargs": {}}
@@ -161,8 +161,8 @@ def scaling_model(client_cpu_s: float, server_cpu_s: float, cores_per_client: in
 
 
 def main(argv=None) -> int:
-    from client.pipeline import ScreenConfig
-    from client.server import EmbeddedServer
+    from client.pipeline.screen import ScreenConfig
+    from client.serving.server import EmbeddedServer
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=12)

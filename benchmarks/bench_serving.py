@@ -128,8 +128,8 @@ def _median_cell(cells: list[dict]) -> dict:
 def main(argv=None) -> int:
     import onnxruntime as ort
 
-    from client import contract
-    from client.server import DEFAULT_REPOSITORY, EmbeddedServer
+    from client.core import contract
+    from client.serving.server import DEFAULT_REPOSITORY, EmbeddedServer
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=16, help="volumes per cell")
@@ -174,7 +174,7 @@ def main(argv=None) -> int:
             for mode, repo in repos.items():
                 with EmbeddedServer(repo, log_path=tmp / f"server_{mode}_{rep}.log") as srv:
                     cfg = LoadConfig(url=srv.grpc_url)
-                    from client.triton import SegmentationClient
+                    from client.serving.triton import SegmentationClient
 
                     with SegmentationClient(srv.grpc_url) as sc:
                         max_batch, model_cfg = sc.max_batch_size, sc.config

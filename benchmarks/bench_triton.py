@@ -32,7 +32,7 @@ from benchmarks._common import machine_info, save_result  # noqa: E402
 
 
 def inputs(model_shape, n):
-    from client.preprocess import preprocess
+    from client.reading.preprocess import preprocess
     from training.phantoms import make_phantom
 
     out = []
@@ -62,7 +62,7 @@ def run_shm(url, xs, model_shape):
     import tritonclient.grpc as g
     import tritonclient.utils.shared_memory as shm
 
-    from client import contract
+    from client.core import contract
 
     c = g.InferenceServerClient(url)
     nbytes = int(np.prod(xs[0].shape))
@@ -95,15 +95,16 @@ def run_shm(url, xs, model_shape):
 def main(argv=None) -> int:
     import onnxruntime as ort
 
-    from client import contract
-    from client.server import DEFAULT_REPOSITORY, EmbeddedServer
-    from client.triton import SegmentationClient
+    from client.core import contract
+    from client.core.paths import SHIPPED_ONNX
+    from client.serving.server import EmbeddedServer
+    from client.serving.triton import SegmentationClient
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=24)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args(argv)
-    onnx_path = DEFAULT_REPOSITORY / contract.MODEL_NAME / "1" / "model.onnx"
+    onnx_path = SHIPPED_ONNX
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     model_shape = tuple(sess.get_inputs()[0].shape[2:])
     xs = inputs(model_shape, args.n)

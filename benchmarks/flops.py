@@ -343,7 +343,7 @@ def summarise(layers: list[ConvLayer]) -> dict:
 
 def main(argv=None) -> int:
     from benchmarks._common import machine_info, save_result
-    from client.server import DEFAULT_REPOSITORY
+    from client.serving.server import DEFAULT_REPOSITORY
 
     ap = argparse.ArgumentParser(
         prog="python -m benchmarks.flops", description=__doc__.splitlines()[0]

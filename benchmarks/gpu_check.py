@@ -17,7 +17,7 @@ Parts (``sections`` in the JSON, each with ``status`` ok | unavailable | failed)
   with CuPy: identical rows (every column), CPU time, CuPy time with an empty kernel
   cache (cold: a fresh process and ``CUPY_CACHE_DIR``), again in that process (warm in
   memory) and in a second process (warm on disk), and peak GPU memory per voxel (CuPy
-  pool high-water mark) against ``client.gpu.BYTES_PER_VOXEL``.
+  pool high-water mark) against ``client.serving.gpu.BYTES_PER_VOXEL``.
 * ``onnx_cuda``: the shipped ONNX on ONNX Runtime's CUDA provider vs its CPU provider
   on the same 8 windows: label and confidence agreement, latency at batch 1 and 8, and
   the silent-fallback check of the bundled server (``1/model.py`` ``open_session``).
@@ -200,7 +200,7 @@ print("RESULT " + json.dumps(out))
 
 
 def measurement_section(shape, gpu_ok: bool, timeout_s: float) -> dict:
-    from client.gpu import BYTES_PER_VOXEL, measurement_bytes
+    from client.serving.gpu import BYTES_PER_VOXEL, measurement_bytes
     from postprocess import assess
 
     t = time.perf_counter()
@@ -252,7 +252,7 @@ def measurement_section(shape, gpu_ok: bool, timeout_s: float) -> dict:
         return {"status": FAILED, "reason": f"NumPy and CuPy rows differ in {sorted(diff)}", **out}
     if not out["within_budget"]:
         return {"status": FAILED, "reason": f"peak {out['gpu_peak_bytes_per_voxel']} B/voxel "
-                f"exceeds client/gpu.py's budget of {BYTES_PER_VOXEL}", **out}  # fmt: skip
+                f"exceeds client/serving/gpu.py's budget of {BYTES_PER_VOXEL}", **out}  # fmt: skip
     return {"status": OK, **out}
 
 
@@ -275,7 +275,7 @@ def _windows(n: int, shape):
     import numpy as np
     import onnxruntime as ort
 
-    from client.preprocess import preprocess_grid, window_batch
+    from client.reading.preprocess import preprocess_grid, window_batch
     from training.evaluate import onnx_spec
     from training.phantoms import make_phantom
 

@@ -9,7 +9,7 @@ C threads each send one request (a batch of ``--batch`` volumes), wait for the
 answer and send the next, until ``--requests`` requests are done or
 ``--max-seconds-per-level`` has passed. Inputs are real preprocessed volumes: the
 shared real CT (``../shared/data/totalseg_example``) and phantoms, run through
-``client.preprocess.preprocess`` at the input size the served model's
+``client.reading.preprocess.preprocess`` at the input size the served model's
 configuration declares (so the same command drives the 64^3 CPU model and a
 128^3 GPU deployment).
 
@@ -20,9 +20,9 @@ per request: tensor payload and serialized gRPC messages (request + response
 protobuf; HTTP/2 framing adds 9 bytes per frame on top). The JSON result carries
 machine info, server version and the model's batching configuration.
 
-Without ``--url`` the bundled server (``client.server.EmbeddedServer``) is started
+Without ``--url`` the bundled server (``client.serving.server.EmbeddedServer``) is started
 on loopback ports and stopped at the end. With ``--url`` the endpoint is the one
-the user names (TLS options as in ``client.triton``); the generator never picks
+the user names (TLS options as in ``client.serving.triton``); the generator never picks
 targets of its own. Every level is bounded in count and time, so a run stops by
 itself.
 """
@@ -76,7 +76,7 @@ class LoadConfig:
     timeout_s : float
         Per-request deadline.
     ssl, root_certificates, private_key, certificate_chain :
-        TLS options, as :class:`client.triton.SegmentationClient`.
+        TLS options, as :class:`client.serving.triton.SegmentationClient`.
     model_repository : Path or None
         Repository for the bundled server (default: the project's CPU repository).
     server_pgid : int or None
@@ -118,8 +118,8 @@ def input_pool(
     FileNotFoundError
         If the shared real CT is missing and no phantom was asked for.
     """
-    from client.io import read_scan
-    from client.preprocess import preprocess
+    from client.reading.io import read_scan
+    from client.reading.preprocess import preprocess
     from training.phantoms import make_phantom
 
     vols, names = [], []
@@ -161,12 +161,12 @@ def percentiles(latencies_s) -> dict:
 
 
 class _Endpoint:
-    """One gRPC connection per worker, made the way client.triton makes its own."""
+    """One gRPC connection per worker, made the way client.serving.triton makes its own."""
 
     def __init__(self, cfg: LoadConfig, url: str):
         import tritonclient.grpc as g
 
-        from client.triton import MAX_MESSAGE_BYTES
+        from client.serving.triton import MAX_MESSAGE_BYTES
 
         self._g = g
         self.model_name = cfg.model_name
@@ -184,7 +184,7 @@ class _Endpoint:
         )
 
     def request(self, batch: np.ndarray):
-        from client import contract
+        from client.core import contract
 
         g = self._g
         inp = g.InferInput(contract.INPUT_NAME, list(batch.shape), "UINT8")
@@ -193,7 +193,7 @@ class _Endpoint:
         return inp, out
 
     def infer(self, inp, out):
-        from client import contract
+        from client.core import contract
 
         res = self.client.infer(
             self.model_name, [inp], outputs=[out], client_timeout=self.timeout_s
@@ -386,7 +386,7 @@ def _version(dist: str) -> str:
 
 
 def _drive(cfg: LoadConfig, url: str) -> dict:
-    from client.triton import SegmentationClient
+    from client.serving.triton import SegmentationClient
 
     with SegmentationClient(
         url,
@@ -470,7 +470,7 @@ def run_load(cfg: LoadConfig) -> dict:
 
     Raises
     ------
-    client.errors.InferenceError
+    client.core.errors.InferenceError
         The endpoint is unreachable or its model breaks the HepaScreen contract.
     ValueError
         A batch larger than the model's ``max_batch_size``, or empty settings.
@@ -481,7 +481,7 @@ def run_load(cfg: LoadConfig) -> dict:
         raise ValueError("--requests must be >= 1 and --max-seconds-per-level > 0")
     if cfg.url:
         return _drive(cfg, cfg.url)
-    from client.server import EmbeddedServer
+    from client.serving.server import EmbeddedServer
 
     with EmbeddedServer(cfg.model_repository) as srv:
         from dataclasses import replace
@@ -532,7 +532,7 @@ def main(argv=None) -> int:
         certificate_chain=args.certificate_chain,
         model_repository=args.model_repository,
     )
-    from client.errors import ScreeningError
+    from client.core.errors import ScreeningError
 
     try:
         res = run_load(cfg)

@@ -1,5 +1,5 @@
 """``python -m client`` = the ``hepascreen`` command."""
 
-from .cli import main
+from client.cli.hepascreen import main
 
 raise SystemExit(main())

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from client import contract
-from client.contract import GRADE_THRESHOLDS, GradeThresholds
-from client.errors import MeasurementError
+from client.core import contract
+from client.core.contract import GRADE_THRESHOLDS, GradeThresholds
+from client.core.errors import MeasurementError
 
 from ._xp import get_xp, to_numpy
 from .components import bounding_box, largest_component_and_box, organ_volume_ml
@@ -81,7 +81,7 @@ _NO_CRITERION = {
 
 def grade_ratio(ratio: float, thresholds: GradeThresholds = GRADE_THRESHOLDS) -> str:
     """Grade of a liver/spleen ratio; a ratio on a threshold falls in the worse grade
-    (the rule lives in :func:`client.contract.grade_of_ratio`)."""
+    (the rule lives in :func:`client.core.contract.grade_of_ratio`)."""
     return contract.grade_of_ratio(ratio, thresholds)
 
 
@@ -389,13 +389,13 @@ def assess(
         ``contrast_enhanced`` flag, evidence ``tag``); None when unknown.
     direction : 3 x 3 array, optional
         The scan's ITK direction matrix (LPS; columns = index axes i, j, k = array
-        axes 2, 1, 0, as ``client.scan.ScanVolume.direction``). The segmentation
+        axes 2, 1, 0, as ``client.reading.scan.ScanVolume.direction``). The segmentation
         gate needs it to check that the spleen lies on the patient's left and the
         liver on the right; without it that check is skipped (flag
         ``laterality_unchecked``).
     confidence : ndarray [z, y, x] uint8, optional
         The model's confidence map on the same grid (``round(255 * p)``,
-        :data:`client.contract.CONFIDENCE_NAME`): its mean inside each measured piece
+        :data:`client.core.contract.CONFIDENCE_NAME`): its mean inside each measured piece
         is reported (``liver_confidence``, ``spleen_confidence``).
     confidence_floor : dict, optional
         ``{"liver": f, "spleen": f}``, calibrated for the model that made the masks

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from client.contract import GRADE_THRESHOLDS, LABEL_LIVER, LABEL_SPLEEN, GradeThresholds
+from client.core.contract import GRADE_THRESHOLDS, LABEL_LIVER, LABEL_SPLEEN, GradeThresholds
 
 
 @dataclass(frozen=True)

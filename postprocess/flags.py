@@ -63,7 +63,7 @@ FLAGS: dict[str, str] = {
     "contrast_suspected_by_spleen_pattern": (
         "the spleen is mottled, as in the arterial phase (enhanced, heterogeneous)"
     ),
-    # Outputs (client.pipeline.write_outputs): the measurement stands.
+    # Outputs (client.pipeline.screen.write_outputs): the measurement stands.
     "output_not_written": (
         "an optional output (DICOM SEG or SR, QC picture, label files) was not written; "
         "the measurement stands; the reason is in notes"

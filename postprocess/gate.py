@@ -15,7 +15,7 @@ contrast evidence cost about 0.04 s on a 512 x 512 x 300 scan (docs/gate.md). Wr
 
 Frames. Physical positions use ITK's LPS frame (+x patient left, +y posterior,
 +z superior) through the scan's direction matrix (columns = index axes i, j, k =
-array axes 2, 1, 0), as ``client.scan`` defines it. Without a direction matrix
+array axes 2, 1, 0), as ``client.reading.scan`` defines it. Without a direction matrix
 the checks that need the frame (sides, levels) are skipped and the flag
 ``laterality_unchecked`` says so; guessing a frame would flag every scan stored
 in another orientation.

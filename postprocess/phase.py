@@ -92,7 +92,7 @@ def structure_attenuation(hu, labels, classes: dict | None, spacing, stride, cfg
         The scan (HU) and its label map on the same grid (NumPy or CuPy).
     classes : dict
         ``{name: label value}`` of the label map (names as in
-        :data:`client.contract.STRUCTURE_LABELS` or TotalSegmentator's).
+        :data:`client.core.contract.STRUCTURE_LABELS` or TotalSegmentator's).
     spacing : (z, y, x) mm
     stride : (z, y, x) int
         Coarse grid on which the structures' boxes are found (one pass over a strided

@@ -24,10 +24,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from client.errors import ScreeningError  # noqa: E402
-from client.io import read_label_map, read_scan  # noqa: E402
-from client.qc import qc_png  # noqa: E402
-from client.report import write_report  # noqa: E402
+from client.core.errors import ScreeningError  # noqa: E402
+from client.outputs.qc import qc_png  # noqa: E402
+from client.outputs.report import write_report  # noqa: E402
+from client.reading.io import read_label_map, read_scan  # noqa: E402
 from postprocess import assess  # noqa: E402
 from training.phantoms import make_phantom  # noqa: E402
 

@@ -48,7 +48,7 @@ def build(
 ):
     import SimpleITK as sitk
 
-    from client._dicom import write_series
+    from client.reading.dicom import write_series
     from training.phantoms import make_phantom
 
     out.mkdir(parents=True, exist_ok=True)

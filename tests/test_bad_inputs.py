@@ -23,11 +23,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from client._dicom import write_series
-from client._headers import show
-from client.errors import ScanReadError
-from client.io import read_label_map, read_scan
-from client.scan import ScanVolume
+from client.core.errors import ScanReadError
+from client.reading.dicom import write_series
+from client.reading.headers import show
+from client.reading.io import read_label_map, read_scan
+from client.reading.scan import ScanVolume
 
 warnings.filterwarnings("ignore", category=UserWarning, module="pydicom")
 ROOT = Path(__file__).resolve().parents[1]
@@ -522,7 +522,7 @@ def test_non_utf8_names_never_reach_simpleitk(tmp_path):
     os.rename(tmp_path / "series", os.path.join(d, b"series_\xff"))
     code = (
         "import os, numpy as np\n"
-        "from client.io import read_scan, read_label_map\n"
+        "from client.reading.io import read_scan, read_label_map\n"
         f"d = {d!r}\n"
         "for name in (b'ct_\\xe9\\xff.nii.gz', b'ct_\\xff.mhd', b'series_\\xff'):\n"
         "    s = read_scan(os.fsdecode(os.path.join(d, name)))\n"
@@ -541,7 +541,7 @@ def test_non_utf8_names_never_reach_simpleitk(tmp_path):
 def test_non_utf8_name_with_a_defect_is_a_clear_error(corpus):
     case = next(c for c in corpus if "\\x" in show(c.path))
     code = (
-        "import os\nfrom client.io import read_scan\nfrom client.errors import ScanReadError\n"
+        "import os\nfrom client.reading.io import read_scan\nfrom client.core.errors import ScanReadError\n"
         f"try:\n    read_scan(os.fsdecode({os.fsencode(case.path)!r}))\n"
         "except ScanReadError as e:\n    print('ERR', e)\n"
     )
@@ -555,7 +555,7 @@ def test_permission_denied_says_so(tmp_path):
     os.chmod(p, 0)
     os.chmod(tmp_path, 0o755)
     code = (
-        "from client.io import read_scan\nfrom client.errors import ScanReadError\n"
+        "from client.reading.io import read_scan\nfrom client.core.errors import ScanReadError\n"
         f"try:\n    read_scan({str(p)!r})\n"
         "except ScanReadError as e:\n    print('ERR', e)\n"
     )
@@ -571,8 +571,8 @@ def test_folder_instead_of_label_map_prints_nothing(tmp_path):
     (tmp_path / "case.nii.gz").mkdir()
     (tmp_path / "odd.h5.nii.gz").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 600)
     code = (
-        "from client.io import read_label_map, read_image_info\n"
-        "from client.errors import ScanReadError\n"
+        "from client.reading.io import read_label_map, read_image_info\n"
+        "from client.core.errors import ScanReadError\n"
         "from tests.test_bad_inputs import phantom\n"
         f"for p in ({str(tmp_path / 'case.nii.gz')!r}, {str(tmp_path / 'odd.h5.nii.gz')!r}):\n"
         "    for read in (lambda: read_label_map(p, phantom()), lambda: read_image_info(p)):\n"
@@ -586,7 +586,7 @@ def test_folder_instead_of_label_map_prints_nothing(tmp_path):
 
 
 def test_image_info_agrees_with_simpleitk(shared_data):
-    from client.io import read_image_info
+    from client.reading.io import read_image_info
 
     p = shared_data / "totalseg_example" / "labels.nii.gz"
     info = read_image_info(p)
@@ -602,7 +602,7 @@ def test_lying_header_is_refused_before_any_allocation(tmp_path):
     """A 4 KB NRRD asking for 8 GB: refused from the header (peak memory stays small)."""
     p = _nrrd_text(_write(_img(phantom().array), tmp_path / "big.nrrd"), sizes="2000 2000 1000")
     code = (
-        "import resource\nfrom client.io import read_scan\nfrom client.errors import ScanReadError\n"
+        "import resource\nfrom client.reading.io import read_scan\nfrom client.core.errors import ScanReadError\n"
         "import SimpleITK\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         f"try:\n    read_scan({str(p)!r}, max_voxels=10**10)\n"
@@ -643,7 +643,7 @@ def test_good_files_in_every_format_still_read(tmp_path, shared_data):
 def test_float_nifti_voxels_from_the_nan_check_equal_itk(tmp_path, suffix, dtype):
     """Float NIfTI voxels come from the NaN check's own decompression (read once):
     identical to SimpleITK's reading, scl_slope/scl_inter included, geometry from ITK."""
-    from client.io import read_itk_checked
+    from client.reading.io import read_itk_checked
 
     ct = phantom()
     a = (ct.array.astype(np.float64) + 0.25).astype(dtype)

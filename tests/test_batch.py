@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from client import contract
 from client.batch import main as batch_main
-from client.contract import RESULT_COLUMNS
+from client.core import contract
+from client.core.contract import RESULT_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -137,7 +137,7 @@ def test_rows_carry_acquisition_covariates_and_provenance(screened):
     dicom = [r for c, r in rows.items() if c.startswith("dicom__")]
     nifti = [r for c, r in rows.items() if c.startswith("phantoms__")]
     assert dicom and nifti
-    for r in dicom:  # written by client._dicom.write_series
+    for r in dicom:  # written by client.reading.dicom.write_series
         assert (r["kvp"], r["convolution_kernel"]) == ("120.0", "STANDARD")
         assert r["series_description"] == "HepaScreen test series"
         assert r["series_instance_uid"] == "" and r["study_instance_uid"] == ""
@@ -436,7 +436,7 @@ def test_console_command_and_module_entry_point(small_archive, tmp_path):
     import subprocess
 
     scans, masks = small_archive
-    from client.cli import main as cli_main
+    from client.cli.hepascreen import main as cli_main
 
     assert cli_main(["--version"]) == 0
     assert cli_main(["nonsense"]) == 2
@@ -489,7 +489,7 @@ def test_resume_rescreens_a_changed_file_and_keeps_case_ids_when_files_are_added
 
 
 def test_serve_command_help_says_where_the_model_runs(capsys):
-    from client.cli import main as cli_main
+    from client.cli.hepascreen import main as cli_main
 
     with pytest.raises(SystemExit) as e:
         cli_main(["serve", "--help"])
@@ -497,7 +497,7 @@ def test_serve_command_help_says_where_the_model_runs(capsys):
 
 
 def test_over_long_case_id_is_screened_and_reported(tmp_path, shared_data):
-    from client.discover import shorten_case_id
+    from client.reading.discover import shorten_case_id
 
     d = shared_data / "totalseg_example"
     parts = ["patient_folder_" + "y" * 70 + f"_{i}" for i in range(4)]
@@ -532,12 +532,12 @@ def test_resume_with_other_measurement_settings_is_refused(small_archive, tmp_pa
 def test_signal_during_the_report_exits_130_and_run_json_says_interrupted(
     small_archive, tmp_path, monkeypatch
 ):
-    import client.report
+    import client.outputs.report
 
     def interrupted(*a, **k):  # Ctrl-C arriving while report.html is written
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(client.report, "write_report", interrupted)
+    monkeypatch.setattr(client.outputs.report, "write_report", interrupted)
     scans, masks = small_archive
     out = tmp_path / "out"
     rc = batch_main([str(scans / "s0.nii.gz"), "-o", str(out), "--masks", str(masks), "--quiet"])
@@ -562,7 +562,7 @@ WEIRD_NAMES = [
 
 
 def test_weird_file_names_each_give_a_row_and_nothing_crashes(tmp_path, shared_data):
-    from client.discover import discover
+    from client.reading.discover import discover
 
     scans = tmp_path / "scans"
     (scans / "a").mkdir(parents=True)
@@ -597,7 +597,7 @@ def test_weird_file_names_each_give_a_row_and_nothing_crashes(tmp_path, shared_d
 
 @pytest.mark.server
 def test_url_mode_reports_this_runs_statistics_only(tmp_path, shared_data):
-    from client.server import EmbeddedServer
+    from client.serving.server import EmbeddedServer
 
     ct = shared_data / "totalseg_example" / "ct_small.nii.gz"
     with EmbeddedServer(log_path=tmp_path / "server.log") as server:

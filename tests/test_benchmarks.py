@@ -159,7 +159,7 @@ def test_repository_without_batching_removes_only_the_batching_block(tmp_path):
 def test_load_generator_against_bundled_server(tmp_path):
     """The CLI drives a real server by --url; its counts agree with the server's own."""
     from benchmarks.load import main
-    from client.server import EmbeddedServer
+    from client.serving.server import EmbeddedServer
 
     pbtxt = (ROOT / "model_repository" / "cpu" / "hepascreen_vnet" / "config.pbtxt").read_text(
         encoding="utf-8"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from client.preprocess import PreprocessRecord, canonical_axes, resize_nearest, to_scan_grid
+from client.reading.preprocess import PreprocessRecord, canonical_axes, resize_nearest, to_scan_grid
 from postprocess import AssessConfig, sample_cubes, valid_cube_positions
 from postprocess.components import largest_component_and_box
 from postprocess.cubes import sample_valid_cubes

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from client import contract
-from client.triton import check_model_config, model_confidence_floor, model_has_confidence
+from client.core import contract
+from client.serving.triton import check_model_config, model_confidence_floor, model_has_confidence
 from postprocess import assess
 from postprocess.assess import mean_confidence
 from training.phantoms import make_phantom
@@ -112,7 +112,7 @@ def test_floor_makes_the_organ_doubtful_and_says_why(phantom):
 
 
 def test_confidence_map_must_match_the_labels(phantom):
-    from client.errors import MeasurementError
+    from client.core.errors import MeasurementError
 
     p = phantom
     with pytest.raises(MeasurementError, match="confidence map"):
@@ -130,10 +130,10 @@ def test_screen_through_the_bundled_server_reports_and_applies_the_confidence(
 
     import onnxruntime as ort
 
-    from client.contract import CONFIDENCE_NAME, INPUT_NAME, OUTPUT_NAME
-    from client.io import read_scan
-    from client.pipeline import ScreenConfig, TritonSegmenter, screen_scan
-    from client.preprocess import preprocess_windows, to_scan_grid
+    from client.core.contract import CONFIDENCE_NAME, INPUT_NAME, OUTPUT_NAME
+    from client.pipeline.screen import ScreenConfig, TritonSegmenter, screen_scan
+    from client.reading.io import read_scan
+    from client.reading.preprocess import preprocess_windows, to_scan_grid
     from postprocess.components import keep_largest
     from training.evaluate import onnx_spec
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from client import contract
+from client.core import contract
 
 DESIGN_COLUMNS = (
     "case_id source status grade ratio ratio_ci_low ratio_ci_high liver_hu spleen_hu "
@@ -15,7 +15,7 @@ DESIGN_COLUMNS = (
 
 def test_contract_imports_nothing_heavy():
     code = (
-        "import sys, client.contract, client.errors, client.scan;"
+        "import sys, client.core.contract, client.core.errors, client.reading.scan;"
         "heavy = [m for m in ('SimpleITK', 'paddle', 'onnxruntime', 'tritonclient', 'scipy', 'cupy')"
         " if m in sys.modules]; print(','.join(heavy))"
     )
@@ -41,8 +41,9 @@ def test_thresholds_are_ordered_and_labels_distinct():
 
 
 def test_one_grading_rule_and_one_colour_per_grade():
-    """Issue 21: the grade thresholds, words and colours have one home (client.contract)."""
-    from client import contract, qc, report_html
+    """Issue 21: the grade thresholds, words and colours have one home (client.core.contract)."""
+    from client.core import contract
+    from client.outputs import qc, report_html
     from postprocess import grade_ratio
 
     for r, g in ((1.0001, "normal"), (1.0, "mild"), (0.7, "moderate"), (0.5, "severe"),

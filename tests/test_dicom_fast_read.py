@@ -1,6 +1,6 @@
 """DICOM series read in one pass (issue 23): the direct pixel read gives what GDCM gives.
 
-``client._dicom.read_raw_pixels`` reads plain uncompressed slices straight from the file
+``client.reading.dicom.read_raw_pixels`` reads plain uncompressed slices straight from the file
 (the header was parsed once already) and hands every other layout to GDCM. These tests
 write the layouts archives hold (signed and unsigned, 12 of 16 bits stored, rescale
 intercept -1024, slope 2, implicit and explicit VR, trailing padding, overlay bits above
@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client import _dicom
-from client.errors import ScanReadError
-from client.io import read_scan
-from client.scan import ScanVolume
+from client.core.errors import ScanReadError
+from client.reading import dicom as _dicom
+from client.reading.io import read_scan
+from client.reading.scan import ScanVolume
 
 pydicom = pytest.importorskip("pydicom")
 

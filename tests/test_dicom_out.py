@@ -11,10 +11,10 @@ import numpy as np
 import pydicom
 import pytest
 
-from client._dicom import write_series
-from client.dicom_out import CODING_SCHEME, write_dicom_seg, write_dicom_sr
-from client.io import read_label_map, read_scan
-from client.scan import ScanVolume
+from client.outputs.dicom_out import CODING_SCHEME, write_dicom_seg, write_dicom_sr
+from client.reading.dicom import write_series
+from client.reading.io import read_label_map, read_scan
+from client.reading.scan import ScanVolume
 
 hd = pytest.importorskip("highdicom")
 
@@ -269,7 +269,7 @@ def test_a_failed_scan_can_get_an_sr_that_says_so(tmp_path, phantom_series):
 def test_qc_picture_as_a_burned_in_secondary_capture(tmp_path, real_small):
     from PIL import Image
 
-    from client.dicom_out import write_dicom_qc
+    from client.outputs.dicom_out import write_dicom_qc
 
     folder = _variant(real_small, tmp_path / "in" / "qc", lambda ds: None)
     png = tmp_path / "qc.png"
@@ -294,7 +294,7 @@ def test_real_ct_as_dicom_seg_matches_the_label_map(tmp_path, shared_data):
     scan = read_scan(tmp_path / "ct")
     # The DICOM reader may store the grid in another order: bring the labels to it.
     lab_path = tmp_path / "labels.nii.gz"
-    from client.io import write_label_map
+    from client.reading.io import write_label_map
 
     write_label_map(labels, ct, lab_path)
     labels_dicom = read_label_map(lab_path, scan)
@@ -319,7 +319,7 @@ def test_seg_on_a_gantry_tilted_unevenly_spaced_series_matches_itk_resampling(
     label map onto each source slice's own geometry (independent reference)."""
     import SimpleITK as sitk
 
-    from client.dicom_out import labels_on_source_slices, source_series
+    from client.outputs.dicom_out import labels_on_source_slices, source_series
 
     folder = shared_data / "dicom_edge_cases" / "ge_head_ct_gantry_tilt"
     scan = read_scan(folder)
@@ -405,7 +405,7 @@ def _variant(real_small, folder, change) -> Path:
 
 
 def _screen(real_small, tmp_path, name, change, **cfg):
-    from client.pipeline import MaskFolderSegmenter, ScreenConfig, screen_scan
+    from client.pipeline.screen import MaskFolderSegmenter, ScreenConfig, screen_scan
 
     folder = _variant(real_small, tmp_path / "in" / name, change)
     masks = tmp_path / "masks"
@@ -479,8 +479,8 @@ def test_an_optional_output_failing_keeps_the_row_and_logs_its_traceback(
 ):
     """An unexpected exception in an optional output: the measured row stays (flagged),
     the traceback goes to OUT/errors.log, without the planted identifiers."""
-    import client.dicom_out as dout
-    import client.report as report
+    import client.outputs.dicom_out as dout
+    import client.outputs.report as report
 
     def boom(*a, **k):
         raise KeyError(" ".join(SOURCE_IDS.values()))  # identifiers in the message
@@ -502,7 +502,7 @@ def test_an_optional_output_failing_keeps_the_row_and_logs_its_traceback(
 
 
 def test_an_unexpected_error_row_leaves_its_traceback_in_out(tmp_path, real_small):
-    from client.pipeline import ScreenConfig, screen_scan
+    from client.pipeline.screen import ScreenConfig, screen_scan
 
     class Broken:
         kind = "masks"

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from client._dicom import write_series
-from client.discover import MAX_CASE_ID_BYTES, discover, shorten_case_id
-from client.scan import ScanVolume
+from client.reading.dicom import write_series
+from client.reading.discover import MAX_CASE_ID_BYTES, discover, shorten_case_id
+from client.reading.scan import ScanVolume
 
 warnings.filterwarnings("ignore", category=UserWarning, module="pydicom")
 
@@ -228,7 +228,7 @@ def test_unreadable_files_and_folders_are_listed(tmp_path):
 
 def test_unreadable_file_is_listed_as_a_non_root_user_would_see(tmp_path, monkeypatch):
     # Root reads everything, so os.access says what a normal user would get.
-    import client.discover as disc
+    import client.reading.discover as disc
 
     _nii(tmp_path / "ok.nii.gz")
     locked = _nii(tmp_path / "locked.nii.gz")

@@ -4,7 +4,7 @@ There is no Docker engine, GPU or TensorRT here. What can be checked is checked:
 every COPY source exists and passes .dockerignore; the server keeps NVIDIA's
 entrypoint and uses the non-deprecated config flag; the client image has the CUDA
 headers CuPy needs and none of the server-only packages; compose, the GPU config and
-client/contract.py agree on the batch size; ``docker-compose config`` validates; and
+client/core/contract.py agree on the batch size; ``docker-compose config`` validates; and
 docker/entrypoint-server.sh really runs (stand-in nvidia-smi, trtexec and
 tritonserver) through first start, restart, a lower ENGINE_MAX_BATCH and a
 hand-built engine.
@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from client import contract
+from client.core import contract
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"

@@ -23,7 +23,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from client.contract import (  # noqa: E402
+from client.core.contract import (  # noqa: E402
     CONFIDENCE_NAME,
     INPUT_NAME,
     LABEL_LIVER,
@@ -131,8 +131,8 @@ def _only_labels(model):
 
 def _batch(shared_data, model_shape):
     """Two phantoms and the real CT, preprocessed as the client does."""
-    from client.io import read_scan
-    from client.preprocess import preprocess_scan
+    from client.reading.io import read_scan
+    from client.reading.preprocess import preprocess_scan
     from training.phantoms import make_phantom
 
     scans = [make_phantom(s, shape=(48, 96, 96)).to_scan() for s in (1, 2)]

@@ -18,7 +18,7 @@ from benchmarks.bench_gate import (
     no_abdomen_cases,
 )
 from benchmarks.gate_cases import broken_generic, broken_real, load_real, mirror
-from client.errors import MeasurementError
+from client.core.errors import MeasurementError
 from postprocess import AssessConfig, assess
 from postprocess.flags import BLOCKING, FLAGS
 from training.phantoms import make_phantom

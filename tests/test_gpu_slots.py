@@ -1,4 +1,4 @@
-"""client.gpu slot pool and the GPU check in postprocess._xp, on a machine without a GPU.
+"""client.serving.gpu slot pool and the GPU check in postprocess._xp, on a machine without a GPU.
 
 The slot pool's bound is checked with real threads and stand-in streams (a stream
 here is any object with the context protocol and ``synchronize``; CuPy's streams
@@ -18,7 +18,7 @@ import types
 import numpy as np
 import pytest
 
-from client import gpu
+from client.serving import gpu
 from postprocess import _xp
 
 

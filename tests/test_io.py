@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from client._dicom import write_series
-from client.errors import ScanReadError
-from client.io import read_label_map, read_scan, write_label_map
-from client.scan import ScanVolume
+from client.core.errors import ScanReadError
+from client.reading.dicom import write_series
+from client.reading.io import read_label_map, read_scan, write_label_map
+from client.reading.scan import ScanVolume
 
 warnings.filterwarnings("ignore", category=UserWarning, module="pydicom")
 

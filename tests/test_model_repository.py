@@ -10,8 +10,8 @@ import pytest
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
-from client import contract
-from client.triton import check_model_config
+from client.core import contract
+from client.serving.triton import check_model_config
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO = ROOT / "model_repository"
@@ -55,7 +55,7 @@ def test_config_lists_confidence_after_labels_with_the_same_dims(path):
     # The gate's floors, calibrated for these weights: below the lowest confidence of the
     # shipped model's good masks in the committed benchmark (no good mask flagged), and
     # the same in every config (the TensorRT engine is built from the same ONNX).
-    from client.triton import model_confidence_floor
+    from client.serving.triton import model_confidence_floor
 
     floor = model_confidence_floor(cfg)
     assert floor is not None and set(floor) == {"liver", "spleen"}
@@ -120,7 +120,7 @@ def test_shipped_onnx_runs_in_onnxruntime_at_batch_1_and_3():
         assert c.min() >= round(contract.CONFIDENCE_SCALE / contract.NUM_CLASSES)
 
 
-# --- the declared preprocessing (client.preprocess.PreprocessSpec) ------------------------
+# --- the declared preprocessing (client.reading.preprocess.PreprocessSpec) ------------------------
 ALL_CONFIGS = CONFIGS + sorted(REPO.glob("*/*/configs/*.pbtxt"))
 SHIPPED_ONNX = REPO / "cpu" / contract.MODEL_NAME / "1" / "model.onnx"
 PREPROCESS_KEYS = (contract.PREPROCESS_PARAM, contract.PREPROCESS_SPACING_PARAM)
@@ -134,7 +134,7 @@ def onnx_declared_spec(onnx_path: Path, model_shape):
     """The spec an ONNX file's metadata_props declare (None when they say nothing)."""
     import onnx
 
-    from client.preprocess import PreprocessSpec
+    from client.reading.preprocess import PreprocessSpec
 
     m = onnx.load(str(onnx_path), load_external_data=False)
     meta = {p.key: p.value for p in m.metadata_props if p.key in PREPROCESS_KEYS}
@@ -152,8 +152,8 @@ def engine_onnx_of_the_gpu_image() -> Path:
 
 @pytest.mark.parametrize("path", ALL_CONFIGS, ids=_id)
 def test_every_config_declares_a_valid_preprocessing(path):
-    from client.preprocess import PreprocessSpec
-    from client.triton import model_preprocess_spec
+    from client.reading.preprocess import PreprocessSpec
+    from client.serving.triton import model_preprocess_spec
 
     cfg = load(path)
     assert contract.PREPROCESS_PARAM in cfg.get("parameters", {}), "declare it explicitly"
@@ -166,7 +166,7 @@ def test_every_config_declares_a_valid_preprocessing(path):
 def test_the_gpu_engine_config_declares_the_shipped_models_preprocessing():
     """The GPU image builds its TensorRT engine from the shipped CPU model.onnx, so the
     GPU repository must declare the preprocessing that model was trained with."""
-    from client.triton import model_preprocess_spec
+    from client.serving.triton import model_preprocess_spec
 
     gpu = model_preprocess_spec(load(REPO / "gpu" / contract.MODEL_NAME / "config.pbtxt"))
     cpu = model_preprocess_spec(load(REPO / "cpu" / contract.MODEL_NAME / "config.pbtxt"))
@@ -174,7 +174,7 @@ def test_the_gpu_engine_config_declares_the_shipped_models_preprocessing():
 
 
 def test_cpu_config_and_its_gpu_variant_declare_the_same_preprocessing():
-    from client.triton import model_preprocess_spec
+    from client.serving.triton import model_preprocess_spec
 
     base = REPO / "cpu" / contract.MODEL_NAME
     assert model_preprocess_spec(load(base / "config.pbtxt")) == model_preprocess_spec(
@@ -187,7 +187,7 @@ def test_onnx_metadata_agrees_with_the_config(path):
     """Where the model file says how it was trained (training.export writes the keys), the
     config must say the same. The GPU config is checked against the ONNX its engine is
     built from (docker/Dockerfile.server)."""
-    from client.triton import model_preprocess_spec
+    from client.serving.triton import model_preprocess_spec
 
     cfg = load(path)
     onnx_path = engine_onnx_of_the_gpu_image() if path.parts[-4] == "gpu" else SHIPPED_ONNX
@@ -207,7 +207,7 @@ def test_onnx_metadata_check_catches_a_contradiction(tmp_path, monkeypatch):
 
     import onnx
 
-    from client.preprocess import PreprocessSpec
+    from client.reading.preprocess import PreprocessSpec
 
     m = onnx.load(str(SHIPPED_ONNX))
     m.metadata_props.add(key=contract.PREPROCESS_PARAM, value="spacing")
@@ -242,7 +242,7 @@ def test_onnx_metadata_check_catches_a_contradiction(tmp_path, monkeypatch):
 
 
 def load_cpu_spec():
-    from client.triton import model_preprocess_spec
+    from client.serving.triton import model_preprocess_spec
 
     return model_preprocess_spec(load(REPO / "cpu" / contract.MODEL_NAME / "config.pbtxt"))
 
@@ -274,7 +274,7 @@ def test_check_model_config_rejects_bad_preprocessing_parameters(params, match):
 
 @pytest.mark.parametrize("mode", contract.PREPROCESS_MODES)
 def test_check_model_config_accepts_either_mode(mode):
-    from client.triton import model_preprocess_spec
+    from client.serving.triton import model_preprocess_spec
 
     cfg = load(REPO / "cpu" / contract.MODEL_NAME / "config.pbtxt")
     cfg["parameters"] = {**cfg["parameters"], contract.PREPROCESS_PARAM: {"string_value": mode}}

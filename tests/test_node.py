@@ -29,9 +29,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from client._dicom import write_series
-from client.io import read_scan
 from client.node import JobStore, load_config, node_paths, series_key
+from client.reading.dicom import write_series
+from client.reading.io import read_scan
 
 ROOT = Path(__file__).resolve().parents[1]
 PLANTED = {
@@ -259,7 +259,7 @@ class NodeProc:
         cfg = out.parent / f"{out.name}.yaml"
         cfg.write_text(json.dumps({"retry_seconds": list(retry), "poll_seconds": 0.2}))
         self.argv = [
-            sys.executable, "-m", "client.cli", "listen", "--config", str(cfg), "-o", str(out),
+            sys.executable, "-m", "client.cli.hepascreen", "listen", "--config", str(cfg), "-o", str(out),
             "--port", str(port), "--idle-seconds", str(idle), "--quiet",
             *(["--masks", str(masks)] if masks else []),
             *[a for p in accept for a in ("--accept", p)],
@@ -323,7 +323,7 @@ class NodeProc:
         return js if len(js) >= n and all(j["state"] in ("done", "failed") for j in js) else None
 
     def rows(self) -> list[dict]:
-        from client.results import read_rows
+        from client.outputs.results import read_rows
 
         return read_rows(self.out)
 
@@ -451,10 +451,10 @@ def test_a_study_routed_from_orthanc_comes_back_with_seg_and_sr(
     assert len(node.rows()) == 1  # one row per series, the latest
     _assert_logs_clean(node, st)
     # node status and node check through the CLI
-    out = subprocess.run([sys.executable, "-m", "client.cli", "node", "status", "-o", str(node.out)],
+    out = subprocess.run([sys.executable, "-m", "client.cli.hepascreen", "node", "status", "-o", str(node.out)],
                          capture_output=True, text=True, cwd=ROOT, timeout=60)  # fmt: skip
     assert out.returncode == 0 and out.stdout.count(" done ") == 2
-    chk = subprocess.run([sys.executable, "-m", "client.cli", "node", "check", "--ae-title", "HEPASCREEN",
+    chk = subprocess.run([sys.executable, "-m", "client.cli.hepascreen", "node", "check", "--ae-title", "HEPASCREEN",
                           "--send-to", f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"],
                          capture_output=True, text=True, cwd=ROOT, timeout=60)  # fmt: skip
     assert chk.returncode == 0, chk.stdout + chk.stderr
@@ -653,7 +653,7 @@ def test_stow_rs_to_orthanc_dicomweb(orthanc, studies, tmp_path, node_factory):
     assert len(got[SEG_CLASS]) == 1 and len(got[SR_CLASS]) == 1
     wait_for(lambda: node.all_finished(1), 60, "the job to finish")
     assert node.jobs()[0]["state"] == "done" and [s["attempts"] for s in node.sends()] == [1, 1]
-    chk = subprocess.run([sys.executable, "-m", "client.cli", "node", "check", "--send-to", url],
+    chk = subprocess.run([sys.executable, "-m", "client.cli.hepascreen", "node", "check", "--send-to", url],
                          capture_output=True, text=True, cwd=ROOT, timeout=60)  # fmt: skip
     assert chk.returncode == 0, chk.stdout + chk.stderr
 
@@ -735,7 +735,7 @@ def test_each_sr_of_a_multi_series_study_carries_the_study_answer(
         studies_csv = (node.out / "studies.csv").read_text().splitlines()
         assert len(studies_csv) == 2  # header + one study
         (study,) = [json.loads(ln) for ln in (node.out / "studies.jsonl").read_text().splitlines()]
-        from client.dicom_out import SR_SHORT_CODES
+        from client.outputs.dicom_out import SR_SHORT_CODES
 
         criterion = study["criterion"]
         assert {c["STUDY_CRITERION"][0] for c in coded} == {
@@ -868,9 +868,9 @@ def test_the_qc_picture_goes_out_as_a_burned_in_secondary_capture_when_asked(
 def test_a_job_that_cannot_be_screened_fails_alone_in_process(studies, tmp_path, monkeypatch):
     """The node as a library (Node with a segmenter given); an unexpected error while
     screening fails that job (traceback in OUT/errors.log) and the node goes on."""
-    import client.study
+    import client.pipeline.study
     from client.node import Node
-    from client.pipeline import MaskFolderSegmenter
+    from client.pipeline.screen import MaskFolderSegmenter
 
     calls = []
 
@@ -880,8 +880,8 @@ def test_a_job_that_cannot_be_screened_fails_alone_in_process(studies, tmp_path,
             raise RuntimeError(" ".join(PLANTED.values()))
         return real(*a, **k)
 
-    real = client.study.screen_study
-    monkeypatch.setattr(client.study, "screen_study", broken)
+    real = client.pipeline.study.screen_study
+    monkeypatch.setattr(client.pipeline.study, "screen_study", broken)
     port = free_port()
     cfg = load_config(None, tmp_path / "out", port=port, accept=["ORTHANC"], idle_seconds=0.5,
                       poll_seconds=0.1)  # fmt: skip
@@ -962,7 +962,7 @@ def test_kill_9_at_any_point_sends_nothing_twice(
 
 
 def test_config_file_and_flags(tmp_path):
-    from client.errors import ConfigError
+    from client.core.errors import ConfigError
 
     cfg = tmp_path / "node.yaml"
     cfg.write_text(
@@ -982,7 +982,7 @@ def test_config_file_and_flags(tmp_path):
     cfg.write_text("colour: blue\n")
     with pytest.raises(ConfigError, match="unknown settings"):
         load_config(cfg, tmp_path)
-    r = subprocess.run([sys.executable, "-m", "client.cli", "listen", "-o", str(tmp_path / "o")],
+    r = subprocess.run([sys.executable, "-m", "client.cli.hepascreen", "listen", "-o", str(tmp_path / "o")],
                        capture_output=True, text=True, cwd=ROOT, timeout=60)  # fmt: skip
     assert r.returncode == 2 and "--accept" in r.stderr
 
@@ -1028,7 +1028,7 @@ def test_compressed_transfer_syntaxes_are_accepted_as_the_reader_decodes_them(
     assert got == set(by_syntax)
     import SimpleITK as sitk
 
-    from client._dicom import read_slice
+    from client.reading.dicom import read_slice
 
     for p in spooled:  # decoded as the reader decodes (GDCM)
         a = sitk.GetArrayFromImage(read_slice(p))
@@ -1094,7 +1094,7 @@ def test_received_instances_are_deleted_after_retention_results_stay(studies, tm
     import time as _time
 
     from client.node import Node
-    from client.pipeline import MaskFolderSegmenter
+    from client.pipeline.screen import MaskFolderSegmenter
 
     port = free_port()
     out = tmp_path / "out"
@@ -1121,7 +1121,7 @@ def test_two_studies_are_screened_at_once_and_one_studys_jobs_one_after_another(
     that waits, bounded, until a second call is in flight); two ready jobs of ONE study
     are never claimed together."""
     from client.node import Node
-    from client.pipeline import MaskFolderSegmenter
+    from client.pipeline.screen import MaskFolderSegmenter
 
     class Overlap(MaskFolderSegmenter):
         def __init__(self, *a):

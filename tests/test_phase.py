@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from client import contract
-from client.io import read_label_map, read_scan
+from client.core import contract
+from client.reading.io import read_label_map, read_scan
 from postprocess import assess
 from postprocess.assess import pdff_from_hu, pv_assessment
 from postprocess.config import PhaseConfig
@@ -272,7 +272,7 @@ def test_real_ct_is_read_as_unenhanced(example):
 
 # --- the model declares its classes (issue 19 item 3, read by the client) ---------------
 def test_model_classes_parameter():
-    from client.triton import check_model_config, model_classes
+    from client.serving.triton import check_model_config, model_classes
 
     assert model_classes({}) == {"liver": 1, "spleen": 2}
     cfg = {"parameters": {"hepascreen_classes": {"string_value": "1=liver,2=spleen,5=aorta,7=portal_vein_and_splenic_vein"}}}  # fmt: skip
@@ -297,8 +297,8 @@ def test_model_classes_parameter():
 def test_masks_written_name_every_class_the_model_declares(tmp_path, example):
     from types import SimpleNamespace
 
-    from client.discover import ScanSource
-    from client.pipeline import ScreenConfig, write_outputs
+    from client.pipeline.screen import ScreenConfig, write_outputs
+    from client.reading.discover import ScanSource
 
     scan, _, _, canon = example
     seg = SimpleNamespace(kind="triton", client=SimpleNamespace(classes=CLASSES),
@@ -318,8 +318,8 @@ def test_totalsegmentator_per_organ_folder_brings_the_vessels(example, tmp_path)
     gives the phase its vessels too: a painted portal-venous scan is read from them."""
     import SimpleITK as sitk
 
-    from client.discover import ScanSource
-    from client.pipeline import MaskFolderSegmenter, ScreenConfig, screen_scan
+    from client.pipeline.screen import MaskFolderSegmenter, ScreenConfig, screen_scan
+    from client.reading.discover import ScanSource
 
     scan, labels, names, _ = example
     hu = pp.paint_phase(scan.array, labels, names, "portal_venous")

@@ -1,6 +1,6 @@
 """training.phase_paint: phases and steatosis painted onto the shared real CT, and the
 multi-phase sample study. Every check measures the painted images directly (np.mean /
-np.std over label voxels, pydicom, client.io.read_scan), not through the painting code."""
+np.std over label voxels, pydicom, client.reading.io.read_scan), not through the painting code."""
 
 from __future__ import annotations
 
@@ -270,7 +270,7 @@ def test_study_uids_and_tags(study):
 
 
 def test_study_images_read_back(study, real):
-    from client.io import read_scan
+    from client.reading.io import read_scan
 
     hu, lab, names = real
     assert np.array_equal(study.arrays["unenhanced"], hu)

@@ -1,4 +1,4 @@
-"""The per-scan pipeline as a library (client.pipeline): segmenters, covariates, mask checks."""
+"""The per-scan pipeline as a library (client.pipeline.screen): segmenters, covariates, mask checks."""
 
 from __future__ import annotations
 
@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from client import contract
-from client.discover import discover
-from client.errors import ConfigError
-from client.pipeline import (
+from client.core import contract
+from client.core.errors import ConfigError
+from client.pipeline.screen import (
     MaskFolderSegmenter,
     ScreenConfig,
     Segmenter,
     check_mask_matches_scan,
     screen_scan,
 )
+from client.reading.discover import discover
 
 warnings.filterwarnings("ignore", category=UserWarning, module="pydicom")
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,7 +138,7 @@ def test_totalsegmentator_per_organ_folders(tmp_path, real):
 def _dicom_phantom(folder: Path):
     import pydicom
 
-    from client._dicom import write_series
+    from client.reading.dicom import write_series
     from training.phantoms import make_phantom
 
     p = make_phantom(3, shape=(40, 96, 96), grade="mild")
@@ -226,8 +226,8 @@ def test_bundled_server_loads_the_gpu_config_for_device_gpu(tmp_path):
 
     (ONNX Runtime's CUDA provider itself cannot run here: no GPU on this machine type.)
     """
-    from client.errors import InferenceError
-    from client.pipeline import TritonSegmenter
+    from client.core.errors import InferenceError
+    from client.pipeline.screen import TritonSegmenter
     from postprocess import gpu_available
 
     if gpu_available():

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage as ndi
 
-from client.errors import MeasurementError
+from client.core.errors import MeasurementError
 from postprocess import (
     AssessConfig,
     assess,

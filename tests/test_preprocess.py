@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage as ndi
 
-from client.contract import ORIGINAL_MODEL_SHAPE
-from client.errors import PreprocessError
-from client.io import read_label_map, read_scan
-from client.preprocess import (
+from client.core.contract import ORIGINAL_MODEL_SHAPE
+from client.core.errors import PreprocessError
+from client.reading.io import read_label_map, read_scan
+from client.reading.preprocess import (
     PreprocessSpec,
     as_spec,
     body_box,
@@ -30,7 +30,7 @@ from client.preprocess import (
     window_hu,
     window_starts,
 )
-from client.scan import ScanVolume
+from client.reading.scan import ScanVolume
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def test_round_trip_after_resampling_to_thick_slices(real_ct):
 
 
 def test_training_and_serving_share_preprocessing(real_ct):
-    """training.samples builds its images with client.preprocess.preprocess."""
+    """training.samples builds its images with client.reading.preprocess.preprocess."""
     import ast
     import inspect
 
@@ -139,7 +139,7 @@ def test_training_and_serving_share_preprocessing(real_ct):
     imported = {
         a.name
         for node in ast.walk(ast.parse(inspect.getsource(samples)))
-        if isinstance(node, ast.ImportFrom) and node.module == "client.preprocess"
+        if isinstance(node, ast.ImportFrom) and node.module == "client.reading.preprocess"
         for a in node.names
     }
     assert {"labels_to_model", "preprocess"} <= imported, imported

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFont
 
-from client import qc
-from client.labels_sidecar import LABEL_COLOURS, write_label_sidecars
-from client.qc import COLOURS, CUBE_KEPT, CUBE_REJECTED, PANEL_HEIGHT, caption_lines, qc_png
+from client.outputs import qc
+from client.outputs.qc import COLOURS, CUBE_KEPT, CUBE_REJECTED, PANEL_HEIGHT, caption_lines, qc_png
+from client.reading.labels_sidecar import LABEL_COLOURS, write_label_sidecars
 
 
 def _box_phantom():
@@ -160,7 +160,7 @@ def test_label_sidecar_names_drop_the_image_extension(tmp_path, name):
 
 def test_caption_names_the_criterion_that_produced_the_number():
     """Issue 20: the caption shows which criterion gave which number."""
-    from client.qc import caption_lines
+    from client.outputs.qc import caption_lines
 
     def text(row):
         return " | ".join(t for t, _ in caption_lines(row))

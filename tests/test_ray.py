@@ -23,7 +23,7 @@ N = 6
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, shared_data):
-    from client.server import EmbeddedServer
+    from client.serving.server import EmbeddedServer
 
     base = tmp_path_factory.mktemp("ray")
     scans, masks = make_archive(base, shared_data, n=N)
@@ -230,10 +230,10 @@ def test_ray_auto_joins_a_running_cluster(setup, tmp_path):
 
 
 def test_a_scan_that_kills_its_worker_every_time_gets_one_error_row_after_two_resends(setup):
-    """The library path (client.ray_runner.RayScreen, one Ray session in this process)."""
-    from client.discover import ScanSource
-    from client.pipeline import ScreenConfig
-    from client.ray_runner import RayScreen, init_ray
+    """The library path (client.scaleout.ray_runner.RayScreen, one Ray session in this process)."""
+    from client.pipeline.screen import ScreenConfig
+    from client.reading.discover import ScanSource
+    from client.scaleout.ray_runner import RayScreen, init_ray
 
     base, scans, *_ = setup
 
@@ -265,8 +265,8 @@ def test_a_scan_that_kills_its_worker_every_time_gets_one_error_row_after_two_re
 GPU_ACTORS = r"""
 import json, sys
 import ray
-from client.pipeline import ScreenConfig
-from client.ray_runner import RayScreen, gpus_per_worker
+from client.pipeline.screen import ScreenConfig
+from client.scaleout.ray_runner import RayScreen, gpus_per_worker
 
 ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False,
          object_store_memory=100 * 1024**2, log_to_driver=False, logging_level="WARNING")
@@ -304,8 +304,8 @@ def test_gpu_actors_claim_a_share_of_the_card_and_ray_shows_it_to_them(tmp_path)
 
 
 def test_gpu_share_per_actor_fits_the_cards():
-    from client.errors import ConfigError
-    from client.ray_runner import actor_options, gpus_per_worker
+    from client.core.errors import ConfigError
+    from client.scaleout.ray_runner import actor_options, gpus_per_worker
 
     assert gpus_per_worker(1, 1) == 1.0 and gpus_per_worker(1, 4) == 0.25
     assert gpus_per_worker(2, 3) == 0.5  # two actors per card: three fit on two cards
@@ -323,8 +323,8 @@ def test_gpu_share_per_actor_fits_the_cards():
 def test_ray_auto_with_an_unreachable_cluster_fails_fast_naming_the_address(monkeypatch):
     import socket
 
-    from client.errors import ConfigError
-    from client.ray_runner import init_ray
+    from client.core.errors import ConfigError
+    from client.scaleout.ray_runner import init_ray
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -343,8 +343,8 @@ def test_a_join_that_hangs_stops_at_the_deadline_naming_the_address(monkeypatch)
     import socket
     import types
 
-    from client import ray_runner
-    from client.errors import ConfigError
+    from client.core.errors import ConfigError
+    from client.scaleout import ray_runner
 
     release = threading.Event()
     fake = types.SimpleNamespace(is_initialized=lambda: False,
@@ -379,7 +379,7 @@ def test_a_real_ray_join_to_a_silent_address_stops_at_the_deadline_and_exits():
             os.environ, RAY_ADDRESS=f"127.0.0.1:{port}", HEPASCREEN_RAY_CONNECT_TIMEOUT_S="8"
         )
         code = (
-            "from client.ray_runner import init_ray\n"
+            "from client.scaleout.ray_runner import init_ray\n"
             "try:\n    init_ray('auto')\n"
             "except Exception as e:\n    print('ERR', type(e).__name__, e)\n"
         )

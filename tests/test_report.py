@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from client.io import read_label_map, read_scan
-from client.report import COLOURS, flag_glossary, qc_png, thresholds_text, write_report
-from client.report_html import GRADE_CSS
-from client.scan import ScanVolume
+from client.outputs.report import COLOURS, flag_glossary, qc_png, thresholds_text, write_report
+from client.outputs.report_html import GRADE_CSS
+from client.reading.io import read_label_map, read_scan
+from client.reading.scan import ScanVolume
 from postprocess.assess import grade_ratio
 
 GRADE_CSS_INV = {v: k for k, v in GRADE_CSS.items()}

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from client.report import write_report
-from client.report_html import column_order
+from client.outputs.report import write_report
+from client.outputs.report_html import column_order
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # about 2 s per chromium start

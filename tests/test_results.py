@@ -1,4 +1,4 @@
-"""Result schema, writers, exactly-once resume, manifest and file modes (client.results)."""
+"""Result schema, writers, exactly-once resume, manifest and file modes (client.outputs.results)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from client import contract, results
-from client._atomic import atomic_path, current_umask, remove_stale_temporaries
+from client.core import contract
+from client.core.atomic import atomic_path, current_umask, remove_stale_temporaries
+from client.outputs import results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,7 +120,7 @@ def test_manifest_counts_follow_the_rows(tmp_path):
 def test_files_honour_the_umask(tmp_path):
     code = (
         "import os, sys; os.umask(0o022); sys.path.insert(0, sys.argv[2]);"
-        "from pathlib import Path; from client._atomic import atomic_path;"
+        "from pathlib import Path; from client.core.atomic import atomic_path;"
         "p = Path(sys.argv[1]);"
         "ctx = atomic_path(p / 'a.txt');"
         "t = ctx.__enter__(); Path(t).write_text('x'); ctx.__exit__(None, None, None);"
@@ -148,7 +149,9 @@ def test_stale_temporaries_are_removed_and_others_kept(tmp_path):
 
 def test_docs_results_md_is_in_sync_with_the_schema():
     doc = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
-    assert doc == results.results_markdown(), "run: python -m client.results docs/results.md"
+    assert doc == results.results_markdown(), (
+        "run: python -m client.outputs.results docs/results.md"
+    )
     for c in contract.RESULT_SCHEMA:
         assert f"| `{c.name}` |" in doc
 

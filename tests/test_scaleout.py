@@ -1,4 +1,4 @@
-"""Scale-out without Ray: --shard K/N + merge, several Triton endpoints (client.endpoints)."""
+"""Scale-out without Ray: --shard K/N + merge, several Triton endpoints (client.serving.endpoints)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from client.batch import main as batch_main
-from client.discover import ScanSource, discover
-from client.endpoints import EndpointPool, connect, read_url_file
-from client.errors import ConfigError
-from client.merge import main as merge_main
-from client.pipeline import ScreenConfig, screen_scan
-from client.shard import apply_to_discovery, parse_shard, select, shard_of
+from client.core.errors import ConfigError
+from client.pipeline.screen import ScreenConfig, screen_scan
+from client.reading.discover import ScanSource, discover
+from client.scaleout.merge import main as merge_main
+from client.scaleout.shard import apply_to_discovery, parse_shard, select, shard_of
+from client.serving.endpoints import EndpointPool, connect, read_url_file
 
 from .scaleout_data import comparable, make_archive, rows
 
@@ -114,7 +114,7 @@ def test_shards_merged_equal_the_full_run(archive, tmp_path, capsys):
     assert _screen(scans, masks, tmp_path / "s2", "--shard", "2/2") == 0
     n1, n2 = len(rows(tmp_path / "s1")), len(rows(tmp_path / "s2"))
     assert n1 + n2 == 5  # one of them may be empty: that shard still exits 0 and merges
-    from client.cli import main as hepascreen
+    from client.cli.hepascreen import main as hepascreen
 
     rc = hepascreen(
         ["merge", str(tmp_path / "s1"), str(tmp_path / "s2"), "-o", str(tmp_path / "m")]
@@ -163,7 +163,7 @@ def test_merge_conflict_latest_wins_and_is_reported(archive, tmp_path, capsys):
 # --- several Triton endpoints ----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def two_servers():
-    from client.server import EmbeddedServer
+    from client.serving.server import EmbeddedServer
 
     with EmbeddedServer() as a, EmbeddedServer() as b:
         yield a, b
@@ -242,7 +242,7 @@ def test_an_empty_shard_exits_0_with_an_empty_out_that_merges(archive, tmp_path)
         "finished"
     )
     assert _screen(scans, masks, tmp_path / "f", "--shard", f"{full}/{n}") == 0
-    from client.cli import main as hepascreen
+    from client.cli.hepascreen import main as hepascreen
 
     out = tmp_path / "m"
     assert hepascreen(["merge", str(tmp_path / "e"), str(tmp_path / "f"), "-o", str(out)]) == 0

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client import contract
-from client.errors import InferenceError
-from client.server import (
-    DEFAULT_REPOSITORY,
+from client.core import contract
+from client.core.errors import InferenceError
+from client.core.paths import SHIPPED_ONNX
+from client.serving.server import (
     SHM_DIR,
     SHM_PREFIX,
     TMP_PREFIX,
@@ -24,11 +24,11 @@ from client.server import (
     _free_port,
     cleanup_stale,
 )
-from client.supervisor import SupervisedSegmenter
+from client.serving.supervisor import SupervisedSegmenter
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
-ONNX = DEFAULT_REPOSITORY / contract.MODEL_NAME / "1" / "model.onnx"
+ONNX = SHIPPED_ONNX
 
 
 def _group(pgid: int) -> list[tuple[int, str]]:
@@ -58,7 +58,7 @@ def _wait_gone(pgid: int, timeout_s: float = 10.0) -> list:
 def inputs_and_reference():
     import onnxruntime as ort
 
-    from client.preprocess import preprocess
+    from client.reading.preprocess import preprocess
     from training.phantoms import make_phantom
 
     sess = ort.InferenceSession(str(ONNX), providers=["CPUExecutionProvider"])
@@ -76,7 +76,7 @@ def inputs_and_reference():
 def test_sigkill_of_the_owner_leaves_no_server_and_the_next_start_cleans_up(tmp_path):
     code = (
         "import os, sys, time\n"
-        "from client.server import EmbeddedServer\n"
+        "from client.serving.server import EmbeddedServer\n"
         "s = EmbeddedServer().start()\n"
         "print(s.pid, s._tmp, flush=True)\n"
         "time.sleep(300)\n"
@@ -109,7 +109,7 @@ def test_sigkill_of_the_owner_leaves_no_server_and_the_next_start_cleans_up(tmp_
 
 def test_cleanup_keeps_what_live_owners_use(tmp_path):
     live = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=tmp_path))
-    from client.server import owner_tag
+    from client.serving.server import owner_tag
 
     mine = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{owner_tag()}-", dir=tmp_path))
     dead = subprocess.run(

@@ -10,13 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client import contract
-from client.errors import InferenceError
-from client.server import DEFAULT_REPOSITORY, EmbeddedServer
-from client.triton import SegmentationClient
+from client.core import contract
+from client.core.errors import InferenceError
+from client.core.paths import SHIPPED_ONNX
+from client.core.paths import SOURCE_REPOSITORY as DEFAULT_REPOSITORY
+from client.serving.server import EmbeddedServer
+from client.serving.triton import SegmentationClient
 
 pytestmark = pytest.mark.server
-ONNX = DEFAULT_REPOSITORY / contract.MODEL_NAME / "1" / "model.onnx"
+ONNX = SHIPPED_ONNX
 
 
 def _alive(pid: int) -> bool:
@@ -67,7 +69,7 @@ def ort_session():
 
 
 def _phantom_inputs(model_shape, n):
-    from client.preprocess import preprocess
+    from client.reading.preprocess import preprocess
     from training.phantoms import make_phantom
 
     out = []
@@ -178,7 +180,7 @@ def test_client_serve_runs_in_the_foreground_and_stops_on_ctrl_c(tmp_path):
     import urllib.request
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "client.serve", "--log", str(tmp_path / "s.log")],
+        [sys.executable, "-m", "client.cli.serve", "--log", str(tmp_path / "s.log")],
         stdout=subprocess.PIPE,
         encoding="utf-8",
         cwd=Path(__file__).resolve().parents[1],
@@ -266,15 +268,15 @@ def spacing_client(spacing_server):
 
 @pytest.fixture(scope="module")
 def real_ct(shared_data):
-    from client.io import read_label_map, read_scan
+    from client.reading.io import read_label_map, read_scan
 
     ct = read_scan(shared_data / "totalseg_example" / "ct.nii.gz")
     return ct, read_label_map(shared_data / "totalseg_example" / "labels.nii.gz", ct)
 
 
 def test_clients_read_the_declared_preprocessing(client, spacing_client):
-    from client.preprocess import PreprocessSpec
-    from client.triton import model_preprocess_spec
+    from client.reading.preprocess import PreprocessSpec
+    from client.serving.triton import model_preprocess_spec
 
     assert client.preprocess_spec == model_preprocess_spec(client.config)
     assert client.preprocess_spec.model_shape == client.model_shape
@@ -288,9 +290,9 @@ def test_spacing_model_windows_come_back_stitched_as_onnxruntime_gives(
 ):
     """A 1.5 m scan served by a 'spacing' model: several windows, each its own request
     (merged by the dynamic batcher), stitched; equal to ONNX Runtime on the same windows."""
-    from client.pipeline import StageTimer, TritonSegmenter, as_segmentation
-    from client.preprocess import preprocess_scan, to_scan_grid
-    from client.scan import ScanVolume
+    from client.pipeline.screen import StageTimer, TritonSegmenter, as_segmentation
+    from client.reading.preprocess import preprocess_scan, to_scan_grid
+    from client.reading.scan import ScanVolume
 
     ct, _ = real_ct
     n = int(round(1500 / ct.spacing[0]))
@@ -323,7 +325,7 @@ def test_spacing_model_windows_come_back_stitched_as_onnxruntime_gives(
 def test_spacing_model_segments_the_real_ct(spacing_client, real_ct):
     """The shipped network fed 6 mm windows instead of the whole volume at 64^3 (for this
     CT about the same voxel size): the organs still come back on the scan's grid."""
-    from client.pipeline import StageTimer, TritonSegmenter, as_segmentation
+    from client.pipeline.screen import StageTimer, TritonSegmenter, as_segmentation
 
     ct, labels = real_ct
     got = as_segmentation(TritonSegmenter(spacing_client).segment(ct, None, StageTimer())).labels
@@ -334,8 +336,8 @@ def test_spacing_model_segments_the_real_ct(spacing_client, real_ct):
 
 def test_endpoints_that_disagree_on_preprocessing_are_refused(server, tmp_path_factory):
     """Same model name and input size, other preprocessing: not used side by side."""
-    from client.endpoints import EndpointPool
-    from client.triton import model_preprocess_spec
+    from client.serving.endpoints import EndpointPool
+    from client.serving.triton import model_preprocess_spec
 
     with SegmentationClient(server.grpc_url) as c:
         shipped = model_preprocess_spec(c.config).mode

@@ -14,10 +14,9 @@ import shutil
 
 import pytest
 
-from client import contract
 from client.batch import main as batch_main
-from client.discover import ScanSource, discover
-from client.study import (
+from client.core import contract
+from client.pipeline.study import (
     answers_by_ratio,
     group,
     header_rank,
@@ -25,6 +24,7 @@ from client.study import (
     screen_study,
     study_answer,
 )
+from client.reading.discover import ScanSource, discover
 from tests.conftest import SHARED_DATA
 
 pp = pytest.importorskip("training.phase_paint")
@@ -198,7 +198,7 @@ def _pv_first_study(tmp_path):
 
     import pydicom
 
-    from client._dicom import write_series
+    from client.reading.dicom import write_series
 
     scan, labels, names = pp.load_example(REAL_CT_DIR)
     pv = pp.paint_phase(scan.array, labels, names, "portal_venous")
@@ -255,7 +255,7 @@ def test_series_best_rounds_on_ray_in_one_session(tmp_path):
 
 
 def test_screen_study_library(phase_study):
-    from client.pipeline import MaskFolderSegmenter
+    from client.pipeline.screen import MaskFolderSegmenter
 
     base, _ = phase_study
     seg = MaskFolderSegmenter(base / "masks", "totalsegmentator")
@@ -267,7 +267,7 @@ def test_screen_study_library(phase_study):
 
 
 def test_a_study_stays_in_one_shard(tmp_path):
-    from client.shard import select
+    from client.scaleout.shard import select
 
     srcs = [
         ScanSource(f"s{i}", tmp_path / f"s{i}", "dicom", study_uid=f"1.2.{i % 3}")
@@ -281,7 +281,7 @@ def test_a_study_stays_in_one_shard(tmp_path):
 
 def test_overwrite_removes_the_study_table_too(phase_study, tmp_path):
     """studies.csv / studies.jsonl are outputs of a run: --overwrite clears them."""
-    from client import results
+    from client.outputs import results
 
     assert {results.STUDIES_CSV, results.STUDIES_JSONL} <= set(results.OUTPUT_NAMES)
     out = tmp_path / "o"

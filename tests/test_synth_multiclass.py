@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from client.contract import LABEL_LIVER, LABEL_SPLEEN
+from client.core.contract import LABEL_LIVER, LABEL_SPLEEN
 from training import classes, synth
 from training.labelmap_body import (
     LABELMAP_SUBJECTS,
@@ -299,7 +299,7 @@ def test_split_keeps_held_out_anatomies_out_of_the_mixture(monkeypatch):
 
 @needs_maps
 def test_multiclass_pool_records_split_and_classes_and_uses_train_sources_only(tmp_path):
-    from client.preprocess import PreprocessSpec
+    from client.reading.preprocess import PreprocessSpec
 
     spec = PreprocessSpec("spacing", (32, 32, 32), (8, 8, 8))
     out = tmp_path / "pool"
@@ -356,8 +356,8 @@ def test_the_class_table_is_what_the_client_reads():
     """The served model will declare training/classes.py's table as hepascreen_classes:
     the client parses it, liver and spleen keep 1 and 2, and the contrast phase finds
     its vessels and kidneys by these names."""
-    from client import contract
-    from client.triton import model_classes
+    from client.core import contract
+    from client.serving.triton import model_classes
     from postprocess.phase import evidence_classes
 
     assert classes.METADATA_KEY == contract.CLASSES_PARAM

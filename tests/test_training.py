@@ -451,7 +451,7 @@ def test_demo_train_multiclass_pool_grows_and_validates_per_class(tmp_path):
     shared = ROOT.parent / "shared" / "data"
     if not (shared / "labelmaps" / "totalseg_s0011" / "labels_all.nii.gz").exists():
         pytest.skip("../shared/data/labelmaps missing")
-    from client.preprocess import PreprocessSpec
+    from client.reading.preprocess import PreprocessSpec
     from training.demo_train import main as demo_main
     from training.synth import write_shards
     from training.torch_vnet import TorchVNet

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-import client.preprocess as pre
+import client.reading.preprocess as pre
 import postprocess
 from postprocess import AssessConfig
 from postprocess._xp import gpu_status, to_numpy
@@ -497,7 +497,7 @@ def test_whole_screen_through_the_cli(xp, archive, phantoms, tmp_path):
 
 # --- nothing left out ---------------------------------------------------------------------------------
 def test_every_array_function_is_covered():
-    """Every public array function of postprocess and client.preprocess has a parity test here."""
+    """Every public array function of postprocess and client.reading.preprocess has a parity test here."""
     helpers = {"get_xp", "gpu_available"}
     public = {
         n
@@ -525,7 +525,7 @@ def test_gpu_check_reason_is_specific():
 
 
 def test_cupy_has_every_array_function_the_code_calls():
-    """Every ``xp.<name>`` / ``ndi.<name>`` used in postprocess and client.preprocess exists in CuPy.
+    """Every ``xp.<name>`` / ``ndi.<name>`` used in postprocess and client.reading.preprocess exists in CuPy.
 
     Needs CuPy installed, not a GPU (CuPy imports without a driver): CI with the ``gpu``
     extra checks it; CuPy 13.6 had all 37 names used on the day this was written.

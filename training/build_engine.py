@@ -427,7 +427,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 # --- building -------------------------------------------------------------------------------
 def _build_python(plan: dict, trt) -> bytes:
-    from client.contract import INPUT_NAME
+    from client.core.contract import INPUT_NAME
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -467,7 +467,7 @@ def _build_python(plan: dict, trt) -> bytes:
 
 def trtexec_command(plan: dict, trtexec: str, tmp_out: str) -> list[str]:
     """The trtexec command line for ``plan`` (build only: ``--skipInference``)."""
-    from client.contract import INPUT_NAME
+    from client.core.contract import INPUT_NAME
 
     item = "x".join(str(d) for d in plan["input_item_shape"] or [])
     if not item:

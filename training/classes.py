@@ -4,8 +4,8 @@ One home for the multi-class targets, importing nothing heavy (NumPy only inside
 helpers). Liver keeps 1 and spleen 2 (the contract's values, so existing masks and
 tools keep working); the neighbours follow. :func:`classes_parameter` is the form that
 goes into the served model's ONNX metadata and ``config.pbtxt`` parameters (key
-:data:`METADATA_KEY` = ``client.contract.CLASSES_PARAM``), from which the client reads
-the names (``client.triton.model_classes``); :func:`labels_json` is kept for pool.json.
+:data:`METADATA_KEY` = ``client.core.contract.CLASSES_PARAM``), from which the client reads
+the names (``client.serving.triton.model_classes``); :func:`labels_json` is kept for pool.json.
 
 Sources map into this table by NAME, never by value (the label values of the
 TotalSegmentator maps differ between subjects):
@@ -56,8 +56,8 @@ NUM_CLASSES = len(CLASSES)
 CLASS_NAMES: tuple[str, ...] = tuple(n for _, n in CLASSES)
 CLASS_INDEX: dict[str, int] = {n: v for v, n in CLASSES}
 # The served model declares its classes in the config parameter / ONNX metadata key
-# client.contract.CLASSES_PARAM ("hepascreen_classes"), as "1=liver,2=spleen,...":
-# :func:`classes_parameter` (read by client.triton.model_classes; the contrast phase
+# client.core.contract.CLASSES_PARAM ("hepascreen_classes"), as "1=liver,2=spleen,...":
+# :func:`classes_parameter` (read by client.serving.triton.model_classes; the contrast phase
 # finds aorta, portal vein, IVC and kidneys by these names).
 METADATA_KEY = "hepascreen_classes"
 
@@ -107,7 +107,7 @@ def labels_json() -> str:
 
 def classes_parameter() -> str:
     """The class table as the served model declares it: ``"1=liver,2=spleen,3=kidney,..."``
-    (background left out), the value of ``client.contract.CLASSES_PARAM``."""
+    (background left out), the value of ``client.core.contract.CLASSES_PARAM``."""
     return ",".join(f"{v}={n}" for v, n in CLASSES if v != 0)
 
 

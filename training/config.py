@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from client.contract import ORIGINAL_MODEL_SHAPE
+from client.core.contract import ORIGINAL_MODEL_SHAPE
 
 _MODEL_KEYS = {
     "elu",

@@ -2,7 +2,7 @@
 
 ``python -m training.demo_train --pool_dir runs/pool_synth --save_dir training/checkpoints/RUN``
 
-Data: pre-generated pools at model size, all made through ``client.preprocess`` (the
+Data: pre-generated pools at model size, all made through ``client.reading.preprocess`` (the
 serving code): ``--pool`` npz files (``training.samples``: phantoms and augmented
 real CT) and/or ``--pool_dir``, a folder of shards written by ``training.synth``
 (label-map synthesis) that is re-read every ``--reload_every`` iterations, so
@@ -121,7 +121,7 @@ def load_init(model, state: dict) -> list[str]:
 
 def grow_pool(pool_dir, shard: int = 100) -> int:
     """Write the next shard of a ``training.synth`` pool (its ``pool.json`` settings)."""
-    from client.preprocess import PreprocessSpec
+    from client.reading.preprocess import PreprocessSpec
 
     from .synth import MIXTURES, next_shard_start, write_shards
 
@@ -176,7 +176,7 @@ VAL_SEEDS = {
 def validation_sets(spec, n_plain=16, n_synth=24, split=None):
     """Fixed validation sets at model size: name -> (images, labels).
 
-    ``spec``: a :class:`client.preprocess.PreprocessSpec` or a model shape (``resize``);
+    ``spec``: a :class:`client.reading.preprocess.PreprocessSpec` or a model shape (``resize``);
     ``spacing`` specs give one fixed (seeded) training window per scan.
     ``split`` (a multi-class pool's ``{"train": [...], "held_out": [...]}``): class-table
     labels with issue 19's variety; one set per held-out real anatomy
@@ -214,7 +214,7 @@ def validation_sets(spec, n_plain=16, n_synth=24, split=None):
 
 def pool_spec(pool_dir, model_shape):
     """The preprocessing a pool was made with (its ``pool.json``; none: ``resize``)."""
-    from client.preprocess import PreprocessSpec
+    from client.reading.preprocess import PreprocessSpec
 
     meta = Path(pool_dir) / "pool.json" if pool_dir else None
     if meta is not None and meta.exists():
@@ -369,7 +369,7 @@ def main(argv=None) -> int:
     def to_input(u8):
         x = torch.from_numpy(u8.astype(np.float32))
         m = x.amax(dim=(1, 2, 3, 4), keepdim=True).clamp(min=1.0)
-        return x / m  # client.preprocess.normalise_network_input
+        return x / m  # client.reading.preprocess.normalise_network_input
 
     def predict(u8):
         with torch.no_grad():

@@ -2,7 +2,7 @@
 
 ``python -m training.evaluate [--onnx a.onnx [b.onnx ...]] [--phantoms 20] [--out docs/model_eval.json]``
 
-For each scan: preprocess (``client.preprocess``) -> model -> ``to_scan_grid`` ->
+For each scan: preprocess (``client.reading.preprocess``) -> model -> ``to_scan_grid`` ->
 Dice per organ against the reference labels on the scan's own grid, and the
 full measurement (``postprocess.assess``) on the predicted masks vs the truth
 (phantoms: the true ratio and grade; real CT: the ratio measured with the reference
@@ -89,7 +89,7 @@ def _dice(a, b):
 def onnx_spec(sess):
     """The preprocessing an exported model declares in its ONNX metadata (``training.export``
     writes the model config's ``hepascreen_preprocess`` keys there); none = ``resize``."""
-    from client.preprocess import PreprocessSpec
+    from client.reading.preprocess import PreprocessSpec
 
     meta = sess.get_modelmeta().custom_metadata_map
     return PreprocessSpec.from_parameters(dict(meta), tuple(sess.get_inputs()[0].shape[2:]))
@@ -98,11 +98,11 @@ def onnx_spec(sess):
 def onnx_predictor(path):
     """``predict(x uint8 [N, 1, z, y, x]) -> labels [N, z, y, x]`` with ONNX Runtime (CPU).
 
-    ``predict.spec`` is the model's :class:`client.preprocess.PreprocessSpec`.
+    ``predict.spec`` is the model's :class:`client.reading.preprocess.PreprocessSpec`.
     """
     import onnxruntime as ort
 
-    from client.contract import INPUT_NAME
+    from client.core.contract import INPUT_NAME
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
@@ -118,8 +118,8 @@ def onnx_predictor(path):
 
 def segment_volume(predict, hu, spacing, direction, spec, chunk: int = 4):
     """Labels on the scan's own grid: serving's preprocessing, ``predict`` per chunk of
-    windows, stitching and mapping back (``client.preprocess``)."""
-    from client.preprocess import preprocess_windows, to_scan_grid
+    windows, stitching and mapping back (``client.reading.preprocess``)."""
+    from client.reading.preprocess import preprocess_windows, to_scan_grid
 
     x, record = preprocess_windows(hu, spacing, direction, spec)
     small = np.concatenate([np.asarray(predict(x[i : i + chunk])) for i in range(0, len(x), chunk)])
@@ -134,7 +134,7 @@ def evaluate_case(predict, hu, labels, spacing, direction, spec, assess_ratio=Tr
 
     ``predict`` maps a uint8 batch ``[N, 1, *model_shape]`` to labels ``[N, *model_shape]``
     (an ONNX Runtime session's ``run`` wrapped by :func:`onnx_predictor`, or a torch model);
-    ``spec`` is a :class:`client.preprocess.PreprocessSpec` or a model shape (``resize``).
+    ``spec`` is a :class:`client.reading.preprocess.PreprocessSpec` or a model shape (``resize``).
     """
     pred, record = segment_volume(predict, hu, spacing, direction, spec)
     out = {
@@ -257,7 +257,7 @@ def real_ct_cases(data_dir=DATA_DIR, variants=REAL_CT_VARIANTS, multiclass=False
     """
     import SimpleITK as sitk
 
-    from client.io import read_label_map, read_scan
+    from client.reading.io import read_label_map, read_scan
 
     from .synth import totalseg_tissue_map
 
@@ -336,7 +336,7 @@ def evaluate_model(predict, spec, n_phantoms=20, real_cases=None):
         real[name] = evaluate_case(predict, hu, lab, sp, d, spec)
         real[name]["shape"] = list(hu.shape)
     ph = rows
-    from client.preprocess import as_spec
+    from client.reading.preprocess import as_spec
 
     spec = as_spec(spec)
     summary = {

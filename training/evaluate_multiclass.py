@@ -37,7 +37,7 @@ def torch_predictor(checkpoint, threads: int = 1):
     """
     import torch
 
-    from client.preprocess import PreprocessSpec
+    from client.reading.preprocess import PreprocessSpec
 
     from .torch_vnet import TorchVNet
 

@@ -3,8 +3,8 @@
 ``python -m training.export --config CFG.yml --model_path model.pdparams --save_dir DIR``
 
 The served graph takes the preprocessed volume as uint8 ``VOLUME [N, 1, z, y, x]``
-and returns a uint8 label map ``LABELS [N, z, y, x]`` (client/contract.py): the
-cast, the per-volume division by the maximum (``client.preprocess.
+and returns a uint8 label map ``LABELS [N, z, y, x]`` (client/core/contract.py): the
+cast, the per-volume division by the maximum (``client.reading.preprocess.
 normalise_network_input``; an all-zero volume stays zero) and the argmax live
 inside the graph, so 1 byte per voxel crosses the wire each way. ``--variant
 logits`` gives the unwrapped network (float in, logits out) for parity checks.
@@ -30,7 +30,7 @@ rewrite to an existing export (weights untouched).
 The served graph has a second output ``CONFIDENCE`` (uint8 ``[N, z, y, x]``, like
 ``LABELS``): round-half-up(255 x the softmax probability of the predicted class) per
 voxel, the model's own confidence for the client's segmentation gate
-(client/contract.py ``CONFIDENCE_NAME``; :func:`add_confidence_output`). It is graph
+(client/core/contract.py ``CONFIDENCE_NAME``; :func:`add_confidence_output`). It is graph
 surgery on the logits ``ArgMax`` reads, so ``LABELS`` stays byte-identical. New exports
 get it unless ``--no-confidence``; ``python -m training.export --add-confidence-only
 model.onnx`` adds it to an existing export in place (weights and metadata untouched).
@@ -55,7 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-from client.contract import CONFIDENCE_NAME, CONFIDENCE_SCALE, INPUT_NAME, OUTPUT_NAME
+from client.core.contract import CONFIDENCE_NAME, CONFIDENCE_SCALE, INPUT_NAME, OUTPUT_NAME
 
 VARIANTS = ("uint8", "float", "logits")
 
@@ -198,7 +198,7 @@ def cast_labels_via_float(model, output_name: str = OUTPUT_NAME) -> bool:
     model : onnx.ModelProto
         A served export (uint8 variant).
     output_name : str
-        The label output (``client.contract.OUTPUT_NAME``).
+        The label output (``client.core.contract.OUTPUT_NAME``).
 
     Returns
     -------
@@ -340,9 +340,9 @@ def add_confidence_output(
     model : onnx.ModelProto
         A served export (opset >= 13, where Softmax normalises along one axis).
     output_name : str
-        The label output (``client.contract.OUTPUT_NAME``).
+        The label output (``client.core.contract.OUTPUT_NAME``).
     confidence_name : str
-        Name of the new output (``client.contract.CONFIDENCE_NAME``).
+        Name of the new output (``client.core.contract.CONFIDENCE_NAME``).
 
     Returns
     -------
@@ -598,7 +598,7 @@ def main(argv=None) -> int:
         args.opset,
         confidence=not args.no_confidence,
     )
-    from client.preprocess import PreprocessSpec
+    from client.reading.preprocess import PreprocessSpec
 
     pspec = (
         PreprocessSpec("spacing", tuple(shape), tuple(args.spacing_mm))

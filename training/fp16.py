@@ -86,7 +86,7 @@ def compare(onnx_path: Path, cases, batch: int = 1, floors: dict | None = None) 
     import onnx
     import onnxruntime as ort
 
-    from client.contract import CONFIDENCE_NAME, INPUT_NAME, OUTPUT_NAME
+    from client.core.contract import CONFIDENCE_NAME, INPUT_NAME, OUTPUT_NAME
 
     model = onnx.load(str(onnx_path))
     s32 = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -188,10 +188,10 @@ def _dice(a, b):
 def default_cases(spec, n_phantoms: int, real_ct: Path | None, real_labels: Path | None):
     """Cases as the model sees them: ``(name, uint8 [n_windows, 1, *model], labels [n_windows, *model])``.
 
-    ``spec``: the model's :class:`client.preprocess.PreprocessSpec` (or a model shape:
+    ``spec``: the model's :class:`client.reading.preprocess.PreprocessSpec` (or a model shape:
     ``resize``); a fixed-spacing model gets every window of the scan as one batch.
     """
-    from client.preprocess import labels_to_grid, preprocess_grid, window_batch
+    from client.reading.preprocess import labels_to_grid, preprocess_grid, window_batch
     from training.phantoms import make_phantom
 
     def windows(hu, labels, spacing, direction):
@@ -202,7 +202,7 @@ def default_cases(spec, n_phantoms: int, real_ct: Path | None, real_labels: Path
         p = make_phantom(500_000 + seed, shape=(80, 160, 160))
         yield (f"phantom_{500_000 + seed}", *windows(p.hu, p.labels, p.spacing, p.direction))
     if real_ct is not None and real_ct.exists():
-        from client.io import read_label_map, read_scan
+        from client.reading.io import read_label_map, read_scan
 
         ct = read_scan(real_ct)
         lab = read_label_map(real_labels, ct)

@@ -6,7 +6,7 @@ the named structures everything is 0, inside and outside the body alike. To pain
 CT from them (:func:`training.synth.synth_scan`) the body is built here:
 
 1. the map is brought to the canonical orientation (axes z superior, y posterior,
-   x patient left, :func:`client.preprocess.canonical_axes`) and to a 3 mm grid
+   x patient left, :func:`client.reading.preprocess.canonical_axes`) and to a 3 mm grid
    (every second voxel of the 1.5 mm map: nearest neighbour, as the synthesis samples
    it anyway), padded in-plane by :data:`PAD_MM` so that fat layers fit outside it;
 2. structure names -> tissue classes (:data:`TOTALSEG_TISSUE`, by prefix) and
@@ -195,7 +195,7 @@ def read_canonical(folder: Path):
     """``labels_all`` of a label-map folder in canonical orientation, its names and spacing."""
     import SimpleITK as sitk
 
-    from client.preprocess import canonical_axes
+    from client.reading.preprocess import canonical_axes
 
     folder = Path(folder)
     for f in ("labels_all.nii.gz", "labels_all_names.json"):

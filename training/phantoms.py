@@ -11,7 +11,7 @@ Superior (direction = identity). The liver therefore sits at LOW x (patient righ
 anterior-to-mid y, upper abdomen; the spleen at HIGH x (patient left), posterior.
 With ``random_orientation=True`` (or a ``direction`` given) the array is flipped /
 permuted after construction and ``direction`` records it, so a reader that
-reorients by the direction cosines (``client.preprocess.canonical_axes``) sees the
+reorients by the direction cosines (``client.reading.preprocess.canonical_axes``) sees the
 same anatomy.
 
 Truth: ``liver_hu`` and ``spleen_hu`` are the parenchyma attenuations (before
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from client.contract import GRADE_THRESHOLDS, LABEL_LIVER, LABEL_SPLEEN
+from client.core.contract import GRADE_THRESHOLDS, LABEL_LIVER, LABEL_SPLEEN
 
 # Grade -> ratio interval kept at least 0.05 away from every threshold.
 _GRADE_RANGES = {
@@ -39,8 +39,8 @@ _GRADE_RANGES = {
 
 def grade_of_ratio(r: float) -> str:
     """Grade of a liver/spleen ratio by the contract thresholds (boundary -> worse grade);
-    the rule itself lives in :func:`client.contract.grade_of_ratio`."""
-    from client.contract import grade_of_ratio as rule
+    the rule itself lives in :func:`client.core.contract.grade_of_ratio`."""
+    from client.core.contract import grade_of_ratio as rule
 
     return rule(r, GRADE_THRESHOLDS)
 
@@ -57,8 +57,8 @@ class Phantom:
     truth: dict[str, Any] = field(default_factory=dict)
 
     def to_scan(self):
-        """The phantom as a :class:`client.scan.ScanVolume` (metadata: modality CT)."""
-        from client.scan import ScanVolume
+        """The phantom as a :class:`client.reading.scan.ScanVolume` (metadata: modality CT)."""
+        from client.reading.scan import ScanVolume
 
         meta = {"modality": "CT", "manufacturer": "HepaScreen phantom"}
         if self.truth.get("contrast"):

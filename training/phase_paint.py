@@ -22,7 +22,7 @@ What it makes
   (the real CT unenhanced, painted arterial, portal-venous, delayed), with or without
   contrast tags, plus NIfTI copies.
 
-Axis convention as in :mod:`client.scan`: arrays ``[z, y, x]``.
+Axis convention as in :mod:`client.reading.scan`: arrays ``[z, y, x]``.
 
 Attenuation table (absolute HU; ``range`` is the spread in the source where it gives one)
 -----------------------------------------------------------------------------------------
@@ -719,7 +719,7 @@ def load_example(folder: str | Path | None = None):
 
     Returns
     -------
-    scan : client.scan.ScanVolume
+    scan : client.reading.scan.ScanVolume
         The real CT (``ct.nii.gz``).
     labels : ndarray
         ``labels_all.nii.gz`` on the same grid (checked).
@@ -728,7 +728,7 @@ def load_example(folder: str | Path | None = None):
     """
     import SimpleITK as sitk
 
-    from client.io import read_scan
+    from client.reading.io import read_scan
 
     folder = Path(folder) if folder else shared_data_dir()
     scan = read_scan(folder / "ct.nii.gz")
@@ -812,7 +812,7 @@ def write_phase_study(
     """Write the shared real CT as ONE multi-phase DICOM study (and NIfTI copies).
 
     Layout: ``out_dir/<dicom_subdir>/<n>_<phase>/`` (one series per folder, files without
-    extension, written by :func:`client._dicom.write_series`, then given one
+    extension, written by :func:`client.reading.dicom.write_series`, then given one
     StudyInstanceUID, FrameOfReferenceUID, seeded Series/SOP UIDs, series numbers and
     descriptions) and ``out_dir/nifti/<phase>.nii.gz`` (no tags). The unenhanced series is
     the real CT unchanged; the others are :func:`paint_phase` outputs.
@@ -845,8 +845,8 @@ def write_phase_study(
     import pydicom
     import SimpleITK as sitk
 
-    from client._dicom import write_series
-    from client.scan import ScanVolume
+    from client.reading.dicom import write_series
+    from client.reading.scan import ScanVolume
 
     out_dir = Path(out_dir)
     scan, labels, names = load_example(data_dir)

@@ -1,7 +1,7 @@
 """Training samples at model size: phantoms and augmented real CT.
 
-Every sample goes through :func:`client.preprocess.preprocess` (image) and
-:func:`client.preprocess.labels_to_model` (labels): training and serving share
+Every sample goes through :func:`client.reading.preprocess.preprocess` (image) and
+:func:`client.reading.preprocess.labels_to_model` (labels): training and serving share
 the preprocessing code, so a served scan looks to the model exactly like a
 training sample.
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from client.contract import LABEL_LIVER, LABEL_SPLEEN
-from client.preprocess import as_spec, labels_to_model, preprocess
+from client.core.contract import LABEL_LIVER, LABEL_SPLEEN
+from client.reading.preprocess import as_spec, labels_to_model, preprocess
 
 from .phantoms import make_phantom
 
@@ -28,7 +28,7 @@ def phantom_sample(
     ``label_neighbours``: labels of the multi-class table (:mod:`training.classes`:
     kidneys and aorta too); the image is the same.
 
-    ``model_shape`` may be a :class:`client.preprocess.PreprocessSpec`: a ``spacing``
+    ``model_shape`` may be a :class:`client.reading.preprocess.PreprocessSpec`: a ``spacing``
     spec gives one training window (:func:`training.synth.training_window`).
 
     Returns

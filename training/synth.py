@@ -22,8 +22,8 @@ anatomy, not its intensities) or a phantom anatomy map
    slice thickness) blurred along z on a finer grid and then sampled, noise that
    grows as slices get thinner, streaks; the image is then stored as int16 HU in a
    random orientation (30 %);
-5. the serving code's :func:`client.preprocess.preprocess_grid` and
-   :func:`client.preprocess.labels_to_grid` bring image and labels to the model's
+5. the serving code's :func:`client.reading.preprocess.preprocess_grid` and
+   :func:`client.reading.preprocess.labels_to_grid` bring image and labels to the model's
    input grid (``resize``: the whole volume at model size; ``spacing``: the fixed-
    spacing grid, of which :func:`training_window` takes one model-size window).
 
@@ -54,8 +54,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from client.contract import LABEL_LIVER, LABEL_SPLEEN
-from client.preprocess import (
+from client.core.contract import LABEL_LIVER, LABEL_SPLEEN
+from client.reading.preprocess import (
     PreprocessSpec,
     as_spec,
     canonical_axes,
@@ -891,7 +891,7 @@ def training_window(
 ):
     """One model-size training sample of a scan through the serving preprocessing.
 
-    ``resize`` models: the whole volume (:func:`client.preprocess.preprocess_grid`).
+    ``resize`` models: the whole volume (:func:`client.reading.preprocess.preprocess_grid`).
     ``spacing`` models: the fixed-spacing grid (body crop, resampling, centred padding:
     exactly what serving does), then one model-size window: with probability
     ``organ_p`` centred on a random liver/spleen voxel (+- ``jitter``), otherwise
@@ -923,7 +923,7 @@ def training_window(
 def synth_sample(seed: int, spec, source: str = "real", multiclass: bool = False):
     """One synthetic sample at model size through the serving preprocessing.
 
-    ``spec``: a :class:`client.preprocess.PreprocessSpec` or a model shape (``resize``).
+    ``spec``: a :class:`client.reading.preprocess.PreprocessSpec` or a model shape (``resize``).
     ``multiclass``: the labels are the class table's (:mod:`training.classes`) and the
     sample gets issue 19's wider variety (``synth_scan(variety=True)``).
 
@@ -1023,7 +1023,7 @@ def write_shards(
 ):  # fmt: skip
     """Write pool shards ``synth_<first seed>.npz`` for seeds ``start .. start+count-1``.
 
-    ``spec`` (a :class:`client.preprocess.PreprocessSpec`) overrides ``model_shape``
+    ``spec`` (a :class:`client.reading.preprocess.PreprocessSpec`) overrides ``model_shape``
     (``resize``); its parameters are stored in every shard and in ``pool.json``.
     ``mixture_name`` of a multi-class mixture (:data:`MULTICLASS_MIXTURES`) selects it
     (and ``mixture`` is ignored): the labels are the class table's, and ``pool.json``

@@ -15,7 +15,7 @@ import argparse
 
 import numpy as np
 
-from client.preprocess import canonical_axes
+from client.reading.preprocess import canonical_axes
 
 
 def canonical(arr, direction):

@@ -17,7 +17,7 @@ Datasets (``type``):
 * ``FolderDataset`` - NIfTI/NRRD image/label pairs, MSD-style ``imagesTr``/``labelsTr``
   (``dataset_root``), with ``label_map`` (e.g. ``{liver: 1}`` for Task03 Liver's
   label 1 or ``{liver: 5, spleen: 1}`` for TotalSegmentator) and ``val_fraction``.
-  Each pair goes through ``client.preprocess`` (the served preprocessing) once and
+  Each pair goes through ``client.reading.preprocess`` (the served preprocessing) once and
   is cached as ``.npz`` under ``cache_dir``.
 * ``PhantomDataset`` - synthetic phantoms generated on the fly (``num_samples``,
   ``seed``) with ``training.samples.phantom_sample``.
@@ -27,7 +27,7 @@ Writes ``SAVE_DIR/iter_N/model.pdparams`` (+ ``model.pdopt``) every
 Dice, ``train_log.jsonl`` and ``--resume_model`` continues from an ``iter_N``
 folder. Validation reports Dice per class at model size and, for phantom and
 folder datasets, on the scan's original grid (labels mapped back with
-``client.preprocess.to_scan_grid``).
+``client.reading.preprocess.to_scan_grid``).
 
 On this CPU Paddle's Conv3D is slow (~7 GFLOP/s; issue 4 facts): the shipped demo
 model was trained with the PyTorch twin (``training.demo_train``) and converted
@@ -161,7 +161,7 @@ class FolderDataset(_Base):
         seed=0,
         **_ignored,
     ):
-        from client.io import image_suffix
+        from client.reading.io import image_suffix
 
         root = Path(dataset_root)
         imgs = sorted(
@@ -190,8 +190,8 @@ class FolderDataset(_Base):
         return len(self.pairs)
 
     def load(self, i):
-        from client.io import read_label_map, read_scan
-        from client.preprocess import labels_to_model, preprocess
+        from client.reading.io import read_label_map, read_scan
+        from client.reading.preprocess import labels_to_model, preprocess
 
         img_path, lab_path = self.pairs[i]
         st = img_path.stat()
@@ -241,7 +241,7 @@ class PhantomDataset(_Base):
         return self.n
 
     def load(self, i):
-        from client.preprocess import labels_to_model, preprocess
+        from client.reading.preprocess import labels_to_model, preprocess
 
         from .phantoms import make_phantom
 
@@ -358,7 +358,7 @@ def _opt_state_for(model, state: dict) -> dict:
 def evaluate(model, dataset, num_classes: int) -> dict:
     import paddle
 
-    from client.preprocess import normalise_network_input, to_scan_grid
+    from client.reading.preprocess import normalise_network_input, to_scan_grid
 
     model.eval()
     classes = tuple(range(1, num_classes))
@@ -393,7 +393,7 @@ def train(
 ) -> dict:
     import paddle
 
-    from client.preprocess import normalise_network_input
+    from client.reading.preprocess import normalise_network_input
 
     paddle.seed(seed)
     rng = np.random.default_rng(seed)

@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ConfigError
+from client.core.errors import ConfigError
 
 DEFAULT_RETRY_SECONDS = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0)
 _AE_RE = re.compile(r"^[ -~]{1,16}$")

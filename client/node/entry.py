@@ -18,7 +18,7 @@ import json
 import sys
 import time
 
-from ..errors import ConfigError
+from client.core.errors import ConfigError
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -6,7 +6,7 @@ Refused at association time: a called AE title other than ours (A-ASSOCIATE-RJ
 ("calling AE title not recognised"). No query/retrieve service is offered.
 
 Accepted transfer syntaxes are those the reader decodes (SimpleITK's GDCM, as
-``client._dicom.read_slice`` uses it): uncompressed (implicit/explicit little endian,
+``client.reading.dicom.read_slice`` uses it): uncompressed (implicit/explicit little endian,
 explicit big endian), deflated, JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000
 and RLE. The store handler writes the bytes as received (no decoding); the reader
 decodes at screening time.

@@ -6,7 +6,7 @@ the database says):
 * the receiver (pynetdicom's server threads, :mod:`client.node.scp`): spool + record;
 * readiness (:meth:`JobStore.advance_ready` every ``poll_seconds``);
 * screening: one ready job at a time, each of its series through
-  :func:`client.pipeline.screen_scan` (the same pipeline, results store, QC and DICOM
+  :func:`client.pipeline.screen.screen_scan` (the same pipeline, results store, QC and DICOM
   SEG/SR as ``hepascreen screen``; SEG/SR UIDs fixed by source, model and settings);
 * sending: due sends grouped by destination, outcomes recorded one by one.
 
@@ -97,8 +97,9 @@ class Node:
 
     # -- life cycle ------------------------------------------------------------------
     def start(self) -> Node:
-        from ..pipeline import ScreenConfig, open_segmenter
-        from ..results import ResultStore, RunContext, write_json_atomic
+        from client.outputs.results import ResultStore, RunContext, write_json_atomic
+        from client.pipeline.screen import ScreenConfig, open_segmenter
+
         from .scp import make_receiver
 
         quiet_libraries()
@@ -207,7 +208,7 @@ class Node:
                 if not fn():
                     self._stop.wait(self.config.poll_seconds)
             except Exception as exc:  # noqa: BLE001 - keep serving; traceback to errors.log
-                from ..pipeline import log_traceback
+                from client.pipeline.screen import log_traceback
 
                 log.error("%s: unexpected %s", threading.current_thread().name, type(exc).__name__)
                 log_traceback(self.config.out_dir, SimpleNamespace(source_id="node"), "node", exc)
@@ -267,7 +268,7 @@ class Node:
         try:
             self.screen_job(job)
         except Exception as exc:  # noqa: BLE001 - a job that cannot be screened fails, alone
-            from ..pipeline import log_traceback
+            from client.pipeline.screen import log_traceback
 
             log.error("job %d: screening failed (unexpected %s)", job["id"], type(exc).__name__)
             log_traceback(self.config.out_dir, SimpleNamespace(source_id=f"job-{job['id']}"),
@@ -279,11 +280,11 @@ class Node:
 
     def screen_job(self, job: dict) -> None:
         """Screen every study in the job's spool folder (one, normally) with
-        :func:`client.study.screen_study` (series choice, ``screen_scan``, the study's
+        :func:`client.pipeline.study.screen_study` (series choice, ``screen_scan``, the study's
         answer), write the rows and the studies table, and queue the SEG/SR sends."""
-        from ..discover import discover
-        from ..results import read_rows
-        from ..study import screen_study, write_studies
+        from client.outputs.results import read_rows
+        from client.pipeline.study import screen_study, write_studies
+        from client.reading.discover import discover
 
         jid = job["id"]
         t0 = time.perf_counter()
@@ -323,10 +324,10 @@ class Node:
 
     def _study_sr(self, jid: int, res, study_row: dict) -> None:
         """The series' SR, written again with its study's answer (a study of several
-        series answers once, :func:`client.study.study_answer`); a failed series gets an
+        series answers once, :func:`client.pipeline.study.study_answer`); a failed series gets an
         SR that says so (no SEG: there is no mask). UIDs fixed by the source, model,
         settings and the study answer."""
-        from ..dicom_out import write_dicom_sr
+        from client.outputs.dicom_out import write_dicom_sr
 
         d = self.segmenter.describe()
         answer = "|".join(str(study_row.get(k)) for k in ("grade", "criterion", "answer_case_id"))
@@ -344,7 +345,7 @@ class Node:
 
     def _qc_sc(self, jid: int, res) -> None:
         """The QC picture as a Secondary Capture (opt-in: ``send_qc``)."""
-        from ..dicom_out import write_dicom_qc
+        from client.outputs.dicom_out import write_dicom_qc
 
         d = self.segmenter.describe()
         settings = f"qc|{d.get('model_name')}|{d.get('model_sha256')}|{self.screen_config.assess!r}"
@@ -357,8 +358,8 @@ class Node:
             log.warning("job %d: no QC secondary capture (%s)", jid, type(exc).__name__)
 
     def _write_report(self) -> None:
-        from ..report import write_report
-        from ..results import read_rows
+        from client.outputs.report import write_report
+        from client.outputs.results import read_rows
 
         try:
             with self._store_lock:  # several screening threads: one reader of the rows at a time
@@ -420,7 +421,7 @@ class Node:
 
 def node_status(out_dir: Path) -> list[dict]:
     """The jobs of the node whose OUT is ``out_dir`` (ids, states, counts, times)."""
-    from ..errors import ConfigError
+    from client.core.errors import ConfigError
 
     db = node_paths(out_dir)["db"]
     if not db.is_file():
