@@ -171,13 +171,13 @@ def open_session(ort, path, opts, device, device_id=0, gpu_mem_limit_mib=0):
     return session
 
 
-# Keys of client/contract.py (PREPROCESS_PARAM, PREPROCESS_SPACING_PARAM); the stub's
+# Keys of client/core/contract.py (PREPROCESS_PARAM, PREPROCESS_SPACING_PARAM); the stub's
 # Python may not see the client package, so they are repeated here (a test compares).
 PREPROCESS_PARAM = "hepascreen_preprocess"
 PREPROCESS_SPACING_PARAM = "hepascreen_spacing_mm"
 
 
-# client/contract.py CONFIDENCE_NAME (repeated for the same reason as the keys above).
+# client/core/contract.py CONFIDENCE_NAME (repeated for the same reason as the keys above).
 CONFIDENCE_NAME = "CONFIDENCE"
 
 
