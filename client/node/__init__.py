@@ -11,9 +11,8 @@ SEG and SR back by C-STORE with UIDs fixed by the source, the model and the sett
 Modules: :mod:`.config` (NodeConfig, YAML + flags), :mod:`.spool` (durable instances),
 :mod:`.jobs` (states, associations, sends), :mod:`.scp` (the receiver),
 :mod:`.sender` (C-STORE/C-ECHO with failure classes), :mod:`.service` (the threads),
-:mod:`.entry` (``hepascreen listen`` / ``hepascreen node``). Layer 5: it may
-import every layer below it (core, reading, serving, outputs, pipeline, scaleout); only
-the commands (``client.cli``) import it.
+:mod:`.entry` (``hepascreen listen`` / ``hepascreen node``). Layer 5. May import: every layer below it (core, reading, serving, outputs,
+pipeline, scaleout); only the commands (``client.cli``) import it.
 """
 
 from __future__ import annotations
