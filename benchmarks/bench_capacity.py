@@ -32,10 +32,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
 from benchmarks._common import machine_info, save_result  # noqa: E402
+from client.core.paths import SHIPPED_ONNX  # noqa: E402
 
-SHIPPED = ROOT / "model_repository" / "cpu" / "hepascreen_vnet" / "1" / "model.onnx"
+SHIPPED = SHIPPED_ONNX
 DATA = ROOT.parent / "shared" / "data" / "totalseg_example" / "ct.nii.gz"
 
 

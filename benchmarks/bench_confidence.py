@@ -44,13 +44,13 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
 from benchmarks._common import machine_info, save_result  # noqa: E402
+from client.core.paths import PROJECT_ROOT, SHIPPED_ONNX  # noqa: E402
 
-SHIPPED = ROOT / "model_repository" / "cpu" / "hepascreen_vnet" / "1" / "model.onnx"
+SHIPPED = SHIPPED_ONNX
 # The demo model shipped before the fixed-spacing model (commit c2a54c1 replaced it).
 PREVIOUS_COMMIT = "c2a54c1^"
-MODEL_PATH_IN_REPO = "model_repository/cpu/hepascreen_vnet/1/model.onnx"
+MODEL_PATH_IN_REPO = SHIPPED_ONNX.relative_to(PROJECT_ROOT).as_posix()
 BAD_BELOW, GOOD_FROM = 0.80, 0.85
 FLOORS = tuple(round(0.90 + 0.005 * i, 3) for i in range(17))  # 0.900 .. 0.980
 

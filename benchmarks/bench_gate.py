@@ -35,7 +35,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
 from benchmarks._common import machine_info, save_result  # noqa: E402
 from benchmarks.gate_cases import (  # noqa: E402
     REAL,
@@ -45,6 +44,7 @@ from benchmarks.gate_cases import (  # noqa: E402
     load_real,
     resample_real,
 )
+from client.core.paths import SHIPPED_ONNX  # noqa: E402
 
 GATE_FLAGS = {
     "liver_segmentation_doubtful",
@@ -54,7 +54,7 @@ GATE_FLAGS = {
     "spleen_hu_implausible",
     "ratio_implausible",
 }
-MODEL = ROOT / "model_repository" / "cpu" / "hepascreen_vnet" / "1" / "model.onnx"
+MODEL = SHIPPED_ONNX
 
 
 def model_segmenter():

@@ -129,7 +129,8 @@ def main(argv=None) -> int:
     import onnxruntime as ort
 
     from client.core import contract
-    from client.serving.server import DEFAULT_REPOSITORY, EmbeddedServer
+    from client.core.paths import SHIPPED_ONNX, SOURCE_REPOSITORY
+    from client.serving.server import EmbeddedServer
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=16, help="volumes per cell")
@@ -140,7 +141,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args(argv)
 
-    onnx_path = DEFAULT_REPOSITORY / contract.MODEL_NAME / "1" / "model.onnx"
+    onnx_path = SHIPPED_ONNX
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     model_shape = tuple(sess.get_inputs()[0].shape[2:])
     vols, names = input_pool(model_shape, ROOT.parent / "shared" / "data")
@@ -160,8 +161,8 @@ def main(argv=None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="hs_bench_serving_"))
     repos = {
-        "on": DEFAULT_REPOSITORY,
-        "off": repository_without_batching(DEFAULT_REPOSITORY, tmp / "repo"),
+        "on": SOURCE_REPOSITORY,
+        "off": repository_without_batching(SOURCE_REPOSITORY, tmp / "repo"),
     }
     raw: dict[str, list] = {}
     meta: dict = {}

@@ -343,15 +343,13 @@ def summarise(layers: list[ConvLayer]) -> dict:
 
 def main(argv=None) -> int:
     from benchmarks._common import machine_info, save_result
-    from client.serving.server import DEFAULT_REPOSITORY
+    from client.core.paths import SHIPPED_ONNX
 
     ap = argparse.ArgumentParser(
         prog="python -m benchmarks.flops", description=__doc__.splitlines()[0]
     )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    ap.add_argument(
-        "--onnx", type=Path, default=DEFAULT_REPOSITORY / "hepascreen_vnet" / "1" / "model.onnx"
-    )
+    ap.add_argument("--onnx", type=Path, default=SHIPPED_ONNX)
     args = ap.parse_args(argv)
     res = {
         "machine": machine_info(numpy=np.__version__),

@@ -41,7 +41,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL_DIR = ROOT / "model_repository" / "cpu" / "hepascreen_vnet" / "1"
+from client.core.paths import SHIPPED_ONNX  # noqa: E402
+
+MODEL_DIR = SHIPPED_ONNX.parent
 TRTEXEC_DEFAULT = "/usr/src/tensorrt/bin/trtexec"
 SHAPE = (200, 512, 512)
 SPACING = (1.0, 0.75, 0.75)

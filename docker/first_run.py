@@ -31,8 +31,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-REFERENCE = HERE / "first_run_reference.csv"
+# the checkout's shipped model (client.core.paths.SHIPPED_ONNX; this script runs before
+# the package is importable, so the path is spelled from the checkout here)
 SHIPPED_ONNX = ROOT / "model_repository" / "cpu" / "hepascreen_vnet" / "1" / "model.onnx"
+REFERENCE = HERE / "first_run_reference.csv"
 SEEDS = {11: "normal", 12: "mild", 13: "moderate", 14: "severe"}
 SHAPE = (100, 256, 256)
 FIELDS = (

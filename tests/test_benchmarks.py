@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 
 from benchmarks import flops
+from client.core.paths import SHIPPED_ONNX
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-ONNX_CPU = ROOT / "model_repository" / "cpu" / "hepascreen_vnet" / "1" / "model.onnx"
+ONNX_CPU = SHIPPED_ONNX
 
 
 # --- FLOPs ---------------------------------------------------------------------------

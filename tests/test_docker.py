@@ -26,11 +26,12 @@ import pytest
 import yaml
 
 from client.core import contract
+from client.core.paths import SHIPPED_ONNX
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
 GPU_CONFIG = ROOT / "model_repository" / "gpu" / "hepascreen_vnet" / "config.pbtxt"
-CPU_ONNX = ROOT / "model_repository" / "cpu" / "hepascreen_vnet" / "1" / "model.onnx"
+CPU_ONNX = SHIPPED_ONNX
 
 
 def _copy_sources(dockerfile: Path) -> list[str]:
@@ -373,6 +374,11 @@ def _first_run():
     finally:
         sys.path.remove(str(DOCKER))
     return first_run
+
+
+def test_first_run_names_the_shipped_model_of_client_core_paths():
+    """first_run.py spells the path before the package is importable: the same file."""
+    assert _first_run().SHIPPED_ONNX == SHIPPED_ONNX
 
 
 def test_cpu_reference_grades_every_phantom_right():

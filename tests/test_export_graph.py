@@ -31,6 +31,7 @@ from client.core.contract import (  # noqa: E402
     NUM_CLASSES,
     OUTPUT_NAME,
 )
+from client.core.paths import SHIPPED_ONNX  # noqa: E402
 from training.export import (  # noqa: E402
     add_confidence_file,
     add_confidence_output,
@@ -40,7 +41,7 @@ from training.export import (  # noqa: E402
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "model_repository" / "cpu" / "hepascreen_vnet" / "1" / "model.onnx"
+SHIPPED = SHIPPED_ONNX
 
 
 # --- helpers ----------------------------------------------------------------------------

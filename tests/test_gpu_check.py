@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from client.core.paths import SHIPPED_ONNX
+
 ROOT = Path(__file__).resolve().parents[1]
-MODEL_DIR = ROOT / "model_repository" / "cpu" / "hepascreen_vnet" / "1"
+MODEL_DIR = SHIPPED_ONNX.parent
 
 
 @pytest.fixture()
