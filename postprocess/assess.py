@@ -35,7 +35,7 @@ from .cubes import (
     sample_valid_cubes,
 )
 from .flags import BLOCKING
-from .gate import check_segmentation, coarse_strides
+from .gate import check_segmentation, coarse_strides, confidence_doubts
 from .phase import ENHANCED_PHASES, PhaseResult, classify_phase, structure_attenuation
 
 PHASE_HU_COLUMNS = ("aorta", "portal_vein", "ivc", "kidney_cortex", "kidney_medulla")
@@ -400,7 +400,8 @@ def assess(
     confidence_floor : dict, optional
         ``{"liver": f, "spleen": f}``, calibrated for the model that made the masks
         (``benchmarks/bench_confidence.py``): a mean below its floor makes the organ's
-        segmentation doubtful (``*_segmentation_doubtful``, the reason in ``notes``).
+        segmentation doubtful (``*_segmentation_doubtful``, the reason in ``notes``;
+        the verdict is the gate's, :func:`postprocess.gate.confidence_doubts`).
     classes : dict, optional
         ``{name: label value}`` of every structure ``labels`` carries besides liver and
         spleen (aorta, portal vein, IVC, kidneys: the contrast-phase evidence of
@@ -435,31 +436,7 @@ def assess(
         tag = "enhanced"
     ph, contrast_ev = _phase(w, cres, gate_doubt, classes, tag, spleen.hu)
     verdict = _criterion(w, ph, ratio[0], liver)  # grade and the criterion of the phase
-    return Assessment(
-        ratio=ratio[0],
-        ratio_ci=ratio[2],
-        ratio_mean_pairwise=ratio[1],
-        grade=verdict["grade"],
-        liver_hu=liver.hu,
-        spleen_hu=spleen.hu,
-        liver_minus_spleen_hu=liver.hu - spleen.hu,
-        liver_volume_ml=liver.volume_ml,
-        spleen_volume_ml=spleen.volume_ml,
-        n_pairs=int(liver.kept_means.size * spleen.kept_means.size),
-        flags=tuple(w.flags),
-        liver=liver,
-        spleen=spleen,
-        notes=tuple(w.notes),
-        liver_confidence=conf["liver"],
-        spleen_confidence=conf["spleen"],
-        contrast_evidence=tuple(contrast_ev),
-        evidence=w.evidence,
-        phase=ph,
-        criterion=verdict["criterion"],
-        pdff_pct=verdict["pdff"],
-        pv_assessment=verdict["pv"],
-        liver_hu_ci=verdict["liver_ci"],
-    )
+    return _result(w, liver, spleen, ratio, conf, ph, contrast_ev, verdict)
 
 
 # --- the stages of assess, top to bottom -----------------------------------------------
@@ -631,13 +608,10 @@ def _confidence(w: _Work, confidence, confidence_floor) -> dict:
     w.evidence["confidence"] = {
         k: (None if not math.isfinite(v) else round(v, 4)) for k, v in conf.items()
     }
-    for name, floor in (confidence_floor or {}).items():
-        v = conf.get(name, float("nan"))
-        if math.isfinite(v) and v < floor:
-            flag = f"{name}_segmentation_doubtful"
-            if flag not in w.flags:
-                w.flags.append(flag)
-            w.notes.append(f"{name}: the model's confidence {v:.3f} is below its floor {floor:.3f}")
+    for flag, note in confidence_doubts(conf, confidence_floor):  # the gate's verdict
+        if flag not in w.flags:
+            w.flags.append(flag)
+        w.notes.append(note)
     return conf
 
 
@@ -719,6 +693,35 @@ def _criterion(w: _Work, ph: PhaseResult, ratio: float, liver: OrganMeasurement)
     elif out["criterion"] == contract.CRITERION_RATIO and lm.size and grade != "indeterminate":
         out["liver_ci"] = _bootstrap_mean_ci(lm, cfg.n_bootstrap, w.rng)
     return out
+
+
+def _result(w: _Work, liver, spleen, ratio: tuple, conf: dict, ph, contrast_ev, verdict: dict):
+    """The :class:`Assessment` of what the stages found."""
+    return Assessment(
+        ratio=ratio[0],
+        ratio_ci=ratio[2],
+        ratio_mean_pairwise=ratio[1],
+        grade=verdict["grade"],
+        liver_hu=liver.hu,
+        spleen_hu=spleen.hu,
+        liver_minus_spleen_hu=liver.hu - spleen.hu,
+        liver_volume_ml=liver.volume_ml,
+        spleen_volume_ml=spleen.volume_ml,
+        n_pairs=int(liver.kept_means.size * spleen.kept_means.size),
+        flags=tuple(w.flags),
+        liver=liver,
+        spleen=spleen,
+        notes=tuple(w.notes),
+        liver_confidence=conf["liver"],
+        spleen_confidence=conf["spleen"],
+        contrast_evidence=tuple(contrast_ev),
+        evidence=w.evidence,
+        phase=ph,
+        criterion=verdict["criterion"],
+        pdff_pct=verdict["pdff"],
+        pv_assessment=verdict["pv"],
+        liver_hu_ci=verdict["liver_ci"],
+    )
 
 
 __all__ = [

@@ -19,6 +19,10 @@ array axes 2, 1, 0), as ``client.reading.scan`` defines it. Without a direction 
 the checks that need the frame (sides, levels) are skipped and the flag
 ``laterality_unchecked`` says so; guessing a frame would flag every scan stored
 in another orientation.
+
+The model's own confidence is judged here too (:func:`confidence_doubts`): a mean
+confidence below the floor the model config declares makes that organ's mask
+doubtful, with the same flag.
 """
 
 from __future__ import annotations
@@ -365,47 +369,56 @@ def check_segmentation(
         sentences giving the reason) and the evidence.
     """
     stride = coarse_strides(spacing, cfg.coarse_mm)
-    sl = tuple(slice(None, None, s) for s in stride)
     xp, _ = get_xp(hu)
-    hu_c = xp.ascontiguousarray(hu[sl]) if hu_coarse is None else hu_coarse
+    hu_c = (
+        xp.ascontiguousarray(hu[tuple(slice(None, None, s) for s in stride)])
+        if hu_coarse is None
+        else hu_coarse
+    )
     res = GateResult()
-    ev = {}
-    for name, comp, allm, vol, nsd, edge in (
-        ("liver", liver_comp, liver_all, liver_volume_ml, noise_sd[0], touches_edge[0]),
-        ("spleen", spleen_comp, spleen_all, spleen_volume_ml, noise_sd[1], touches_edge[1]),
-    ):
-        xp, _ = get_xp(comp)
-        if within is None:
-            n_all_c = int(xp.count_nonzero(allm[sl]))
-            comp_c = xp.ascontiguousarray(comp[sl])
-        else:
-            n_all_c = int(xp.count_nonzero(allm[_strided(within, stride)]))
-            comp_c = _coarse_copy(comp, within, stride, hu_c.shape)
-        ev[name] = organ_evidence(
-            name,
-            hu_c,
-            comp_c,
-            n_all_c,
-            stride,
-            spacing,
-            direction,
-            cfg,
-            vol,
-            nsd,
-        )
-        ev[name].touches_edge = ev[name].touches_edge or bool(edge)
-    res.liver, res.spleen = ev["liver"], ev["spleen"]
-    half = float("nan")
-    if direction is not None:
-        if res.liver.present and res.spleen.present:
-            centre = 0.5 * (
-                np.asarray(res.liver.centroid_index) + np.asarray(res.spleen.centroid_index)
-            )
-            res.body_midline_x, half = _trunk_midline_x(
-                hu_c, stride, spacing, direction, cfg, centre
-            )
-    else:
+    res.liver = _coarse_evidence(
+        "liver", hu_c, liver_comp, liver_all, stride, spacing, direction, cfg,
+        liver_volume_ml, noise_sd[0], touches_edge[0], within,
+    )  # fmt: skip
+    res.spleen = _coarse_evidence(
+        "spleen", hu_c, spleen_comp, spleen_all, stride, spacing, direction, cfg,
+        spleen_volume_ml, noise_sd[1], touches_edge[1], within,
+    )  # fmt: skip
+    if direction is None:
         res.flags.append("laterality_unchecked")
+    else:
+        _lateral_positions(res, hu_c, stride, spacing, direction, cfg)
+    judge(res, cfg)
+    return res
+
+
+def _coarse_evidence(
+    name, hu_c, comp, allm, stride, spacing, direction, cfg: GateConfig, vol, nsd, edge, within
+) -> OrganEvidence:
+    """:func:`organ_evidence` of one organ on the coarse grid (its largest piece ``comp``
+    and every voxel of its label ``allm``, read inside ``within`` when given)."""
+    xp, _ = get_xp(comp)
+    if within is None:
+        sl = tuple(slice(None, None, s) for s in stride)
+        n_all_c = int(xp.count_nonzero(allm[sl]))
+        comp_c = xp.ascontiguousarray(comp[sl])
+    else:
+        n_all_c = int(xp.count_nonzero(allm[_strided(within, stride)]))
+        comp_c = _coarse_copy(comp, within, stride, hu_c.shape)
+    e = organ_evidence(name, hu_c, comp_c, n_all_c, stride, spacing, direction, cfg, vol, nsd)
+    e.touches_edge = e.touches_edge or bool(edge)
+    return e
+
+
+def _lateral_positions(res: GateResult, hu_c, stride, spacing, direction, cfg: GateConfig) -> None:
+    """The body's midline and each organ's side and reach as a share of the half-width
+    (in place; needs both organs and the direction)."""
+    half = float("nan")
+    if res.liver.present and res.spleen.present:
+        centre = 0.5 * (
+            np.asarray(res.liver.centroid_index) + np.asarray(res.spleen.centroid_index)
+        )
+        res.body_midline_x, half = _trunk_midline_x(hu_c, stride, spacing, direction, cfg, centre)
     for e in (res.liver, res.spleen):
         if e.present and math.isfinite(res.body_midline_x) and half > 0:
             e.lateral_position = (e.centroid_lps[0] - res.body_midline_x) / half
@@ -415,92 +428,17 @@ def check_segmentation(
                 e.lateral_extreme = (e.x_range[1] - res.body_midline_x) / half
             else:
                 e.lateral_extreme = (res.body_midline_x - e.x_range[0]) / half
-    judge(res, cfg)
-    return res
 
 
 def judge(res: GateResult, cfg: GateConfig) -> None:
     """Turn evidence into flags and notes (in place). Thresholds: :class:`GateConfig`."""
     reasons = {"liver": [], "spleen": [], "placement": []}
-    vol_range = {"liver": cfg.liver_ml, "spleen": cfg.spleen_ml}
-    hu_range = {"liver": cfg.liver_median_hu, "spleen": cfg.spleen_median_hu}
     for e in (res.liver, res.spleen):
-        if e is None:
-            continue
-        r = reasons[e.name]
-        lo, hi = vol_range[e.name]
-        if e.volume_ml > hi:
-            r.append(f"{e.name} volume {e.volume_ml:.0f} ml above the adult range (<= {hi:.0f})")
-        if e.volume_ml < lo and not e.touches_edge:
-            r.append(f"{e.name} volume {e.volume_ml:.0f} ml below the adult range (>= {lo:.0f})")
-        if not e.present:
-            r.append(f"{e.name} mask too thin to check (no voxel on the {cfg.coarse_mm:g} mm grid)")
-            continue
-        if e.largest_fraction < cfg.min_largest_fraction:
-            r.append(
-                f"{e.name} mask in pieces: largest holds {100 * e.largest_fraction:.0f} % "
-                f"(>= {100 * cfg.min_largest_fraction:.0f} % expected)"
-            )
-        hlo, hhi = hu_range[e.name]
-        if not (hlo <= e.hu_median <= hhi):
-            r.append(
-                f"{e.name} median {e.hu_median:.0f} HU outside tissue range {hlo:.0f}..{hhi:.0f}"
-            )
-        if e.frac_in_band < cfg.min_frac_in_band:
-            r.append(
-                f"{e.name} attenuation not uniform: {100 * e.frac_in_band:.0f} % of voxels within "
-                f"{e.band_hu:.0f} HU of its median (>= {100 * cfg.min_frac_in_band:.0f} %)"
-            )
-        if e.frac_air > cfg.max_frac_air:
-            r.append(f"{e.name} mask contains air ({100 * e.frac_air:.0f} % of voxels)")
-        if e.frac_fat > cfg.max_frac_fat:
-            r.append(f"{e.name} mask contains fat ({100 * e.frac_fat:.0f} % of voxels)")
-        if e.shell_air > cfg.max_shell_air:
-            r.append(
-                f"{e.name} surrounded by air ({100 * e.shell_air:.0f} % of its surroundings; "
-                "lung, bowel gas or outside the body)"
-            )
-        if e.end_face > cfg.max_end_face:
-            r.append(
-                f"{e.name} mask ends in a flat cut face ({100 * e.end_face:.0f} % of its largest "
-                "section): truncated or cut"
-            )
+        if e is not None:
+            reasons[e.name] += _organ_reasons(e, cfg)
     lv, sp = res.liver, res.spleen
     if lv and sp and lv.present and sp.present and math.isfinite(lv.centroid_lps[0]):
-        p = reasons["placement"]
-        dx = sp.centroid_lps[0] - lv.centroid_lps[0]  # + when the spleen is left of the liver
-        if dx < cfg.min_spleen_left_of_liver_mm:
-            p.append(f"spleen not on the patient's left of the liver (dx {dx:.0f} mm)")
-        if math.isfinite(lv.lateral_position) and lv.lateral_position > cfg.max_liver_lateral:
-            p.append("liver lies on the patient's left")
-        if math.isfinite(sp.lateral_position) and sp.lateral_position < cfg.min_spleen_lateral:
-            p.append("spleen lies on the patient's right or at the midline")
-        if math.isfinite(sp.lateral_extreme) and sp.lateral_extreme < cfg.min_spleen_reach:
-            p.append(
-                f"spleen does not reach the left body wall (reaches {100 * sp.lateral_extreme:.0f} % "
-                "of the half-width)"
-            )
-        for e in (lv, sp):
-            if math.isfinite(e.lateral_extreme) and e.lateral_extreme > cfg.max_reach:
-                p.append(f"{e.name} reaches beyond the body outline (over-segmented?)")
-        if math.isfinite(lv.lateral_extreme) and lv.lateral_extreme < cfg.min_liver_reach:
-            p.append(
-                f"liver does not reach the right body wall (reaches {100 * lv.lateral_extreme:.0f} % "
-                "of the half-width)"
-            )
-        l0, l1 = lv.si_range
-        s0, s1 = sp.si_range
-        overlap = min(l1, s1) - max(l0, s0)
-        if overlap < cfg.min_si_overlap_mm:
-            p.append(f"liver and spleen at different levels (overlap {overlap:.0f} mm)")
-        if s1 - l1 > cfg.max_spleen_above_liver_mm:
-            p.append(f"spleen top {s1 - l1:.0f} mm above the liver top (chest?)")
-        if l0 - s0 > cfg.max_spleen_below_liver_mm:
-            p.append(f"spleen reaches {l0 - s0:.0f} mm below the liver's lowest point")
-        if lv.volume_ml < sp.volume_ml * cfg.min_liver_to_spleen_volume:
-            p.append(
-                f"liver ({lv.volume_ml:.0f} ml) not larger than the spleen ({sp.volume_ml:.0f} ml)"
-            )
+        reasons["placement"] += _placement_reasons(lv, sp, cfg)
     for name, flag in (
         ("liver", "liver_segmentation_doubtful"),
         ("spleen", "spleen_segmentation_doubtful"),
@@ -516,4 +454,111 @@ def judge(res: GateResult, cfg: GateConfig) -> None:
     res.reasons = reasons
 
 
-__all__ = ["GateResult", "OrganEvidence", "check_segmentation", "coarse_strides", "judge"]
+def _organ_reasons(e: OrganEvidence, cfg: GateConfig) -> list[str]:
+    """Why one organ's mask is doubtful: volume, pieces, HU, uniformity, air, fat, cut face."""
+    r = []
+    lo, hi = {"liver": cfg.liver_ml, "spleen": cfg.spleen_ml}[e.name]
+    if e.volume_ml > hi:
+        r.append(f"{e.name} volume {e.volume_ml:.0f} ml above the adult range (<= {hi:.0f})")
+    if e.volume_ml < lo and not e.touches_edge:
+        r.append(f"{e.name} volume {e.volume_ml:.0f} ml below the adult range (>= {lo:.0f})")
+    if not e.present:
+        r.append(f"{e.name} mask too thin to check (no voxel on the {cfg.coarse_mm:g} mm grid)")
+        return r
+    if e.largest_fraction < cfg.min_largest_fraction:
+        r.append(
+            f"{e.name} mask in pieces: largest holds {100 * e.largest_fraction:.0f} % "
+            f"(>= {100 * cfg.min_largest_fraction:.0f} % expected)"
+        )
+    hlo, hhi = {"liver": cfg.liver_median_hu, "spleen": cfg.spleen_median_hu}[e.name]
+    if not (hlo <= e.hu_median <= hhi):
+        r.append(f"{e.name} median {e.hu_median:.0f} HU outside tissue range {hlo:.0f}..{hhi:.0f}")
+    if e.frac_in_band < cfg.min_frac_in_band:
+        r.append(
+            f"{e.name} attenuation not uniform: {100 * e.frac_in_band:.0f} % of voxels within "
+            f"{e.band_hu:.0f} HU of its median (>= {100 * cfg.min_frac_in_band:.0f} %)"
+        )
+    if e.frac_air > cfg.max_frac_air:
+        r.append(f"{e.name} mask contains air ({100 * e.frac_air:.0f} % of voxels)")
+    if e.frac_fat > cfg.max_frac_fat:
+        r.append(f"{e.name} mask contains fat ({100 * e.frac_fat:.0f} % of voxels)")
+    if e.shell_air > cfg.max_shell_air:
+        r.append(
+            f"{e.name} surrounded by air ({100 * e.shell_air:.0f} % of its surroundings; "
+            "lung, bowel gas or outside the body)"
+        )
+    if e.end_face > cfg.max_end_face:
+        r.append(
+            f"{e.name} mask ends in a flat cut face ({100 * e.end_face:.0f} % of its largest "
+            "section): truncated or cut"
+        )
+    return r
+
+
+def _placement_reasons(lv: OrganEvidence, sp: OrganEvidence, cfg: GateConfig) -> list[str]:
+    """Why the two organs do not lie where a body has them: sides, reach, levels, sizes."""
+    p = []
+    dx = sp.centroid_lps[0] - lv.centroid_lps[0]  # + when the spleen is left of the liver
+    if dx < cfg.min_spleen_left_of_liver_mm:
+        p.append(f"spleen not on the patient's left of the liver (dx {dx:.0f} mm)")
+    if math.isfinite(lv.lateral_position) and lv.lateral_position > cfg.max_liver_lateral:
+        p.append("liver lies on the patient's left")
+    if math.isfinite(sp.lateral_position) and sp.lateral_position < cfg.min_spleen_lateral:
+        p.append("spleen lies on the patient's right or at the midline")
+    if math.isfinite(sp.lateral_extreme) and sp.lateral_extreme < cfg.min_spleen_reach:
+        p.append(
+            f"spleen does not reach the left body wall (reaches {100 * sp.lateral_extreme:.0f} % "
+            "of the half-width)"
+        )
+    for e in (lv, sp):
+        if math.isfinite(e.lateral_extreme) and e.lateral_extreme > cfg.max_reach:
+            p.append(f"{e.name} reaches beyond the body outline (over-segmented?)")
+    if math.isfinite(lv.lateral_extreme) and lv.lateral_extreme < cfg.min_liver_reach:
+        p.append(
+            f"liver does not reach the right body wall (reaches {100 * lv.lateral_extreme:.0f} % "
+            "of the half-width)"
+        )
+    l0, l1 = lv.si_range
+    s0, s1 = sp.si_range
+    overlap = min(l1, s1) - max(l0, s0)
+    if overlap < cfg.min_si_overlap_mm:
+        p.append(f"liver and spleen at different levels (overlap {overlap:.0f} mm)")
+    if s1 - l1 > cfg.max_spleen_above_liver_mm:
+        p.append(f"spleen top {s1 - l1:.0f} mm above the liver top (chest?)")
+    if l0 - s0 > cfg.max_spleen_below_liver_mm:
+        p.append(f"spleen reaches {l0 - s0:.0f} mm below the liver's lowest point")
+    if lv.volume_ml < sp.volume_ml * cfg.min_liver_to_spleen_volume:
+        p.append(
+            f"liver ({lv.volume_ml:.0f} ml) not larger than the spleen ({sp.volume_ml:.0f} ml)"
+        )
+    return p
+
+
+def confidence_doubts(confidence: dict, floors: dict | None) -> list[tuple[str, str]]:
+    """The model's confidence verdict: ``(flag, note)`` for each organ whose mean
+    confidence (a probability, NaN when unmeasured) lies below its floor.
+
+    ``floors``: ``{"liver": f, "spleen": f}`` calibrated for the model that made the
+    masks (``benchmarks/bench_confidence.py``; the model config's parameter
+    :data:`client.core.contract.CONFIDENCE_FLOOR_PARAM`); an organ below its floor is
+    ``<organ>_segmentation_doubtful``, the same flag the image evidence above raises.
+    """
+    out = []
+    for name, floor in (floors or {}).items():
+        v = confidence.get(name, float("nan"))
+        if math.isfinite(v) and v < floor:
+            out.append((
+                f"{name}_segmentation_doubtful",
+                f"{name}: the model's confidence {v:.3f} is below its floor {floor:.3f}",
+            ))  # fmt: skip
+    return out
+
+
+__all__ = [
+    "GateResult",
+    "OrganEvidence",
+    "check_segmentation",
+    "coarse_strides",
+    "confidence_doubts",
+    "judge",
+]
