@@ -536,26 +536,52 @@ def write_dicom_sr(
     """
     import highdicom as hd
     import pydicom
-    from pydicom.sr.codedict import codes
 
     failed = row.get("status") == "error"
     if failed and not allow_failed:
         raise ValueError(f"{row.get('case_id')}: no measurements for a scan that failed")
     hs = source_series(source, series_uid)
     uid_key = _uid_key(hs, uid_settings)
-    name = (
-        ALGORITHM_NAME
-        if not (model_name or row.get("model"))
-        else (f"{ALGORITHM_NAME} {model_name or row.get('model')}")
-    )
+    model = model_name or row.get("model")
+    name = f"{ALGORITHM_NAME} {model}" if model else ALGORITHM_NAME
     algo = hd.sr.AlgorithmIdentification(name=name[:64], version=_version())
-    units = {
+    units = _sr_units(hd)
+    seg = pydicom.dcmread(str(seg_path), stop_before_pixels=True) if seg_path else None
+    groups = _organ_groups(hd, row, algo, units, uid_key, hs, seg)
+    groups.append(_ratio_group(hd, row, algo, units, uid_key, failed))
+    if study is not None:
+        groups.append(_study_group(hd, study, series_case_id, algo, units, uid_key))
+    report = _measurement_report(hd, groups, name, uid_key)
+    evidence = _source_datasets(hs, "SR")
+    if seg is not None:
+        evidence.append(seg)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*person name.*", category=UserWarning)
+        sr = _comprehensive_sr(hd, evidence, report, uid_key)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_path, ".dcm") as tmp:
+        sr.save_as(tmp)
+    return out_path
+
+
+def _sr_units(hd) -> dict:
+    """Unit kind -> UCUM concept, for every unit kind the SR's measurements use."""
+    from pydicom.sr.codedict import codes
+
+    return {
         "hu": codes.UCUM.HounsfieldUnit,
         "ratio": codes.UCUM.NoUnits,
         "count": codes.UCUM.NoUnits,
         "ml": hd.sr.CodedConcept("mL", "UCUM", "milliliter"),
+        "percent": hd.sr.CodedConcept("%", "UCUM", "percent"),
     }
-    seg = pydicom.dcmread(str(seg_path), stop_before_pixels=True) if seg_path else None
+
+
+def _organ_groups(hd, row: dict, algo, units: dict, uid_key, hs, seg) -> list:
+    """One group per organ: mean attenuation and volume; TID 1411 referencing the SEG's
+    segment when ``seg`` is given, else TID 1501 with the organ as finding site."""
+    from pydicom.sr.codedict import codes
 
     groups = []
     for k, (organ, (hu_key, vol_key)) in enumerate(ORGAN_FIELDS.items(), start=1):
@@ -581,39 +607,51 @@ def write_dicom_sr(
         tracking = hd.sr.TrackingIdentifier(
             uid=derive_uid(uid_key, f"sr.tracking.{organ}"), identifier=f"{organ} measurements"
         )
-        if seg is not None:
-            ref = hd.sr.ReferencedSegment(
-                sop_class_uid=seg.SOPClassUID,
-                sop_instance_uid=seg.SOPInstanceUID,
-                segment_number=k,
-                source_series=hd.sr.SourceSeriesForSegmentation(hs[0].series_uid),
+        common = dict(
+            tracking_identifier=tracking,
+            finding_type=site,
+            finding_sites=[hd.sr.FindingSite(site)],
+            algorithm_id=algo,
+            measurements=ms or None,
+        )
+        if seg is None:
+            groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(**common))
+            continue
+        ref = hd.sr.ReferencedSegment(
+            sop_class_uid=seg.SOPClassUID,
+            sop_instance_uid=seg.SOPInstanceUID,
+            segment_number=k,
+            source_series=hd.sr.SourceSeriesForSegmentation(hs[0].series_uid),
+        )
+        groups.append(
+            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                referenced_segment=ref, **common
             )
-            groups.append(
-                hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                    tracking_identifier=tracking,
-                    referenced_segment=ref,
-                    finding_type=site,
-                    finding_sites=[hd.sr.FindingSite(site)],
-                    algorithm_id=algo,
-                    measurements=ms or None,
-                )
-            )
-        else:
-            groups.append(
-                hd.sr.MeasurementsAndQualitativeEvaluations(
-                    tracking_identifier=tracking,
-                    finding_type=site,
-                    finding_sites=[hd.sr.FindingSite(site)],
-                    algorithm_id=algo,
-                    measurements=ms or None,
-                )
-            )
+        )
+    return groups
+
+
+def _ratio_group(hd, row: dict, algo, units: dict, uid_key, failed: bool):
+    """The TID 1501 group of the scan's answer: the ratio and its interval, the numbers of
+    each criterion (:data:`SR_GLOBAL_MEASUREMENTS`), grade, phase, criterion, status, flags."""
     ms = []
-    units = {**units, "percent": hd.sr.CodedConcept("%", "UCUM", "percent")}
     for key, (code, meaning, unit) in SR_GLOBAL_MEASUREMENTS.items():
         v = _finite(row.get(key))
         if v is not None:
             ms.append(hd.sr.Measurement(_code(code, meaning), v, units[unit], algorithm_id=algo))
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=derive_uid(uid_key, "sr.tracking.ratio"), identifier="Liver/spleen attenuation"
+        ),
+        finding_type=_code("LSRATIO", "Liver/spleen attenuation ratio"),
+        algorithm_id=algo,
+        measurements=ms or None,
+        qualitative_evaluations=_row_evaluations(hd, row, failed),
+    )
+
+
+def _row_evaluations(hd, row: dict, failed: bool) -> list:
+    """Coded evaluations of a row: grade, phase and criterion words, FAILED, every flag."""
     evals = [
         hd.sr.QualitativeEvaluation(
             _code("GRADE", "Hepatic steatosis grade (liver/spleen ratio)"),
@@ -636,19 +674,13 @@ def write_dicom_sr(
         evals.append(
             hd.sr.QualitativeEvaluation(_code("FLAG", "Quality flag"), _code(f.upper(), f))
         )
-    groups.append(
-        hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=derive_uid(uid_key, "sr.tracking.ratio"), identifier="Liver/spleen attenuation"
-            ),
-            finding_type=_code("LSRATIO", "Liver/spleen attenuation ratio"),
-            algorithm_id=algo,
-            measurements=ms or None,
-            qualitative_evaluations=evals,
-        )
-    )
-    if study is not None:
-        groups.append(_study_group(hd, study, series_case_id, algo, units, uid_key))
+    return evals
+
+
+def _measurement_report(hd, groups: list, name: str, uid_key):
+    """TID 1500 around ``groups``, the algorithm as the observing device."""
+    from pydicom.sr.codedict import codes
+
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -658,22 +690,11 @@ def write_dicom_sr(
             model_name=_version(),
         ),
     )
-    report = hd.sr.MeasurementReport(
+    return hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=codes.cid100.CTUnspecifiedBodyRegion,
         imaging_measurements=groups,
     )
-    evidence = _source_datasets(hs, "SR")
-    if seg is not None:
-        evidence.append(seg)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*person name.*", category=UserWarning)
-        sr = _comprehensive_sr(hd, evidence, report, uid_key)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_path, ".dcm") as tmp:
-        sr.save_as(tmp)
-    return out_path
 
 
 # Study-answer field -> (code value, meaning, unit kind).
@@ -716,7 +737,6 @@ def _study_group(hd, study: dict, case_id: str | None, algo, units: dict, uid_ke
             )
         )
     ms = []
-    units = {**units, "percent": hd.sr.CodedConcept("%", "UCUM", "percent")}
     for key, (code, meaning, unit) in SR_STUDY_MEASUREMENTS.items():
         v = _finite(study.get(key))
         if v is not None:
