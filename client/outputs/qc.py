@@ -260,8 +260,21 @@ def qc_png(
     Path
         ``path``.
     """
-    from PIL import Image, ImageDraw
+    hu, labels, spacing, axes, flips = _canonical(hu, labels, spacing, direction)
+    boxes = _cube_boxes(assessment, axes, flips, labels.shape)
+    panels = _panels(hu, labels, spacing, boxes, *_slices(labels))
+    if row is not None and not row.get("case_id"):
+        row = {**row, "case_id": Path(path).stem}  # the picture is named <case_id>.png
+    canvas = _compose(panels, caption_lines(row, title))
+    path = Path(path)
+    with atomic_path(path, ".png") as tmp:
+        canvas.save(tmp, format="PNG", compress_level=3)
+    return path
 
+
+def _canonical(hu, labels, spacing, direction):
+    """``hu``, ``labels`` and ``spacing`` in the canonical LPS orientation, with the
+    ``axes`` and ``flips`` that took them there (identity without a direction)."""
     from client.reading.preprocess import canonical_axes
 
     hu = np.asarray(hu)
@@ -273,14 +286,16 @@ def qc_png(
         hu = np.flip(hu.transpose(axes), fl)
         labels = np.flip(labels.transpose(axes), fl)
         spacing = tuple(spacing[a] for a in axes)
-    sz, sy, sx = (float(s) for s in spacing)
-    nz, ny, nx = labels.shape
-    boxes = _cube_boxes(assessment, axes, flips, labels.shape)
+    return hu, labels, spacing, axes, flips
 
-    # Slices: per-organ voxel counts along z and y, counted inside the box of all
-    # labels (one pass over the volume for the box; zero outside it).
+
+def _slices(labels) -> tuple[int, int, int]:
+    """(axial slice of the liver's largest section, the spleen's, coronal row where both
+    show the most of themselves). Per-organ voxel counts along z and y are counted
+    inside the box of all labels (one pass over the volume for the box; zero outside it)."""
     from postprocess.components import bounding_box
 
+    nz, ny, _ = labels.shape
     lbox = bounding_box(labels)
     inbox = labels[lbox] if lbox is not None else None
 
@@ -304,7 +319,13 @@ def qc_png(
         y_cor = int(np.argmax(ly + spy))
     else:
         y_cor = ny // 2
+    return z_liver, z_spleen, y_cor
 
+
+def _panels(hu, labels, spacing, boxes, z_liver: int, z_spleen: int, y_cor: int) -> list:
+    """The three panels ``(image, kind, what)``: two axial slices and the coronal one."""
+    sz, sy, sx = (float(s) for s in spacing)
+    nz, ny, _ = labels.shape
     axial = [
         _panel(hu[z], labels[z], sy, sx, _rects(boxes, 0, z, 1, 2)) for z in (z_liver, z_spleen)
     ]
@@ -324,14 +345,18 @@ def qc_png(
         height=max(1, int(round(h_cor))),
         width=max(1, int(round(w_cor))),
     )
-    panels = [
+    return [
         (axial[0], "axial", "liver max"),
         (axial[1], "axial", "spleen max"),
         (coronal, "coronal", "liver + spleen"),
     ]
-    if row is not None and not row.get("case_id"):
-        row = {**row, "case_id": Path(path).stem}  # the picture is named <case_id>.png
-    lines = caption_lines(row, title)
+
+
+def _compose(panels: list, lines: list):
+    """The picture: panels side by side with their titles and orientation letters, the
+    legend, the caption ``lines``."""
+    from PIL import Image, ImageDraw
+
     gap, head = 6, 22
     panels_h = max(p.height for p, _, _ in panels)
     cap_h = 10 + 21 * max(len(lines), 1) + 8
@@ -351,8 +376,16 @@ def qc_png(
         else:
             _letters(draw, box, "S", "I")
         x += p.width + gap
-    # Legend.
-    y = head + panels_h + 6
+    _legend(draw, head + panels_h + 6, small)
+    # Caption.
+    y = head + panels_h + legend_h + 6
+    for i, (text, colour) in enumerate(lines):
+        draw.text((6, y), text, fill=colour, font=_font(17, bold=i == 1))
+        y += 21
+    return canvas
+
+
+def _legend(draw, y: int, font) -> None:
     x = 6
     for label, colour, filled in (
         ("liver", COLOURS[LABEL_LIVER], False),
@@ -363,14 +396,5 @@ def qc_png(
         draw.rectangle(
             (x, y + 2, x + 14, y + 14), outline=colour, width=2, fill=None if not filled else colour
         )
-        draw.text((x + 20, y), label, fill=TEXT, font=small)
-        x += 32 + int(draw.textlength(label, font=small))
-    # Caption.
-    y = head + panels_h + legend_h + 6
-    for i, (text, colour) in enumerate(lines):
-        draw.text((6, y), text, fill=colour, font=_font(17, bold=i == 1))
-        y += 21
-    path = Path(path)
-    with atomic_path(path, ".png") as tmp:
-        canvas.save(tmp, format="PNG", compress_level=3)
-    return path
+        draw.text((x + 20, y), label, fill=TEXT, font=font)
+        x += 32 + int(draw.textlength(label, font=font))
