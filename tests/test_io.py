@@ -285,3 +285,101 @@ def test_axial_series_preferred_over_a_larger_coronal_reformat(tmp_path, real_ct
     shutil.copytree(tmp_path / "c", study / "coronal")
     s = read_scan(study)
     assert s.shape[0] == 20 and abs(s.direction[2, 2]) > 0.99
+
+
+# --- gzip NIfTI read and written through ISA-L: exactly what ITK gives ---------------------------
+def _nifti_gz(path, array, spacing=(0.8, 0.7, 2.5), origin=(-120.0, 33.0, 610.5), direction=None):
+    img = sitk.GetImageFromArray(array)
+    img.SetSpacing(spacing)
+    img.SetOrigin(origin)
+    img.SetDirection(direction or (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    sitk.WriteImage(img, str(path), useCompression=True)
+    return path
+
+
+def _assert_same_as_itk(scan, path):
+    img = sitk.ReadImage(str(path))
+    ref = sitk.GetArrayFromImage(img)
+    assert np.array_equal(scan.array, ref) and scan.array.flags.writeable
+    assert scan.spacing == tuple(img.GetSpacing())[::-1] and scan.origin == img.GetOrigin()
+    assert np.array_equal(scan.direction.ravel(), np.asarray(img.GetDirection()))
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.int32, np.uint16])
+def test_gzip_nifti_integers_are_inflated_once_outside_itk_and_equal_itk(
+    tmp_path, dtype, monkeypatch
+):
+    rng = np.random.default_rng(3)
+    hi = 200 if dtype == np.uint8 else 3000
+    arr = rng.integers(0, hi, (12, 40, 36)).astype(dtype)
+    arr[0, 0, 0] = 0
+    path = _nifti_gz(tmp_path / "a.nii.gz", arr)
+    # ITK must not read the voxels: only its header read is used
+    monkeypatch.setattr(
+        sitk.ImageFileReader, "Execute", lambda self: pytest.fail("ITK read the voxels")
+    )
+    scan = read_scan(path, **RELAXED)
+    monkeypatch.undo()
+    _assert_same_as_itk(scan, path)
+
+
+def test_gzip_nifti_big_endian_equals_itk(tmp_path):
+    arr = np.arange(8 * 20 * 24, dtype=np.int16).reshape(8, 20, 24) - 900
+    path = _nifti_gz(tmp_path / "le.nii.gz", arr)
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    # swap every header field ITK reads (the whole 348 bytes are ints/floats/chars) by re-packing
+    import struct
+
+    le = bytes(raw[:348])
+    fmt = "i10s18sihbb8h3f4h8f3fhbb4f2i80s24s2h6f12f16s4s"  # the NIfTI-1 header layout
+    fields = struct.unpack("<" + fmt, le)
+    be_head = struct.pack(">" + fmt, *fields)
+    data = np.frombuffer(bytes(raw[352:]), "<i2").astype(">i2").tobytes()
+    big = tmp_path / "be.nii.gz"
+    big.write_bytes(gzip.compress(be_head + bytes(raw[348:352]) + data))
+    scan = read_scan(big, **RELAXED)
+    _assert_same_as_itk(scan, big)
+    assert np.array_equal(scan.array, arr)
+
+
+def test_gzip_nifti_with_scaling_or_float_is_left_to_itk_and_equal(tmp_path):
+    arr = np.random.default_rng(4).integers(-1000, 1000, (10, 30, 30)).astype(np.int16)
+    path = _nifti_gz(tmp_path / "s.nii.gz", arr)
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[112:120] = np.array([2.0, -1024.0], "<f4").tobytes()  # scl_slope, scl_inter
+    scaled = tmp_path / "scaled.nii.gz"
+    scaled.write_bytes(gzip.compress(bytes(raw)))
+    scan = read_scan(scaled, **RELAXED)
+    _assert_same_as_itk(scan, scaled)
+    flt = _nifti_gz(tmp_path / "f.nii.gz", arr.astype(np.float32) + 0.5)
+    _assert_same_as_itk(read_scan(flt, **RELAXED), flt)
+
+
+def test_gzip_nifti_truncated_is_refused_naming_the_file(tmp_path):
+    arr = np.random.default_rng(5).integers(-1000, 1000, (10, 64, 64)).astype(np.int16)
+    path = _nifti_gz(tmp_path / "t.nii.gz", arr)
+    data = path.read_bytes()
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ScanReadError, match="cut.nii.gz: truncated"):
+        read_scan(cut, **RELAXED)
+
+
+def test_real_ct_reads_as_itk_reads_it(shared_data):
+    path = shared_data / "totalseg_example" / "ct.nii.gz"
+    _assert_same_as_itk(read_scan(path), path)
+
+
+def test_written_mask_decompresses_to_itks_own_file_and_is_reproducible(tmp_path, real_ct):
+    ct, labels = real_ct
+    ours = write_label_map(labels, ct, tmp_path / "ours.nii.gz")
+    again = write_label_map(labels, ct, tmp_path / "again.nii.gz")
+    itk = tmp_path / "itk.nii.gz"
+    sitk.WriteImage(ct.to_sitk(labels.astype(np.uint8)), str(itk), useCompression=True)
+    assert gzip.decompress(ours.read_bytes()) == gzip.decompress(itk.read_bytes())
+    assert ours.read_bytes() == again.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "again.nii.gz",
+        "itk.nii.gz",
+        "ours.nii.gz",
+    ]

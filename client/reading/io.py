@@ -17,6 +17,7 @@ implausible HU range, absurd spacing, empty series, undecodable pixel data.
 from __future__ import annotations
 
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from client.reading import dicom as _dicom
 from client.reading.headers import (
     check_direction,
     check_readable_file,
+    gzip_open,
     itk_array,
     itk_safe_path,
     precheck,
@@ -142,6 +144,7 @@ def _checked_reader(path: Path, max_voxels, what: str):
             f"{show(path)}: unknown {what} format: expected one of {', '.join(IMAGE_SUFFIXES)}"
         )
     info = precheck(path, suffix, max_voxels, what)
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)  # ITK prints to the console otherwise
     reader = sitk.ImageFileReader()
     reader.SetImageIO(_IMAGE_IO[suffix])
     return suffix, info, reader
@@ -172,11 +175,12 @@ def read_itk_checked(path: str | Path, *, max_voxels: int | None = None, what: s
     ScanReadError
         Anything :func:`client.reading.headers.precheck` refuses, or ITK cannot read the file.
     """
-    import SimpleITK as sitk
-
-    sitk.ProcessObject_SetGlobalWarningDisplay(False)  # ITK prints to the console otherwise
     path = Path(path)
-    suffix, info, reader = _checked_reader(path, max_voxels, what)
+    return _itk_read(path, *_checked_reader(path, max_voxels, what), what)
+
+
+def _itk_read(path: Path, suffix: str, info, reader, what: str):
+    """:func:`read_itk_checked` after its header checks (``_checked_reader``)."""
     with itk_safe_path(path, suffix, info) as name:
         reader.SetFileName(name)
         try:
@@ -274,10 +278,81 @@ def read_image_info(path: str | Path, *, max_voxels: int | None = None, what: st
     }
 
 
+# NIfTI integer types whose voxels ITK returns unchanged (no scaling): ITK pixel type -> numpy.
+_ITK_INTEGER_TYPES = {
+    "sitkInt8": np.int8, "sitkUInt8": np.uint8, "sitkInt16": np.int16, "sitkUInt16": np.uint16,
+    "sitkInt32": np.int32, "sitkUInt32": np.uint32, "sitkInt64": np.int64, "sitkUInt64": np.uint64,
+}  # fmt: skip
+
+
+def _itk_integer_dtype(pixel_id: int):
+    import SimpleITK as sitk
+
+    for name, dtype in _ITK_INTEGER_TYPES.items():
+        if getattr(sitk, name) == pixel_id:
+            return np.dtype(dtype)
+    return None
+
+
+def _gzip_nifti_voxels(path: Path, suffix: str, info, reader):
+    """(ITK's header read, voxels [z, y, x]) of a 3D gzip NIfTI of integers, or None.
+
+    The archive's usual file. ITK inflates it with zlib; here it is inflated once by
+    ISA-L (the same bytes, about half the CPU: ``benchmarks/bench_allin.py``) straight
+    into the array, and the geometry and metadata come from ITK's own header read, so
+    the volume is exactly what ``SimpleITK.ReadImage`` gives (``tests/test_io.py``
+    compares them). Anything else (float or scaled data, 4D, another format) returns
+    None and ITK reads the file.
+    """
+    if not (
+        suffix == ".nii.gz" and info.encoding == "gzip" and len(info.dims) == 3
+        and info.dtype is not None and info.dtype.kind in "iu" and info.array is None
+    ):  # fmt: skip
+        return None
+    slope, inter = info.scaling
+    if slope != 0.0 and (slope != 1.0 or inter != 0.0):
+        return None
+    with itk_safe_path(path, suffix, info) as name:
+        reader.SetFileName(name)
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            return None  # ITK's full read gives the precise error
+    itk_type = _itk_integer_dtype(reader.GetPixelID())
+    if (
+        reader.GetDimension() != 3 or reader.GetNumberOfComponents() != 1
+        or tuple(reader.GetSize()) != tuple(int(d) for d in info.dims)
+        or itk_type is None or itk_type != info.dtype.newbyteorder("=")
+    ):  # fmt: skip
+        return None
+    voxels = np.empty(info.n_voxels, info.dtype)
+    view, filled = memoryview(voxels).cast("B"), 0
+    try:
+        with gzip_open(info.data_file, "rb") as gz:
+            if len(gz.read(info.data_offset)) != info.data_offset:
+                raise EOFError("ends inside the header")
+            while filled < view.nbytes and (n := gz.readinto(view[filled:])):
+                filled += n
+    except (EOFError, OSError, zlib.error) as exc:
+        raise ScanReadError(f"{show(path)}: truncated or corrupt compressed data ({exc})") from exc
+    if filled != view.nbytes:
+        raise ScanReadError(
+            f"{show(path)}: truncated: header describes {view.nbytes:,} bytes of image data, "
+            f"the file holds {filled:,}"
+        )
+    if not voxels.dtype.isnative:
+        voxels = voxels.astype(voxels.dtype.newbyteorder("="))
+    return reader, voxels.reshape(tuple(reader.GetSize())[::-1])
+
+
 def _read_itk_file(path: Path, min_slices: int, max_voxels: int | None = None) -> ScanVolume:
     import SimpleITK as sitk
 
-    img = read_itk_checked(path, max_voxels=max_voxels)
+    checked = _checked_reader(path, max_voxels, "image file")  # header checks once
+    fast = _gzip_nifti_voxels(path, *checked)
+    if fast is not None:
+        return _itk_scan(path, *fast, [], min_slices)
+    img = _itk_read(path, *checked, "image file")
     notes: list[str] = []
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise ScanReadError(
@@ -296,8 +371,13 @@ def _read_itk_file(path: Path, min_slices: int, max_voxels: int | None = None) -
         raise ScanReadError(
             f"{show(path)}: expected a 3D volume, got a {dim}D image of size {img.GetSize()}"
         )
+    return _itk_scan(path, img, itk_array(img), notes, min_slices)
+
+
+def _itk_scan(path: Path, img, array: np.ndarray, notes: list, min_slices: int) -> ScanVolume:
+    """The checked ScanVolume of ``array`` with the geometry and metadata of ``img`` (an ITK
+    image, or a reader after ``ReadImageInformation``)."""
     check_direction(np.asarray(img.GetDirection()).reshape(3, 3), path)
-    array = itk_array(img)
     spacing = tuple(img.GetSpacing())[::-1]
     check_geometry(array.shape, spacing, show(path), min_slices)
     check_finite(array, show(path))
@@ -528,5 +608,29 @@ def write_label_map(labels: np.ndarray, like: ScanVolume, path: str | Path) -> P
         raise ValueError(f"{path}: labels {labels.shape} do not match the scan {like.shape}")
     img = like.to_sitk(labels.astype(np.uint8, copy=False))  # to_sitk copies anyway
     with atomic_path(path, suffix) as tmp:
-        sitk.WriteImage(img, tmp, useCompression=True)
+        if suffix == ".nii.gz":
+            _write_nifti_gz(img, tmp)
+        else:
+            sitk.WriteImage(img, tmp, useCompression=True)
     return path
+
+
+def _write_nifti_gz(img, target: str) -> None:
+    """``img`` as gzip NIfTI: ITK writes the uncompressed file (its header, its voxel
+    order) beside ``target``, ISA-L deflates it at level 1 with no timestamp. The file
+    decompresses to exactly what ITK's own ``.nii.gz`` holds, for about a third of the
+    CPU (``benchmarks/bench_allin.py``); the same input gives the same bytes."""
+    import shutil
+
+    import SimpleITK as sitk
+    from isal.igzip import IGzipFile
+
+    raw = target[: -len(".gz")]  # .tmp-*.nii in the same folder: a killed run's leftovers
+    try:  # are removed by remove_stale_temporaries like any other temporary
+        sitk.WriteImage(img, raw, useCompression=False)
+        with open(raw, "rb") as src, open(target, "wb") as fh:
+            with IGzipFile("", "wb", 1, fh, mtime=0) as gz:  # no name, no time: same bytes
+                shutil.copyfileobj(src, gz, 1 << 22)
+    finally:
+        if os.path.exists(raw):
+            os.unlink(raw)
