@@ -37,13 +37,14 @@ import numpy as np
 from client.core import contract
 from client.core.atomic import atomic_path, file_mode
 from client.core.errors import ConfigError
+from client.reading.labels_sidecar import sidecar_paths
 
 RESULTS_JSONL = "results.jsonl"
 RESULTS_CSV = "results.csv"
 ATTEMPTS_JSONL = "attempts.jsonl"
 RUN_JSON = "run.json"
-# The OUT layout, one home: per-scan files go in these folders (masks/<case_id>.nii.gz,
-# qc/<case_id>.png, dicom/<case_id>.seg.dcm / .sr.dcm).
+# The OUT layout, one home: per-scan files go in these folders; :func:`case_files`
+# names every file of a case.
 MASKS_DIR = "masks"
 QC_DIR = "qc"
 DICOM_DIR = "dicom"
@@ -65,6 +66,42 @@ OUTPUT_NAMES = (
     DICOM_DIR,
 )
 DONE_STATUSES = (contract.STATUS_OK, contract.STATUS_FLAGGED)
+
+
+@dataclass(frozen=True)
+class CaseFiles:
+    """Where one case's per-scan files live in OUT (:func:`case_files`)."""
+
+    mask: Path  # masks/<case_id>.nii.gz, the label map
+    slicer: Path  # masks/<case_id>.ctbl, its 3D Slicer colour table
+    itksnap: Path  # masks/<case_id>.itksnap.txt, its ITK-SNAP label description
+    qc: Path  # qc/<case_id>.png, the QC picture
+    seg: Path  # dicom/<case_id>.seg.dcm, the DICOM SEG (DICOM inputs, --dicom-seg)
+    sr: Path  # dicom/<case_id>.sr.dcm, the DICOM SR (DICOM inputs, --dicom-sr, the node)
+    qc_dcm: Path  # dicom/<case_id>.qc.dcm, the QC picture as DICOM (the node's send_qc)
+
+    def screen_outputs(self) -> tuple[Path, ...]:
+        """The files a screen run writes (``merge`` links those of the winning rows)."""
+        return (self.mask, self.slicer, self.itksnap, self.qc, self.seg, self.sr)
+
+
+def case_files(out_dir: str | Path, case_id: str) -> CaseFiles:
+    """The OUT layout: every per-scan file of ``case_id`` under ``out_dir`` (whether or
+    not it exists). Writers (:func:`client.pipeline.screen.write_outputs`, the DICOM
+    node), ``report.html`` and ``merge`` all take the paths from here."""
+    out_dir = Path(out_dir)
+    mask = out_dir / MASKS_DIR / f"{case_id}.nii.gz"
+    sidecars = sidecar_paths(mask)
+    dicom = out_dir / DICOM_DIR
+    return CaseFiles(
+        mask=mask,
+        slicer=sidecars["slicer"],
+        itksnap=sidecars["itksnap"],
+        qc=out_dir / QC_DIR / f"{case_id}.png",
+        seg=dicom / f"{case_id}.seg.dcm",
+        sr=dicom / f"{case_id}.sr.dcm",
+        qc_dcm=dicom / f"{case_id}.qc.dcm",
+    )
 
 
 class SchemaError(ValueError):

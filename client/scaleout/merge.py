@@ -34,10 +34,6 @@ from client.core import contract
 from client.core.errors import ConfigError
 from client.outputs import results
 
-# Per-scan files: folder -> suffixes after the case_id (client.pipeline.screen.write_outputs,
-# client.reading.labels_sidecar).
-PER_SCAN = {results.MASKS_DIR: (".nii.gz", ".ctbl", ".itksnap.txt"), results.QC_DIR: (".png",),
-            results.DICOM_DIR: (".seg.dcm", ".sr.dcm")}  # fmt: skip
 _RESULT_KEYS = ("status", "grade", "ratio", "flags", "error")
 
 
@@ -52,11 +48,8 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def _case_files(out: Path, case_id: str) -> list[Path]:
-    """Per-scan files of ``case_id`` in ``out`` (mask + its label files, QC, DICOM)."""
-    found = []
-    for sub, suffixes in PER_SCAN.items():
-        found += [p for s in suffixes if (p := out / sub / f"{case_id}{s}").is_file()]
-    return found
+    """Per-scan files of ``case_id`` in ``out`` (mask + its label files, QC, DICOM SEG/SR)."""
+    return [p for p in results.case_files(out, case_id).screen_outputs() if p.is_file()]
 
 
 def _age(row: dict, out: Path) -> tuple:
@@ -94,6 +87,29 @@ def merge(outs, dest: Path | str, *, link_files: bool = True) -> dict:
     """
     outs = [Path(o) for o in outs]
     dest = Path(dest)
+    _check_folders(outs, dest)
+    winner, losers, conflicts, attempts, shards = _collect(outs)
+    dest.mkdir(parents=True, exist_ok=True)
+    merged = [results.ordered_row(r) for r, _ in winner.values()]
+    _write_rows(dest, merged, attempts + losers)
+    if link_files:
+        for c, (_, i) in winner.items():
+            for f in _case_files(outs[i], c):
+                _link_or_copy(f, dest / f.relative_to(outs[i]))
+    manifest = _manifest(merged, shards, conflicts)
+    from client.pipeline.study import write_studies
+
+    manifest["n_studies"] = len(write_studies(dest, merged))  # studies.csv from the rows
+    results.write_json_atomic(dest / results.RUN_JSON, manifest)
+    from client.outputs.report import write_report
+
+    write_report(merged, dest, manifest)
+    return manifest
+
+
+def _check_folders(outs: list[Path], dest: Path) -> None:
+    """ConfigError unless every OUT has results, none is named twice, and ``dest`` is
+    none of them and new or empty."""
     if not outs:
         raise ConfigError("merge: name at least one OUT folder")
     seen = set()
@@ -109,6 +125,10 @@ def merge(outs, dest: Path | str, *, link_files: bool = True) -> dict:
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise ConfigError(f"merge: -o {dest} exists and is not an empty folder (nothing changed)")
 
+
+def _collect(outs: list[Path]):
+    """Read every OUT: the winning row per case_id (with its OUT's index), the dropped
+    rows, the conflicts, every OUT's own attempts, and each OUT's summary."""
     winner: dict[str, tuple[dict, int]] = {}
     losers: list[dict] = []
     conflicts: list[dict] = []
@@ -137,24 +157,26 @@ def merge(outs, dest: Path | str, *, link_files: bool = True) -> dict:
                 "same_source": keep.get("source_id") == drop.get("source_id"),
                 "same_result": all(keep.get(k) == drop.get(k) for k in _RESULT_KEYS),
             })  # fmt: skip
+    return winner, losers, conflicts, attempts, shards
 
-    dest.mkdir(parents=True, exist_ok=True)
-    merged = [results.ordered_row(r) for r, _ in winner.values()]
+
+def _write_rows(dest: Path, merged: list[dict], older: list[dict]) -> None:
+    """results.jsonl / results.csv of the merged rows; attempts.jsonl of the ``older``
+    rows (every OUT's attempts and the dropped rows) when there are any."""
     results._write_atomic(dest / results.RESULTS_JSONL, "".join(map(results._json_line, merged)))
     results._write_atomic(
         dest / results.RESULTS_CSV,
         results._csv_header() + "".join(map(results._csv_line, merged)),
     )
-    old_rows = [results.ordered_row(r) for r in attempts + losers]
+    old_rows = [results.ordered_row(r) for r in older]
     if old_rows:
         results._write_atomic(
             dest / results.ATTEMPTS_JSONL, "".join(map(results._json_line, old_rows))
         )
-    if link_files:
-        for c, (_, i) in winner.items():
-            for f in _case_files(outs[i], c):
-                _link_or_copy(f, dest / f.relative_to(outs[i]))
 
+
+def _manifest(merged: list[dict], shards: list[dict], conflicts: list[dict]) -> dict:
+    """The merged run.json (without ``n_studies``)."""
     counts = {s: sum(r["status"] == s for r in merged) for s in contract.STATUSES}
     all_finished = all(s["status"] == "finished" for s in shards)
     manifest = {
@@ -187,13 +209,6 @@ def merge(outs, dest: Path | str, *, link_files: bool = True) -> dict:
         manifest["warning"] = (
             "the OUT folders were screened with different models (see merged_from)"
         )
-    from client.pipeline.study import write_studies
-
-    manifest["n_studies"] = len(write_studies(dest, merged))  # studies.csv from the rows
-    results.write_json_atomic(dest / results.RUN_JSON, manifest)
-    from client.outputs.report import write_report
-
-    write_report(merged, dest, manifest)
     return manifest
 
 
