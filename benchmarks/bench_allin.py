@@ -15,7 +15,7 @@ work folder has them, then in ONE run, interleaved ``--repeats`` times:
 CPU seconds are the user + system time of the batch process and everything it
 waited for (the bundled server included, its start amortised over the scans),
 read with ``os.wait4``. Per-stage seconds come from each run's ``run.json``.
-With several trees the outputs are compared: the masks (file bytes), the QC
+With several trees the outputs are compared: the masks (decompressed bytes), the QC
 pictures (file bytes) and the result rows without their timing and run columns
 must be identical. Writes ``benchmarks/results/allin.json``.
 """
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import hashlib
 import json
 import os
@@ -148,7 +149,12 @@ def run_batch(tree: Path, scans: Path, out: Path, concurrency: int, repo: Path) 
 
 
 def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """SHA-256 of the file's content; of the DECOMPRESSED bytes for ``.gz`` (the NIfTI
+    header and voxels: two gzip encoders give different bytes for the same mask)."""
+    data = path.read_bytes()
+    if path.name.endswith(".gz"):
+        data = gzip.decompress(data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def output_signature(out: Path) -> dict:
