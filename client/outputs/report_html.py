@@ -22,12 +22,13 @@ from __future__ import annotations
 import html
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
 from client.core import contract
 from client.core.atomic import atomic_path
-from client.outputs.results import QC_DIR
+from client.outputs.results import QC_DIR, case_files
 
 GRADE_ORDER = ("normal", "mild", "moderate", "severe", "indeterminate")
 STATUS_ORDER = ("ok", "flagged", "error")
@@ -384,36 +385,66 @@ def write_report(rows: list[dict], out_dir: Path, run_info: dict | None = None) 
     for must in ("case_id", "status", "grade"):
         if must not in columns:
             columns.append(must)
-    schema = _schema_units()
     qc_dir = out_dir / QC_DIR
     qc_names = {p.name for p in qc_dir.iterdir()} if qc_dir.is_dir() else set()
+    has_qc = [case_files(out_dir, str(r.get("case_id"))).qc.name in qc_names for r in rows]
     glossary, glossary_source = flag_glossary()
+    t = _tally(rows)
+    review = [_needs_review(r) for r in rows]
+    data = _table_data(rows, columns, has_qc, review)
+    problems = sorted(
+        (i for i, x in enumerate(review) if x), key=lambda i: (_problem_rank(rows[i]), i)
+    )
+    doc = _document(
+        len(rows), len(problems), t, _run_info_html(run_info), _review_html(rows, problems),
+        _glossary_html(glossary, t.flags), glossary_source, data,
+    )  # fmt: skip
+    path = out_dir / "report.html"
+    with atomic_path(path, ".html") as tmp:
+        Path(tmp).write_text(doc, encoding="utf-8")
+    return path
 
-    grade_counts: dict[str, int] = {}
-    status_counts: dict[str, int] = {}
-    ratios, flag_counts = [], {}
-    phase_counts: dict[str, int] = {}
-    pv_counts: dict[str, int] = {}
+
+@dataclass
+class _Tally:
+    """What the summary counts: scans by grade, status, phase (errors aside) and
+    portal-venous assessment, the graded ratios, scans per flag."""
+
+    grades: dict = field(default_factory=dict)
+    statuses: dict = field(default_factory=dict)
+    phases: dict = field(default_factory=dict)
+    pv: dict = field(default_factory=dict)
+    ratios: list = field(default_factory=list)
+    flags: dict = field(default_factory=dict)
+
+
+def _tally(rows: list[dict]) -> _Tally:
+    t = _Tally()
     for r in rows:
         g = r.get("grade") or "indeterminate"
-        grade_counts[g] = grade_counts.get(g, 0) + 1
+        t.grades[g] = t.grades.get(g, 0) + 1
         s = r.get("status") or "error"
-        status_counts[s] = status_counts.get(s, 0) + 1
+        t.statuses[s] = t.statuses.get(s, 0) + 1
         if s != "error":
             ph = r.get("phase") or "unknown"
-            phase_counts[ph] = phase_counts.get(ph, 0) + 1
+            t.phases[ph] = t.phases.get(ph, 0) + 1
         if r.get("pv_assessment"):
-            pv_counts[r["pv_assessment"]] = pv_counts.get(r["pv_assessment"], 0) + 1
+            t.pv[r["pv_assessment"]] = t.pv.get(r["pv_assessment"], 0) + 1
         v = r.get("ratio")
         # The histogram keeps the criteria apart: only ratios that graded a scan (an
         # indeterminate or enhanced scan's ratio is no grade and is not drawn as one).
         graded = g in GRADE_CSS and g != "indeterminate"
         if isinstance(v, (int, float)) and math.isfinite(v) and s != "error" and graded:
-            ratios.append(float(v))
+            t.ratios.append(float(v))
         for f in _flags_of(r):
-            flag_counts[f] = flag_counts.get(f, 0) + 1
-    review = [_needs_review(r) for r in rows]
-    data = {
+            t.flags[f] = t.flags.get(f, 0) + 1
+    return t
+
+
+def _table_data(rows: list[dict], columns: list, has_qc: list, review: list) -> dict:
+    """The table's JSON: columns with units, meanings and decimals, cells, QC, review, rank."""
+    schema = _schema_units()
+    return {
         "columns": columns,
         "units": {c: schema.get(c, ("", ""))[0] for c in columns},
         "meaning": {c: schema.get(c, ("", ""))[1] for c in columns},
@@ -423,14 +454,14 @@ def write_report(rows: list[dict], out_dir: Path, run_info: dict | None = None) 
         "visible": [c for c in DEFAULT_VISIBLE if c in columns],
         "gradeCss": GRADE_CSS,
         "rows": [[_cell(r.get(c)) for c in columns] for r in rows],
-        "qc": [1 if f"{r.get('case_id')}.png" in qc_names else 0 for r in rows],
+        "qc": [1 if x else 0 for x in has_qc],
         "review": [1 if x else 0 for x in review],
         "rank": [_problem_rank(r) for r in rows],
     }
 
-    problems = sorted(
-        (i for i, x in enumerate(review) if x), key=lambda i: (_problem_rank(rows[i]), i)
-    )
+
+def _review_html(rows: list[dict], problems: list[int]) -> str:
+    """The "needs review" list: the first 100 problems, worst first, and a link to the rest."""
     shown = problems[:100]
     items = []
     for i in shown:
@@ -448,42 +479,56 @@ def write_report(rows: list[dict], out_dir: Path, run_info: dict | None = None) 
         if len(problems) > len(shown)
         else ""
     )
-    review_html = (
+    return (
         f'<ul class="review">{"".join(items)}</ul>{more}'
         if problems
         else "<p>None: every scan was graded without a flag.</p>"
     )
+
+
+def _glossary_html(glossary: dict, flag_counts: dict) -> str:
+    """Every known or seen flag with its meaning and how many scans carry it."""
     used = sorted(set(flag_counts) | set(glossary))
-    gl = "".join(
+    return "".join(
         f"<dt>{html.escape(f)}</dt><dd>{html.escape(glossary.get(f, 'no description (unknown flag)'))}"
         f"{f' <span class=muted>({flag_counts[f]} scans)</span>' if f in flag_counts else ''}</dd>"
         for f in used
     )
-    info = ""
-    if run_info:
-        model = run_info.get("model") or {}
-        model_name = _model_words(model, run_info.get("mode"))
-        t = run_info.get("timings") or {}
-        info = (
-            f"<p class=muted>Model: {html.escape(str(model_name))}"
-            + (f" ({html.escape(str(run_info['mode']))})" if run_info.get("mode") else "")
-            + "; "
-            f"{html.escape(str(t.get('scans_per_minute', '')))} scans/min; "
-            f"wall {html.escape(str(t.get('wall_s', '')))} s</p>"
-        )
-    n = len(rows)
-    doc = f"""<!doctype html>
+
+
+def _run_info_html(run_info: dict | None) -> str:
+    """The header line on the model, the mode and the speed (from run.json)."""
+    if not run_info:
+        return ""
+    model = run_info.get("model") or {}
+    model_name = _model_words(model, run_info.get("mode"))
+    t = run_info.get("timings") or {}
+    return (
+        f"<p class=muted>Model: {html.escape(str(model_name))}"
+        + (f" ({html.escape(str(run_info['mode']))})" if run_info.get("mode") else "")
+        + "; "
+        f"{html.escape(str(t.get('scans_per_minute', '')))} scans/min; "
+        f"wall {html.escape(str(t.get('wall_s', '')))} s</p>"
+    )
+
+
+def _document(
+    n: int, n_review: int, t: _Tally, info: str, review_html: str, gl: str, glossary_source: str,
+    data: dict,
+) -> str:  # fmt: skip
+    """The page."""
+    return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>HepaScreen report ({n} scans)</title><style>{_CSS}</style></head><body>
 <h1>HepaScreen liver/spleen attenuation screening</h1>
-<p>{n} scans; {len(problems)} need review.</p>{info}
+<p>{n} scans; {n_review} need review.</p>{info}
 <div class="summary">
-{_count_table("grade", grade_counts, GRADE_ORDER, GRADE_CSS, "grade")}
-{_count_table("status", status_counts, STATUS_ORDER, None, "status")}
-{_count_table("contrast phase", phase_counts, contract.PHASES)}
-{_count_table("portal-venous liver HU", pv_counts, contract.PV_ASSESSMENTS) if pv_counts else ""}
-<div>{_histogram_svg(ratios)}</div>
+{_count_table("grade", t.grades, GRADE_ORDER, GRADE_CSS, "grade")}
+{_count_table("status", t.statuses, STATUS_ORDER, None, "status")}
+{_count_table("contrast phase", t.phases, contract.PHASES)}
+{_count_table("portal-venous liver HU", t.pv, contract.PV_ASSESSMENTS) if t.pv else ""}
+<div>{_histogram_svg(t.ratios)}</div>
 </div>
 <p>Each phase is judged by the criterion that holds for it, never mixed (column
 <code>criterion</code>). Unenhanced CT: grades from the liver/spleen CT ratio of cube means:
@@ -493,7 +538,7 @@ histogram shows these graded ratios only. Portal-venous CT: grade indeterminate,
 80-90 HU possible; Pickhardt et al. 2024). Arterial, delayed and unknown phases: no
 criterion. Research use only: not a diagnosis; check every flagged scan and the QC
 pictures.</p>
-<h2 id="review">Needs review ({len(problems)}): errors, indeterminate grades, flags</h2>
+<h2 id="review">Needs review ({n_review}): errors, indeterminate grades, flags</h2>
 {review_html}
 <h2 id="table">All scans</h2>
 <div class="controls">
@@ -514,7 +559,3 @@ pictures.</p>
 <script>{_JS}</script>
 </body></html>
 """
-    path = out_dir / "report.html"
-    with atomic_path(path, ".html") as tmp:
-        Path(tmp).write_text(doc, encoding="utf-8")
-    return path
