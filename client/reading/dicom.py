@@ -551,13 +551,45 @@ def load_series(
     direction (3 x 3, ITK), notes (list of str).
     """
 
+    hs, dist, (row, col, normal) = _sorted_slices(hs, folder, max_voxels)
+    vol = _decode_slices(hs)
+    ps = hs[0].pixel_spacing or (1.0, 1.0)
+    spacing_y, spacing_x = float(ps[0]), float(ps[1])
     notes: list[str] = []
+    vol = _untilt(vol, hs, dist, (row, col, normal), (spacing_y, spacing_x), notes)
+    vol, dz = _regular_spacing(vol, hs, dist, folder, max_gap_factor, notes)
+    direction = np.stack([row, col, normal], axis=1)  # columns: index axes i (x), j (y), k (z)
+    origin = tuple(float(v) for v in hs[0].position)
+    if vol.dtype.kind == "f" and np.allclose(vol, np.round(vol)) and not notes:
+        vol = vol.astype(np.int32)
+    if (
+        vol.dtype.kind == "i"
+        and vol.dtype != np.int16
+        and vol.min() >= -32768
+        and vol.max() <= 32767
+    ):
+        vol = vol.astype(np.int16)
+    meta = {}
+    for key, tag in SAFE_TAGS.items():
+        v = hs[0].ds.get(tag) if hs[0].ds is not None else None
+        if v not in (None, ""):
+            meta[key] = float(v) if key in ("kvp", "slice_thickness") else str(v)
+    meta["n_slices"] = int(vol.shape[0])
+    return vol, (dz, spacing_y, spacing_x), origin, direction, meta, notes
+
+
+def _sorted_slices(hs: list[SliceHeader], folder: Path, max_voxels: int | None):
+    """The slices sorted along the normal, their distances along it and the frame
+    ``(row, col, normal)``; refused: multi-frame objects, two slices at one position,
+    slices of different sizes, more voxels than the limit, files shorter than their
+    header says."""
     if any(h.frames > 1 for h in hs):
         raise ScanReadError(
             f"{show(folder)}: multi-frame DICOM objects are not supported as CT volumes "
             f"({show(hs[0].path.name)} has {hs[0].frames} frames)"
         )
-    row, col, normal = _orientation_frame(hs, folder)
+    frame = _orientation_frame(hs, folder)
+    normal = frame[2]
     dist = np.array([float(h.position @ normal) for h in hs])
     order = np.argsort(dist, kind="stable")
     hs = [hs[i] for i in order]
@@ -589,11 +621,18 @@ def load_series(
                 f"{show(h.path)}: truncated: the header describes {need:,} bytes of pixels, "
                 f"the file holds {os.path.getsize(h.path):,} bytes in all"
             )
-    # Plain uncompressed slices are read straight from the file (the header was parsed
-    # once already, above); GDCM decodes the rest (compressed, unusual layouts) and any
-    # slice the direct read does not vouch for (tests/test_dicom_fast_read.py: identical
-    # to GDCM on every layout). Several GDCM slices decode on a few threads (SimpleITK
-    # releases the GIL while decoding); errors still name the first bad slice in order.
+    return hs, dist, frame
+
+
+def _decode_slices(hs: list[SliceHeader]) -> np.ndarray:
+    """The sorted slices' pixels as one volume (:func:`_stack_slices`).
+
+    Plain uncompressed slices are read straight from the file (the header was parsed
+    once already); GDCM decodes the rest (compressed, unusual layouts) and any slice the
+    direct read does not vouch for (tests/test_dicom_fast_read.py: identical to GDCM on
+    every layout). Several GDCM slices decode on a few threads (SimpleITK releases the
+    GIL while decoding); errors still name the first bad slice in order.
+    """
     slices: list = []
     todo = []
     for k, h in enumerate(hs):
@@ -617,68 +656,60 @@ def load_series(
     else:
         for k in todo:
             slices[k] = _gdcm_slice(hs[k])
-    vol = _stack_slices(slices)
-    ps = hs[0].pixel_spacing or (1.0, 1.0)
-    spacing_y, spacing_x = float(ps[0]), float(ps[1])
+    return _stack_slices(slices)
 
-    # Gantry tilt: positions drift in-plane along the stack.
+
+def _untilt(vol, hs, dist, frame, spacing_yx, notes: list) -> np.ndarray:
+    """Gantry tilt: positions drift in-plane along the stack; each slice is resampled at
+    the in-plane positions of slice 0's grid (a note says so)."""
+    row, col, normal = frame
+    spacing_y, spacing_x = spacing_yx
     p0 = hs[0].position
     inplane = np.array([(h.position - p0) - ((h.position - p0) @ normal) * normal for h in hs])
     drift = np.linalg.norm(inplane[-1]) if len(hs) > 1 else 0.0
     span = dist[-1] - dist[0] if len(hs) > 1 else 1.0
-    if drift > 0.01 * max(span, 1.0) and drift > 0.5 * min(spacing_x, spacing_y):
-        from scipy import ndimage as ndi
+    if not (drift > 0.01 * max(span, 1.0) and drift > 0.5 * min(spacing_x, spacing_y)):
+        return vol
+    from scipy import ndimage as ndi
 
-        tilt = float(np.degrees(np.arctan2(drift, span)))
-        out = np.empty(vol.shape, np.float32)
-        for k in range(vol.shape[0]):
-            dy = float(inplane[k] @ col) / spacing_y
-            dx = float(inplane[k] @ row) / spacing_x
-            # Sample slice k at the in-plane positions of slice 0's grid.
-            out[k] = ndi.shift(vol[k].astype(np.float32), (dy, dx), order=1, mode="nearest")
-        vol = out
-        notes.append(f"gantry_tilt_corrected ({tilt:.1f} deg)")
+    tilt = float(np.degrees(np.arctan2(drift, span)))
+    out = np.empty(vol.shape, np.float32)
+    for k in range(vol.shape[0]):
+        dy = float(inplane[k] @ col) / spacing_y
+        dx = float(inplane[k] @ row) / spacing_x
+        # Sample slice k at the in-plane positions of slice 0's grid.
+        out[k] = ndi.shift(vol[k].astype(np.float32), (dy, dx), order=1, mode="nearest")
+    notes.append(f"gantry_tilt_corrected ({tilt:.1f} deg)")
+    return out
 
-    # Regular spacing along the normal.
+
+def _regular_spacing(vol, hs, dist, folder: Path, max_gap_factor: float, notes: list):
+    """``(volume, dz)`` on a regular spacing along the normal: uneven gaps resampled
+    linearly to their median (a note says so); gaps over ``max_gap_factor`` x the
+    median refused (missing slices)."""
+    gaps = np.diff(dist)
     if len(gaps) == 0:
-        dz = float(getattr(hs[0].ds, "SliceThickness", 1.0) or 1.0)
-    else:
-        dz = float(np.median(gaps))
-        if np.max(np.abs(gaps - dz)) > max(0.01 * dz, 0.01):
-            if np.max(gaps) > max_gap_factor * dz:
-                raise ScanReadError(
-                    f"{show(folder)}: slice gaps up to {np.max(gaps):.2f} mm against a median spacing of "
-                    f"{dz:.2f} mm (missing slices?); refusing to interpolate gaps over "
-                    f"{max_gap_factor:g} x the spacing"
-                )
-            n = int(round((dist[-1] - dist[0]) / dz)) + 1
-            target = dist[0] + dz * np.arange(n)
-            idx = np.clip(np.searchsorted(dist, target, side="right") - 1, 0, len(dist) - 2)
-            w = ((target - dist[idx]) / (dist[idx + 1] - dist[idx])).astype(np.float32)
-            w = np.clip(w, 0.0, 1.0)[:, None, None]
-            v = vol.astype(np.float32)
-            vol = v[idx] * (1 - w) + v[idx + 1] * w
-            notes.append(
-                f"resampled_nonuniform_spacing (gaps {np.min(gaps):.2f}-{np.max(gaps):.2f} mm -> {dz:.2f} mm)"
-            )
-    direction = np.stack([row, col, normal], axis=1)  # columns: index axes i (x), j (y), k (z)
-    origin = tuple(float(v) for v in p0)
-    if vol.dtype.kind == "f" and np.allclose(vol, np.round(vol)) and not notes:
-        vol = vol.astype(np.int32)
-    if (
-        vol.dtype.kind == "i"
-        and vol.dtype != np.int16
-        and vol.min() >= -32768
-        and vol.max() <= 32767
-    ):
-        vol = vol.astype(np.int16)
-    meta = {}
-    for key, tag in SAFE_TAGS.items():
-        v = hs[0].ds.get(tag) if hs[0].ds is not None else None
-        if v not in (None, ""):
-            meta[key] = float(v) if key in ("kvp", "slice_thickness") else str(v)
-    meta["n_slices"] = int(vol.shape[0])
-    return vol, (dz, spacing_y, spacing_x), origin, direction, meta, notes
+        return vol, float(getattr(hs[0].ds, "SliceThickness", 1.0) or 1.0)
+    dz = float(np.median(gaps))
+    if np.max(np.abs(gaps - dz)) <= max(0.01 * dz, 0.01):
+        return vol, dz
+    if np.max(gaps) > max_gap_factor * dz:
+        raise ScanReadError(
+            f"{show(folder)}: slice gaps up to {np.max(gaps):.2f} mm against a median spacing of "
+            f"{dz:.2f} mm (missing slices?); refusing to interpolate gaps over "
+            f"{max_gap_factor:g} x the spacing"
+        )
+    n = int(round((dist[-1] - dist[0]) / dz)) + 1
+    target = dist[0] + dz * np.arange(n)
+    idx = np.clip(np.searchsorted(dist, target, side="right") - 1, 0, len(dist) - 2)
+    w = ((target - dist[idx]) / (dist[idx + 1] - dist[idx])).astype(np.float32)
+    w = np.clip(w, 0.0, 1.0)[:, None, None]
+    v = vol.astype(np.float32)
+    vol = v[idx] * (1 - w) + v[idx + 1] * w
+    notes.append(
+        f"resampled_nonuniform_spacing (gaps {np.min(gaps):.2f}-{np.max(gaps):.2f} mm -> {dz:.2f} mm)"
+    )
+    return vol, dz
 
 
 def write_series(
