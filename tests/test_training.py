@@ -475,3 +475,46 @@ def test_demo_train_multiclass_pool_grows_and_validates_per_class(tmp_path):
     assert demo_main([*common, "--iters", "3", "--resume"]) == 0
     assert demo_main(["--save_dir", str(run), "--checkpoint_only"]) == 0
     assert json.loads((run / "classes.json").read_text(encoding="utf-8"))["12"] == "colon"
+
+
+def _training_imports() -> dict[str, set[str]]:
+    """``training`` module -> the ``training`` modules it imports (top level or inside a
+    function: a lazy import still closes a circle), read with ``ast``."""
+    import ast
+
+    mods = {p.stem: p for p in (ROOT / "training").glob("*.py")}
+    graph = {}
+    for name, path in mods.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                parts = node.module.split(".")
+                if parts[0] == "training":
+                    deps |= {parts[1]} if len(parts) > 1 else {a.name for a in node.names}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name.split(".")[1] for a in node.names if a.name.startswith("training.")}
+        graph[name] = {d for d in deps if d in mods and d != name}
+    return graph
+
+
+def test_training_modules_import_without_circles():
+    """Issue 21: no import circle in training/ (each module below the ones importing it)."""
+    graph = _training_imports()
+    assert graph["demo_train"] >= {"evaluate", "synth"} and "windows" in graph["samples"]
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(m, path):
+        state[m] = 1
+        for d in sorted(graph[m]):
+            if state.get(d) == 1:
+                cycle = [*path[path.index(d) :], d]
+                pytest.fail(f"import circle in training/: {' -> '.join(cycle)}")
+            if d not in state:
+                visit(d, [*path, d])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])

@@ -135,7 +135,7 @@ def tissue_lut():
     """Lookup table (uint8 [N_TISSUES]) from phantom tissue values to class values."""
     import numpy as np
 
-    from .phantoms import N_TISSUES, TISSUES
+    from .tissues import N_TISSUES, TISSUES
 
     lut = np.zeros(N_TISSUES, np.uint8)
     for tissue, cls in TISSUE_CLASS.items():

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .metrics import dice_per_class
+
 GRADES = ("normal", "mild", "moderate", "severe")
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalseg_example"
 
@@ -81,8 +83,6 @@ _ENHANCE = {
 
 
 def _dice(a, b):
-    from .demo_train import dice_per_class
-
     return dice_per_class(a.astype(np.uint8), b.astype(np.uint8), classes=(1,))[0]
 
 
@@ -143,8 +143,6 @@ def evaluate_case(predict, hu, labels, spacing, direction, spec, assess_ratio=Tr
         "windows": len(record.windows),
     }
     if classes:
-        from .demo_train import dice_per_class
-
         vals = [int(v) for v in classes if int(v) > 0]
         for v, d in zip(vals, dice_per_class(pred, labels, vals)):
             out[f"dice_{classes[v]}"] = d
@@ -170,7 +168,7 @@ def paint_phase(hu, tissue, phase, seed=0):
     """
     from scipy import ndimage as ndi
 
-    from .phantoms import TISSUES
+    from .tissues import TISSUES
 
     delta = np.zeros(hu.shape, np.float32)
     for name, d in _ENHANCE[phase].items():

@@ -78,8 +78,8 @@ def heldout_anatomy_cases(anatomies, n: int):
 
 def evaluate(predict, cases) -> dict:
     """Dice per class per case on the scan grid, class means, seconds per case."""
-    from .demo_train import dice_per_class
     from .evaluate import segment_volume
+    from .metrics import dice_per_class
 
     names = predict.class_names
     vals = list(range(1, len(names)))

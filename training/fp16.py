@@ -180,7 +180,7 @@ def config_floors(onnx_path: Path) -> dict:
 
 
 def _dice(a, b):
-    from .demo_train import dice_per_class
+    from .metrics import dice_per_class
 
     return dice_per_class(a.astype(np.uint8), b.astype(np.uint8), classes=(1,))[0]
 

@@ -41,7 +41,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .classes import totalseg_lut
-from .phantoms import TISSUES
+from .tissues import TISSUES
 
 _ROOT = Path(__file__).resolve().parents[1]
 LABELMAP_DIR = _ROOT.parent / "shared" / "data" / "labelmaps"

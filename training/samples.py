@@ -18,6 +18,7 @@ from client.core.contract import LABEL_LIVER, LABEL_SPLEEN
 from client.reading.preprocess import as_spec, labels_to_model, preprocess
 
 from .phantoms import make_phantom
+from .windows import training_window
 
 
 def phantom_sample(
@@ -29,7 +30,7 @@ def phantom_sample(
     kidneys and aorta too); the image is the same.
 
     ``model_shape`` may be a :class:`client.reading.preprocess.PreprocessSpec`: a ``spacing``
-    spec gives one training window (:func:`training.synth.training_window`).
+    spec gives one training window (:func:`training.windows.training_window`).
 
     Returns
     -------
@@ -52,8 +53,6 @@ def phantom_sample(
     )
     spec = as_spec(model_shape)
     if spec.mode != "resize":
-        from .synth import training_window
-
         return training_window(
             p.hu, p.labels, p.spacing, p.direction, spec, np.random.default_rng([seed, 11])
         )

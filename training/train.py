@@ -46,7 +46,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .config import build_model, load_config, model_shape_of
-from .demo_train import dice_per_class as dice_scores
+from .metrics import dice_per_class as dice_scores
 
 
 # --- transforms (MedicalSeg names) ------------------------------------------------------
