@@ -328,6 +328,7 @@ class Node:
         SR that says so (no SEG: there is no mask). UIDs fixed by the source, model,
         settings and the study answer."""
         from client.outputs.dicom_out import write_dicom_sr
+        from client.outputs.results import case_files
 
         d = self.segmenter.describe()
         answer = "|".join(str(study_row.get(k)) for k in ("grade", "criterion", "answer_case_id"))
@@ -335,7 +336,7 @@ class Node:
         settings += f"{self.screen_config.assess!r}|{answer}"
         try:
             res.files["dicom_sr"] = write_dicom_sr(
-                res.source, res.row, self.config.out_dir / "dicom" / f"{res.case_id}.sr.dcm",
+                res.source, res.row, case_files(self.config.out_dir, res.case_id).sr,
                 seg_path=res.files.get("dicom_seg"), model_name=d.get("model_name"),
                 uid_settings=settings, allow_failed=True, study=study_row,
                 series_case_id=res.case_id,
@@ -346,12 +347,13 @@ class Node:
     def _qc_sc(self, jid: int, res) -> None:
         """The QC picture as a Secondary Capture (opt-in: ``send_qc``)."""
         from client.outputs.dicom_out import write_dicom_qc
+        from client.outputs.results import case_files
 
         d = self.segmenter.describe()
         settings = f"qc|{d.get('model_name')}|{d.get('model_sha256')}|{self.screen_config.assess!r}"
         try:
             res.files["dicom_qc"] = write_dicom_qc(
-                res.source, res.files["qc"], self.config.out_dir / "dicom" / f"{res.case_id}.qc.dcm",
+                res.source, res.files["qc"], case_files(self.config.out_dir, res.case_id).qc_dcm,
                 uid_settings=settings,
             )  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - an optional output

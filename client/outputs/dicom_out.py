@@ -18,10 +18,11 @@ this is an exact copy of the label map's slices.
 Usage (one scan, after the measurement)::
 
     from client.outputs.dicom_out import write_dicom_seg, write_dicom_sr
-    seg = write_dicom_seg(src.files or src.path, labels, row, out / "dicom" / f"{case}.seg.dcm",
+    from client.outputs.results import case_files
+    paths = case_files(out, case)  # the OUT layout: dicom/<case_id>.seg.dcm, .sr.dcm
+    seg = write_dicom_seg(src.files or src.path, labels, row, paths.seg,
                           scan=scan, series_uid=src.series_uid)
-    write_dicom_sr(src.files or src.path, row, out / "dicom" / f"{case}.sr.dcm",
-                   seg_path=seg, series_uid=src.series_uid)
+    write_dicom_sr(src.files or src.path, row, paths.sr, seg_path=seg, series_uid=src.series_uid)
 """
 
 from __future__ import annotations

@@ -705,6 +705,7 @@ def write_outputs(
 
     labels = to_numpy(labels)
     case = src.case_id
+    paths = results.case_files(out, case)  # the OUT layout
     # The mask is the measurement's own record; the rest is optional: a failure there
     # keeps the measured row (flag + reason in notes, _optional_output).
     opt = lambda what, make: _optional_output(what, make, row, src, out)  # noqa: E731
@@ -712,7 +713,7 @@ def write_outputs(
         from client.reading.io import write_label_map
         from client.reading.labels_sidecar import write_label_sidecars
 
-        files["mask"] = write_label_map(labels, scan, out / results.MASKS_DIR / f"{case}.nii.gz")
+        files["mask"] = write_label_map(labels, scan, paths.mask)
         # Every class the model declares is in the mask, and named in the label files.
         classes = getattr(getattr(segmenter, "client", None), "classes", None) or {}
         names = {**contract.LABEL_NAMES, **{int(v): str(n) for n, v in classes.items()}}
@@ -725,7 +726,7 @@ def write_outputs(
         ratio = "n/a" if row.get("ratio") is None else f"{row['ratio']:.3f}"
         title = f"{case}  L/S ratio {ratio}  {row['grade']}  {row.get('flags', '')}"
         files["qc"] = opt("QC picture", lambda: qc_png(
-            scan.array, labels, scan.spacing, out / results.QC_DIR / f"{case}.png", title, scan.direction,
+            scan.array, labels, scan.spacing, paths.qc, title, scan.direction,
             row=row, assessment=assessment,
         ))  # fmt: skip
     if (config.dicom_seg or config.dicom_sr) and src.kind == "dicom":
@@ -738,12 +739,12 @@ def write_outputs(
         settings = f"{desc.get('model_name')}|{desc.get('model_sha256')}|{config.assess!r}"
         if config.dicom_seg:
             files["dicom_seg"] = opt("DICOM SEG", lambda: dicom_out.write_dicom_seg(
-                where, labels, row, out / results.DICOM_DIR / f"{case}.seg.dcm",
+                where, labels, row, paths.seg,
                 scan=scan, series_uid=src.series_uid, model_name=model, uid_settings=settings,
             ))  # fmt: skip
         if config.dicom_sr:
             files["dicom_sr"] = opt("DICOM SR", lambda: dicom_out.write_dicom_sr(
-                where, row, out / results.DICOM_DIR / f"{case}.sr.dcm",
+                where, row, paths.sr,
                 seg_path=files.get("dicom_seg"), series_uid=src.series_uid, model_name=model,
                 uid_settings=settings,
             ))  # fmt: skip
