@@ -28,6 +28,10 @@ from scipy import ndimage as ndi
 
 from client.core.contract import GRADE_THRESHOLDS, LABEL_LIVER, LABEL_SPLEEN
 
+from .classes import CLASS_INDEX
+from .tissues import N_TISSUES as N_TISSUES  # re-exported: the tissue vocabulary
+from .tissues import TISSUES
+
 # Grade -> ratio interval kept at least 0.05 away from every threshold.
 _GRADE_RANGES = {
     "normal": (GRADE_THRESHOLDS.normal_above + 0.05, 1.45),
@@ -254,8 +258,6 @@ def make_phantom(
     labels[f_liver] = LABEL_LIVER
     labels[f_spleen] = LABEL_SPLEEN
     if label_neighbours:
-        from .classes import CLASS_INDEX
-
         labels[full == 4] = CLASS_INDEX["kidney"]
         labels[full == 6] = CLASS_INDEX["aorta"]
 
@@ -349,34 +351,300 @@ def _store_with_direction(hu, labels, spacing, direction):
 
 
 # --- multi-structure anatomy maps (label-map synthesis, training/synth.py) ----------
-# Tissue vocabulary shared by the phantom anatomy maps and the mapping of real
-# multi-structure segmentations (TotalSegmentator names) in ``training.synth``.
-TISSUES = {
-    "air": 0,
-    "fat": 1,
-    "muscle": 2,
-    "bone": 3,
-    "liver": 4,
-    "spleen": 5,
-    "kidney_cortex": 6,
-    "kidney_medulla": 7,
-    "stomach": 8,
-    "small_bowel": 9,
-    "colon": 10,
-    "pancreas": 11,
-    "gallbladder": 12,
-    "artery": 13,
-    "vein": 14,
-    "portal_vein": 15,
-    "lung": 16,
-    "bladder": 17,
-    "soft": 18,
-    "heart": 19,
-    "cord": 20,
-    "cartilage": 21,
-    "gas": 22,
-}
-N_TISSUES = len(TISSUES)
+# Tissue vocabulary (training.tissues, re-exported here): TISSUES, N_TISSUES.
+
+
+@dataclass
+class _Canvas:
+    """The grid of :func:`make_anatomy_map` (mm coordinates centred on the volume, sparse
+    ``zz``/``yy``/``xx``), its label map ``lab`` and the generator every stage draws from."""
+
+    rng: np.random.Generator
+    spacing_mm: float
+    ez: float
+    ext: np.ndarray
+    shape: tuple
+    zz: np.ndarray
+    yy: np.ndarray
+    xx: np.ndarray
+    coords: list
+    lab: np.ndarray
+    deform: np.ndarray
+
+    def ell(self, c, r, max_rot=15.0):
+        """Normalised radius^2 of a randomly rotated ellipsoid (centre, radii in mm)."""
+        return _ellipsoid(self.coords, c, r, _rotation(self.rng, max_rot))
+
+    def tube(self, points, radius):
+        """Union of balls along a polyline (mm points (z, y, x))."""
+        shape, ext, spacing_mm = self.shape, self.ext, self.spacing_mm
+        zz, yy, xx = self.zz, self.yy, self.xx
+        m = np.zeros(shape, bool)
+        pts = np.asarray(points, float)
+        for a, b in zip(pts[:-1], pts[1:]):
+            n = int(np.linalg.norm(b - a) / (0.5 * radius)) + 1
+            for t in np.linspace(0, 1, n):
+                p = a + t * (b - a)
+                lo = [max(0, int((p[k] + ext[k] / 2 - radius) / spacing_mm)) for k in range(3)]
+                hi = [
+                    min(shape[k], int((p[k] + ext[k] / 2 + radius) / spacing_mm) + 2)
+                    for k in range(3)
+                ]
+                sl = tuple(slice(lo[k], hi[k]) for k in range(3))
+                d2 = (
+                    (zz[sl[0], :, :] - p[0]) ** 2
+                    + (yy[:, sl[1], :] - p[1]) ** 2
+                    + (xx[:, :, sl[2]] - p[2]) ** 2
+                )
+                m[sl] |= d2 <= radius**2
+        return m
+
+
+def _canvas(seed, spacing_mm, extent_z_mm) -> _Canvas:
+    rng = np.random.default_rng(seed)
+    ez = float(extent_z_mm) if extent_z_mm else float(rng.uniform(520, 600))
+    ext = np.array([ez, 270.0, 380.0])
+    shape = tuple(int(round(e / spacing_mm)) for e in ext)
+    ax = [(np.arange(n) + 0.5) * spacing_mm - e / 2 for n, e in zip(shape, ext)]
+    zz, yy, xx = np.meshgrid(*[a.astype(np.float32) for a in ax], indexing="ij", sparse=True)
+    coords = np.broadcast_arrays(zz, yy, xx)
+    lab = np.zeros(shape, np.uint8)
+    deform = _smooth_noise(rng, shape, (40.0 / spacing_mm,) * 3, 0.1)
+    return _Canvas(rng, spacing_mm, ez, ext, shape, zz, yy, xx, coords, lab, deform)
+
+
+@dataclass
+class _Trunk:
+    """Body geometry shared by the stages: outline semi-axes (mm), diaphragm height
+    ``z_d``, the body / muscle-wall / cavity masks and the diaphragm ``dome`` height."""
+
+    ax_x: float
+    ax_y: float
+    z_d: float
+    body: np.ndarray
+    wall: np.ndarray
+    cavity: np.ndarray
+    dome: np.ndarray | None = None
+
+
+def _body_and_chest(c: _Canvas) -> _Trunk:
+    """Body outline (larger over the chest), fat layer, muscle wall, cavity; ribs; lungs,
+    mediastinum and heart above the diaphragm (dome higher on the right: low x)."""
+    T, lab, rng = TISSUES, c.lab, c.rng
+    zz, yy, xx = c.zz, c.yy, c.xx
+    ax_x = rng.uniform(135, 170)
+    ax_y = rng.uniform(95, 125)
+    z_d = rng.uniform(0.05, 0.2) * c.ez  # diaphragm dome height (z = 0 mid-volume)
+    widen = 1.0 + 0.08 * np.clip((zz - z_d + 60) / 100, 0, 1)
+    body_r = (xx / (ax_x * widen)) ** 2 + (yy / (ax_y * widen)) ** 2 + 0.4 * c.deform
+    lab[body_r < 1.0] = T["fat"]
+    fat_t = rng.uniform(10, 35)
+    wall = ((xx / (ax_x * widen - fat_t)) ** 2 + (yy / (ax_y * widen - fat_t)) ** 2) < 1.0
+    lab[wall & (body_r < 1.0)] = T["muscle"]
+    mt = rng.uniform(8, 16)
+    cavity = ((xx / (ax_x * widen - fat_t - mt)) ** 2 + (yy / (ax_y * widen - fat_t - mt)) ** 2) < 1
+    cavity = cavity & (body_r < 1.0)
+    lab[cavity] = T["fat"]  # mesenteric / retroperitoneal fat
+    tr = _Trunk(ax_x, ax_y, z_d, body_r < 1.0, wall, cavity)
+
+    # Ribs: bands inside the wall over the upper abdomen and chest.
+    rib_phase = rng.uniform(0, 25)
+    ribs = (
+        wall
+        & ~cavity
+        & (np.sin((zz + rib_phase) * 2 * np.pi / 25.0) > 0.55)
+        & (zz > z_d - 140)
+        & (yy > -ax_y * 0.6)
+    )
+    lab[ribs] = T["bone"]
+    dome = z_d - 40 + 35 * ((xx / ax_x) ** 2 + 0.5 * (yy / ax_y) ** 2) + 8 * (xx < 0) * 1.0
+    tr.dome = dome
+    thorax = cavity & (zz > dome)
+    lab[thorax] = T["lung"]
+    mediast = thorax & (np.abs(xx - 5) < rng.uniform(25, 35)) & (yy < 60)
+    lab[mediast] = T["soft"]
+    heart = (
+        c.ell(
+            (z_d + rng.uniform(45, 70), -rng.uniform(10, 35), rng.uniform(10, 35)),
+            (rng.uniform(55, 70), rng.uniform(45, 55), rng.uniform(55, 70)),
+            20,
+        )
+        < 1.0
+    )
+    lab[heart & cavity & (zz > z_d - 10)] = T["heart"]
+    return tr
+
+
+def _upper_organs(c: _Canvas, tr: _Trunk) -> dict:
+    """Liver (right, under the right dome, with a left lobe across the midline) and the
+    gallbladder below it; spleen (left posterior) and stomach (left upper quadrant,
+    antero-medial to it). Returns their centres, radii and masks."""
+    T, lab, rng, zz, deform = TISSUES, c.lab, c.rng, c.zz, c.deform
+    cavity, dome = tr.cavity, tr.dome
+    liver_c = (tr.z_d - rng.uniform(50, 80), rng.uniform(-20, 5), -rng.uniform(50, 75))
+    liver_r = (rng.uniform(65, 90), rng.uniform(65, 85), rng.uniform(65, 85))
+    liver = (c.ell(liver_c, liver_r) + deform < 1.0) & cavity & (zz <= dome)
+    # left lobe reaching across the midline, anterior
+    ll = (
+        c.ell(
+            (liver_c[0] + 20, liver_c[1] - 25, rng.uniform(-10, 25)),
+            (rng.uniform(30, 45), rng.uniform(20, 30), rng.uniform(40, 60)),
+            20,
+        )
+        + deform
+        < 1.0
+    )
+    liver |= ll & cavity & (zz <= dome)
+    lab[liver] = T["liver"]
+    gb = (
+        c.ell(
+            (
+                liver_c[0] - liver_r[0] * rng.uniform(0.3, 0.6),
+                liver_c[1] - liver_r[1] * 0.5,
+                liver_c[2] + rng.uniform(0, 25),
+            ),
+            (rng.uniform(25, 45), rng.uniform(12, 20), rng.uniform(12, 20)),
+            30,
+        )
+        < 1.0
+    )
+    if rng.random() < 0.85:
+        lab[gb & cavity] = T["gallbladder"]
+
+    spleen_c = (liver_c[0] + rng.uniform(-5, 25), rng.uniform(20, 45), rng.uniform(70, 95))
+    spleen_r = (rng.uniform(50, 75), rng.uniform(28, 45), rng.uniform(24, 36))
+    spleen = (c.ell(spleen_c, spleen_r, 25) + deform < 1.0) & cavity & (zz <= dome) & ~liver
+    stom_c = (spleen_c[0] - rng.uniform(5, 30), rng.uniform(-35, -5), rng.uniform(35, 65))
+    stom_r = (rng.uniform(45, 75), rng.uniform(25, 45), rng.uniform(35, 55))
+    stomach = (c.ell(stom_c, stom_r, 30) + deform < 1.0) & cavity & (zz <= dome) & ~liver
+    lab[stomach & ~spleen] = T["stomach"]
+    lab[spleen] = T["spleen"]
+    return {
+        "liver_c": liver_c,
+        "liver_r": liver_r,
+        "liver": liver,
+        "spleen_c": spleen_c,
+        "spleen_r": spleen_r,
+        "spleen": spleen,
+        "stomach": stomach,
+    }
+
+
+def _spine_and_muscles(c: _Canvas, tr: _Trunk) -> None:
+    """Vertebral column, cord, laminae, back muscles and psoas."""
+    T, lab, zz, yy, xx = TISSUES, c.lab, c.zz, c.yy, c.xx
+    vert = ((xx / 22) ** 2 + ((yy - 70) / 20) ** 2 < 1.0) & tr.body
+    vert = vert & np.ones_like(zz, bool)
+    lab[vert] = T["bone"]
+    lab[((xx / 8) ** 2 + ((yy - 98) / 8) ** 2 < 1.0) & np.ones_like(zz, bool)] = T["cord"]
+    lamina = ((np.abs(xx) < 28) & (np.abs(yy - 98) < 14)) & ~(
+        (xx / 8) ** 2 + ((yy - 98) / 8) ** 2 < 1.0
+    )
+    lab[lamina & np.ones_like(zz, bool)] = T["bone"]
+    for side in (-1, 1):
+        back = ((xx - side * 45) / 28) ** 2 + ((yy - 105) / 22) ** 2 < 1.0
+        lab[back & tr.body & ~(lab == T["bone"])] = T["muscle"]
+        psoas_r = np.clip((tr.z_d - 150 - zz) / 120, 0, 1) * 18 + 4
+        psoas = (((xx - side * 40) ** 2 + (yy - 60) ** 2) < psoas_r**2) & (zz < tr.z_d - 150)
+        lab[psoas & tr.cavity] = T["muscle"]
+
+
+def _retroperitoneum(c: _Canvas, tr: _Trunk, o: dict) -> tuple[float, float, np.ndarray]:
+    """Kidneys with cortex and medulla; the pancreas from the splenic hilum to a head
+    right of the midline; aorta and IVC along z, iliac arteries below the bifurcation,
+    portal vein (confluence -> liver hilum) and splenic vein (confluence -> spleen).
+    Returns the kidneys' height ``kz``, the aortic bifurcation's ``z_bif`` and the
+    iliac-artery mask."""
+    T, lab, rng, tube = TISSUES, c.lab, c.rng, c.tube
+    cavity, body, liver, spleen = tr.cavity, tr.body, o["liver"], o["spleen"]
+    liver_c, spleen_c, spleen_r = o["liver_c"], o["spleen_c"], o["spleen_r"]
+    kz = liver_c[0] - rng.uniform(40, 80)
+    for side in (-1, 1):
+        kc = (
+            kz + (12 if side > 0 else -5) + rng.uniform(-10, 10),
+            rng.uniform(45, 60),
+            side * rng.uniform(55, 70),
+        )
+        d = c.ell(kc, (rng.uniform(45, 58), rng.uniform(22, 28), rng.uniform(25, 30)))
+        free = cavity & ~liver & ~spleen
+        lab[(d < 1.0) & free] = T["kidney_cortex"]
+        lab[(d < rng.uniform(0.3, 0.5)) & free] = T["kidney_medulla"]
+
+    pz = kz + rng.uniform(10, 35)
+    p_pts = [
+        (pz + rng.uniform(-5, 10), rng.uniform(15, 30), spleen_c[2] - spleen_r[2] * 0.8),
+        (pz, rng.uniform(5, 20), rng.uniform(10, 30)),
+        (pz - rng.uniform(10, 30), rng.uniform(0, 15), -rng.uniform(15, 35)),
+    ]
+    panc = tube(p_pts, rng.uniform(9, 14)) & cavity & ~liver & ~spleen & ~o["stomach"]
+    lab[panc] = T["pancreas"]
+
+    z_bif = kz - rng.uniform(90, 130)
+    ar = rng.uniform(10, 13)
+    top = c.ext[0] / 2
+    bot = -c.ext[0] / 2
+    lab[tube([(top, 30, 15), (z_bif, 35, 5)], ar) & body] = T["artery"]
+    iliac = np.zeros(c.shape, bool)
+    for side in (-1, 1):
+        m_il = tube([(z_bif, 35, 5), (bot, 20, side * 90)], ar * 0.6) & body
+        lab[m_il] = T["artery"]
+        iliac |= m_il
+    lab[tube([(tr.z_d + 20, 30, -25), (z_bif - 10, 38, -20)], rng.uniform(9, 13)) & body] = T[
+        "vein"
+    ]
+    conf = (pz, rng.uniform(10, 20), rng.uniform(-5, 10))
+    lab[
+        tube([conf, (liver_c[0] - 10, liver_c[1] + 10, liver_c[2] + 25)], rng.uniform(6, 9))
+        & cavity
+        & ~spleen
+    ] = T["portal_vein"]
+    lab[
+        tube([conf, p_pts[0][:1] + (p_pts[0][1] + 8, p_pts[0][2])], rng.uniform(4, 6))
+        & cavity
+        & ~liver
+        & ~spleen
+    ] = T["portal_vein"]
+    return kz, z_bif, iliac
+
+
+def _bowel_and_pelvis(c: _Canvas, tr: _Trunk, o: dict, kz: float, z_bif: float) -> None:
+    """Colon: ascending (right) -> hepatic flexure -> transverse -> splenic flexure
+    (touching the spleen's lower pole) -> descending (left) -> sigmoid; small-bowel
+    loops (random tubes in the lower abdomen); bladder, hip bones, femoral heads."""
+    T, lab, rng, tube, zz = TISSUES, c.lab, c.rng, c.tube, c.zz
+    cavity, spleen_c, spleen_r = tr.cavity, o["spleen_c"], o["spleen_r"]
+    cr = rng.uniform(16, 24)
+    flex_l = (
+        spleen_c[0] - spleen_r[0] * rng.uniform(0.5, 1.0),
+        rng.uniform(-10, 20),
+        rng.uniform(75, 95),
+    )
+    c_pts = [
+        (kz - rng.uniform(120, 160), rng.uniform(-10, 20), -rng.uniform(80, 100)),
+        (kz - rng.uniform(10, 40), rng.uniform(-10, 20), -rng.uniform(80, 100)),
+        (kz + rng.uniform(-10, 20), -rng.uniform(40, 60), rng.uniform(-30, 10)),
+        flex_l,
+        (kz - rng.uniform(60, 100), rng.uniform(0, 30), rng.uniform(85, 105)),
+        (kz - rng.uniform(160, 200), -rng.uniform(10, 40), rng.uniform(20, 60)),
+    ]
+    colon = tube(c_pts, cr) & cavity & (zz <= tr.dome)
+    free = np.isin(lab, (T["fat"],))
+    lab[colon & free] = T["colon"]
+    sb = np.zeros(c.shape, bool)
+    for _ in range(int(rng.integers(10, 25))):
+        ctr = (kz - rng.uniform(20, 170), rng.uniform(-60, 40), rng.uniform(-70, 70))
+        sb |= tube([ctr, np.asarray(ctr) + rng.uniform(-40, 40, 3)], rng.uniform(10, 17))
+    free = lab == T["fat"]
+    lab[sb & cavity & free & (zz < kz + 20)] = T["small_bowel"]
+
+    pelvis_z = z_bif - rng.uniform(60, 90)
+    bl = c.ell((pelvis_z - 60, -rng.uniform(30, 60), 0), (rng.uniform(30, 50), 35, 45), 10) < 1
+    lab[bl & cavity] = T["bladder"]
+    for side in (-1, 1):
+        ring = c.ell((pelvis_z, 30, side * 95), (70, 50, 25), 20)
+        lab[(ring < 1.0) & (ring > 0.6) & tr.body] = T["bone"]
+        fem = c.ell((pelvis_z - 110, 0, side * 95), (25, 25, 25), 0) < 1.0
+        lab[fem & tr.body] = T["bone"]
 
 
 def make_anatomy_map(
@@ -412,227 +680,12 @@ def make_anatomy_map(
         x patient left, as :func:`make_phantom`).
     spacing : tuple of 3 floats
     """
-    rng = np.random.default_rng(seed)
-    ez = float(extent_z_mm) if extent_z_mm else float(rng.uniform(520, 600))
-    ext = np.array([ez, 270.0, 380.0])
-    shape = tuple(int(round(e / spacing_mm)) for e in ext)
-    ax = [(np.arange(n) + 0.5) * spacing_mm - e / 2 for n, e in zip(shape, ext)]
-    zz, yy, xx = np.meshgrid(*[a.astype(np.float32) for a in ax], indexing="ij", sparse=True)
-    coords = np.broadcast_arrays(zz, yy, xx)
-    T = TISSUES
-    lab = np.zeros(shape, np.uint8)
-    deform = _smooth_noise(rng, shape, (40.0 / spacing_mm,) * 3, 0.1)
-
-    def ell(c, r, max_rot=15.0):
-        return _ellipsoid(coords, c, r, _rotation(rng, max_rot))
-
-    def tube(points, radius):
-        """Union of balls along a polyline (mm points (z, y, x))."""
-        m = np.zeros(shape, bool)
-        pts = np.asarray(points, float)
-        for a, b in zip(pts[:-1], pts[1:]):
-            n = int(np.linalg.norm(b - a) / (0.5 * radius)) + 1
-            for t in np.linspace(0, 1, n):
-                p = a + t * (b - a)
-                lo = [max(0, int((p[k] + ext[k] / 2 - radius) / spacing_mm)) for k in range(3)]
-                hi = [
-                    min(shape[k], int((p[k] + ext[k] / 2 + radius) / spacing_mm) + 2)
-                    for k in range(3)
-                ]
-                sl = tuple(slice(lo[k], hi[k]) for k in range(3))
-                d2 = (
-                    (zz[sl[0], :, :] - p[0]) ** 2
-                    + (yy[:, sl[1], :] - p[1]) ** 2
-                    + (xx[:, :, sl[2]] - p[2]) ** 2
-                )
-                m[sl] |= d2 <= radius**2
-        return m
-
-    # Body outline (larger over the chest), fat layer, muscle wall.
-    ax_x = rng.uniform(135, 170)
-    ax_y = rng.uniform(95, 125)
-    z_d = rng.uniform(0.05, 0.2) * ez  # diaphragm dome height (z = 0 mid-volume)
-    widen = 1.0 + 0.08 * np.clip((zz - z_d + 60) / 100, 0, 1)
-    body_r = (xx / (ax_x * widen)) ** 2 + (yy / (ax_y * widen)) ** 2 + 0.4 * deform
-    lab[body_r < 1.0] = T["fat"]
-    fat_t = rng.uniform(10, 35)
-    wall = ((xx / (ax_x * widen - fat_t)) ** 2 + (yy / (ax_y * widen - fat_t)) ** 2) < 1.0
-    lab[wall & (body_r < 1.0)] = T["muscle"]
-    mt = rng.uniform(8, 16)
-    cavity = ((xx / (ax_x * widen - fat_t - mt)) ** 2 + (yy / (ax_y * widen - fat_t - mt)) ** 2) < 1
-    cavity = cavity & (body_r < 1.0)
-    lab[cavity] = T["fat"]  # mesenteric / retroperitoneal fat
-
-    # Ribs: bands inside the wall over the upper abdomen and chest.
-    rib_phase = rng.uniform(0, 25)
-    ribs = (
-        wall
-        & ~cavity
-        & (np.sin((zz + rib_phase) * 2 * np.pi / 25.0) > 0.55)
-        & (zz > z_d - 140)
-        & (yy > -ax_y * 0.6)
-    )
-    lab[ribs] = T["bone"]
-    # Lungs and heart above the diaphragm (dome higher on the right: low x).
-    dome = z_d - 40 + 35 * ((xx / ax_x) ** 2 + 0.5 * (yy / ax_y) ** 2) + 8 * (xx < 0) * 1.0
-    thorax = cavity & (zz > dome)
-    lab[thorax] = T["lung"]
-    mediast = thorax & (np.abs(xx - 5) < rng.uniform(25, 35)) & (yy < 60)
-    lab[mediast] = T["soft"]
-    heart = (
-        ell(
-            (z_d + rng.uniform(45, 70), -rng.uniform(10, 35), rng.uniform(10, 35)),
-            (rng.uniform(55, 70), rng.uniform(45, 55), rng.uniform(55, 70)),
-            20,
-        )
-        < 1.0
-    )
-    lab[heart & cavity & (zz > z_d - 10)] = T["heart"]
-
-    # Liver (right, under the right dome) with gallbladder below it.
-    liver_c = (z_d - rng.uniform(50, 80), rng.uniform(-20, 5), -rng.uniform(50, 75))
-    liver_r = (rng.uniform(65, 90), rng.uniform(65, 85), rng.uniform(65, 85))
-    liver = (ell(liver_c, liver_r) + deform < 1.0) & cavity & (zz <= dome)
-    # left lobe reaching across the midline, anterior
-    ll = (
-        ell(
-            (liver_c[0] + 20, liver_c[1] - 25, rng.uniform(-10, 25)),
-            (rng.uniform(30, 45), rng.uniform(20, 30), rng.uniform(40, 60)),
-            20,
-        )
-        + deform
-        < 1.0
-    )
-    liver |= ll & cavity & (zz <= dome)
-    lab[liver] = T["liver"]
-    gb = (
-        ell(
-            (
-                liver_c[0] - liver_r[0] * rng.uniform(0.3, 0.6),
-                liver_c[1] - liver_r[1] * 0.5,
-                liver_c[2] + rng.uniform(0, 25),
-            ),
-            (rng.uniform(25, 45), rng.uniform(12, 20), rng.uniform(12, 20)),
-            30,
-        )
-        < 1.0
-    )
-    if rng.random() < 0.85:
-        lab[gb & cavity] = T["gallbladder"]
-
-    # Spleen (left posterior), stomach (left upper quadrant, antero-medial to it).
-    spleen_c = (liver_c[0] + rng.uniform(-5, 25), rng.uniform(20, 45), rng.uniform(70, 95))
-    spleen_r = (rng.uniform(50, 75), rng.uniform(28, 45), rng.uniform(24, 36))
-    spleen = (ell(spleen_c, spleen_r, 25) + deform < 1.0) & cavity & (zz <= dome) & ~liver
-    stom_c = (spleen_c[0] - rng.uniform(5, 30), rng.uniform(-35, -5), rng.uniform(35, 65))
-    stom_r = (rng.uniform(45, 75), rng.uniform(25, 45), rng.uniform(35, 55))
-    stomach = (ell(stom_c, stom_r, 30) + deform < 1.0) & cavity & (zz <= dome) & ~liver
-    lab[stomach & ~spleen] = T["stomach"]
-    lab[spleen] = T["spleen"]
-
-    # Vertebral column, cord, back muscles, psoas.
-    vert = ((xx / 22) ** 2 + ((yy - 70) / 20) ** 2 < 1.0) & (body_r < 1.0)
-    vert = vert & np.ones_like(zz, bool)
-    lab[vert] = T["bone"]
-    lab[((xx / 8) ** 2 + ((yy - 98) / 8) ** 2 < 1.0) & np.ones_like(zz, bool)] = T["cord"]
-    lamina = ((np.abs(xx) < 28) & (np.abs(yy - 98) < 14)) & ~(
-        (xx / 8) ** 2 + ((yy - 98) / 8) ** 2 < 1.0
-    )
-    lab[lamina & np.ones_like(zz, bool)] = T["bone"]
-    for side in (-1, 1):
-        back = ((xx - side * 45) / 28) ** 2 + ((yy - 105) / 22) ** 2 < 1.0
-        lab[back & (body_r < 1.0) & ~(lab == T["bone"])] = T["muscle"]
-        psoas_r = np.clip((z_d - 150 - zz) / 120, 0, 1) * 18 + 4
-        psoas = (((xx - side * 40) ** 2 + (yy - 60) ** 2) < psoas_r**2) & (zz < z_d - 150)
-        lab[psoas & cavity] = T["muscle"]
-
-    # Kidneys with cortex and medulla (right lower, below the liver).
-    kz = liver_c[0] - rng.uniform(40, 80)
-    for side in (-1, 1):
-        kc = (
-            kz + (12 if side > 0 else -5) + rng.uniform(-10, 10),
-            rng.uniform(45, 60),
-            side * rng.uniform(55, 70),
-        )
-        d = ell(kc, (rng.uniform(45, 58), rng.uniform(22, 28), rng.uniform(25, 30)))
-        free = cavity & ~liver & ~spleen
-        lab[(d < 1.0) & free] = T["kidney_cortex"]
-        lab[(d < rng.uniform(0.3, 0.5)) & free] = T["kidney_medulla"]
-
-    # Pancreas: from the splenic hilum to a head right of the midline.
-    pz = kz + rng.uniform(10, 35)
-    p_pts = [
-        (pz + rng.uniform(-5, 10), rng.uniform(15, 30), spleen_c[2] - spleen_r[2] * 0.8),
-        (pz, rng.uniform(5, 20), rng.uniform(10, 30)),
-        (pz - rng.uniform(10, 30), rng.uniform(0, 15), -rng.uniform(15, 35)),
-    ]
-    panc = tube(p_pts, rng.uniform(9, 14)) & cavity & ~liver & ~spleen & ~stomach
-    lab[panc] = T["pancreas"]
-
-    # Vessels: aorta and IVC along z; iliac arteries below the bifurcation;
-    # portal vein (confluence -> liver hilum) and splenic vein (confluence -> spleen).
-    z_bif = kz - rng.uniform(90, 130)
-    ar = rng.uniform(10, 13)
-    top = ext[0] / 2
-    bot = -ext[0] / 2
-    lab[tube([(top, 30, 15), (z_bif, 35, 5)], ar) & (body_r < 1.0)] = T["artery"]
-    iliac = np.zeros(shape, bool)
-    for side in (-1, 1):
-        m_il = tube([(z_bif, 35, 5), (bot, 20, side * 90)], ar * 0.6) & (body_r < 1.0)
-        lab[m_il] = T["artery"]
-        iliac |= m_il
-    lab[tube([(z_d + 20, 30, -25), (z_bif - 10, 38, -20)], rng.uniform(9, 13)) & (body_r < 1.0)] = (
-        T["vein"]
-    )
-    conf = (pz, rng.uniform(10, 20), rng.uniform(-5, 10))
-    lab[
-        tube([conf, (liver_c[0] - 10, liver_c[1] + 10, liver_c[2] + 25)], rng.uniform(6, 9))
-        & cavity
-        & ~spleen
-    ] = T["portal_vein"]
-    lab[
-        tube([conf, p_pts[0][:1] + (p_pts[0][1] + 8, p_pts[0][2])], rng.uniform(4, 6))
-        & cavity
-        & ~liver
-        & ~spleen
-    ] = T["portal_vein"]
-
-    # Colon: ascending (right) -> hepatic flexure -> transverse -> splenic flexure
-    # (touching the spleen's lower pole) -> descending (left) -> sigmoid.
-    cr = rng.uniform(16, 24)
-    flex_l = (
-        spleen_c[0] - spleen_r[0] * rng.uniform(0.5, 1.0),
-        rng.uniform(-10, 20),
-        rng.uniform(75, 95),
-    )
-    c_pts = [
-        (kz - rng.uniform(120, 160), rng.uniform(-10, 20), -rng.uniform(80, 100)),
-        (kz - rng.uniform(10, 40), rng.uniform(-10, 20), -rng.uniform(80, 100)),
-        (kz + rng.uniform(-10, 20), -rng.uniform(40, 60), rng.uniform(-30, 10)),
-        flex_l,
-        (kz - rng.uniform(60, 100), rng.uniform(0, 30), rng.uniform(85, 105)),
-        (kz - rng.uniform(160, 200), -rng.uniform(10, 40), rng.uniform(20, 60)),
-    ]
-    colon = tube(c_pts, cr) & cavity & (zz <= dome)
-    free = np.isin(lab, (T["fat"],))
-    lab[colon & free] = T["colon"]
-    # Small-bowel loops: random balls in the lower abdomen.
-    sb = np.zeros(shape, bool)
-    for _ in range(int(rng.integers(10, 25))):
-        c = (kz - rng.uniform(20, 170), rng.uniform(-60, 40), rng.uniform(-70, 70))
-        sb |= tube([c, np.asarray(c) + rng.uniform(-40, 40, 3)], rng.uniform(10, 17))
-    free = lab == T["fat"]
-    lab[sb & cavity & free & (zz < kz + 20)] = T["small_bowel"]
-
-    # Pelvis: bladder, hip bones, femoral heads.
-    pelvis_z = z_bif - rng.uniform(60, 90)
-    bl = ell((pelvis_z - 60, -rng.uniform(30, 60), 0), (rng.uniform(30, 50), 35, 45), 10) < 1
-    lab[bl & cavity] = T["bladder"]
-    for side in (-1, 1):
-        ring = ell((pelvis_z, 30, side * 95), (70, 50, 25), 20)
-        lab[(ring < 1.0) & (ring > 0.6) & (body_r < 1.0)] = T["bone"]
-        fem = ell((pelvis_z - 110, 0, side * 95), (25, 25, 25), 0) < 1.0
-        lab[fem & (body_r < 1.0)] = T["bone"]
+    c = _canvas(seed, spacing_mm, extent_z_mm)
+    trunk = _body_and_chest(c)
+    organs = _upper_organs(c, trunk)
+    _spine_and_muscles(c, trunk)
+    kz, z_bif, iliac = _retroperitoneum(c, trunk, organs)
+    _bowel_and_pelvis(c, trunk, organs, kz, z_bif)
     if parts is not None:
-        parts["iliac_artery"] = iliac & (lab == T["artery"])
-    return lab, (spacing_mm,) * 3
+        parts["iliac_artery"] = iliac & (c.lab == TISSUES["artery"])
+    return c.lab, (spacing_mm,) * 3

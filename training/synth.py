@@ -25,7 +25,8 @@ anatomy, not its intensities) or a phantom anatomy map
 5. the serving code's :func:`client.reading.preprocess.preprocess_grid` and
    :func:`client.reading.preprocess.labels_to_grid` bring image and labels to the model's
    input grid (``resize``: the whole volume at model size; ``spacing``: the fixed-
-   spacing grid, of which :func:`training_window` takes one model-size window).
+   spacing grid, of which :func:`training_window` takes one model-size window;
+   :mod:`training.windows`, re-exported here).
 
 The acquisition is simulated at a moderate grid (96-128 pixels in-plane, at least
 about 1.25 mm between simulated slices) rather than 512 x 512: the model sees 64^3
@@ -49,23 +50,21 @@ from __future__ import annotations
 
 import functools
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from client.core.contract import LABEL_LIVER, LABEL_SPLEEN
-from client.reading.preprocess import (
-    PreprocessSpec,
-    as_spec,
-    canonical_axes,
-    labels_to_grid,
-    preprocess_grid,
-)
+from client.reading.preprocess import PreprocessSpec, as_spec, canonical_axes
 
 from .classes import NUM_CLASSES, labels_dict, tissue_lut, totalseg_lut
 from .labelmap_body import LABELMAP_SUBJECTS, TOTALSEG_TISSUE, labelmap_anatomy, paint_envelope
-from .phantoms import N_TISSUES, TISSUES, _store_with_direction, make_anatomy_map
+from .phantoms import _store_with_direction, make_anatomy_map
+from .samples import phantom_sample
+from .tissues import N_TISSUES, TISSUES
+from .windows import training_window
 
 PHASES = ("unenhanced", "arterial", "portal", "delayed")
 PHASE_P = (0.3, 0.2, 0.35, 0.15)
@@ -562,6 +561,336 @@ def vary_anatomy(rng, tissue, cls, spacing) -> tuple[np.ndarray, dict]:
     return fluid, info
 
 
+def _anatomy_source(rng, source, anatomy_seed, multiclass):
+    """Stage 1: the anatomy to paint: tissue map, its spacing (float32), its class map
+    (``multiclass``) and, for image-less label maps, the distance outside the body."""
+    cls_src = out_src = None
+    if source in ("real", "real_image"):
+        src, s_src = real_anatomy()
+        cls_src = real_classes() if multiclass else None
+    elif source == "phantom":
+        aseed = int(anatomy_seed) if anatomy_seed is not None else int(rng.integers(0, 48))
+        src, s_src = phantom_anatomy(aseed)
+        cls_src = phantom_classes(aseed) if multiclass else None
+    elif source in LABELMAP_SUBJECTS:
+        lm = labelmap_anatomy(source)
+        src, s_src, out_src = lm.tissue, lm.spacing, lm.outside_mm
+        cls_src = lm.classes if multiclass else None
+    else:
+        raise ValueError(
+            f"unknown anatomy source {source!r} (expected 'real', 'phantom', 'real_image' "
+            f"or one of {LABELMAP_SUBJECTS})"
+        )
+    return src, np.asarray(s_src, np.float32), cls_src, out_src
+
+
+def _phase_and_scenario(rng, phase, scenario):
+    """Stage 2: contrast phase and field-of-view scenario (drawn even when forced)."""
+    phase_drawn = str(rng.choice(PHASES, p=PHASE_P))
+    scen_drawn = str(rng.choice(SCENARIOS, p=SCENARIO_P))
+    for value, allowed in ((phase, PHASES), (scenario, SCENARIOS)):
+        if value is not None and value not in allowed:
+            raise ValueError(f"unknown phase or scenario {value!r} (expected one of {allowed})")
+    return phase or phase_drawn, scenario or scen_drawn
+
+
+def _scan_range(rng, rng2, src, s_src, scen, variety):
+    """Stage 3: scale and the scan's z range ``[a, b]`` in source mm (the scenario falls
+    back to ``full`` when the source leaves too little room)."""
+    ext_src = np.array(src.shape) * s_src
+
+    def zext(mask_t):  # organ extent along z in source mm (centred coordinates)
+        zs = np.nonzero((src == mask_t).any((1, 2)))[0]
+        return (
+            (zs.min() + 0.5) * s_src[0] - ext_src[0] / 2,
+            (zs.max() + 0.5) * s_src[0] - ext_src[0] / 2,
+        )
+
+    organs = [zext(T["liver"]), zext(T["spleen"])]
+    org_lo, org_hi = min(o[0] for o in organs), max(o[1] for o in organs)
+    src_lo, src_hi = -ext_src[0] / 2 + 3, ext_src[0] / 2 - 3
+
+    scale = rng.uniform(0.8, 1.25) * rng.uniform(0.93, 1.07, 3)
+    if variety:  # about 0.74-1.35 overall, up to +-12 % anisotropy
+        scale = scale * rng2.uniform(0.92, 1.08) * rng2.uniform(0.95, 1.05, 3)
+    a, b = _z_range(rng, scen, src_lo, src_hi, org_lo, org_hi, organs, scale[0])
+    if b - a < 15 / scale[0]:  # too little room (e.g. no chest above the organs): whole abdomen
+        scen = "full"
+        a, b = _z_range(rng, scen, src_lo, src_hi, org_lo, org_hi, organs, scale[0])
+    return scale, a, b, scen
+
+
+@dataclass
+class _Acquisition:
+    """The simulated acquisition grid: slices of ``dz_out`` mm, simulated ``k`` times
+    finer (``dzf``, ``nzf`` slices) for the slice profile, ``n_xy`` pixels of ``dxy`` mm
+    in-plane; ``qz``, ``qy``, ``qx``: output voxel centres in mm (centred)."""
+
+    dz: float
+    thick: float
+    dz_out: float
+    k: int
+    dzf: float
+    nzf: int
+    n_xy: int
+    fov: float
+    dxy: float
+    qz: np.ndarray
+    qy: np.ndarray
+    qx: np.ndarray
+
+    @property
+    def axes_mm(self):
+        return (self.qz, self.qy, self.qx)
+
+
+def _acquisition_grid(rng, scen, ext_z) -> _Acquisition:
+    """Stage 4: slice interval/thickness, in-plane grid and field of view."""
+    r = rng.random()
+    dz = (
+        rng.uniform(0.6, 1.5)
+        if r < 0.3
+        else rng.uniform(1.5, 3.0)
+        if r < 0.6
+        else rng.uniform(3, 5)
+    )
+    if scen == "slab":
+        dz = rng.uniform(1.5, 5.0)
+    thick = min(max(dz * rng.uniform(1.0, 1.5), dz), 5.5)
+    dz_out = max(dz, 1.25, ext_z / 240)
+    k = max(1, int(round(dz_out / 1.6)))
+    dzf = dz_out / k
+    nz = max(2, int(round(ext_z / dz_out)))
+    nzf = nz * k
+    n_xy = int(rng.integers(96, 129))
+    fov = rng.uniform(330, 480) if rng.random() > 0.12 else rng.uniform(250, 330)
+    dxy = fov / n_xy
+    qz = ((np.arange(nzf) + 0.5) * dzf - nz * dz_out / 2).astype(np.float32)
+    qy = ((np.arange(n_xy) + 0.5) * dxy - fov / 2 + rng.uniform(-25, 25)).astype(np.float32)
+    qx = ((np.arange(n_xy) + 0.5) * dxy - fov / 2 + rng.uniform(-25, 25)).astype(np.float32)
+    return _Acquisition(dz, thick, dz_out, k, dzf, nzf, n_xy, fov, dxy, qz, qy, qx)
+
+
+def _source_points(rng, rng2, src, s_src, scale, z_mid, acq, variety):
+    """Stage 5: output -> source points ``p = M q + c + elastic(q)`` (z, y, x mm)."""
+    ext_src = np.array(src.shape) * s_src
+    rot = _rot(rng, 15, 6)
+    if variety:
+        rot = _rot(rng2, 10, 4) @ rot
+    m = (rot.T / scale[None, :]).astype(np.float32)  # q scaled down, then rotated back
+    body_yx = np.argwhere(src[src.shape[0] // 2] > 0)
+    cy, cx = (body_yx.mean(0) + 0.5) * s_src[1:] - ext_src[1:] / 2 if len(body_yx) else (0, 0)
+    centre = np.array([z_mid, cy, cx], np.float32)
+    amp = rng.uniform(2, 8)
+    corr = rng.uniform(40, 80)
+    qz, qy, qx = acq.axes_mm
+    p = [
+        m[i, 0] * qz[:, None, None]
+        + m[i, 1] * qy[None, :, None]
+        + m[i, 2] * qx[None, None, :]
+        + centre[i]
+        + amp * _smooth_field(rng, acq.axes_mm, corr)
+        for i in range(3)
+    ]
+    if variety:  # a second, shorter-range elastic displacement
+        amp2, corr2 = rng2.uniform(0, 8), rng2.uniform(25, 50)
+        for i in range(3):
+            p[i] = p[i] + amp2 * _smooth_field(rng2, acq.axes_mm, corr2)
+    return p
+
+
+def _warp_anatomy(rng2, src, s_src, cls_src, out_src, p, acq):
+    """Stage 6: tissue (and class) maps on the scan grid; an image-less label map gets
+    its wall muscle, subcutaneous fat and skin (:func:`paint_envelope`)."""
+    maps, fills = [src], [0]
+    if cls_src is not None:
+        maps.append(cls_src)
+        fills.append(0)
+    if out_src is not None:
+        maps.append(out_src)
+        fills.append(255)
+    warped = warp_maps(maps, s_src, p, fills)
+    tissue = warped[0]
+    cls = warped[1] if cls_src is not None else None
+    body_info = {}
+    if out_src is not None:
+        field = _smooth_field(rng2, acq.axes_mm, rng2.uniform(50, 90))
+        body_info = paint_envelope(tissue, warped[-1], rng2, field)
+    return tissue, cls, body_info
+
+
+def _real_hu_at(p, s_src):
+    """The ``real_image`` source: the shared real CT sampled at the source points
+    (linear), and its median HU per tissue."""
+    rimg, rmed = real_image()
+    ext_r = np.array(rimg.shape) * s_src
+    coords = [(p[i] + ext_r[i] / 2) / s_src[i] - 0.5 for i in range(3)]
+    real_hu = ndi.map_coordinates(
+        rimg, np.stack(np.broadcast_arrays(*coords)), order=1, mode="constant", cval=-1000.0
+    ).astype(np.float32)
+    return real_hu, rmed
+
+
+def _add_arms(rng, tissue, acq):
+    """Stage 7: arms beside the body (outside the source label map), in place on
+    ``tissue``. Returns (arms drawn, mask of the arm voxels or None)."""
+    arm_mask = None
+    arms = bool(rng.random() < 0.35)
+    if arms:
+        mid = tissue[acq.nzf // 2] > 0
+        cols = np.nonzero(mid.any(0))[0]
+        if len(cols):
+            yy, xx = np.meshgrid(acq.qy, acq.qx, indexing="ij")
+            for side, col in ((-1, cols.min()), (1, cols.max())):
+                rad = rng.uniform(35, 55)
+                cxa = acq.qx[col] + side * (rad + rng.uniform(5, 40))
+                cya = rng.uniform(-30, 40)
+                d2 = (yy - cya) ** 2 + (xx - cxa) ** 2
+                arm2d = np.where(
+                    d2 < 14**2, T["bone"], np.where(d2 < (rad - 8) ** 2, T["muscle"], T["fat"])
+                )
+                arm2d = np.where(d2 < rad**2, arm2d, 0).astype(np.uint8)
+                put = (arm2d > 0)[None] & (tissue == T["air"])
+                tissue[put] = np.broadcast_to(arm2d[None], tissue.shape)[put]
+                arm_mask = put if arm_mask is None else arm_mask | put
+    return arms, arm_mask
+
+
+def _paint_tissues(rng, tissue, phase, axes_mm):
+    """Stage 8: mean + texture per tissue, vessels in the liver, focal liver lesions,
+    the arterial spleen. Returns hu (float32), the tissue means, ``info`` (phase, liver
+    and spleen HU), the mid-frequency field and the vessel and spleen masks."""
+    mean, info = draw_means(rng, phase)
+    tex_lo = np.zeros(N_TISSUES, np.float32)
+    for name, sd in _TEX.items():
+        tex_lo[T[name]] = sd * rng.uniform(0.3, 1.2)
+    f_lo = _smooth_field(rng, axes_mm, rng.uniform(15, 30))
+    f_mid = _smooth_field(rng, axes_mm, rng.uniform(5, 9))
+    hu = mean[tissue] + tex_lo[tissue] * (0.6 * f_lo + 0.8 * f_mid)
+    liver = tissue == T["liver"]
+    spleen = tissue == T["spleen"]
+    # Vessels in the liver: intersections of two smooth level sets (tubes).
+    g1 = _smooth_field(rng, axes_mm, rng.uniform(12, 20))
+    g2 = _smooth_field(rng, axes_mm, rng.uniform(12, 20))
+    t = rng.uniform(0.15, 0.35)
+    vessels = liver & (np.abs(g1) < t) & (np.abs(g2) < t)
+    vessel_hu = mean[T["portal_vein"]] if rng.random() < 0.5 else mean[T["vein"]]
+    hu[vessels] = vessel_hu + 5 * f_mid[vessels]
+    del g1, g2
+    if rng.random() < 0.15:  # focal liver lesions (cysts or hypodense masses)
+        les = liver & (f_lo > rng.uniform(1.8, 2.4))
+        hu[les] = rng.uniform(0, 60) + 5 * f_mid[les]
+    if phase == "arterial":  # heterogeneous ("zebra") spleen
+        hu[spleen] += rng.uniform(15, 45) * np.sign(f_mid[spleen]) * np.abs(f_mid[spleen]) ** 0.5
+    return hu, mean, info, f_mid, vessels, spleen
+
+
+def _paint_hollow(rng, hu, tissue, mean, f_mid, n_xy, vary_info):
+    """Stage 9, in place on ``hu``: hollow organs' walls, gas (rises anteriorly: low y),
+    fluid, food and oral contrast."""
+    hollow = np.isin(tissue, (T["stomach"], T["small_bowel"], T["colon"]))
+    inner = hollow.copy()
+    for ax_, sh in ((1, 1), (1, -1), (2, 1), (2, -1)):
+        inner &= np.roll(hollow, sh, axis=ax_)
+    wall = hollow & ~inner
+    hu[wall] = mean[T["soft"]] + 5 * f_mid[wall]
+    stomach_in = inner & (tissue == T["stomach"])
+    if stomach_in.any():
+        kind = rng.random()
+        if kind < 0.15:
+            hu[stomach_in] = rng.uniform(150, 400)
+        elif kind < 0.5:
+            hu[stomach_in] = rng.uniform(20, 60) + 25 * f_mid[stomach_in]
+        if rng.random() < 0.6:
+            ys = np.nonzero(stomach_in.any((0, 2)))[0]
+            level = rng.uniform(0.0, 0.6)
+            yl = ys.min() + level * (ys.max() - ys.min())
+            air = stomach_in & (np.arange(n_xy)[None, :, None] < yl)
+            hu[air] = mean[T["gas"]]
+        if vary_info.get("stomach_fluid"):  # water-filled stomach (gas kept above it)
+            sel = stomach_in & (hu > -500)
+            hu[sel] = vary_info["fluid_hu"] + 4 * f_mid[sel]
+    bowel_in = inner & (tissue != T["stomach"])
+    if bowel_in.any():
+        if rng.random() < 0.15:
+            sel = bowel_in & (tissue == T["small_bowel"])
+            hu[sel] = rng.uniform(150, 350) + 20 * f_mid[sel]
+        gas = bowel_in & (f_mid > rng.uniform(0.3, 1.5)) | (tissue == T["gas"])
+        hu[gas] = mean[T["gas"]]
+
+
+def _with_real_texture(hu, real_hu, rmed, tissue, mean, phase, spleen, vessels, arm_mask):
+    """The ``real_image`` source: the real scan's texture, its organs moved to the drawn
+    phase/steatosis; arms and (enhanced) intrahepatic vessels and the arterial spleen
+    pattern from the painting ``hu``."""
+    w = np.zeros(N_TISSUES, np.float32)
+    for name in _ENHANCING:
+        w[T[name]] = 1.0
+    shift = np.nan_to_num(w * (mean - rmed))
+    out = real_hu + shift[tissue]
+    if phase == "arterial":
+        out[spleen] += hu[spleen] - mean[T["spleen"]]
+    keep = vessels if phase != "unenhanced" else np.zeros_like(vessels)
+    if arm_mask is not None:
+        keep = keep | arm_mask
+    out[keep] = hu[keep]
+    return out
+
+
+def _acquire(rng, hu, tissue, cls, acq):
+    """Stage 10: slice profile along z (and a little in-plane blur), the slices sampled,
+    liver/spleen labels, noise that grows as slices get thinner, streaks.
+
+    Returns hu (float32), tissue, classes (or None), labels and the noise SD.
+    """
+    sig_z = acq.thick / 2.3548 / acq.dzf
+    sig_xy = rng.uniform(0.2, 0.6)
+    hu = ndi.gaussian_filter(hu, (sig_z, sig_xy, sig_xy), truncate=2.5)
+    sl = slice(acq.k // 2, acq.nzf, acq.k)
+    hu = np.ascontiguousarray(hu[sl])
+    tissue = tissue[sl]
+    if cls is not None:
+        cls = np.ascontiguousarray(cls[sl])
+    labels = np.zeros(tissue.shape, np.uint8)
+    labels[tissue == T["liver"]] = LABEL_LIVER
+    labels[tissue == T["spleen"]] = LABEL_SPLEEN
+    sd = float(min(rng.uniform(5, 22) * np.sqrt(3.0 / acq.thick), 60.0))
+    noise = rng.standard_normal(hu.shape, dtype=np.float32)
+    noise = ndi.gaussian_filter(noise, (0, 0.5, 0.5))
+    hu += noise * (sd / max(float(noise.std()), 1e-6))
+    if rng.random() < 0.2:  # streaks through a bright point, over a few slices
+        n_xy = acq.n_xy
+        yy, xx = np.meshgrid(np.arange(n_xy), np.arange(n_xy), indexing="ij")
+        img = np.zeros((n_xy, n_xy), np.float32)
+        py, px = rng.uniform(0.3, 0.7, 2) * n_xy
+        for _ in range(int(rng.integers(3, 9))):
+            th = rng.uniform(0, np.pi)
+            dist = np.abs((yy - py) * np.cos(th) - (xx - px) * np.sin(th))
+            img += rng.choice([-1, 1]) * rng.uniform(50, 250) * np.exp(-0.5 * (dist / 0.8) ** 2)
+        z0 = int(rng.integers(0, hu.shape[0]))
+        z1 = min(hu.shape[0], z0 + int(rng.integers(1, 8)))
+        hu[z0:z1] += img[None]
+    return hu, tissue, cls, labels, sd
+
+
+def _store(rng, hu, labels, cls, acq):
+    """Stage 11: int16 HU, stored in a random orientation 30 % of the time (the
+    direction records it). Returns hu, labels, classes (or None), spacing, direction."""
+    hu = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
+    spacing = (float(acq.dz_out), float(acq.dxy), float(acq.dxy))
+    direction = np.eye(3)
+    if rng.random() < 0.3:
+        perm = rng.permutation(3)
+        signs = rng.choice([-1.0, 1.0], size=3)
+        d = np.zeros((3, 3))
+        for c in range(3):
+            d[perm[c], c] = signs[c]
+        if cls is not None:
+            cls = _store_with_direction(cls, cls, spacing, d)[0]
+        hu, labels, spacing, direction = _store_with_direction(hu, labels, spacing, d)
+    return hu, labels, cls, spacing, direction
+
+
 def synth_scan(
     seed: int,
     source: str = "real",
@@ -608,229 +937,30 @@ def synth_scan(
     """
     rng = np.random.default_rng(seed)
     rng2 = np.random.default_rng([int(seed), 19])  # issue 19 draws only (see ``variety``)
-    cls_src = out_src = None
-    if source in ("real", "real_image"):
-        src, s_src = real_anatomy()
-        cls_src = real_classes() if multiclass else None
-    elif source == "phantom":
-        aseed = int(anatomy_seed) if anatomy_seed is not None else int(rng.integers(0, 48))
-        src, s_src = phantom_anatomy(aseed)
-        cls_src = phantom_classes(aseed) if multiclass else None
-    elif source in LABELMAP_SUBJECTS:
-        lm = labelmap_anatomy(source)
-        src, s_src, out_src = lm.tissue, lm.spacing, lm.outside_mm
-        cls_src = lm.classes if multiclass else None
-    else:
-        raise ValueError(
-            f"unknown anatomy source {source!r} (expected 'real', 'phantom', 'real_image' "
-            f"or one of {LABELMAP_SUBJECTS})"
-        )
-    s_src = np.asarray(s_src, np.float32)
-    ext_src = np.array(src.shape) * s_src
-    phase_drawn = str(rng.choice(PHASES, p=PHASE_P))
-    scen_drawn = str(rng.choice(SCENARIOS, p=SCENARIO_P))
-    for value, allowed in ((phase, PHASES), (scenario, SCENARIOS)):
-        if value is not None and value not in allowed:
-            raise ValueError(f"unknown phase or scenario {value!r} (expected one of {allowed})")
-    phase = phase or phase_drawn
-    scen = scenario or scen_drawn
-
-    # Organ extents along z in source mm (centred coordinates).
-    def zext(mask_t):
-        zs = np.nonzero((src == mask_t).any((1, 2)))[0]
-        return (
-            (zs.min() + 0.5) * s_src[0] - ext_src[0] / 2,
-            (zs.max() + 0.5) * s_src[0] - ext_src[0] / 2,
-        )
-
-    organs = [zext(T["liver"]), zext(T["spleen"])]
-    org_lo, org_hi = min(o[0] for o in organs), max(o[1] for o in organs)
-    src_lo, src_hi = -ext_src[0] / 2 + 3, ext_src[0] / 2 - 3
-
-    scale = rng.uniform(0.8, 1.25) * rng.uniform(0.93, 1.07, 3)
-    if variety:  # about 0.74-1.35 overall, up to +-12 % anisotropy
-        scale = scale * rng2.uniform(0.92, 1.08) * rng2.uniform(0.95, 1.05, 3)
-    a, b = _z_range(rng, scen, src_lo, src_hi, org_lo, org_hi, organs, scale[0])
-    if b - a < 15 / scale[0]:  # too little room (e.g. no chest above the organs): whole abdomen
-        scen = "full"
-        a, b = _z_range(rng, scen, src_lo, src_hi, org_lo, org_hi, organs, scale[0])
-    ext_z = (b - a) * scale[0]
-
-    # Acquisition grid: slice interval/thickness, in-plane grid and field of view.
-    r = rng.random()
-    dz = (
-        rng.uniform(0.6, 1.5)
-        if r < 0.3
-        else rng.uniform(1.5, 3.0)
-        if r < 0.6
-        else rng.uniform(3, 5)
-    )
-    if scen == "slab":
-        dz = rng.uniform(1.5, 5.0)
-    thick = min(max(dz * rng.uniform(1.0, 1.5), dz), 5.5)
-    dz_out = max(dz, 1.25, ext_z / 240)
-    k = max(1, int(round(dz_out / 1.6)))
-    dzf = dz_out / k
-    nz = max(2, int(round(ext_z / dz_out)))
-    nzf = nz * k
-    n_xy = int(rng.integers(96, 129))
-    fov = rng.uniform(330, 480) if rng.random() > 0.12 else rng.uniform(250, 330)
-    dxy = fov / n_xy
-    qz = ((np.arange(nzf) + 0.5) * dzf - nz * dz_out / 2).astype(np.float32)
-    qy = ((np.arange(n_xy) + 0.5) * dxy - fov / 2 + rng.uniform(-25, 25)).astype(np.float32)
-    qx = ((np.arange(n_xy) + 0.5) * dxy - fov / 2 + rng.uniform(-25, 25)).astype(np.float32)
-
-    # Output -> source: p = M q + c + elastic(q).
-    rot = _rot(rng, 15, 6)
-    if variety:
-        rot = _rot(rng2, 10, 4) @ rot
-    m = (rot.T / scale[None, :]).astype(np.float32)  # q scaled down, then rotated back
-    body_yx = np.argwhere(src[src.shape[0] // 2] > 0)
-    cy, cx = (body_yx.mean(0) + 0.5) * s_src[1:] - ext_src[1:] / 2 if len(body_yx) else (0, 0)
-    centre = np.array([(a + b) / 2, cy, cx], np.float32)
-    amp = rng.uniform(2, 8)
-    corr = rng.uniform(40, 80)
-    axes_mm = (qz, qy, qx)
-    p = [
-        m[i, 0] * qz[:, None, None]
-        + m[i, 1] * qy[None, :, None]
-        + m[i, 2] * qx[None, None, :]
-        + centre[i]
-        + amp * _smooth_field(rng, axes_mm, corr)
-        for i in range(3)
-    ]
-    if variety:  # a second, shorter-range elastic displacement
-        amp2, corr2 = rng2.uniform(0, 8), rng2.uniform(25, 50)
-        for i in range(3):
-            p[i] = p[i] + amp2 * _smooth_field(rng2, axes_mm, corr2)
-    maps, fills = [src], [0]
-    if cls_src is not None:
-        maps.append(cls_src)
-        fills.append(0)
-    if out_src is not None:
-        maps.append(out_src)
-        fills.append(255)
-    warped = warp_maps(maps, s_src, p, fills)
-    tissue = warped[0]
-    cls = warped[1] if cls_src is not None else None
-    body_info = {}
-    if out_src is not None:  # image-less label map: wall muscle, subcutaneous fat, skin
-        field = _smooth_field(rng2, axes_mm, rng2.uniform(50, 90))
-        body_info = paint_envelope(tissue, warped[-1], rng2, field)
-        del field
-    del warped
-    real_hu = None
-    if source == "real_image":
-        rimg, rmed = real_image()
-        ext_r = np.array(rimg.shape) * s_src
-        coords = [(p[i] + ext_r[i] / 2) / s_src[i] - 0.5 for i in range(3)]
-        real_hu = ndi.map_coordinates(
-            rimg, np.stack(np.broadcast_arrays(*coords)), order=1, mode="constant", cval=-1000.0
-        ).astype(np.float32)
-        del coords
+    src, s_src, cls_src, out_src = _anatomy_source(rng, source, anatomy_seed, multiclass)
+    phase, scen = _phase_and_scenario(rng, phase, scenario)
+    scale, a, b, scen = _scan_range(rng, rng2, src, s_src, scen, variety)
+    acq = _acquisition_grid(rng, scen, (b - a) * scale[0])
+    p = _source_points(rng, rng2, src, s_src, scale, (a + b) / 2, acq, variety)
+    tissue, cls, body_info = _warp_anatomy(rng2, src, s_src, cls_src, out_src, p, acq)
+    real = _real_hu_at(p, s_src) if source == "real_image" else None
     del p
-    arm_mask = None
-
-    # Arms beside the body (outside the source label map).
-    arms = bool(rng.random() < 0.35)
-    if arms:
-        mid = tissue[nzf // 2] > 0
-        cols = np.nonzero(mid.any(0))[0]
-        if len(cols):
-            yy, xx = np.meshgrid(qy, qx, indexing="ij")
-            for side, col in ((-1, cols.min()), (1, cols.max())):
-                rad = rng.uniform(35, 55)
-                cxa = qx[col] + side * (rad + rng.uniform(5, 40))
-                cya = rng.uniform(-30, 40)
-                d2 = (yy - cya) ** 2 + (xx - cxa) ** 2
-                arm2d = np.where(
-                    d2 < 14**2, T["bone"], np.where(d2 < (rad - 8) ** 2, T["muscle"], T["fat"])
-                )
-                arm2d = np.where(d2 < rad**2, arm2d, 0).astype(np.uint8)
-                put = (arm2d > 0)[None] & (tissue == T["air"])
-                tissue[put] = np.broadcast_to(arm2d[None], tissue.shape)[put]
-                arm_mask = put if arm_mask is None else arm_mask | put
-
-    fluid = None
-    vary_info: dict = {}
+    arms, arm_mask = _add_arms(rng, tissue, acq)
+    fluid, vary_info = None, {}
     if variety and source != "real_image":
-        fluid, vary_info = vary_anatomy(rng2, tissue, cls, (dzf, dxy, dxy))
-    # Paint: mean + texture per tissue, then organ-specific features.
-    mean, info = draw_means(rng, phase)
-    tex_lo = np.zeros(N_TISSUES, np.float32)
-    for name, sd in _TEX.items():
-        tex_lo[T[name]] = sd * rng.uniform(0.3, 1.2)
-    f_lo = _smooth_field(rng, axes_mm, rng.uniform(15, 30))
-    f_mid = _smooth_field(rng, axes_mm, rng.uniform(5, 9))
-    hu = mean[tissue] + tex_lo[tissue] * (0.6 * f_lo + 0.8 * f_mid)
-    liver = tissue == T["liver"]
-    spleen = tissue == T["spleen"]
-    # Vessels in the liver: intersections of two smooth level sets (tubes).
-    g1 = _smooth_field(rng, axes_mm, rng.uniform(12, 20))
-    g2 = _smooth_field(rng, axes_mm, rng.uniform(12, 20))
-    t = rng.uniform(0.15, 0.35)
-    vessels = liver & (np.abs(g1) < t) & (np.abs(g2) < t)
-    vessel_hu = mean[T["portal_vein"]] if rng.random() < 0.5 else mean[T["vein"]]
-    hu[vessels] = vessel_hu + 5 * f_mid[vessels]
-    del g1, g2
-    if rng.random() < 0.15:  # focal liver lesions (cysts or hypodense masses)
-        les = liver & (f_lo > rng.uniform(1.8, 2.4))
-        hu[les] = rng.uniform(0, 60) + 5 * f_mid[les]
-    if phase == "arterial":  # heterogeneous ("zebra") spleen
-        hu[spleen] += rng.uniform(15, 45) * np.sign(f_mid[spleen]) * np.abs(f_mid[spleen]) ** 0.5
-    # Hollow organs: walls, gas (rises anteriorly: low y), fluid, food, oral contrast.
-    hollow = np.isin(tissue, (T["stomach"], T["small_bowel"], T["colon"]))
-    inner = hollow.copy()
-    for ax_, sh in ((1, 1), (1, -1), (2, 1), (2, -1)):
-        inner &= np.roll(hollow, sh, axis=ax_)
-    wall = hollow & ~inner
-    hu[wall] = mean[T["soft"]] + 5 * f_mid[wall]
-    stomach_in = inner & (tissue == T["stomach"])
-    if stomach_in.any():
-        kind = rng.random()
-        if kind < 0.15:
-            hu[stomach_in] = rng.uniform(150, 400)
-        elif kind < 0.5:
-            hu[stomach_in] = rng.uniform(20, 60) + 25 * f_mid[stomach_in]
-        if rng.random() < 0.6:
-            ys = np.nonzero(stomach_in.any((0, 2)))[0]
-            level = rng.uniform(0.0, 0.6)
-            yl = ys.min() + level * (ys.max() - ys.min())
-            air = stomach_in & (np.arange(n_xy)[None, :, None] < yl)
-            hu[air] = mean[T["gas"]]
-        if vary_info.get("stomach_fluid"):  # water-filled stomach (gas kept above it)
-            sel = stomach_in & (hu > -500)
-            hu[sel] = vary_info["fluid_hu"] + 4 * f_mid[sel]
-    bowel_in = inner & (tissue != T["stomach"])
-    if bowel_in.any():
-        if rng.random() < 0.15:
-            sel = bowel_in & (tissue == T["small_bowel"])
-            hu[sel] = rng.uniform(150, 350) + 20 * f_mid[sel]
-        gas = bowel_in & (f_mid > rng.uniform(0.3, 1.5)) | (tissue == T["gas"])
-        hu[gas] = mean[T["gas"]]
+        fluid, vary_info = vary_anatomy(rng2, tissue, cls, (acq.dzf, acq.dxy, acq.dxy))
+    hu, mean, info, f_mid, vessels, spleen = _paint_tissues(rng, tissue, phase, acq.axes_mm)
+    _paint_hollow(rng, hu, tissue, mean, f_mid, acq.n_xy, vary_info)
     if fluid is not None and fluid.any():  # cysts, distended gallbladder, free fluid
         hu[fluid] = vary_info["fluid_hu"] + 4 * f_mid[fluid]
-    if real_hu is not None:
-        # Real texture; organs moved to the drawn phase/steatosis; arms and (enhanced)
-        # intrahepatic vessels and the arterial spleen pattern from the painting.
-        w = np.zeros(N_TISSUES, np.float32)
-        for name in _ENHANCING:
-            w[T[name]] = 1.0
-        shift = np.nan_to_num(w * (mean - rmed))
-        out = real_hu + shift[tissue]
-        if phase == "arterial":
-            out[spleen] += hu[spleen] - mean[T["spleen"]]
-        keep = vessels if phase != "unenhanced" else np.zeros_like(vessels)
-        if arm_mask is not None:
-            keep = keep | arm_mask
-        out[keep] = hu[keep]
-        hu = out
-        del real_hu, out
+    if real is not None:
+        hu = _with_real_texture(hu, *real, tissue, mean, phase, spleen, vessels, arm_mask)
+        del real
     info.update(
         scenario=scen,
-        slice_interval_mm=float(dz),
-        slice_thickness_mm=float(thick),
-        fov_mm=float(fov),
+        slice_interval_mm=float(acq.dz),
+        slice_thickness_mm=float(acq.thick),
+        fov_mm=float(acq.fov),
         scale=[float(s) for s in scale],
         arms=arms,
         source=source,
@@ -839,85 +969,13 @@ def synth_scan(
     )
     if vary_info.get("stomach_fluid"):
         info["stomach_fluid"] = True
-
-    # Acquisition: slice profile along z (and a little in-plane blur), sample the slices.
-    sig_z = thick / 2.3548 / dzf
-    sig_xy = rng.uniform(0.2, 0.6)
-    hu = ndi.gaussian_filter(hu, (sig_z, sig_xy, sig_xy), truncate=2.5)
-    sl = slice(k // 2, nzf, k)
-    hu = np.ascontiguousarray(hu[sl])
-    tissue = tissue[sl]
-    if cls is not None:
-        cls = np.ascontiguousarray(cls[sl])
-    labels = np.zeros(tissue.shape, np.uint8)
-    labels[tissue == T["liver"]] = LABEL_LIVER
-    labels[tissue == T["spleen"]] = LABEL_SPLEEN
-    sd = float(min(rng.uniform(5, 22) * np.sqrt(3.0 / thick), 60.0))
-    noise = rng.standard_normal(hu.shape, dtype=np.float32)
-    noise = ndi.gaussian_filter(noise, (0, 0.5, 0.5))
-    hu += noise * (sd / max(float(noise.std()), 1e-6))
-    if rng.random() < 0.2:  # streaks through a bright point, over a few slices
-        yy, xx = np.meshgrid(np.arange(n_xy), np.arange(n_xy), indexing="ij")
-        img = np.zeros((n_xy, n_xy), np.float32)
-        py, px = rng.uniform(0.3, 0.7, 2) * n_xy
-        for _ in range(int(rng.integers(3, 9))):
-            th = rng.uniform(0, np.pi)
-            dist = np.abs((yy - py) * np.cos(th) - (xx - px) * np.sin(th))
-            img += rng.choice([-1, 1]) * rng.uniform(50, 250) * np.exp(-0.5 * (dist / 0.8) ** 2)
-        z0 = int(rng.integers(0, hu.shape[0]))
-        z1 = min(hu.shape[0], z0 + int(rng.integers(1, 8)))
-        hu[z0:z1] += img[None]
+    hu, tissue, cls, labels, sd = _acquire(rng, hu, tissue, cls, acq)
     info.update(noise_sd=sd, n_slices=int(hu.shape[0]))
-    hu = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
-    spacing = (float(dz_out), float(dxy), float(dxy))
-    direction = np.eye(3)
-    if rng.random() < 0.3:
-        perm = rng.permutation(3)
-        signs = rng.choice([-1.0, 1.0], size=3)
-        d = np.zeros((3, 3))
-        for c in range(3):
-            d[perm[c], c] = signs[c]
-        if cls is not None:
-            cls = _store_with_direction(cls, cls, spacing, d)[0]
-        hu, labels, spacing, direction = _store_with_direction(hu, labels, spacing, d)
+    hu, labels, cls, spacing, direction = _store(rng, hu, labels, cls, acq)
     out = {"hu": hu, "labels": labels, "spacing": spacing, "direction": direction, "info": info}
     if cls is not None:
         out["classes"] = cls
     return out
-
-
-def training_window(
-    hu, labels, spacing, direction, spec, rng, organ_p: float = 0.7, jitter: int = 8
-):
-    """One model-size training sample of a scan through the serving preprocessing.
-
-    ``resize`` models: the whole volume (:func:`client.reading.preprocess.preprocess_grid`).
-    ``spacing`` models: the fixed-spacing grid (body crop, resampling, centred padding:
-    exactly what serving does), then one model-size window: with probability
-    ``organ_p`` centred on a random liver/spleen voxel (+- ``jitter``), otherwise
-    anywhere (multi-class labels: still liver/spleen). Along an axis no longer than the model box the window is the padded
-    grid itself, as in serving.
-
-    Returns
-    -------
-    image : uint8 [1, z, y, x], labels : uint8 [z, y, x]
-    """
-    spec = as_spec(spec)
-    grid, rec = preprocess_grid(hu, spacing, direction, spec)
-    lab = labels_to_grid(labels, rec)
-    m = spec.model_shape
-    if tuple(grid.shape) == m:
-        return grid[None], lab
-    room = [g - n for g, n in zip(grid.shape, m)]
-    organ = np.flatnonzero(((lab == LABEL_LIVER) | (lab == LABEL_SPLEEN)).ravel())
-    if organ.size and rng.random() < organ_p:
-        v = np.unravel_index(int(organ[rng.integers(organ.size)]), lab.shape)
-        start = [int(c) - n // 2 + int(rng.integers(-jitter, jitter + 1)) for c, n in zip(v, m)]
-    else:
-        start = [int(rng.integers(0, r + 1)) for r in room]
-    start = [min(max(0, s_), r) for s_, r in zip(start, room)]
-    win = tuple(slice(a, a + n) for a, n in zip(start, m))
-    return np.ascontiguousarray(grid[win])[None], np.ascontiguousarray(lab[win])
 
 
 def synth_sample(seed: int, spec, source: str = "real", multiclass: bool = False):
@@ -1010,8 +1068,6 @@ def pool_sample(seed: int, spec, mixture=MIXTURE, multiclass: bool = False):
     """
     kind = kind_of_seed(seed, mixture)
     if kind == "plain":
-        from .samples import phantom_sample
-
         image, labels = phantom_sample(int(seed), spec, label_neighbours=multiclass)
         return image, labels, {"source": "plain_phantom"}
     return synth_sample(seed, spec, kind, multiclass=multiclass)
