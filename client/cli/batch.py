@@ -1,9 +1,11 @@
 """Screen a scan archive: ``hepascreen screen INPUT... -o OUT`` / ``python -m client.batch``.
 
-The CLI and the worker pool only: each scan goes through
-:func:`client.pipeline.screen.screen_scan` (the library), rows and the manifest through
-:mod:`client.outputs.results`. At most ``--concurrency`` scans are in memory at once; their
-stages overlap and the server's dynamic batcher merges their requests.
+The CLI and the run around the scans only: options, OUT rules, the resume plan, run.json,
+studies and report. The scans run in an executor (:mod:`client.scaleout.executor`:
+threads, at most ``--concurrency`` scans in memory at once, or Ray actors with
+``--ray``), each through :func:`client.pipeline.screen.screen_scan` (the library); every
+row comes back to the one row handler here (:class:`_RowHandler`: results store,
+run.json counts, progress).
 
 Exit status: 0 every scan ok or flagged, 1 some failed (the rest done), 2 usage
 error or nothing to do (OUT refused, no scans found), 130 interrupted.
@@ -15,16 +17,18 @@ import argparse
 import json
 import sys
 import time
-from collections import deque
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from client.core import contract
 from client.core.errors import ConfigError, InferenceError, ScreeningError
 from client.outputs import results
 from client.pipeline import study
+
+if TYPE_CHECKING:
+    from client.scaleout.executor import Executor
 
 WHERE = """where things run:
   --device cpu (default)  measurement with NumPy/SciPy; the bundled server runs the
@@ -181,7 +185,9 @@ def run(args) -> int:
         "missing_inputs": found.missing, "shard": getattr(found, "shard", None), "config": measurement,
     })  # fmt: skip
     manifest.info.update(previous)
-    status, error, t_wall, written = "interrupted", None, time.perf_counter(), []
+    status, error, t_wall = "interrupted", None, time.perf_counter()
+    on_row = _RowHandler(store, manifest, quiet=args.quiet)
+    written = on_row.written
     if args.device == "gpu" and not args.ray:  # GPU slots never exceed --concurrency
         from client.serving.gpu import configure
 
@@ -205,20 +211,17 @@ def run(args) -> int:
                 context.model_version, context.model_sha256 = d["model_version"], d["model_sha256"]
                 repo = str(seg.repository) if seg.repository else None
                 manifest.update(model={**d, "url": args.url or "embedded", "repository": repo})
-            rounds = _rounds(todo, found.sources, store, args.series)
+            rounds = study.rounds(todo, found.sources, store.rows, args.series)
 
             def more() -> list:  # the next round, its old rows retired (one row per case)
                 batch = next(rounds, [])
                 store.retire([s.case_id for s in batch])
+                on_row.expect(len(batch))
                 return batch
 
-            if args.ray:  # one Ray session and one set of actors for every round
-                from client.scaleout.ray_runner import run_pool as ray_pool
-
-                ray_pool(more(), seg, config, store, manifest, written, args, more=more)
-            else:
-                while batch := more():
-                    _run_pool(batch, seg, config, store, manifest, written, args)
+            stack.callback(on_row.close)  # the progress bar, before the server stops
+            # One executor (threads, or one Ray session and set of actors) for every round.
+            _executor(args, seg, config, manifest).run(more(), on_row, more=more)
             stats = seg.statistics() if seg else None  # this run's
         status = "finished"
     except ScreeningError as exc:
@@ -241,22 +244,6 @@ def run(args) -> int:
         print(f"{len(written)} scans screened ({n_err} failed, {n_done} already done) in "
               f"{wall:.1f} s; results in {out}/results.csv, studies in {out}/studies.csv")  # fmt: skip
     return 1 if n_err else 0
-
-
-def _rounds(first: list, sources: list, store, series: str):
-    """Batches of scans to screen: all at once, or study rounds under ``--series best``
-    (each round, every unanswered study's next series; client.pipeline.study)."""
-    if series == "all":
-        if first:
-            yield first
-        return
-    attempted: set = set()
-    fingerprints: dict = {}  # each series' files stat'ed once per run, not per round
-    batch = first
-    while batch:
-        yield batch
-        attempted |= {s.case_id for s in batch}
-        batch = study.next_round(sources, store.rows, attempted, fingerprints)
 
 
 def _write_studies(out: Path, sources, manifest, series: str, status: str, error):
@@ -290,31 +277,59 @@ def _write_report(out: Path, manifest, status: str, error):
     return status, error
 
 
-def _run_pool(todo, seg, config, store, manifest, written: list, args) -> None:
-    from tqdm import tqdm
+class _RowHandler:
+    """The one row handler of a run, whichever executor screens the scans: each row
+    written to the results store and counted in run.json, the progress bar moved, an
+    error row shown (above the bar). ``written`` lists this run's rows."""
 
-    from client.pipeline.screen import screen_scan
+    def __init__(self, store, manifest, *, quiet: bool):
+        self.store, self.manifest, self.quiet = store, manifest, quiet
+        self.written: list[dict] = []
+        self.bar = None
 
-    bar = tqdm(total=len(todo), unit="scan", disable=args.quiet, dynamic_ncols=True)
-    queue, pending = deque(todo), set()
-    pool = ThreadPoolExecutor(max_workers=args.concurrency, thread_name_prefix="scan")
-    try:
-        while queue or pending:
-            while queue and len(pending) < args.concurrency:
-                pending.add(pool.submit(screen_scan, queue.popleft(), seg, config))
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for f in finished:
-                row = store.write(f.result().row)
-                manifest.row_written(row)
-                written.append(row)
-                bar.update(1)
-                if row["status"] == contract.STATUS_ERROR and not args.quiet:
-                    tqdm.write(f"error: {row['case_id']}: {row['error']}", file=sys.stderr)
-    finally:
-        for f in pending:
-            f.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
-        bar.close()
+    def expect(self, n: int) -> None:
+        """``n`` more scans to come (a round of ``--series best``): the bar's total grows."""
+        from tqdm import tqdm
+
+        if n and self.bar is None:
+            self.bar = tqdm(total=n, unit="scan", disable=self.quiet, dynamic_ncols=True)
+        elif n:
+            self.bar.total += n
+            self.bar.refresh()
+
+    def __call__(self, raw: dict) -> None:
+        from tqdm import tqdm
+
+        row = self.store.write(raw)
+        self.manifest.row_written(row)
+        self.written.append(row)
+        if self.bar is not None:
+            self.bar.update(1)
+        if row["status"] == contract.STATUS_ERROR and not self.quiet:
+            tqdm.write(f"error: {row['case_id']}: {row['error']}", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _executor(args, seg, config, manifest) -> Executor:
+    """The executor of this run (:mod:`client.scaleout.executor`): threads in this
+    process, or Ray actors with ``--ray`` (their description goes to run.json ``ray``)."""
+    from client.scaleout.executor import RayExecutor, RayOptions, ThreadExecutor
+
+    if not args.ray:
+        return ThreadExecutor(seg, config, concurrency=args.concurrency)
+    if args.ray != "local" and seg is not None and seg.kind == "triton" and not args.url:
+        print("warning: --ray without --url: workers use the bundled server on this machine "
+              "(127.0.0.1), which other nodes cannot reach", file=sys.stderr)  # fmt: skip
+    options = RayOptions(
+        address=args.ray, workers=args.ray_workers, cpus_per_worker=args.ray_cpus,
+        gpus_per_worker=args.ray_gpus, concurrency=args.concurrency,
+        client_kwargs={k: getattr(args, k) for k in ("ssl", "root_certificates", "private_key",
+                                                     "certificate_chain")},
+    )  # fmt: skip
+    return RayExecutor(seg, config, options, on_info=lambda info: manifest.update(ray=info))
 
 
 def main(argv=None, prog: str = "python -m client.batch") -> int:

@@ -124,6 +124,35 @@ def next_round(sources, rows: dict, attempted: set, fingerprints: dict | None = 
     return todo
 
 
+def rounds(first: list, sources, rows: dict, series: str = "best"):
+    """The batches of one run: ``first`` alone under ``--series all``; under ``best``,
+    ``first`` then each :func:`next_round` until none is left.
+
+    Parameters
+    ----------
+    first : list of ScanSource
+        The first batch (:func:`next_round` of no attempts, or every scan not done).
+    sources : list of ScanSource
+        Every series found (the studies' other series).
+    rows : dict
+        ``{case_id: row}``, kept up to date by the caller as rows are written (the
+        results store's ``rows``): each round is computed after the previous one's rows.
+    series : str
+        ``best`` or ``all`` (:data:`SERIES_MODES`).
+    """
+    if series == "all":
+        if first:
+            yield first
+        return
+    attempted: set = set()
+    fingerprints: dict = {}  # each series' files stat'ed once per run, not per round
+    batch = first
+    while batch:
+        yield batch
+        attempted |= {s.case_id for s in batch}
+        batch = next_round(sources, rows, attempted, fingerprints)
+
+
 def not_needed(sources, rows: dict) -> list[dict]:
     """Series left unscreened by ``--series best``, each with the reason (run.json)."""
     out = []
@@ -296,6 +325,7 @@ __all__ = [
     "header_rank",
     "next_round",
     "not_needed",
+    "rounds",
     "screen_study",
     "study_answer",
     "study_table",

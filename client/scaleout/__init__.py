@@ -1,5 +1,6 @@
-"""Layer 4, scale-out: many scans at once. Ray actors (``ray_runner``), fixed shards of an
-archive (``shard``) and merging shard OUT folders (``merge``).
+"""Layer 4, scale-out: many scans at once. The one executor interface over a thread pool
+and Ray actors (``executor``, ``ray_runner``), fixed shards of an archive (``shard``) and
+merging shard OUT folders (``merge``).
 
 May import: every layer below (``core``, ``reading``, ``serving``, ``outputs``,
 ``pipeline``).

@@ -10,8 +10,9 @@ What runs where:
 
 * **Driver** (the process of the command): discovery, ``--resume`` bookkeeping,
   and the only writer of results.csv/jsonl, attempts.jsonl, run.json and
-  report.html (:mod:`client.batch` does all of that exactly as without Ray; this
-  module replaces only its worker pool).
+  report.html (:mod:`client.cli.batch` does all of that exactly as without Ray; only
+  its executor changes: :class:`client.scaleout.executor.RayExecutor` over
+  :class:`RayScreen`).
 * **Actors** (:class:`ScanWorker`, one per ``--ray-workers``): each opens its own
   segmenter once and keeps it (a gRPC client or an :class:`client.serving.endpoints.EndpointPool`
   to the ``--url`` servers, or the ``--masks`` folder) and runs
@@ -49,7 +50,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import sys
 import threading
 import time
 from collections import deque
@@ -588,71 +588,6 @@ def default_workers(n_todo: int) -> int:
     return max(1, min(cpus, n_todo))
 
 
-def run_pool(todo, seg, config, store, manifest, written: list, args, more=None) -> None:
-    """:func:`client.batch._run_pool`'s counterpart on Ray (same rows, progress, counts).
-
-    ``seg`` is the driver's segmenter (already open): the actors open their own
-    from :func:`worker_spec`; the driver writes every row through ``store``.
-    ``more``: a callable giving the next batch once ``todo`` is done (``[]`` to stop):
-    the rounds of ``--series best`` run in the same actors, started once.
-    """
-    from tqdm import tqdm
-
-    if not todo:
-        return
-    if seg is None:
-        raise ConfigError("--ray: no segmenter opened")
-    started = init_ray(args.ray)
-    if args.ray != "local" and seg.kind == "triton" and not args.url:
-        print("warning: --ray without --url: workers use the bundled server on this machine "
-              "(127.0.0.1), which other nodes cannot reach", file=sys.stderr)  # fmt: skip
-    workers = args.ray_workers or default_workers(len(todo))
-    tls = {k: getattr(args, k, None) for k in ("ssl", "root_certificates", "private_key",
-                                               "certificate_chain")}  # fmt: skip
-    in_flight = max(args.concurrency, workers)
-    spec = worker_spec(seg, max_in_flight=math.ceil(in_flight / workers), client_kwargs=tls)
-    gpus = 0.0
-    if getattr(config, "device", "cpu") == "gpu":
-        gpus = gpus_per_worker(import_ray().cluster_resources().get("GPU", 0), workers,
-                               getattr(args, "ray_gpus", None))  # fmt: skip
-    bar = tqdm(total=len(todo), unit="scan", disable=args.quiet, dynamic_ncols=True)
-    t0 = time.perf_counter()
-    screen = RayScreen(spec, config, workers=workers, cpus_per_worker=args.ray_cpus,
-                       in_flight=in_flight, gpus_per_worker=gpus)  # fmt: skip
-    info = {"address": args.ray, "started_local": started, "workers": workers,
-            "cpus_per_worker": args.ray_cpus, "gpus_per_worker": gpus, "in_flight": in_flight,
-            "segmenter": {k: v for k, v in spec.items() if k != "client_kwargs"}}  # fmt: skip
-
-    def on_row(raw: dict) -> None:
-        row = store.write(raw)
-        manifest.row_written(row)
-        written.append(row)
-        bar.update(1)
-        if row["status"] == contract.STATUS_ERROR and not args.quiet:
-            tqdm.write(f"error: {row['case_id']}: {row['error']}", file=sys.stderr)
-
-    try:
-        with screen:
-            info["worker_processes"] = screen.worker_info
-            info["start_s"] = round(time.perf_counter() - t0, 2)
-            manifest.update(ray=info)
-            screen.run(todo, on_row)
-            while more is not None and (batch := more()):
-                bar.total += len(batch)
-                bar.refresh()
-                screen.run(batch, on_row)
-            # The driver's own segmenter served nothing: the actors' statistics tell.
-            info["worker_statistics"] = screen.statistics()
-    finally:
-        info["retried"] = screen.retried
-        manifest.update(ray=info)
-        bar.close()
-        if started:
-            import ray
-
-            ray.shutdown()
-
-
 __all__ = [
     "MAX_RETRIES",
     "RayScreen",
@@ -662,7 +597,6 @@ __all__ = [
     "cluster_address",
     "gpus_per_worker",
     "init_ray",
-    "run_pool",
     "segmenter_from_spec",
     "worker_spec",
 ]
