@@ -57,6 +57,7 @@ import glob
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -221,7 +222,7 @@ def _atomic_save(torch, obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pool", nargs="+", default=None, help="npz files with images/labels")
     ap.add_argument("--pool_dir", default=None, help="folder of training.synth shards")
@@ -261,34 +262,55 @@ def main(argv=None) -> int:
         action="store_true",
         help="only convert SAVE_DIR/latest.pt to model.pdparams (no training)",
     )
-    args = ap.parse_args(argv)
+    return ap
 
+
+def checkpoint_only(save: Path) -> int:
+    """``--checkpoint_only``: ``latest.pt``'s EMA weights -> MedicalSeg names
+    (``model_paddle_names.npz``, ``model.pdparams``) and ``classes.json``."""
     import torch
 
-    from .torch_vnet import TorchVNet, torch_state_to_paddle
+    from .torch_vnet import torch_state_to_paddle
 
-    save = Path(args.save_dir)
-    if args.checkpoint_only:
-        ck = torch.load(save / "latest.pt", weights_only=False)
-        if ck.get("class_names"):
-            (save / "classes.json").write_text(
-                json.dumps({str(i): n for i, n in enumerate(ck["class_names"])})
-            )
-        state = ck.get("ema") or ck["model"]
-        pd = torch_state_to_paddle({k: torch.as_tensor(v).float() for k, v in state.items()})
-        np.savez(save / "model_paddle_names.npz", **pd)
-        save_pdparams(pd, save / "model.pdparams")
-        print(f"iteration {ck['iter']}: wrote {save / 'model.pdparams'}")
-        return 0
-    if not args.pool and not args.pool_dir:
-        ap.error("--pool or --pool_dir is required for training")
+    ck = torch.load(save / "latest.pt", weights_only=False)
+    if ck.get("class_names"):
+        (save / "classes.json").write_text(
+            json.dumps({str(i): n for i, n in enumerate(ck["class_names"])})
+        )
+    state = ck.get("ema") or ck["model"]
+    pd = torch_state_to_paddle({k: torch.as_tensor(v).float() for k, v in state.items()})
+    np.savez(save / "model_paddle_names.npz", **pd)
+    save_pdparams(pd, save / "model.pdparams")
+    print(f"iteration {ck['iter']}: wrote {save / 'model.pdparams'}")
+    return 0
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    save.mkdir(parents=True, exist_ok=True)
+
+@dataclass
+class TrainingData:
+    """What a run trains and validates on: the pool (images, labels, the shards read so
+    far), its :class:`client.reading.preprocess.PreprocessSpec` (``pool.json``; none:
+    ``resize`` at the pool's size), its source-level split and class names, the fixed
+    validation sets and the real-CT cases."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    seen: dict
+    spec: object
+    split: dict | None
+    class_names: list
+    vsets: dict
+    real_cases: list
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def training_data(args, error) -> TrainingData:
+    """Read the pool, check its labels against the classes, build the validation sets.
+    ``error(message)`` reports a bad argument (argparse's ``error``)."""
     images, labels, seen = load_pools(args.pool, args.pool_dir)
-    model_shape = images.shape[2:]
-    spec = pool_spec(args.pool_dir, model_shape)
+    spec = pool_spec(args.pool_dir, images.shape[2:])
     meta = pool_meta(args.pool_dir)
     split = meta.get("split")
     if meta.get("classes"):
@@ -297,7 +319,7 @@ def main(argv=None) -> int:
         class_names = ["background", "liver", "spleen"]
     n_cls = args.num_classes or len(class_names)
     if n_cls != len(class_names):
-        ap.error(f"--num_classes {n_cls}, but the pool's labels have {len(class_names)} classes")
+        error(f"--num_classes {n_cls}, but the pool's labels have {len(class_names)} classes")
     if int(labels.max()) >= n_cls:
         raise SystemExit(f"pool labels reach {int(labels.max())}, expected < {n_cls} classes")
     vsets = validation_sets(spec, args.val_phantoms, args.val_synth, split=split)
@@ -307,201 +329,261 @@ def main(argv=None) -> int:
 
         if (DATA_DIR / "ct.nii.gz").exists():
             real_cases = real_ct_cases(multiclass=n_cls > 3)
+    return TrainingData(images, labels, seen, spec, split, class_names, vsets, real_cases)
 
-    model = TorchVNet(width=args.width, num_classes=n_cls)
-    ema = TorchVNet(width=args.width, num_classes=n_cls)
-    ema.load_state_dict(model.state_dict())
-    ema.eval()
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    it0, elapsed0 = 0, 0.0
-    rng_state = None
-    if args.resume and (save / "latest.pt").exists():
-        ck = torch.load(save / "latest.pt", weights_only=False)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        if ck.get("ema"):
-            ema.load_state_dict({k: torch.as_tensor(v) for k, v in ck["ema"].items()})
-        else:
-            ema.load_state_dict(model.state_dict())
-        it0, elapsed0 = ck["iter"], ck["elapsed"]
-        rng_state = ck.get("rng")
-        print(f"resumed {save / 'latest.pt'} at iteration {it0}", flush=True)
-    elif args.init:
-        ck = torch.load(args.init, weights_only=False)
-        state = {k: torch.as_tensor(v).float() for k, v in (ck.get("ema") or ck["model"]).items()}
-        partial = load_init(model, state)
-        ema.load_state_dict(model.state_dict())
-        print(
-            f"initialised from {args.init} (iteration {ck.get('iter')}); "
-            f"partially copied: {partial}",
-            flush=True,
-        )
-    rng = np.random.default_rng([args.seed, it0])
-    if rng_state is not None:
-        rng.bit_generator.state = rng_state
-    log = open(save / "train_log.jsonl", "a")
-    log.write(
-        json.dumps(
+
+class Trainer:
+    """One run's model, EMA, optimiser, sampler and log, and its stages: :meth:`start`
+    (fresh, ``--resume`` or ``--init``), :meth:`step` (one batch, growing and re-reading
+    the pool on schedule), :meth:`validate`, :meth:`checkpoint` and :meth:`finish`."""
+
+    def __init__(self, args, data: TrainingData, save: Path):
+        import torch
+
+        from .torch_vnet import TorchVNet
+
+        self.torch, self.args, self.data, self.save = torch, args, data, save
+        n_cls = data.num_classes
+        self.model = TorchVNet(width=args.width, num_classes=n_cls)
+        self.ema = TorchVNet(width=args.width, num_classes=n_cls)
+        self.ema.load_state_dict(self.model.state_dict())
+        self.ema.eval()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=args.lr, weight_decay=1e-4)
+        self.losses: list[float] = []
+
+    def start(self) -> int:
+        """Resume or initialise the weights, seed the sampler, open the log; returns the
+        first iteration."""
+        torch, args, save = self.torch, self.args, self.save
+        it0, elapsed0, rng_state = 0, 0.0, None
+        if args.resume and (save / "latest.pt").exists():
+            ck = torch.load(save / "latest.pt", weights_only=False)
+            self.model.load_state_dict(ck["model"])
+            self.opt.load_state_dict(ck["opt"])
+            if ck.get("ema"):
+                self.ema.load_state_dict({k: torch.as_tensor(v) for k, v in ck["ema"].items()})
+            else:
+                self.ema.load_state_dict(self.model.state_dict())
+            it0, elapsed0 = ck["iter"], ck["elapsed"]
+            rng_state = ck.get("rng")
+            print(f"resumed {save / 'latest.pt'} at iteration {it0}", flush=True)
+        elif args.init:
+            ck = torch.load(args.init, weights_only=False)
+            state = {
+                k: torch.as_tensor(v).float() for k, v in (ck.get("ema") or ck["model"]).items()
+            }
+            partial = load_init(self.model, state)
+            self.ema.load_state_dict(self.model.state_dict())
+            print(
+                f"initialised from {args.init} (iteration {ck.get('iter')}); "
+                f"partially copied: {partial}",
+                flush=True,
+            )
+        self.rng = np.random.default_rng([args.seed, it0])
+        if rng_state is not None:
+            self.rng.bit_generator.state = rng_state
+        self.it0 = it0
+        self.log = open(save / "train_log.jsonl", "a")
+        self.write(
             {
                 "event": "start",
                 "iter": it0,
-                "pool_size": int(len(images)),
-                "num_classes": n_cls,
-                "split": split,
+                "pool_size": int(len(self.data.images)),
+                "num_classes": self.data.num_classes,
+                "split": self.data.split,
                 "args": {k: v for k, v in vars(args).items()},
                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
         )
-        + "\n"
-    )
-    log.flush()
-    budget = args.max_minutes * 60.0
-    t0 = time.time() - elapsed0
+        self.log.flush()
+        self.budget = args.max_minutes * 60.0
+        self.t0 = time.time() - elapsed0
+        return it0
 
-    def to_input(u8):
-        x = torch.from_numpy(u8.astype(np.float32))
+    def write(self, rec: dict) -> None:
+        self.log.write(json.dumps(rec) + "\n")
+
+    def running(self, it: int) -> bool:
+        return it < self.args.iters and time.time() - self.t0 < self.budget
+
+    def to_input(self, u8):
+        x = self.torch.from_numpy(u8.astype(np.float32))
         m = x.amax(dim=(1, 2, 3, 4), keepdim=True).clamp(min=1.0)
         return x / m  # client.reading.preprocess.normalise_network_input
 
-    def predict(u8):
-        with torch.no_grad():
-            return ema(to_input(u8))[0].argmax(1).numpy().astype(np.uint8)
+    def predict(self, u8):
+        with self.torch.no_grad():
+            return self.ema(self.to_input(u8))[0].argmax(1).numpy().astype(np.uint8)
 
-    def validate():
-        from .evaluate import evaluate_case
-
-        out = {}
-        vals = list(range(1, n_cls))
-        for name, (vx, vy) in vsets.items():
-            preds = np.concatenate([predict(vx[i : i + 4]) for i in range(0, len(vx), 4)])
-            d = dice_per_class(preds, vy, vals)
-            for v, dv in zip(vals, d):
-                out[f"val_{name}_{class_names[v]}"] = round(dv, 4)
-        cmap = dict(enumerate(class_names)) if n_cls > 3 else None
-        for name, hu, lab, sp, d in real_cases:
-            r = evaluate_case(predict, hu, lab, sp, d, spec, assess_ratio=False, classes=cmap)
-            out[f"real_ct_{name}_liver"] = round(r["dice_liver"], 4)
-            out[f"real_ct_{name}_spleen"] = round(r["dice_spleen"], 4)
-            if cmap and name == "native":
-                for v in vals[2:]:
-                    out[f"real_ct_{name}_{class_names[v]}"] = round(r[f"dice_{class_names[v]}"], 4)
-        return out
-
-    def checkpoint(it):
-        _atomic_save(
-            torch,
-            {
-                "model": model.state_dict(),
-                # EMA stored in half precision to keep the resume file small (< 40 MB).
-                "ema": {
-                    k: (v.half() if v.is_floating_point() else v)
-                    for k, v in ema.state_dict().items()
-                },
-                "opt": opt.state_dict(),
-                "iter": it,
-                "elapsed": time.time() - t0,
-                "rng": rng.bit_generator.state,
-                "width": args.width,
-                "model_shape": list(model_shape),
-                "preprocess": spec.parameters(),
-                "class_names": class_names,
-                "split": split,
-            },
-            save / "latest.pt",
-        )
-
-    it = it0
-    losses = []
-    last_ckpt = time.time()
-    while it < args.iters and time.time() - t0 < budget:
-        progress = max(it / args.iters, (time.time() - t0) / budget)
-        for g in opt.param_groups:
-            g["lr"] = args.lr * (1.0 - min(progress, 0.999)) ** 0.9
-        if (
-            args.grow_every
-            and it % args.grow_every == 0
-            and it > it0
-            and len(images) < args.grow_max
-        ):
-            t_g = time.time()
-            s0 = grow_pool(args.pool_dir)
-            log.write(
-                json.dumps(
+    def _refresh_pool(self, it: int) -> None:
+        """``--grow_every``: write the pool's next shard; ``--reload_every``: re-read it."""
+        args, d = self.args, self.data
+        if args.grow_every and it % args.grow_every == 0 and it > self.it0:
+            if len(d.images) < args.grow_max:
+                t_g = time.time()
+                s0 = grow_pool(args.pool_dir)
+                self.write(
                     {"event": "grow", "iter": it, "shard": s0, "seconds": round(time.time() - t_g)}
                 )
-                + "\n"
-            )
-            images, labels, seen = load_pools(args.pool, args.pool_dir, seen)
-        if args.pool_dir and it % args.reload_every == 0 and it > it0:
-            n_before = len(images)
-            images, labels, seen = load_pools(args.pool, args.pool_dir, seen)
-            if len(images) != n_before:
-                log.write(
-                    json.dumps({"event": "pool", "iter": it, "pool_size": len(images)}) + "\n"
-                )
-        idx = rng.integers(0, len(images), size=args.batch_size)
-        xb, yb = images[idx], labels[idx]
-        # Random translation by a few voxels (no flips: orientation is canonical).
+                d.images, d.labels, d.seen = load_pools(args.pool, args.pool_dir, d.seen)
+        if args.pool_dir and it % args.reload_every == 0 and it > self.it0:
+            n_before = len(d.images)
+            d.images, d.labels, d.seen = load_pools(args.pool, args.pool_dir, d.seen)
+            if len(d.images) != n_before:
+                self.write({"event": "pool", "iter": it, "pool_size": len(d.images)})
+
+    def step(self, it: int) -> None:
+        """Iteration ``it``: learning rate, pool, one batch (random translation by a few
+        voxels; no flips: orientation is canonical), optimiser and EMA updates."""
+        torch, args, d, rng = self.torch, self.args, self.data, self.rng
+        progress = max(it / args.iters, (time.time() - self.t0) / self.budget)
+        for g in self.opt.param_groups:
+            g["lr"] = args.lr * (1.0 - min(progress, 0.999)) ** 0.9
+        self._refresh_pool(it)
+        idx = rng.integers(0, len(d.images), size=args.batch_size)
+        xb, yb = d.images[idx], d.labels[idx]
         shift = rng.integers(-4, 5, size=3)
         xb = np.roll(xb, shift, axis=(2, 3, 4))
         yb = np.roll(yb, shift, axis=(1, 2, 3))
-        model.train()
-        logits = model(to_input(xb))[0]
-        loss = _mixed_loss(torch, logits, torch.from_numpy(yb.astype(np.int64)), n_cls)
-        opt.zero_grad()
+        self.model.train()
+        logits = self.model(self.to_input(xb))[0]
+        target = torch.from_numpy(yb.astype(np.int64))
+        loss = _mixed_loss(torch, logits, target, d.num_classes)
+        self.opt.zero_grad()
         loss.backward()
-        opt.step()
+        self.opt.step()
         if args.ema > 0:
             decay = min(args.ema, (1.0 + it) / (10.0 + it))
             with torch.no_grad():
-                for e, p in zip(ema.state_dict().values(), model.state_dict().values()):
+                for e, p in zip(self.ema.state_dict().values(), self.model.state_dict().values()):
                     if e.is_floating_point():
                         e.mul_(decay).add_(p.detach(), alpha=1.0 - decay)
                     else:
                         e.copy_(p)
         else:
-            ema.load_state_dict(model.state_dict())
-        losses.append(float(loss.detach()))
-        it += 1
-        if it % 50 == 0:
-            rec = {
+            self.ema.load_state_dict(self.model.state_dict())
+        self.losses.append(float(loss.detach()))
+
+    def log_progress(self, it: int) -> None:
+        """Every 50 iterations: mean loss (and every ``--val_every`` the validation)."""
+        if it % 50:
+            return
+        rec = {
+            "iter": it,
+            "loss": round(float(np.mean(self.losses[-50:])), 5),
+            "lr": self.opt.param_groups[0]["lr"],
+            "elapsed_s": round(time.time() - self.t0, 1),
+            "pool_size": int(len(self.data.images)),
+        }
+        if it % self.args.val_every == 0:
+            rec.update(self.validate())
+        self.write(rec)
+        self.log.flush()
+
+    def validate(self) -> dict:
+        """EMA Dice per class on every validation set (model size) and on the real-CT
+        cases (their own grid, the run's preprocessing)."""
+        from .evaluate import evaluate_case
+
+        d, n_cls, names = self.data, self.data.num_classes, self.data.class_names
+        out = {}
+        vals = list(range(1, n_cls))
+        for name, (vx, vy) in d.vsets.items():
+            preds = np.concatenate([self.predict(vx[i : i + 4]) for i in range(0, len(vx), 4)])
+            for v, dv in zip(vals, dice_per_class(preds, vy, vals)):
+                out[f"val_{name}_{names[v]}"] = round(dv, 4)
+        cmap = dict(enumerate(names)) if n_cls > 3 else None
+        for name, hu, lab, sp, di in d.real_cases:
+            r = evaluate_case(
+                self.predict, hu, lab, sp, di, d.spec, assess_ratio=False, classes=cmap
+            )
+            out[f"real_ct_{name}_liver"] = round(r["dice_liver"], 4)
+            out[f"real_ct_{name}_spleen"] = round(r["dice_spleen"], 4)
+            if cmap and name == "native":
+                for v in vals[2:]:
+                    out[f"real_ct_{name}_{names[v]}"] = round(r[f"dice_{names[v]}"], 4)
+        return out
+
+    def checkpoint(self, it: int) -> None:
+        """``latest.pt``, written atomically (EMA in half precision: < 40 MB)."""
+        _atomic_save(
+            self.torch,
+            {
+                "model": self.model.state_dict(),
+                "ema": {
+                    k: (v.half() if v.is_floating_point() else v)
+                    for k, v in self.ema.state_dict().items()
+                },
+                "opt": self.opt.state_dict(),
                 "iter": it,
-                "loss": round(float(np.mean(losses[-50:])), 5),
-                "lr": opt.param_groups[0]["lr"],
-                "elapsed_s": round(time.time() - t0, 1),
-                "pool_size": int(len(images)),
-            }
-            if it % args.val_every == 0:
-                rec.update(validate())
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
+                "elapsed": time.time() - self.t0,
+                "rng": self.rng.bit_generator.state,
+                "width": self.args.width,
+                "model_shape": list(self.data.images.shape[2:]),
+                "preprocess": self.data.spec.parameters(),
+                "class_names": self.data.class_names,
+                "split": self.data.split,
+            },
+            self.save / "latest.pt",
+        )
+
+    def finish(self, it: int) -> dict:
+        """Final validation and checkpoint, EMA weights with MedicalSeg names
+        (``model_paddle_names.npz``, ``model.pdparams``), ``train_summary.json``."""
+        from .torch_vnet import torch_state_to_paddle
+
+        args, d, save = self.args, self.data, self.save
+        final = self.validate()
+        self.checkpoint(it)
+        state = torch_state_to_paddle(self.ema.state_dict())
+        np.savez(save / "model_paddle_names.npz", **state)
+        try:
+            save_pdparams(state, save / "model.pdparams")
+        except ImportError:  # Paddle absent: the npz has the same arrays
+            pass
+        summary = {
+            "iters": it,
+            "wall_time_s": round(time.time() - self.t0, 1),
+            "batch_size": args.batch_size,
+            "width": args.width,
+            "model_shape": list(d.images.shape[2:]),
+            "preprocess": d.spec.parameters(),
+            "pool_size": int(len(d.images)),
+            "class_names": d.class_names,
+            "split": d.split,
+            "validation": final,
+            "final_loss": float(np.mean(self.losses[-50:])) if self.losses else None,
+        }
+        (save / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        self.write({"event": "end", "iter": it, **final})
+        self.log.close()
+        return summary
+
+
+def main(argv=None) -> int:
+    ap = _parser()
+    args = ap.parse_args(argv)
+    save = Path(args.save_dir)
+    if args.checkpoint_only:
+        return checkpoint_only(save)
+    if not args.pool and not args.pool_dir:
+        ap.error("--pool or --pool_dir is required for training")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    save.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(args, training_data(args, ap.error), save)
+    it = trainer.start()
+    last_ckpt = time.time()
+    while trainer.running(it):
+        trainer.step(it)
+        it += 1
+        trainer.log_progress(it)
         if time.time() - last_ckpt > args.ckpt_minutes * 60:
-            checkpoint(it)
+            trainer.checkpoint(it)
             last_ckpt = time.time()
-    final = validate()
-    checkpoint(it)
-    state = torch_state_to_paddle(ema.state_dict())
-    np.savez(save / "model_paddle_names.npz", **state)
-    try:
-        save_pdparams(state, save / "model.pdparams")
-    except ImportError:  # Paddle absent: the npz has the same arrays
-        pass
-    summary = {
-        "iters": it,
-        "wall_time_s": round(time.time() - t0, 1),
-        "batch_size": args.batch_size,
-        "width": args.width,
-        "model_shape": list(model_shape),
-        "preprocess": spec.parameters(),
-        "pool_size": int(len(images)),
-        "class_names": class_names,
-        "split": split,
-        "validation": final,
-        "final_loss": float(np.mean(losses[-50:])) if losses else None,
-    }
-    (save / "train_summary.json").write_text(json.dumps(summary, indent=2))
-    log.write(json.dumps({"event": "end", "iter": it, **final}) + "\n")
-    log.close()
+    summary = trainer.finish(it)
     print(json.dumps(summary), flush=True)
     return 0
 
