@@ -100,7 +100,8 @@ def confusion(results: list[dict]) -> dict:
 
 
 def run_cases(tmp: Path) -> dict:
-    from client.pipeline.screen import MaskFolderSegmenter, ScreenConfig, screen_scan
+    from client.pipeline.screen import ScreenConfig, screen_scan
+    from client.pipeline.segmenters import MaskFolderSegmenter
 
     cases = _cases(tmp)
     out: dict = {}

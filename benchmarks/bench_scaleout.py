@@ -81,9 +81,9 @@ def make_scans(folder: Path, n: int, shape) -> list[Path]:
 
 def no_ray(paths, server, config, workers: int) -> dict:
     from client.pipeline.screen import screen_scan
-    from client.serving.endpoints import connect
+    from client.pipeline.segmenters import TritonSegmenter
 
-    with connect([server.grpc_url], max_in_flight=workers) as seg:
+    with TritonSegmenter.connect([server.grpc_url], max_in_flight=workers) as seg:
         screen_scan(paths[0], seg, config)  # warm: imports, first request
         c0, s0, t0 = self_cpu_s(), group_cpu_s(server.pid), time.perf_counter()
         with ThreadPoolExecutor(workers) as pool:

@@ -178,7 +178,7 @@ def main(argv=None) -> int:
                     from client.serving.triton import SegmentationClient
 
                     with SegmentationClient(srv.grpc_url) as sc:
-                        max_batch, model_cfg = sc.max_batch_size, sc.config
+                        max_batch, model_cfg = sc.model.max_batch_size, sc.model.config
                     eps = [_Endpoint(cfg, srv.grpc_url) for _ in range(max(args.concurrency))]
                     try:
                         cells = [(1, c) for c in args.concurrency]

@@ -397,7 +397,8 @@ def _drive(cfg: LoadConfig, url: str) -> dict:
         certificate_chain=cfg.certificate_chain,
         timeout_s=cfg.timeout_s,
     ) as sc:
-        model_shape, max_batch, model_cfg = sc.model_shape, sc.max_batch_size, sc.config
+        model = sc.model
+        model_shape, max_batch, model_cfg = model.model_shape, model.max_batch_size, model.config
     if cfg.batch < 1 or cfg.batch > max_batch:
         raise ValueError(
             f"--batch must be 1..{max_batch} (the model's max_batch_size), got {cfg.batch}"

@@ -131,7 +131,8 @@ def test_screen_through_the_bundled_server_reports_and_applies_the_confidence(
     import onnxruntime as ort
 
     from client.core.contract import CONFIDENCE_NAME, INPUT_NAME, OUTPUT_NAME
-    from client.pipeline.screen import ScreenConfig, TritonSegmenter, screen_scan
+    from client.pipeline.screen import ScreenConfig, screen_scan
+    from client.pipeline.segmenters import TritonSegmenter
     from client.reading.io import read_scan
     from client.reading.preprocess import preprocess_windows, to_scan_grid
     from postprocess.components import keep_largest

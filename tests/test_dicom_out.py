@@ -405,7 +405,8 @@ def _variant(real_small, folder, change) -> Path:
 
 
 def _screen(real_small, tmp_path, name, change, **cfg):
-    from client.pipeline.screen import MaskFolderSegmenter, ScreenConfig, screen_scan
+    from client.pipeline.screen import ScreenConfig, screen_scan
+    from client.pipeline.segmenters import MaskFolderSegmenter
 
     folder = _variant(real_small, tmp_path / "in" / name, change)
     masks = tmp_path / "masks"

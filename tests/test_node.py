@@ -870,7 +870,7 @@ def test_a_job_that_cannot_be_screened_fails_alone_in_process(studies, tmp_path,
     screening fails that job (traceback in OUT/errors.log) and the node goes on."""
     import client.pipeline.study
     from client.node import Node
-    from client.pipeline.screen import MaskFolderSegmenter
+    from client.pipeline.segmenters import MaskFolderSegmenter
 
     calls = []
 
@@ -1094,7 +1094,7 @@ def test_received_instances_are_deleted_after_retention_results_stay(studies, tm
     import time as _time
 
     from client.node import Node
-    from client.pipeline.screen import MaskFolderSegmenter
+    from client.pipeline.segmenters import MaskFolderSegmenter
 
     port = free_port()
     out = tmp_path / "out"
@@ -1121,7 +1121,7 @@ def test_two_studies_are_screened_at_once_and_one_studys_jobs_one_after_another(
     that waits, bounded, until a second call is in flight); two ready jobs of ONE study
     are never claimed together."""
     from client.node import Node
-    from client.pipeline.screen import MaskFolderSegmenter
+    from client.pipeline.segmenters import MaskFolderSegmenter
 
     class Overlap(MaskFolderSegmenter):
         def __init__(self, *a):

@@ -301,11 +301,10 @@ def test_masks_written_name_every_class_the_model_declares(tmp_path, example):
     from client.reading.discover import ScanSource
 
     scan, _, _, canon = example
-    seg = SimpleNamespace(kind="triton", client=SimpleNamespace(classes=CLASSES),
-                          describe=lambda: {"model_name": "m"})  # fmt: skip
+    seg = SimpleNamespace(kind="triton", describe=lambda: {"model_name": "m"})
     src = ScanSource("case", REAL_CT_DIR / "ct.nii.gz", "image")
     files = write_outputs(src, scan, canon, {"grade": "normal"}, seg,
-                          ScreenConfig(out_dir=tmp_path, write_qc=False))  # fmt: skip
+                          ScreenConfig(out_dir=tmp_path, write_qc=False), classes=CLASSES)  # fmt: skip
     back = read_label_map(files["mask"], scan, "hepascreen")
     assert np.array_equal(back, canon)  # every class kept in the mask
     ctbl = files["slicer"].read_text()
@@ -318,7 +317,8 @@ def test_totalsegmentator_per_organ_folder_brings_the_vessels(example, tmp_path)
     gives the phase its vessels too: a painted portal-venous scan is read from them."""
     import SimpleITK as sitk
 
-    from client.pipeline.screen import MaskFolderSegmenter, ScreenConfig, screen_scan
+    from client.pipeline.screen import ScreenConfig, screen_scan
+    from client.pipeline.segmenters import MaskFolderSegmenter
     from client.reading.discover import ScanSource
 
     scan, labels, names, _ = example

@@ -16,13 +16,8 @@ import SimpleITK as sitk
 
 from client.core import contract
 from client.core.errors import ConfigError
-from client.pipeline.screen import (
-    MaskFolderSegmenter,
-    ScreenConfig,
-    Segmenter,
-    check_mask_matches_scan,
-    screen_scan,
-)
+from client.pipeline.screen import ScreenConfig, screen_scan
+from client.pipeline.segmenters import MaskFolderSegmenter, Segmenter, check_mask_matches_scan
 from client.reading.discover import discover
 
 warnings.filterwarnings("ignore", category=UserWarning, module="pydicom")
@@ -227,7 +222,7 @@ def test_bundled_server_loads_the_gpu_config_for_device_gpu(tmp_path):
     (ONNX Runtime's CUDA provider itself cannot run here: no GPU on this machine type.)
     """
     from client.core.errors import InferenceError
-    from client.pipeline.screen import TritonSegmenter
+    from client.pipeline.segmenters import TritonSegmenter
     from postprocess import gpu_available
 
     if gpu_available():

@@ -14,10 +14,11 @@ import pytest
 from client.batch import main as batch_main
 from client.core.errors import ConfigError
 from client.pipeline.screen import ScreenConfig, screen_scan
+from client.pipeline.segmenters import TritonSegmenter
 from client.reading.discover import ScanSource, discover
 from client.scaleout.merge import main as merge_main
 from client.scaleout.shard import apply_to_discovery, parse_shard, select, shard_of
-from client.serving.endpoints import EndpointPool, connect, read_url_file
+from client.serving.endpoints import EndpointPool, read_url_file
 
 from .scaleout_data import comparable, make_archive, rows
 
@@ -177,11 +178,12 @@ def test_endpoint_stopped_mid_run_screen_completes_on_the_other_and_it_comes_bac
     scans, _ = archive
     a, b = two_servers
     files = sorted(scans.iterdir())
-    with connect([b.grpc_url], max_in_flight=2) as single:  # reference: one server
+    with TritonSegmenter.connect([b.grpc_url], max_in_flight=2) as single:  # one server
         want = {f.name: screen_scan(f, single).row for f in files}
     config = ScreenConfig()
-    seg = connect([a.grpc_url, b.grpc_url], max_in_flight=2, probe_interval_s=0.5)
-    pool: EndpointPool = seg.client
+    seg = TritonSegmenter.connect([a.grpc_url, b.grpc_url], max_in_flight=2, probe_interval_s=0.5)
+    pool = seg.transport
+    assert isinstance(pool, EndpointPool)
     try:
         got = {}
         for f in files[:2]:  # sequential: least outstanding alternates the endpoints

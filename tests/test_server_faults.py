@@ -16,6 +16,7 @@ import pytest
 from client.core import contract
 from client.core.errors import InferenceError
 from client.core.paths import SHIPPED_ONNX
+from client.serving.futures import InferenceFutures
 from client.serving.server import (
     SHM_DIR,
     SHM_PREFIX,
@@ -71,6 +72,11 @@ def inputs_and_reference():
     (ref,) = sess.run([contract.OUTPUT_NAME], {contract.INPUT_NAME: x})
     assert (ref == 1).mean() > 0.01  # the model segments something: a real comparison
     return x, ref
+
+
+def _labels(seg, x):
+    """One volume ``[1, z, y, x]`` through the transport -> its labels ``[z, y, x]``."""
+    return seg.infer(x[None])[contract.OUTPUT_NAME][0]
 
 
 def test_sigkill_of_the_owner_leaves_no_server_and_the_next_start_cleans_up(tmp_path):
@@ -130,14 +136,17 @@ def test_cleanup_keeps_what_live_owners_use(tmp_path):
 
 def test_killed_server_is_restarted_and_requests_in_flight_retried(inputs_and_reference, tmp_path):
     x, ref = inputs_and_reference
-    with SupervisedSegmenter(
-        log_path=tmp_path / "server.log", max_in_flight=4, watch_interval_s=0
-    ) as seg:
+    with (
+        SupervisedSegmenter(
+            log_path=tmp_path / "server.log", max_in_flight=4, watch_interval_s=0
+        ) as seg,
+        InferenceFutures(seg) as pending,
+    ):
         first = seg.server.pid
-        assert np.array_equal(seg.segment(x[0]), ref[0])
-        futures = [seg.submit(x[i % 3]) for i in range(9)]
+        assert np.array_equal(_labels(seg, x[0]), ref[0])
+        futures = [pending.submit(x[i % 3][None]) for i in range(9)]
         os.kill(first, signal.SIGKILL)  # the server dies with requests in flight
-        results = [f.result(timeout=120) for f in futures]
+        results = [f.result(timeout=120)[contract.OUTPUT_NAME][0] for f in futures]
         for i, r in enumerate(results):
             assert np.array_equal(r, ref[i % 3]), i
         assert seg.restarts == 1 and seg.server.pid != first
@@ -150,18 +159,22 @@ def test_killed_server_is_restarted_and_requests_in_flight_retried(inputs_and_re
 
 def test_frozen_server_hits_the_deadline_and_is_restarted(inputs_and_reference, tmp_path):
     x, ref = inputs_and_reference
-    with SupervisedSegmenter(
-        log_path=tmp_path / "server.log", max_in_flight=2, min_deadline_s=3.0, watch_interval_s=0
-    ) as seg:
-        assert np.array_equal(seg.segment(x[1]), ref[1])
+    with (
+        SupervisedSegmenter(
+            log_path=tmp_path / "server.log", max_in_flight=2, min_deadline_s=3.0,
+            watch_interval_s=0,
+        ) as seg,
+        InferenceFutures(seg) as pending,
+    ):  # fmt: skip
+        assert np.array_equal(_labels(seg, x[1]), ref[1])
         deadline = seg.deadline_s()
         assert 3.0 <= deadline < 60.0  # derived from the measured time, not the old 300 s
         frozen = seg.server.pid
         os.killpg(frozen, signal.SIGSTOP)  # hung: alive but silent
         try:
             t = time.monotonic()
-            futures = [seg.submit(x[i]) for i in range(3)]
-            results = [f.result(timeout=120) for f in futures]
+            futures = [pending.submit(x[i][None]) for i in range(3)]
+            results = [f.result(timeout=120)[contract.OUTPUT_NAME][0] for f in futures]
             took = time.monotonic() - t
         finally:
             try:
@@ -185,7 +198,7 @@ def test_watchdog_restarts_a_server_that_died_between_requests(inputs_and_refere
         while seg.restarts == 0 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert seg.restarts == 1 and "watchdog" in seg.events[0]["event"]
-        assert np.array_equal(seg.segment(x[2]), ref[2])
+        assert np.array_equal(_labels(seg, x[2]), ref[2])
 
 
 def test_restarts_are_bounded_then_requests_fail_at_once(inputs_and_reference, tmp_path):
@@ -194,13 +207,13 @@ def test_restarts_are_bounded_then_requests_fail_at_once(inputs_and_reference, t
         log_path=tmp_path / "s.log", max_restarts=1, watch_interval_s=0
     ) as seg:
         os.kill(seg.server.pid, signal.SIGKILL)
-        seg.segment(x[0])  # restart 1
+        _labels(seg, x[0])  # restart 1
         os.kill(seg.server.pid, signal.SIGKILL)
         with pytest.raises(InferenceError, match=r"gave up after 1 restarts .*s\.log"):
-            seg.segment(x[0])
+            _labels(seg, x[0])
         t = time.monotonic()
         with pytest.raises(InferenceError, match="gave up"):
-            seg.segment(x[0])
+            _labels(seg, x[0])
         assert time.monotonic() - t < 5.0  # no restart attempt (one takes seconds); generous
         assert not seg.server.is_running()
 
@@ -238,12 +251,12 @@ def test_dead_remote_url_fails_scans_quickly_with_a_clear_message(
     try:
         # Earlier traffic on the "remote" server: not this run's statistics.
         with SupervisedSegmenter(srv.grpc_url) as other:
-            other.segment(x[0])
+            _labels(other, x[0])
             total = 3  # its 2 warm-ups + 1 scan, all counted before the next baseline
             assert _wait_for_count(other.client, total) == total
         seg = SupervisedSegmenter(srv.grpc_url, down_recheck_s=60).start()
         assert _raw_count(seg.client) == total + 2  # the new segmenter's warm-up, counted
-        assert np.array_equal(seg.segment(x[1]), ref[1])
+        assert np.array_equal(_labels(seg, x[1]), ref[1])
         assert _wait_for_count(seg.client, total + 3) == total + 3
         st = seg.statistics()
         assert st["inference_count"] == 1 and st["volumes"] == 1, st
@@ -253,7 +266,7 @@ def test_dead_remote_url_fails_scans_quickly_with_a_clear_message(
     for _ in range(4):
         t = time.monotonic()
         with pytest.raises(InferenceError, match=rf"Triton at {srv.grpc_url} is not reachable"):
-            seg.segment(x[0])
+            _labels(seg, x[0])
         times.append(time.monotonic() - t)
     seg.close()
     # Generous bounds (a loaded machine): the first failure within one connect timeout, the

@@ -14,6 +14,7 @@ from client.core import contract
 from client.core.errors import InferenceError
 from client.core.paths import SHIPPED_ONNX
 from client.core.paths import SOURCE_REPOSITORY as DEFAULT_REPOSITORY
+from client.serving.futures import InferenceFutures
 from client.serving.server import EmbeddedServer
 from client.serving.triton import SegmentationClient
 
@@ -80,22 +81,59 @@ def _phantom_inputs(model_shape, n):
 
 
 def test_client_reads_the_model_shape_from_the_server(client):
-    assert len(client.model_shape) == 3 and client.max_batch_size >= 2
+    assert len(client.model.model_shape) == 3 and client.model.max_batch_size >= 2
 
 
 def test_outputs_equal_onnxruntime(client, ort_session):
-    x = _phantom_inputs(client.model_shape, 3)
+    x = _phantom_inputs(client.model.model_shape, 3)
     (ref,) = ort_session.run([contract.OUTPUT_NAME], {contract.INPUT_NAME: x})
-    assert np.array_equal(client.infer(x), ref)
-    assert np.array_equal(client.infer(x[:1]), ref[:1])
+    assert np.array_equal(client.infer(x)[contract.OUTPUT_NAME], ref)
+    assert np.array_equal(client.infer(x[:1])[contract.OUTPUT_NAME], ref[:1])
     assert (ref == 1).mean() > 0.01  # the model segments something: a real comparison
 
 
+def test_every_transport_is_a_transport_and_infers_outputs_by_name(server, client, ort_session):
+    """SegmentationClient, SupervisedSegmenter and EndpointPool: one interface
+    (client.serving.model.Transport), one parsed ServedModel, the outputs by name equal to
+    ONNX Runtime's; the one futures layer over each gives the same."""
+    from client.serving.endpoints import EndpointPool
+    from client.serving.model import ServedModel, Transport
+    from client.serving.supervisor import SupervisedSegmenter
+    from client.serving.triton import served_model
+
+    m = client.model
+    x = _phantom_inputs(m.model_shape, 2)
+    names = [contract.OUTPUT_NAME, contract.CONFIDENCE_NAME]
+    ref = dict(zip(names, _both(ort_session, x)))
+    assert isinstance(m, ServedModel) and m.has_confidence and m.output_names == tuple(names)
+    assert m.name == contract.MODEL_NAME and m.versions == ("1",) and m.version == "1"
+    assert m.input_name == contract.INPUT_NAME and m.input_shape == (1, *m.model_shape)
+    assert m == served_model(m.config, {"versions": ["1"]})  # parsed from the config alone
+    with (
+        SupervisedSegmenter(server.grpc_url, max_in_flight=2) as sup,
+        EndpointPool([server.grpc_url], max_in_flight=2) as pool,
+    ):
+        for t in (client, sup, pool):
+            assert isinstance(t, Transport), type(t)
+            assert t.model == m and server.grpc_url in t.url
+            out = t.infer(x)
+            assert list(out) == names, type(t)
+            for n in names:
+                assert out[n].dtype == np.uint8 and np.array_equal(out[n], ref[n]), (type(t), n)
+            with InferenceFutures(t) as pending:
+                assert pending.max_in_flight == t.max_in_flight
+                one = pending.submit(x[1:]).result()
+            assert list(one) == names and all(np.array_equal(one[n], ref[n][1:]) for n in names)
+        assert sup.statistics()["volumes"] == 3 and pool.statistics()["volumes"] == 3
+    assert not isinstance(object(), Transport)
+
+
 def test_concurrent_requests_are_merged_by_the_dynamic_batcher(client, ort_session):
-    x = _phantom_inputs(client.model_shape, 2)
+    x = _phantom_inputs(client.model.model_shape, 2)
     before = client.statistics()
-    futures = [client.submit(x[i % 2]) for i in range(12)]
-    results = [f.result() for f in futures]
+    with InferenceFutures(client) as pending:
+        futures = [pending.submit(x[i % 2][None]) for i in range(12)]
+        results = [f.result()[contract.OUTPUT_NAME][0] for f in futures]
     # Statistics are updated just after the responses are sent: poll briefly.
     deadline = time.monotonic() + 10
     while True:
@@ -127,8 +165,8 @@ def test_bad_request_gets_an_error_and_the_server_lives_on(server, client):
     raw.close()
     with pytest.raises(InferenceError, match="expected a uint8 batch"):
         client.infer(bad)
-    ok = client.infer(np.zeros((1, 1, *client.model_shape), np.uint8))
-    assert ok.shape == (1, *client.model_shape)
+    ok = client.infer(np.zeros((1, 1, *client.model.model_shape), np.uint8))
+    assert ok[contract.OUTPUT_NAME].shape == (1, *client.model.model_shape)
 
 
 def test_wrong_model_name_is_a_clear_error(server):
@@ -278,10 +316,10 @@ def test_clients_read_the_declared_preprocessing(client, spacing_client):
     from client.reading.preprocess import PreprocessSpec
     from client.serving.triton import model_preprocess_spec
 
-    assert client.preprocess_spec == model_preprocess_spec(client.config)
-    assert client.preprocess_spec.model_shape == client.model_shape
-    spec = spacing_client.preprocess_spec
-    assert spec.mode == "spacing" and spec.model_shape == spacing_client.model_shape
+    assert client.model.preprocess_spec == model_preprocess_spec(client.model.config)
+    assert client.model.preprocess_spec.model_shape == client.model.model_shape
+    spec = spacing_client.model.preprocess_spec
+    assert spec.mode == "spacing" and spec.model_shape == spacing_client.model.model_shape
     assert spec == PreprocessSpec.from_parameters(spec.parameters(), spec.model_shape)
 
 
@@ -290,7 +328,8 @@ def test_spacing_model_windows_come_back_stitched_as_onnxruntime_gives(
 ):
     """A 1.5 m scan served by a 'spacing' model: several windows, each its own request
     (merged by the dynamic batcher), stitched; equal to ONNX Runtime on the same windows."""
-    from client.pipeline.screen import StageTimer, TritonSegmenter, as_segmentation
+    from client.pipeline.screen import StageTimer
+    from client.pipeline.segmenters import TritonSegmenter, as_segmentation
     from client.reading.preprocess import preprocess_scan, to_scan_grid
     from client.reading.scan import ScanVolume
 
@@ -298,7 +337,7 @@ def test_spacing_model_windows_come_back_stitched_as_onnxruntime_gives(
     n = int(round(1500 / ct.spacing[0]))
     reps = -(-n // ct.shape[0])
     scan = ScanVolume(np.concatenate([ct.array] * reps)[:n], ct.spacing, ct.origin, ct.direction)
-    windows, rec = preprocess_scan(scan, spacing_client.preprocess_spec)
+    windows, rec = preprocess_scan(scan, spacing_client.model.preprocess_spec)
     assert len(rec.windows) >= 3
     refs = [_both(ort_session, windows[i : i + 2]) for i in range(0, len(windows), 2)]
     ref_labels = np.concatenate([r[0] for r in refs])
@@ -325,7 +364,8 @@ def test_spacing_model_windows_come_back_stitched_as_onnxruntime_gives(
 def test_spacing_model_segments_the_real_ct(spacing_client, real_ct):
     """The shipped network fed 6 mm windows instead of the whole volume at 64^3 (for this
     CT about the same voxel size): the organs still come back on the scan's grid."""
-    from client.pipeline.screen import StageTimer, TritonSegmenter, as_segmentation
+    from client.pipeline.screen import StageTimer
+    from client.pipeline.segmenters import TritonSegmenter, as_segmentation
 
     ct, labels = real_ct
     got = as_segmentation(TritonSegmenter(spacing_client).segment(ct, None, StageTimer())).labels
@@ -340,7 +380,7 @@ def test_endpoints_that_disagree_on_preprocessing_are_refused(server, tmp_path_f
     from client.serving.triton import model_preprocess_spec
 
     with SegmentationClient(server.grpc_url) as c:
-        shipped = model_preprocess_spec(c.config).mode
+        shipped = model_preprocess_spec(c.model.config).mode
     other = "spacing" if shipped == "resize" else "resize"
     base = tmp_path_factory.mktemp("other")
     repo = _repo_with_mode(base / "repo", other)
@@ -348,7 +388,7 @@ def test_endpoints_that_disagree_on_preprocessing_are_refused(server, tmp_path_f
         pool = EndpointPool([server.grpc_url, srv.grpc_url], max_in_flight=1, connect_timeout_s=30)
         with pool:
             assert pool.healthy_urls() == [server.grpc_url]
-            assert pool.preprocess_spec.mode == shipped
+            assert pool.model.preprocess_spec.mode == shipped
             (ep,) = [e for e in pool.endpoints if e.url == srv.grpc_url]
             assert "preprocessing" in ep.last_error and other in ep.last_error, ep.last_error
 

@@ -255,7 +255,7 @@ def test_series_best_rounds_on_ray_in_one_session(tmp_path):
 
 
 def test_screen_study_library(phase_study):
-    from client.pipeline.screen import MaskFolderSegmenter
+    from client.pipeline.segmenters import MaskFolderSegmenter
 
     base, _ = phase_study
     seg = MaskFolderSegmenter(base / "masks", "totalsegmentator")

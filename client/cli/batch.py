@@ -140,9 +140,9 @@ def _screen_config(args):
 
 def run(args) -> int:
     from client.core.atomic import remove_stale_temporaries
+    from client.pipeline.segmenters import open_segmenter
     from client.reading.discover import discover
     from client.scaleout.shard import apply_to_discovery
-    from client.serving.endpoints import open_segmenter  # several --url too
 
     _check_args(args)
     out = Path(args.out)

@@ -32,7 +32,7 @@ def version_info() -> dict:
     from client.core import contract
     from client.core.errors import ConfigError
     from client.core.paths import model_repository
-    from client.pipeline.screen import model_file_sha256
+    from client.pipeline.segmenters import model_file_sha256
 
     info = {"hepascreen": __version__, "result_schema": contract.SCHEMA_VERSION}
     try:

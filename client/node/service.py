@@ -98,7 +98,8 @@ class Node:
     # -- life cycle ------------------------------------------------------------------
     def start(self) -> Node:
         from client.outputs.results import ResultStore, RunContext, write_json_atomic
-        from client.pipeline.screen import ScreenConfig, open_segmenter
+        from client.pipeline.screen import ScreenConfig
+        from client.pipeline.segmenters import open_segmenter
 
         from .scp import make_receiver
 

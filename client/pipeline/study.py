@@ -284,7 +284,7 @@ def screen_study(source, segmenter, config=None, series: str = "best") -> list[S
     ----------
     source : str or Path
         A study folder, a folder of studies, or an image file.
-    segmenter : client.pipeline.screen.Segmenter
+    segmenter : client.pipeline.segmenters.Segmenter
     config : client.pipeline.screen.ScreenConfig, optional
     series : {"best", "all"}
         ``best``: stop a study at its first ratio-graded unenhanced series.

@@ -318,33 +318,39 @@ def actor_options(cpus: float, gpus: float, concurrency: int) -> dict:
 def worker_spec(seg, *, max_in_flight: int = 2, client_kwargs: dict | None = None) -> dict:
     """What an actor needs to open its own segmenter like the driver's ``seg``.
 
-    A :class:`client.pipeline.screen.MaskFolderSegmenter` travels as its folder and label
-    map; a :class:`client.pipeline.screen.TritonSegmenter` as its URL(s) (the bundled
-    server's loopback URL when the driver started one).
+    A :class:`client.pipeline.segmenters.MaskFolderSegmenter` travels as its folder and
+    label map; a :class:`client.pipeline.segmenters.TritonSegmenter` as its URL(s) (the
+    bundled server's loopback URL when the driver started one).
     """
+    from client.serving.endpoints import EndpointPool
+
     if seg.kind == "masks":
         return {"kind": "masks", "folder": str(seg.folder), "label_map": seg.label_map}
-    client = seg.client
-    urls = getattr(client, "urls", None) or [client.url]
+    transport = seg.transport
+    urls = transport.urls if isinstance(transport, EndpointPool) else [transport.url]
     return {
         "kind": "triton",
         "urls": list(urls),
         "max_in_flight": int(max_in_flight),
         "client_kwargs": {k: v for k, v in (client_kwargs or {}).items() if v},
-        "model_sha256": getattr(seg, "model_sha256", None),
+        "model_sha256": seg.model_sha256,
     }
 
 
 def segmenter_from_spec(spec: dict):
-    """Open the segmenter described by :func:`worker_spec` (in an actor)."""
-    from client.pipeline.screen import MaskFolderSegmenter
-    from client.serving.endpoints import connect
+    """Open the segmenter described by :func:`worker_spec` (in an actor; the caller closes it)."""
+    from contextlib import ExitStack
 
-    if spec["kind"] == "masks":
-        return MaskFolderSegmenter(spec["folder"], spec["label_map"])
-    seg = connect(
-        spec["urls"], max_in_flight=spec.get("max_in_flight", 2), **spec.get("client_kwargs", {})
-    )
+    from client.pipeline.segmenters import open_segmenter
+
+    with ExitStack() as stack:
+        if spec["kind"] == "masks":
+            return open_segmenter(stack, masks=spec["folder"], label_map=spec["label_map"])
+        seg = open_segmenter(
+            stack, url=spec["urls"], max_in_flight=spec.get("max_in_flight", 2),
+            **spec.get("client_kwargs", {}),
+        )  # fmt: skip
+        stack.pop_all()  # the actor keeps it open (ScanWorker.close)
     seg.model_sha256 = spec.get("model_sha256")
     return seg
 
@@ -390,8 +396,7 @@ class ScanWorker:
 
     def statistics(self) -> dict | None:
         """This actor's segmenter statistics (requests per endpoint, take-outs, ...)."""
-        stats = getattr(self.segmenter, "statistics", None)
-        return {**self.info(), "statistics": stats() if stats else None}
+        return {**self.info(), "statistics": self.segmenter.statistics()}
 
     def close(self) -> None:
         self.segmenter.close()

@@ -1,11 +1,12 @@
 """Several Triton servers behind one segmenter: least outstanding work, failover, probing.
 
 ``--url`` may be given several times (and ``--url-file FILE``, one ``host:port`` a
-line, ``#`` comments). :class:`EndpointPool` then stands in for the single
-:class:`client.serving.supervisor.SupervisedSegmenter` of :class:`client.pipeline.screen.TritonSegmenter`::
+line, ``#`` comments). :class:`EndpointPool` is then the transport
+(:class:`client.serving.model.Transport`) in place of a single
+:class:`client.serving.supervisor.SupervisedSegmenter`::
 
-    from client.serving.endpoints import connect
-    with connect(["gpu-a:8001", "gpu-b:8001"]) as segmenter:    # a TritonSegmenter
+    from client.pipeline.segmenters import TritonSegmenter
+    with TritonSegmenter.connect(["gpu-a:8001", "gpu-b:8001"]) as segmenter:
         result = screen_scan("ct.nii.gz", segmenter, ScreenConfig())
 
 * **Routing**: each request goes to the healthy endpoint with the fewest requests
@@ -32,14 +33,13 @@ from __future__ import annotations
 import argparse
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from client.core import contract
 from client.core.errors import ConfigError, InferenceError
-from client.serving.triton import bounded_submit, first_item
+from client.serving.model import ServedModel
 
 # Failures that say something about the endpoint, not about the request.
 ENDPOINT_FAULTS = (
@@ -149,20 +149,16 @@ class _Endpoint:
 
 
 class EndpointPool:
-    """Several Triton endpoints serving the same model, used as one.
-
-    Drop-in for the ``client`` of :class:`client.pipeline.screen.TritonSegmenter`
-    (``submit``, ``model_shape``, ``preprocess_spec``, ``model_name``, ``statistics``,
-    ``close``);
-    :func:`connect` builds that segmenter.
+    """Several Triton endpoints serving the same model, used as one
+    (a :class:`client.serving.model.Transport`).
 
     Parameters
     ----------
     urls : list of str
         ``host:port`` gRPC endpoints (repeats dropped).
     max_in_flight : int
-        Requests outstanding at once per endpoint (the pool allows that many times
-        the number of endpoints).
+        Requests outstanding at once per endpoint (the pool's ``max_in_flight`` is that
+        many times the number of endpoints).
     probe_interval_s : float
         How often endpoints taken out are checked.
     wait_healthy_s : float
@@ -173,6 +169,13 @@ class EndpointPool:
         TLS options etc. for :class:`client.serving.triton.SegmentationClient`.
     **supervisor_kw
         More :class:`client.serving.supervisor.SupervisedSegmenter` arguments (deadlines).
+
+    Attributes
+    ----------
+    model : client.serving.model.ServedModel
+        The first endpoint's served model (None before :meth:`start`); an endpoint
+        serving another name, input size, preprocessing, confidence output or floors, or
+        classes is refused.
 
     Raises
     ------
@@ -196,21 +199,18 @@ class EndpointPool:
         if not urls:
             raise ConfigError("EndpointPool needs at least one host:port")
         self.endpoints = [_Endpoint(u) for u in urls]
-        self.max_in_flight = max(1, int(max_in_flight))
+        self.per_endpoint = max(1, int(max_in_flight))
+        self.max_in_flight = self.per_endpoint * len(self.endpoints)
         self.probe_interval_s = float(probe_interval_s)
         self.wait_healthy_s = float(wait_healthy_s)
         self.connect_timeout_s = float(connect_timeout_s)
         self.client_kwargs = dict(client_kwargs or {})
         self.supervisor_kw = supervisor_kw
         self.events: list[dict] = []
-        self.model_name = self.model_shape = self.preprocess_spec = None
-        self.has_confidence, self.confidence_floor = False, None
-        self.classes = None
+        self.model: ServedModel | None = None
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._prober: threading.Thread | None = None
-        self._pool: ThreadPoolExecutor | None = None
-        self._slots = threading.BoundedSemaphore(self.max_in_flight * len(urls))
         self._t0 = time.monotonic()
         self._n_volumes = 0
 
@@ -225,7 +225,7 @@ class EndpointPool:
     # -- life cycle ---------------------------------------------------------------
     def start(self) -> EndpointPool:
         """Reach every endpoint (those that do not answer are probed in the background)."""
-        if self._pool is not None:
+        if self._prober is not None:
             return self
         for ep in self.endpoints:
             self._connect(ep, self.connect_timeout_s)
@@ -236,9 +236,6 @@ class EndpointPool:
                 "no Triton endpoint answered: "
                 + "; ".join(f"{e.url}: {e.last_error}" for e in self.endpoints)
             )
-        self._pool = ThreadPoolExecutor(
-            self.max_in_flight * len(self.endpoints), thread_name_prefix="endpoint"
-        )
         self._prober = threading.Thread(target=self._probe_loop, name="endpoint-probe", daemon=True)
         self._prober.start()
         return self
@@ -248,7 +245,7 @@ class EndpointPool:
         from client.serving.supervisor import SupervisedSegmenter
 
         sup = SupervisedSegmenter(
-            ep.url, max_in_flight=self.max_in_flight, ready_timeout_s=timeout_s,
+            ep.url, max_in_flight=self.per_endpoint, ready_timeout_s=timeout_s,
             down_recheck_s=0.0, client_kwargs=self.client_kwargs, **self.supervisor_kw,
         )  # fmt: skip
         try:
@@ -256,37 +253,28 @@ class EndpointPool:
         except InferenceError as exc:
             ep.last_error = str(exc).splitlines()[0]
             return False
-        name, shape, spec = sup.model_name, tuple(sup.model_shape), sup.preprocess_spec
-        conf = (
-            getattr(sup, "has_confidence", False),
-            getattr(sup, "confidence_floor", None),
-            getattr(sup, "classes", None),
-        )
+        m = sup.model
         with self._cond:
-            if self.model_name is None:
-                self.model_name, self.model_shape = name, shape
-                self.preprocess_spec = spec
-                self.has_confidence, self.confidence_floor, self.classes = conf
-                self.max_batch_size = getattr(sup, "max_batch_size", None)
-                self.config = getattr(sup, "config", None)
+            if self.model is None:
+                self.model = m
+            first = self.model
             # Same input size but another preprocessing would give wrong masks silently.
-            first = (self.model_name, tuple(self.model_shape), self.preprocess_spec)
-            if (name, shape, spec) != first:
+            if _input_of(m) != _input_of(first):
                 sup.close()
                 ep.last_error = (
-                    f"serves {name} with input {shape} and preprocessing {_describe(spec)}, "
-                    f"the other endpoints {self.model_name} with {tuple(self.model_shape)} and "
-                    f"{_describe(self.preprocess_spec)}"
+                    f"serves {m.name} with input {m.model_shape} and preprocessing "
+                    f"{_describe(m.preprocess_spec)}, the other endpoints {first.name} with "
+                    f"{first.model_shape} and {_describe(first.preprocess_spec)}"
                 )
                 self._event(f"{ep.url} refused: {ep.last_error}")
                 return False
-            if conf != (self.has_confidence, self.confidence_floor, self.classes):
+            if _judgement_of(m) != _judgement_of(first):
                 # The gate (and the phase) would judge the same scan differently depending
                 # on the endpoint.
                 sup.close()
                 ep.last_error = (
-                    f"serves {name} with confidence output/floor/classes {conf}, the other "
-                    f"endpoints {(self.has_confidence, self.confidence_floor, self.classes)}"
+                    f"serves {m.name} with confidence output/floor/classes {_judgement_of(m)}, "
+                    f"the other endpoints {_judgement_of(first)}"
                 )
                 self._event(f"{ep.url} refused: {ep.last_error}")
                 return False
@@ -301,9 +289,6 @@ class EndpointPool:
             self._cond.notify_all()
         if self._prober is not None and self._prober is not threading.current_thread():
             self._prober.join(timeout=10)
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
         for ep in self.endpoints:
             if ep.sup is not None:
                 ep.sup.close()
@@ -348,16 +333,14 @@ class EndpointPool:
                 ep.healthy = False
                 self._event(f"{ep.url} taken out: {ep.last_error}")
 
-    def infer(self, batch: np.ndarray, with_confidence: bool = False):
-        """Segment ``[N, 1, z, y, x]`` on the least busy healthy endpoint, failing over
-        (``(labels, confidence or None)`` with ``with_confidence``)."""
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Segment ``[N, 1, z, y, x]`` on the least busy healthy endpoint, failing over;
+        the model's outputs by name."""
         tries = 0
         while True:
             ep, sup = self._pick()
             try:
-                out = (
-                    sup.infer(batch, with_confidence=True) if with_confidence else sup.infer(batch)
-                )
+                out = sup.infer(batch)
             except InferenceError as exc:
                 if exc.status not in ENDPOINT_FAULTS:
                     raise  # the request's fault: another endpoint would refuse it too
@@ -376,17 +359,6 @@ class EndpointPool:
                 ep.requests += 1
                 self._n_volumes += int(batch.shape[0])
             return out
-
-    def submit(self, tensor: np.ndarray, with_confidence: bool = False) -> Future:
-        """Queue one volume uint8 ``[1, z, y, x]``; the Future resolves to uint8 ``[z, y, x]``
-        (``(labels, confidence or None)`` with ``with_confidence``)."""
-        if self._pool is None:
-            raise InferenceError("endpoint pool not started (call start() or use a with block)")
-        return bounded_submit(
-            self._pool,
-            self._slots,
-            lambda: first_item(self.infer(tensor[None], with_confidence=with_confidence)),
-        )
 
     # -- probing ------------------------------------------------------------------
     def _probe_loop(self) -> None:
@@ -412,14 +384,6 @@ class EndpointPool:
     def _event(self, what: str) -> None:
         self.events.append({"t_s": round(time.monotonic() - self._t0, 2), "event": what})
 
-    @property
-    def client(self):
-        """A healthy endpoint's :class:`client.serving.triton.SegmentationClient` (model metadata)."""
-        for ep in self.endpoints:
-            if ep.healthy and ep.sup is not None:
-                return ep.sup.client
-        raise InferenceError("no healthy Triton endpoint")
-
     def statistics(self) -> dict:
         """This run's statistics: totals, and per endpoint its state and supervisor statistics."""
         per = []
@@ -439,6 +403,16 @@ class EndpointPool:
         }
 
 
+def _input_of(m: ServedModel) -> tuple:
+    """What makes two servers' inputs the same: model name, input size, preprocessing."""
+    return (m.name, m.model_shape, m.preprocess_spec)
+
+
+def _judgement_of(m: ServedModel) -> tuple:
+    """What makes two servers' answers read the same: confidence output, floors, classes."""
+    return (m.has_confidence, m.confidence_floor, m.classes)
+
+
 def _describe(spec) -> str:
     if spec is None:
         return "unknown"
@@ -446,48 +420,10 @@ def _describe(spec) -> str:
     return ", ".join(f"{k}={v}" for k, v in params.items())
 
 
-def connect(urls, *, max_in_flight: int = contract.DEFAULT_MAX_IN_FLIGHT, **kw):
-    """A :class:`client.pipeline.screen.TritonSegmenter` over ``urls`` (one URL: the plain
-    supervised client; several: an :class:`EndpointPool`). ``kw``: TLS options
-    (``ssl``, ``root_certificates``, ...) and :class:`EndpointPool` arguments."""
-    from client.pipeline.screen import TritonSegmenter
-
-    urls = unique_urls(urls)
-    pool_keys = {"probe_interval_s", "wait_healthy_s", "connect_timeout_s"}
-    pool_kw = {k: kw.pop(k) for k in list(kw) if k in pool_keys}
-    if len(urls) == 1:
-        return TritonSegmenter.connect(urls[0], max_in_flight=max_in_flight, **kw)
-    pool = EndpointPool(urls, max_in_flight=max_in_flight, client_kwargs=kw, **pool_kw)
-    return TritonSegmenter(pool.start())
-
-
-def open_segmenter(stack, *, url=None, max_in_flight: int = contract.DEFAULT_MAX_IN_FLIGHT, **kw):
-    """:func:`client.pipeline.screen.open_segmenter` that also takes several URLs (a list).
-
-    ``url``: None (bundled server), a ``host:port`` or a list of them. Whatever is
-    started is stopped by ``stack``.
-    """
-    from client.pipeline import screen as pipeline
-
-    urls = unique_urls(url)
-    if kw.get("masks") or len(urls) <= 1:
-        return pipeline.open_segmenter(
-            stack, url=urls[0] if urls else None, max_in_flight=max_in_flight, **kw
-        )
-    client_kw = {
-        k: kw[k]
-        for k in ("ssl", "root_certificates", "private_key", "certificate_chain")
-        if k in kw
-    }
-    return stack.enter_context(connect(urls, max_in_flight=max_in_flight, **client_kw))
-
-
 __all__ = [
     "EndpointPool",
     "add_url_arguments",
     "check_url",
-    "connect",
-    "open_segmenter",
     "read_url_file",
     "unique_urls",
 ]

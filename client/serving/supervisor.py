@@ -1,11 +1,11 @@
 """A segmenter that survives its server: restarts, deadlines, quick failure of dead endpoints.
 
 :class:`SupervisedSegmenter` owns the bundled Triton server (or a remote ``--url``)
-and the gRPC client, and is the one object the pipeline talks to::
+and the gRPC client; it is a :class:`client.serving.model.Transport`::
 
     with SupervisedSegmenter(url=None, log_path=out / "server.log") as seg:
-        labels = seg.submit(tensor).result()     # uint8 [1, z, y, x] -> [z, y, x]
-        stats = seg.statistics()                 # this run only (for run.json)
+        labels = seg.infer(batch)[contract.OUTPUT_NAME]  # uint8 [N, 1, z, y, x] -> [N, z, y, x]
+        stats = seg.statistics()                          # this run only (for run.json)
 
 What it does so callers do not have to:
 
@@ -35,7 +35,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +58,9 @@ class SupervisedSegmenter:
     log_path : Path, optional
         Bundled server's log (appended across restarts).
     max_in_flight : int
-        Requests outstanding at once through :meth:`submit`.
+        Requests meant to be outstanding at once (the bound of
+        :class:`client.serving.futures.InferenceFutures` over this object; queueing
+        behind them counts in the deadline).
     max_restarts : int
         Restarts of the bundled server per run before giving up.
     deadline_factor, min_deadline_s : float
@@ -81,6 +82,11 @@ class SupervisedSegmenter:
         More arguments for :class:`EmbeddedServer` (e.g. ``extra_args``) /
         :class:`SegmentationClient` (e.g. TLS options for a remote server); other
         keyword arguments go to the client too.
+
+    Attributes
+    ----------
+    model : client.serving.model.ServedModel
+        The served model (read by :meth:`start`; None before).
 
     Raises
     ------
@@ -122,6 +128,7 @@ class SupervisedSegmenter:
         self.client_kwargs = {**(client_kwargs or {}), **more_client_kwargs}
         self.server = None
         self.client = None
+        self.model = None
         self.restarts = 0
         self.events: list[dict] = []
         self._gen = 0
@@ -138,8 +145,6 @@ class SupervisedSegmenter:
         self._baseline_gen = 0
         self._stop = threading.Event()
         self._watchdog: threading.Thread | None = None
-        self._slots = threading.BoundedSemaphore(self.max_in_flight)
-        self._pool: ThreadPoolExecutor | None = None
         self._t0 = time.monotonic()
 
     # -- life cycle -----------------------------------------------------------------
@@ -167,14 +172,7 @@ class SupervisedSegmenter:
                 )
                 self.server.start()
             self.client = self._new_client()
-            self.model_name = self.client.model_name
-            self.model_shape = self.client.model_shape
-            self.preprocess_spec = self.client.preprocess_spec
-            self.has_confidence = getattr(self.client, "has_confidence", False)
-            self.confidence_floor = getattr(self.client, "confidence_floor", None)
-            self.classes = getattr(self.client, "classes", None)
-            self.max_batch_size = self.client.max_batch_size
-            self.config = self.client.config
+            self.model = self.client.model
             # The warm-up's two requests are excluded from this run's counts: on a fresh
             # bundled server they are the first two; on a remote one (which may have
             # served others before) wait until the counter has moved past them, else a
@@ -185,7 +183,6 @@ class SupervisedSegmenter:
         except BaseException:
             self.close()
             raise
-        self._pool = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="segment")
         if self.embedded and self.watch_interval_s > 0:
             self._watchdog = threading.Thread(
                 target=self._watch, name="triton-watchdog", daemon=True
@@ -207,7 +204,7 @@ class SupervisedSegmenter:
         )
 
     def _warm_up(self) -> None:
-        zeros = np.zeros((1, 1, *self.model_shape), np.uint8)
+        zeros = np.zeros((1, *self.model.input_shape), np.uint8)
         self.client.infer(zeros, timeout_s=self.first_deadline_s, retries=1)  # loads lazily
         t = time.monotonic()
         self.client.infer(zeros, timeout_s=self.first_deadline_s, retries=1)  # the timed one
@@ -237,9 +234,6 @@ class SupervisedSegmenter:
         self._stop.set()
         if self._watchdog is not None and self._watchdog is not threading.current_thread():
             self._watchdog.join(timeout=10)
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
         for c in [*self._old_clients, self.client]:
             if c is not None:
                 c.close()
@@ -262,6 +256,8 @@ class SupervisedSegmenter:
         return max(self.min_deadline_s, self.deadline_factor * ref)
 
     def _current(self):
+        if self.client is None:
+            raise InferenceError("segmenter not started (call start() or use it in a with block)")
         if self._gave_up:
             raise InferenceError(self._gave_up)
         down = self._down
@@ -277,10 +273,9 @@ class SupervisedSegmenter:
         with self._lock:
             return self._gen, self.client
 
-    def infer(self, batch: np.ndarray, with_confidence: bool = False):
-        """Segment a batch ``[N, 1, z, y, x]`` uint8 -> ``[N, z, y, x]``, surviving server faults
-        (``(labels, confidence or None)`` with ``with_confidence``: see
-        :meth:`client.serving.triton.SegmentationClient.infer`)."""
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Segment a batch ``[N, 1, z, y, x]`` uint8 -> the model's outputs by name, surviving
+        server faults (see :meth:`client.serving.triton.SegmentationClient.infer`)."""
         timeout = None
         attempts = 0
         while True:
@@ -288,12 +283,7 @@ class SupervisedSegmenter:
             t = self.deadline_s() if timeout is None else timeout
             t0 = time.monotonic()
             try:
-                out = client.infer(
-                    batch,
-                    timeout_s=t,
-                    retries=0,
-                    **({"with_confidence": True} if with_confidence else {}),
-                )
+                out = client.infer(batch, timeout_s=t, retries=0)
             except InferenceError as exc:
                 if exc.status not in RECOVERABLE:
                     raise
@@ -310,26 +300,6 @@ class SupervisedSegmenter:
                 self._n_requests += 1
                 self._n_volumes += int(batch.shape[0])
             return out
-
-    def submit(self, tensor: np.ndarray, with_confidence: bool = False) -> Future:
-        """Queue one volume uint8 ``[1, z, y, x]``; the Future resolves to uint8 ``[z, y, x]``
-        (``(labels, confidence or None)`` with ``with_confidence``).
-
-        Blocks while ``max_in_flight`` requests are outstanding (back-pressure).
-        """
-        if self._pool is None:
-            raise InferenceError("segmenter not started (call start() or use it in a with block)")
-        from client.serving.triton import bounded_submit, first_item
-
-        return bounded_submit(
-            self._pool,
-            self._slots,
-            lambda: first_item(self.infer(tensor[None], with_confidence=with_confidence)),
-        )
-
-    def segment(self, tensor: np.ndarray) -> np.ndarray:
-        """``submit(tensor).result()``: one volume ``[1, z, y, x]`` -> ``[z, y, x]``."""
-        return self.submit(tensor).result()
 
     # -- faults -------------------------------------------------------------------------
     def _event(self, what: str) -> None:
@@ -444,20 +414,6 @@ class SupervisedSegmenter:
                 return  # gave up; requests report it
             except Exception:  # noqa: BLE001 - the watchdog must not die silently mid-run
                 continue
-
-    @property
-    def _client(self):
-        """The current tritonclient object (for callers written against SegmentationClient)."""
-        return self.client._client
-
-    def model_metadata(self) -> dict:
-        """The served model's metadata (name, versions, inputs, outputs) as JSON."""
-        try:
-            return self.client._client.get_model_metadata(
-                self.model_name, as_json=True, client_timeout=10.0
-            )
-        except Exception as exc:  # noqa: BLE001 - translated where it enters
-            raise InferenceError(f"cannot read the model metadata from {self.url}: {exc}") from exc
 
     # -- statistics ---------------------------------------------------------------------------
     def statistics(self) -> dict:

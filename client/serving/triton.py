@@ -1,50 +1,28 @@
-"""gRPC client of the served VNet: contract checks, requests in flight, retries.
+"""gRPC client of the served VNet: contract checks, the served model, retries.
 
 gRPC errors are translated into :class:`client.core.errors.InferenceError` where they
 enter (as tritonclient's own ``raise_error_grpc`` does); transient ones
 (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED) are retried with
-exponential backoff. Several requests are kept in flight (``submit``) so the
-server's dynamic batcher has work to merge.
+exponential backoff. The model config is parsed once, at connection, into a
+:class:`client.serving.model.ServedModel` (:func:`served_model`, from the parsers
+below). Requests in flight are :class:`client.serving.futures.InferenceFutures`'
+business.
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
 from client.core import contract
 from client.core.errors import InferenceError
+from client.serving.model import ServedModel
 
 # Explicit message limits: a 128^3 uint8 batch of 8 is 16.8 MB; plain gRPC's
 # default receive limit is 4 MB.
 MAX_MESSAGE_BYTES = 2**31 - 1
 _TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED")
-
-
-def bounded_submit(pool, slots, fn) -> Future:
-    """Run ``fn`` on ``pool`` holding one of ``slots`` (a semaphore) until it finishes.
-
-    Blocks while every slot is taken: the back-pressure that keeps at most
-    ``max_in_flight`` requests (and their volumes) outstanding.
-    """
-    slots.acquire()
-    try:
-        fut = pool.submit(fn)
-    except BaseException:
-        slots.release()
-        raise
-    fut.add_done_callback(lambda _f: slots.release())
-    return fut
-
-
-def first_item(out):
-    """The first volume of a batch result: an array, or ``(labels, confidence-or-None)``."""
-    if isinstance(out, tuple):
-        return tuple(None if a is None else a[0] for a in out)
-    return out[0]
 
 
 def _grpc():
@@ -59,7 +37,8 @@ def _status_name(exc) -> str:
 
 
 class SegmentationClient:
-    """Client of the ``hepascreen_vnet`` model on a Triton server.
+    """Client of the ``hepascreen_vnet`` model on a Triton server (a
+    :class:`client.serving.model.Transport`).
 
     Parameters
     ----------
@@ -69,13 +48,19 @@ class SegmentationClient:
     timeout_s : float
         Per-request deadline (client timeout) in seconds.
     max_in_flight : int
-        Requests outstanding at once through :meth:`submit`.
+        Requests meant to be outstanding at once (the bound of
+        :class:`client.serving.futures.InferenceFutures` over this client).
     retries : int
         Retries of a transient failure (backoff 0.5 s, 1 s, 2 s, ...).
     ssl, root_certificates, private_key, certificate_chain :
         TLS options passed to tritonclient for remote servers.
     ready_timeout_s : float
         How long to wait for server and model readiness at construction.
+
+    Attributes
+    ----------
+    model : client.serving.model.ServedModel
+        The served model, read at construction.
 
     Raises
     ------
@@ -100,7 +85,6 @@ class SegmentationClient:
     ):
         g = _grpc()
         self.url = url
-        self.model_name = model_name
         self.timeout_s = timeout_s
         self.retries = retries
         self.max_in_flight = max(1, int(max_in_flight))
@@ -119,22 +103,20 @@ class SegmentationClient:
             )
         except Exception as exc:
             raise InferenceError(f"cannot create a gRPC client for {url}: {exc}") from exc
-        self._wait_ready(ready_timeout_s)
-        self._read_config()
-        self._slots = threading.BoundedSemaphore(self.max_in_flight)
-        self._pool = ThreadPoolExecutor(max_workers=self.max_in_flight, thread_name_prefix="triton")
+        self._wait_ready(model_name, ready_timeout_s)
+        self.model: ServedModel = self._read_model(model_name)
 
     # -- start-up checks ---------------------------------------------------------
-    def _wait_ready(self, timeout_s: float) -> None:
+    def _wait_ready(self, name: str, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         last = "no answer"
         while True:
             try:
                 c = self._client
                 if c.is_server_live(client_timeout=2.0) and c.is_server_ready(client_timeout=2.0):
-                    if c.is_model_ready(self.model_name, client_timeout=2.0):
+                    if c.is_model_ready(name, client_timeout=2.0):
                         return
-                    last = f"model {self.model_name!r} is not ready"
+                    last = f"model {name!r} is not ready"
                 else:
                     last = "server not ready"
             except Exception as exc:
@@ -143,32 +125,21 @@ class SegmentationClient:
                 raise InferenceError(f"Triton at {self.url}: {last} (waited {timeout_s:.0f} s)")
             time.sleep(0.5)
 
-    def _read_config(self) -> None:
+    def _read_model(self, name: str) -> ServedModel:
         try:
-            cfg = self._client.get_model_config(self.model_name, as_json=True, client_timeout=10.0)[
-                "config"
-            ]
+            cfg = self._client.get_model_config(name, as_json=True, client_timeout=10.0)["config"]
+            meta = self._client.get_model_metadata(name, as_json=True, client_timeout=10.0)
         except Exception as exc:
             raise InferenceError(
                 f"Triton at {self.url}: cannot read the model config: {exc}"
             ) from exc
-        self.config = cfg
         problems = check_model_config(cfg)
         if problems:
             raise InferenceError(
-                f"model {self.model_name!r} at {self.url} does not match the HepaScreen contract: "
+                f"model {name!r} at {self.url} does not match the HepaScreen contract: "
                 + "; ".join(problems)
             )
-        dims = [int(d) for d in cfg["input"][0]["dims"]]
-        self.model_shape = tuple(dims[1:])
-        self.max_batch_size = int(cfg.get("max_batch_size", 0) or 0)
-        # How the model wants its input made (resize when the config says nothing).
-        self.preprocess_spec = model_preprocess_spec(cfg)
-        # The optional confidence map and the gate floors calibrated for this model.
-        self.has_confidence = model_has_confidence(cfg)
-        self.confidence_floor = model_confidence_floor(cfg)
-        # The classes the model declares ({name: label value}; liver 1 and spleen 2 always).
-        self.classes = model_classes(cfg)
+        return served_model(cfg, meta)
 
     # -- inference ----------------------------------------------------------------
     def infer(
@@ -177,9 +148,10 @@ class SegmentationClient:
         *,
         timeout_s: float | None = None,
         retries: int | None = None,
-        with_confidence: bool = False,
-    ):
-        """Segment a batch: uint8 ``[N, 1, z, y, x]`` -> uint8 ``[N, z, y, x]`` (retries included).
+    ) -> dict[str, np.ndarray]:
+        """Segment a batch: uint8 ``[N, 1, z, y, x]`` -> every output of the model by name
+        (``model.output_names``: the labels uint8 ``[N, z, y, x]`` and, when served, the
+        confidence map of the same shape); retries included.
 
         Parameters
         ----------
@@ -188,10 +160,6 @@ class SegmentationClient:
             Deadline of each attempt (default: the client's ``timeout_s``).
         retries : int, optional
             Retries of a transient failure (default: the client's ``retries``).
-        with_confidence : bool
-            Return ``(labels, confidence)``: the model's uint8 confidence map
-            (:data:`client.core.contract.CONFIDENCE_NAME`, same shape as the labels), None
-            when the model does not serve one.
 
         Raises
         ------
@@ -200,8 +168,9 @@ class SegmentationClient:
         """
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         retries = self.retries if retries is None else retries
+        model = self.model
         batch = np.ascontiguousarray(batch)
-        expected = (contract.INPUT_CHANNELS, *self.model_shape)
+        expected = tuple(model.input_shape)
         if batch.dtype != np.uint8 or batch.ndim != 5 or tuple(batch.shape[1:]) != expected:
             raise InferenceError(
                 f"expected a uint8 batch [N, {', '.join(map(str, expected))}], got {batch.dtype} {list(batch.shape)}"
@@ -209,28 +178,22 @@ class SegmentationClient:
         g = _grpc()
         delay = 0.5
         for attempt in range(retries + 1):
-            inp = g.InferInput(contract.INPUT_NAME, list(batch.shape), "UINT8")
+            inp = g.InferInput(model.input_name, list(batch.shape), "UINT8")
             inp.set_data_from_numpy(batch)
-            want_conf = with_confidence and self.has_confidence
-            outs = [g.InferRequestedOutput(contract.OUTPUT_NAME)]
-            if want_conf:
-                outs.append(g.InferRequestedOutput(contract.CONFIDENCE_NAME))
+            outs = [g.InferRequestedOutput(name) for name in model.output_names]
             try:
-                res = self._client.infer(
-                    self.model_name, [inp], outputs=outs, client_timeout=timeout_s
-                )
-                shape = (batch.shape[0], *self.model_shape)
-                arrays = [res.as_numpy(o.name()) for o in outs]
-                for name, a in zip((o.name() for o in outs), arrays):
+                res = self._client.infer(model.name, [inp], outputs=outs, client_timeout=timeout_s)
+                shape = (batch.shape[0], *model.model_shape)
+                got = {}
+                for name in model.output_names:
+                    a = res.as_numpy(name)
                     if a is None or a.shape != shape:
                         raise InferenceError(
                             f"server returned {name} {None if a is None else a.shape} "
                             f"for a batch of {batch.shape[0]}"
                         )
-                labels = arrays[0].astype(np.uint8, copy=False)
-                if not with_confidence:
-                    return labels
-                return labels, (arrays[1].astype(np.uint8, copy=False) if want_conf else None)
+                    got[name] = a.astype(np.uint8, copy=False)
+                return got
             except InferenceError:
                 raise
             except Exception as exc:
@@ -241,23 +204,11 @@ class SegmentationClient:
                     continue
                 msg = exc.message() if hasattr(exc, "message") else str(exc)
                 raise InferenceError(
-                    f"inference on {self.model_name!r} at {self.url} failed "
+                    f"inference on {model.name!r} at {self.url} failed "
                     f"({status or type(exc).__name__}): {msg}",
                     status=status or None,
                 ) from exc
         raise InferenceError("unreachable")  # pragma: no cover
-
-    def submit(self, tensor: np.ndarray, with_confidence: bool = False) -> Future:
-        """Queue one volume uint8 ``[1, z, y, x]``; the Future resolves to uint8 ``[z, y, x]``
-        (``(labels, confidence or None)`` with ``with_confidence``).
-
-        Blocks while ``max_in_flight`` requests are outstanding (back-pressure).
-        """
-        return bounded_submit(
-            self._pool,
-            self._slots,
-            lambda: first_item(self.infer(tensor[None], with_confidence=with_confidence)),
-        )
 
     def is_live(self, timeout_s: float = 2.0) -> bool:
         """True when the server answers a liveness check within ``timeout_s``."""
@@ -270,7 +221,7 @@ class SegmentationClient:
         """Inference statistics of the model: ``inference_count``, ``execution_count``, ..."""
         try:
             st = self._client.get_inference_statistics(
-                self.model_name, as_json=True, client_timeout=timeout_s
+                self.model.name, as_json=True, client_timeout=timeout_s
             )
         except Exception as exc:
             raise InferenceError(f"cannot read statistics from {self.url}: {exc}") from exc
@@ -282,9 +233,6 @@ class SegmentationClient:
         }
 
     def close(self) -> None:
-        pool = getattr(self, "_pool", None)
-        if pool is not None:
-            pool.shutdown(wait=True)
         try:
             self._client.close()
         except Exception:
@@ -295,6 +243,25 @@ class SegmentationClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def served_model(cfg: dict, metadata: dict | None = None) -> ServedModel:
+    """The :class:`client.serving.model.ServedModel` of a model config (JSON form, checked
+    by :func:`check_model_config`) and its metadata (``versions``; None: unknown)."""
+    inp = cfg["input"][0]
+    return ServedModel(
+        name=str(cfg.get("name") or (metadata or {}).get("name") or contract.MODEL_NAME),
+        versions=tuple(str(v) for v in (metadata or {}).get("versions", [])),
+        input_name=str(inp["name"]),
+        input_shape=tuple(int(d) for d in inp["dims"]),
+        input_dtype=str(inp["data_type"]),
+        preprocess_spec=model_preprocess_spec(cfg),
+        classes=model_classes(cfg),
+        output_names=tuple(str(o["name"]) for o in cfg["output"]),
+        confidence_floor=model_confidence_floor(cfg),
+        max_batch_size=int(cfg.get("max_batch_size", 0) or 0),
+        config=cfg,
+    )
 
 
 def model_preprocess_spec(cfg: dict):
