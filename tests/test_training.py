@@ -518,3 +518,74 @@ def test_training_modules_import_without_circles():
     for m in sorted(graph):
         if m not in state:
             visit(m, [m])
+
+
+SPACING_YAML = """
+_base_: {base}
+batch_size: 1
+iters: 2
+model_shape: [32, 32, 32]
+preprocess: {{mode: spacing, spacing_mm: [12, 12, 12]}}
+train_dataset: {{type: PhantomDataset, num_samples: 3, seed: 0}}
+val_dataset: {{type: PhantomDataset, num_samples: 1, seed: 900000}}
+lr_scheduler: {{type: PolynomialDecay, decay_steps: 2, learning_rate: 0.05, end_lr: 0, power: 0.9}}
+"""
+
+
+def test_paddle_trainer_trains_the_fixed_spacing_kind(tmp_path):
+    """Issue 21: training.train takes a PreprocessSpec; a 'spacing' config trains on
+    windows of the serving code's fixed-spacing grid (as the shipped model) and validates
+    on the scan grid through the client's windows; synth pools load as PoolDataset."""
+    from client.reading.preprocess import PreprocessSpec
+    from training.config import preprocess_spec_of
+    from training.synth import write_shards
+    from training.train import MedicalDataset, PhantomDataset, PoolDataset, main, train
+
+    base = ROOT / "training" / "configs" / "demo_vnet_cpu.yml"
+    cfg_path = tmp_path / "sp.yml"
+    cfg_path.write_text(SPACING_YAML.format(base=base))
+    cfg = load_config(cfg_path)
+    spec = preprocess_spec_of(cfg)
+    assert spec == PreprocessSpec("spacing", (32, 32, 32), (12.0, 12.0, 12.0))
+    assert preprocess_spec_of(load_config(base)).mode == "resize"
+    # A phantom is a padded fixed-spacing grid; the training sample one model-size window.
+    ds = PhantomDataset(num_samples=1, spec=spec, mode="val")
+    grid, lab, (full, record) = ds.load(0)
+    assert record.mode == "spacing" and grid.shape[1:] == lab.shape == record.padded_shape
+    x, y = ds.window(grid, lab, np.random.default_rng(0))
+    assert (
+        x.shape == (1, 32, 32, 32) and y.shape == (32, 32, 32) and full.shape == record.scan_shape
+    )
+    res = train(cfg, tmp_path / "run", save_interval=2, log_iters=1)
+    assert res["iters"] == 2 and np.isfinite(res["losses"]).all()
+    val = res["history"][-1]["val"]
+    assert len(val["dice_model_size"]) == 2 and len(val["dice_original_grid"]) == 2
+    # Exported with the same config, the model declares the preprocessing it was trained for.
+    import onnx
+
+    from training.export import main as export_main
+
+    out = tmp_path / "onnx"
+    params = ["--model_path", str(tmp_path / "run" / "iter_2" / "model.pdparams")]
+    assert (
+        export_main(["--config", str(cfg_path), *params, "--save_dir", str(out), "--no_check"]) == 0
+    )
+    meta = {m.key: m.value for m in onnx.load(str(out / "model.onnx")).metadata_props}
+    assert PreprocessSpec.from_parameters(meta, (32, 32, 32)) == spec
+    # A training.synth pool made for the same spec; another spec is refused.
+    pool = tmp_path / "pool"
+    write_shards(pool, 0, 3, shard=3, spec=spec, mixture=(("plain", 1.0),))
+    cfg["train_dataset"] = {"type": "PoolDataset", "pool_dir": str(pool), "num_samples": 2}
+    cfg["val_dataset"] = {"type": "PoolDataset", "pool_dir": str(pool), "start": 2}
+    res = train(cfg, tmp_path / "run_pool", iters=1, save_interval=1)
+    assert len(res["history"][-1]["val"]["dice_model_size"]) == 2
+    with pytest.raises(ValueError, match="made for"):
+        PoolDataset(pool, spec=PreprocessSpec("spacing", (32, 32, 32), (6, 6, 6)))
+    with pytest.raises(ValueError, match="resize"):
+        MedicalDataset(tmp_path, spec=spec)
+    # --spacing_mm turns a resize config into a fixed-spacing run.
+    cfg_path.write_text(SPACING_YAML.format(base=base).replace("preprocess:", "x_unused:"))
+    with pytest.raises(ValueError):  # the config's unknown key is still refused
+        preprocess_spec_of({"preprocess": {"spacing": 6}})
+    args = ["--config", str(cfg_path), "--save_dir", str(tmp_path / "cli"), "--iters", "1"]
+    assert main([*args, "--spacing_mm", "12", "12", "12", "--save_interval", "1"]) == 0

@@ -77,3 +77,21 @@ def model_shape_of(cfg: dict) -> tuple[int, int, int]:
     if len(shape) != 3 or min(int(s) for s in shape) < 8:
         raise ValueError(f"model_shape must be three ints >= 8, got {shape}")
     return tuple(int(s) for s in shape)
+
+
+def preprocess_spec_of(cfg: dict):
+    """The served preprocessing a config trains for (our extension), a
+    :class:`client.reading.preprocess.PreprocessSpec`: ``preprocess: {mode: spacing,
+    spacing_mm: [z, y, x]}`` (the shipped model's kind) or ``{mode: resize}`` (the
+    default: MedicalSeg's whole-volume resize), at :func:`model_shape_of`."""
+    from client.reading.preprocess import PreprocessSpec
+
+    pre = dict(cfg.get("preprocess") or {})
+    unknown = set(pre) - {"mode", "spacing_mm"}
+    if unknown:
+        raise ValueError(f"unknown preprocess options in config: {sorted(unknown)}")
+    mode = str(pre.get("mode", "resize"))
+    spacing = pre.get("spacing_mm")
+    return PreprocessSpec(
+        mode, model_shape_of(cfg), tuple(float(v) for v in spacing) if spacing else None
+    )

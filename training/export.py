@@ -520,7 +520,7 @@ def _structured_input(rng, b, shape):
 
 
 def main(argv=None) -> int:
-    from .config import build_model, load_config, model_shape_of
+    from .config import build_model, load_config, model_shape_of, preprocess_spec_of
 
     ap = argparse.ArgumentParser(description="Export a VNet checkpoint to the served ONNX model")
     ap.add_argument("--config", help="MedicalSeg-format YAML")
@@ -539,7 +539,8 @@ def main(argv=None) -> int:
         nargs=3,
         default=None,
         help="the model was trained with fixed-spacing preprocessing at z y x mm "
-        "(written into the ONNX metadata; default: MedicalSeg's whole-volume resize)",
+        "(written into the ONNX metadata; default: the config's 'preprocess', else "
+        "MedicalSeg's whole-volume resize)",
     )
     ap.add_argument(
         "--no-confidence",
@@ -600,11 +601,11 @@ def main(argv=None) -> int:
     )
     from client.reading.preprocess import PreprocessSpec
 
-    pspec = (
-        PreprocessSpec("spacing", tuple(shape), tuple(args.spacing_mm))
-        if args.spacing_mm
-        else PreprocessSpec("resize", tuple(shape))
-    )
+    if args.spacing_mm:
+        pspec = PreprocessSpec("spacing", tuple(shape), tuple(args.spacing_mm))
+    else:  # the config's own preprocessing (training.train trains for it)
+        cspec = preprocess_spec_of(cfg)
+        pspec = PreprocessSpec(cspec.mode, tuple(shape), cspec.spacing_mm)
     set_preprocess_metadata(path, pspec.parameters())
     print(f"wrote {path} (preprocessing {pspec.parameters()})")
     if not args.no_check:

@@ -20,7 +20,23 @@ Datasets (``type``):
   Each pair goes through ``client.reading.preprocess`` (the served preprocessing) once and
   is cached as ``.npz`` under ``cache_dir``.
 * ``PhantomDataset`` - synthetic phantoms generated on the fly (``num_samples``,
-  ``seed``) with ``training.samples.phantom_sample``.
+  ``seed``) with ``training.phantoms.make_phantom``.
+* ``PoolDataset`` - a pool of ``training.synth`` shards (``pool_dir``, optional ``start``
+  and ``num_samples``): the data the shipped model was trained on; its ``pool.json``
+  must declare the run's preprocessing.
+
+Preprocessing (a :class:`client.reading.preprocess.PreprocessSpec`): ``preprocess:`` in
+the config (``{mode: spacing, spacing_mm: [6, 6, 6]}``; default ``resize``, MedicalSeg's
+whole-volume resize) or ``--spacing_mm Z Y X``, with ``model_shape``. ``resize``: every
+sample is the whole volume at model size. ``spacing`` (the shipped model's kind): a scan
+goes through the serving code's fixed-spacing grid (body crop, resampling, centred
+padding) and each training sample is one model-size window of it
+(``training.windows.random_window``: centred on liver/spleen 70 % of the time, as in
+``training.synth`` pools); validation at model size uses one fixed window per case, and
+on the scan's grid every window the client cuts, stitched back
+(``client.reading.preprocess.window_batch`` / ``to_scan_grid``). ``MedicalDataset``
+holds MedicalSeg's model-size volumes and is ``resize`` only. ``training.export`` with
+the same config writes the config's preprocessing into the ONNX metadata.
 
 Writes ``SAVE_DIR/iter_N/model.pdparams`` (+ ``model.pdopt``) every
 ``--save_interval`` iterations, ``best_model/model.pdparams`` by mean validation
@@ -30,8 +46,11 @@ folder datasets, on the scan's original grid (labels mapped back with
 ``client.reading.preprocess.to_scan_grid``).
 
 On this CPU Paddle's Conv3D is slow (~7 GFLOP/s; issue 4 facts): the shipped demo
-model was trained with the PyTorch twin (``training.demo_train``) and converted
-to these parameter names. This trainer is the one to use on a GPU machine.
+model was trained with the PyTorch twin (``training.demo_train``: AdamW, EMA, synth
+pools) and converted to these parameter names. This trainer takes the same kind of
+model and data (``preprocess: spacing``, ``PoolDataset``) with the config's recipe
+(SGD, polynomial decay, MixedLoss) and is the one to use on a GPU machine
+(docs/training.md).
 """
 
 from __future__ import annotations
@@ -45,7 +64,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from .config import build_model, load_config, model_shape_of
+from client.reading.preprocess import PreprocessSpec, as_spec
+
+from .config import build_model, load_config, model_shape_of, preprocess_spec_of
 from .metrics import dice_per_class as dice_scores
 
 
@@ -97,9 +118,44 @@ def build_transforms(specs):
 
 
 # --- datasets ------------------------------------------------------------------------
+def _model_input(hu, labels, spacing, direction, spec):
+    """A scan and its labels on the model-input grid of ``spec`` and the record that maps
+    predictions back: ``resize``: the model-size volume; ``spacing``: the padded
+    fixed-spacing grid (windows are cut by :meth:`_Base.window`)."""
+    from client.reading.preprocess import (
+        labels_to_grid,
+        labels_to_model,
+        preprocess,
+        preprocess_grid,
+    )
+
+    if spec.mode == "resize":
+        u8, record = preprocess(hu, spacing, direction, spec.model_shape)
+        return u8, labels_to_model(labels, direction, spec.model_shape), record
+    grid, record = preprocess_grid(hu, spacing, direction, spec)
+    return grid[None], labels_to_grid(labels, record), record
+
+
 class _Base:
     transforms: list
-    model_shape: tuple
+    spec: PreprocessSpec | None  # None: model-size samples of unstated shape (resize)
+
+    @property
+    def model_shape(self) -> tuple | None:
+        return self.spec.model_shape if self.spec is not None else None
+
+    @property
+    def windowed(self) -> bool:
+        """Samples are fixed-spacing grids, cut into model-size windows."""
+        return self.spec is not None and self.spec.mode != "resize"
+
+    def window(self, image_u8, label, rng):
+        """A model-size training window of a loaded sample (``resize``: the sample)."""
+        if not self.windowed:
+            return image_u8, label
+        from .windows import random_window
+
+        return random_window(image_u8[0], label, self.spec, rng)
 
     def augment(self, image_u8, label, rng):
         if not self.transforms:
@@ -114,8 +170,22 @@ class MedicalDataset(_Base):
     """MedicalSeg's preprocessed dataset (``train_list.txt`` / ``val_list.txt`` of npy pairs)."""
 
     def __init__(
-        self, dataset_root, num_classes=3, transforms=(), mode="train", model_shape=None, **_ignored
+        self,
+        dataset_root,
+        num_classes=3,
+        transforms=(),
+        mode="train",
+        model_shape=None,
+        spec=None,
+        **_ignored,
     ):
+        given = spec if spec is not None else model_shape
+        self.spec = as_spec(given) if given is not None else None
+        if self.windowed:
+            raise ValueError(
+                "MedicalDataset holds MedicalSeg's model-size volumes ('resize'); a "
+                f"{self.spec.mode!r} model trains on FolderDataset, PhantomDataset or PoolDataset"
+            )
         root = Path(dataset_root)
         lst = root / f"{'train' if mode == 'train' else 'val'}_list.txt"
         if not lst.is_file():
@@ -129,7 +199,6 @@ class MedicalDataset(_Base):
         ]
         self.root, self.num_classes = root, num_classes
         self.transforms = build_transforms(transforms)
-        self.model_shape = model_shape
 
     def __len__(self):
         return len(self.items)
@@ -159,6 +228,7 @@ class FolderDataset(_Base):
         images="imagesTr",
         labels="labelsTr",
         seed=0,
+        spec=None,
         **_ignored,
     ):
         from client.reading.io import image_suffix
@@ -181,7 +251,7 @@ class FolderDataset(_Base):
         self.pairs = [pairs[i] for i in sorted(chosen)]
         self.label_map = dict(label_map or {"liver": 1, "spleen": 2})
         self.transforms = build_transforms(transforms)
-        self.model_shape = tuple(model_shape)
+        self.spec = as_spec(spec if spec is not None else model_shape)
         self.cache = Path(cache_dir or root / ".hepascreen_cache")
         self.cache.mkdir(parents=True, exist_ok=True)
         self.keep_original = mode != "train"
@@ -191,12 +261,12 @@ class FolderDataset(_Base):
 
     def load(self, i):
         from client.reading.io import read_label_map, read_scan
-        from client.reading.preprocess import labels_to_model, preprocess
 
         img_path, lab_path = self.pairs[i]
         st = img_path.stat()
+        kind = "" if self.spec.mode == "resize" else f"|{sorted(self.spec.parameters().items())}"
         key = hashlib.sha1(
-            f"{img_path.resolve()}|{st.st_mtime_ns}|{self.model_shape}|{sorted(self.label_map.items())}".encode()
+            f"{img_path.resolve()}|{st.st_mtime_ns}|{self.model_shape}|{sorted(self.label_map.items())}{kind}".encode()
         ).hexdigest()[:16]
         cached = self.cache / f"{key}.npz"
         scan = labels = record = None
@@ -206,15 +276,18 @@ class FolderDataset(_Base):
         else:
             scan = read_scan(img_path)
             labels = read_label_map(lab_path, scan, self.label_map)
-            u8, record = preprocess(scan.array, scan.spacing, scan.direction, self.model_shape)
-            lab = labels_to_model(labels, scan.direction, self.model_shape)
+            u8, lab, record = _model_input(
+                scan.array, labels, scan.spacing, scan.direction, self.spec
+            )
             np.savez(cached, image=u8, label=lab)
         original = None
         if self.keep_original:
             if scan is None:  # cached tensors; the original grid needs the scan once more
                 scan = read_scan(img_path)
                 labels = read_label_map(lab_path, scan, self.label_map)
-                _, record = preprocess(scan.array, scan.spacing, scan.direction, self.model_shape)
+                _, _, record = _model_input(
+                    scan.array, labels, scan.spacing, scan.direction, self.spec
+                )
             original = (labels, record)
         return u8, lab, original
 
@@ -230,19 +303,18 @@ class PhantomDataset(_Base):
         transforms=(),
         mode="train",
         model_shape=None,
+        spec=None,
         **_ignored,
     ):
         self.n, self.seed = int(num_samples), int(seed)
         self.transforms = build_transforms(transforms)
-        self.model_shape = tuple(model_shape)
+        self.spec = as_spec(spec if spec is not None else model_shape)
         self.keep_original = mode != "train"
 
     def __len__(self):
         return self.n
 
     def load(self, i):
-        from client.reading.preprocess import labels_to_model, preprocess
-
         from .phantoms import make_phantom
 
         rng = np.random.default_rng(self.seed + i)
@@ -252,25 +324,78 @@ class PhantomDataset(_Base):
             shape=(int(rng.integers(40, 90)), nxy, nxy),
             random_orientation=bool(rng.random() < 0.3),
         )
-        u8, record = preprocess(p.hu, p.spacing, p.direction, self.model_shape)
-        lab = labels_to_model(p.labels, p.direction, self.model_shape)
+        u8, lab, record = _model_input(p.hu, p.labels, p.spacing, p.direction, self.spec)
         return u8, lab, ((p.labels, record) if self.keep_original else None)
+
+
+class PoolDataset(_Base):
+    """Model-size samples of a ``training.synth`` pool (``pool_dir/synth_*.npz``, read
+    once): ``num_samples`` of them from ``start`` (default all). The pool's ``pool.json``
+    must declare the run's preprocessing (a pool is made for one spec)."""
+
+    def __init__(
+        self,
+        pool_dir,
+        start=0,
+        num_samples=None,
+        num_classes=3,
+        transforms=(),
+        mode="train",
+        model_shape=None,
+        spec=None,
+        **_ignored,
+    ):
+        import json
+
+        self.spec = as_spec(spec if spec is not None else model_shape)
+        pool = Path(pool_dir)
+        meta_path = pool / "pool.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{meta_path}: not a training.synth pool")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        made = PreprocessSpec.from_parameters(meta, tuple(meta["model_shape"]))
+        if made != self.spec:
+            raise ValueError(f"{pool} was made for {made}, the run preprocesses with {self.spec}")
+        images, labels = [], []
+        for path in sorted(pool.glob("synth_*.npz")):
+            with np.load(path) as z:
+                images.append(z["images"])
+                labels.append(z["labels"])
+        if not images:
+            raise FileNotFoundError(f"{pool}: no synth_*.npz shards")
+        stop = None if num_samples is None else int(start) + int(num_samples)
+        self.images = np.concatenate(images)[int(start) : stop]
+        self.labels = np.concatenate(labels)[int(start) : stop]
+        if int(self.labels.max(initial=0)) >= int(num_classes):
+            raise ValueError(
+                f"{pool}: labels reach {int(self.labels.max())}, {num_classes} classes"
+            )
+        self.transforms = build_transforms(transforms)
+
+    def __len__(self):
+        return len(self.images)
+
+    def load(self, i):
+        return self.images[i], self.labels[i], None
 
 
 DATASETS = {
     "MedicalDataset": MedicalDataset,
     "FolderDataset": FolderDataset,
     "PhantomDataset": PhantomDataset,
+    "PoolDataset": PoolDataset,
 }
 
 
-def build_dataset(spec: dict, model_shape, mode: str):
-    spec = dict(spec)
-    kind = spec.pop("type")
+def build_dataset(cfg: dict, spec, mode: str):
+    """The dataset a config entry describes (``type`` and its options), for ``spec``
+    (a :class:`client.reading.preprocess.PreprocessSpec` or a model shape)."""
+    cfg = dict(cfg)
+    kind = cfg.pop("type")
     if kind not in DATASETS:
         raise ValueError(f"unsupported dataset {kind!r} (supported: {sorted(DATASETS)})")
-    spec["mode"] = mode
-    return DATASETS[kind](model_shape=model_shape, **spec)
+    cfg["mode"] = mode
+    return DATASETS[kind](spec=as_spec(spec), **cfg)
 
 
 # --- loss, optimiser ---------------------------------------------------------------
@@ -356,9 +481,16 @@ def _opt_state_for(model, state: dict) -> dict:
 
 # --- evaluation ---------------------------------------------------------------------
 def evaluate(model, dataset, num_classes: int) -> dict:
+    """Dice per class at model size (``spacing``: one fixed window per case) and, where
+    the dataset keeps the original labels, on the scan's grid (``spacing``: every window
+    the client cuts, stitched back)."""
     import paddle
 
-    from client.reading.preprocess import normalise_network_input, to_scan_grid
+    from client.reading.preprocess import normalise_network_input, to_scan_grid, window_batch
+
+    def predict(u8):
+        x = paddle.to_tensor(normalise_network_input(u8))
+        return model(x)[0].argmax(axis=1).numpy().astype(np.uint8)
 
     model.eval()
     classes = tuple(range(1, num_classes))
@@ -366,11 +498,19 @@ def evaluate(model, dataset, num_classes: int) -> dict:
     with paddle.no_grad():
         for i in range(len(dataset)):
             u8, lab, original = dataset.load(i)
-            x = paddle.to_tensor(normalise_network_input(u8[None]))
-            pred = model(x)[0].argmax(axis=1).numpy()[0].astype(np.uint8)
-            small.append(dice_scores(pred, lab, classes))
+            if not dataset.windowed:
+                pred = predict(u8[None])[0]
+                small.append(dice_scores(pred, lab, classes))
+                if original is not None:
+                    labels, record = original
+                    orig.append(dice_scores(to_scan_grid(pred, record), labels, classes))
+                continue
+            wx, wy = dataset.window(u8, lab, np.random.default_rng([i, 11]))
+            small.append(dice_scores(predict(wx[None])[0], wy, classes))
             if original is not None:
                 labels, record = original
+                xs = window_batch(u8[0], record)
+                pred = np.concatenate([predict(xs[k : k + 4]) for k in range(0, len(xs), 4)])
                 orig.append(dice_scores(to_scan_grid(pred, record), labels, classes))
     model.train()
     res = {"dice_model_size": np.nanmean(np.array(small), axis=0).round(4).tolist()}
@@ -390,7 +530,10 @@ def train(
     log_iters=10,
     seed=0,
     max_minutes=None,
+    spec=None,
 ) -> dict:
+    """Train the config's VNet; ``spec`` (a :class:`client.reading.preprocess.PreprocessSpec`)
+    overrides the config's ``preprocess`` / ``model_shape``."""
     import paddle
 
     from client.reading.preprocess import normalise_network_input
@@ -399,12 +542,12 @@ def train(
     rng = np.random.default_rng(seed)
     iters = int(iters or cfg.get("iters", 1000))
     batch_size = int(batch_size or cfg.get("batch_size", 2))
-    model_shape = model_shape_of(cfg)
+    spec = as_spec(spec) if spec is not None else preprocess_spec_of(cfg)
+    if spec.model_shape != model_shape_of(cfg):
+        raise ValueError(f"preprocessing for {spec.model_shape}, model for {model_shape_of(cfg)}")
     num_classes = int(cfg.get("model", {}).get("num_classes", 3))
-    train_ds = build_dataset(cfg["train_dataset"], model_shape, "train")
-    val_ds = (
-        build_dataset(cfg["val_dataset"], model_shape, "val") if cfg.get("val_dataset") else None
-    )
+    train_ds = build_dataset(cfg["train_dataset"], spec, "train")
+    val_ds = build_dataset(cfg["val_dataset"], spec, "val") if cfg.get("val_dataset") else None
     if len(train_ds) == 0:
         raise ValueError("training dataset is empty")
     model = build_model(cfg)
@@ -432,6 +575,7 @@ def train(
         xs, ys = [], []
         for _ in range(batch_size):
             u8, lab, _ = train_ds.load(int(rng.integers(len(train_ds))))
+            u8, lab = train_ds.window(u8, lab, rng)
             u8, lab = train_ds.augment(u8, lab, rng)
             xs.append(u8)
             ys.append(lab)
@@ -491,8 +635,19 @@ def main(argv=None) -> int:
     ap.add_argument("--log_iters", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max_minutes", type=float, default=None)
+    ap.add_argument(
+        "--spacing_mm",
+        type=float,
+        nargs=3,
+        default=None,
+        help="fixed-spacing preprocessing (z y x mm; the shipped model's kind), overriding "
+        "the config's 'preprocess'",
+    )
     args = ap.parse_args(argv)
     cfg = load_config(args.config)
+    spec = preprocess_spec_of(cfg)
+    if args.spacing_mm:
+        spec = PreprocessSpec("spacing", spec.model_shape, tuple(args.spacing_mm))
     res = train(
         cfg,
         Path(args.save_dir),
@@ -503,6 +658,7 @@ def main(argv=None) -> int:
         args.log_iters,
         args.seed,
         args.max_minutes,
+        spec,
     )
     print(json.dumps({"iters": res["iters"], "best_mean_dice": res["best_mean_dice"]}))
     return 0
