@@ -33,7 +33,8 @@ from client.core.errors import ConfigError
 from client.scaleout import ray_runner as rr  # Ray itself is imported only when a run uses it
 
 if TYPE_CHECKING:
-    from client.pipeline.screen import ScreenConfig, Segmenter
+    from client.pipeline.screen import ScreenConfig
+    from client.pipeline.segmenters import Segmenter
     from client.reading.discover import ScanSource
 
 RowCallback = Callable[[dict], None]
