@@ -314,6 +314,30 @@ def _attr(node, name: str, default: int) -> int:
     return default
 
 
+def _confidence_source(model, output_name: str, confidence_name: str):
+    """Check a served export can take the ``CONFIDENCE`` branch: opset >= 13, the label
+    output fed by an ArgMax, no ``confidence_name[/...]`` taken. Returns (opset, the
+    label output, the ArgMax node)."""
+    g = model.graph
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if opset < 13:
+        raise ValueError(
+            f"expected opset >= 13 (Softmax over one axis), got {opset}: re-export the model"
+        )
+    labels = next((o for o in g.output if o.name == output_name), None)
+    if labels is None:
+        raise ValueError(
+            f"expected a graph output {output_name!r}, got {[o.name for o in g.output]}"
+        )
+    argmax = _labels_argmax(g, output_name)
+    p = f"{confidence_name}/"
+    taken = {t.name for t in g.initializer} | {o for n in g.node for o in n.output}
+    taken |= {n.name for n in g.node} | {i.name for i in g.input}
+    if any(name.startswith(p) for name in taken) or confidence_name in taken:
+        raise ValueError(f"expected no tensor or node named {confidence_name!r}[/...] yet")
+    return opset, labels, argmax
+
+
 def add_confidence_output(
     model, output_name: str = OUTPUT_NAME, confidence_name: str = CONFIDENCE_NAME
 ) -> bool:
@@ -360,26 +384,11 @@ def add_confidence_output(
     g = model.graph
     if any(o.name == confidence_name for o in g.output):
         return False
-    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
-    if opset < 13:
-        raise ValueError(
-            f"expected opset >= 13 (Softmax over one axis), got {opset}: re-export the model"
-        )
-    labels = next((o for o in g.output if o.name == output_name), None)
-    if labels is None:
-        raise ValueError(
-            f"expected a graph output {output_name!r}, got {[o.name for o in g.output]}"
-        )
-    argmax = _labels_argmax(g, output_name)
+    opset, labels, argmax = _confidence_source(model, output_name, confidence_name)
     logits = argmax.input[0]
     axis = _attr(argmax, "axis", 0)
     keepdims = _attr(argmax, "keepdims", 1)
-
     p = f"{confidence_name}/"  # one prefix for every new node, tensor and initializer
-    taken = {t.name for t in g.initializer} | {o for n in g.node for o in n.output}
-    taken |= {n.name for n in g.node} | {i.name for i in g.input}
-    if any(name.startswith(p) for name in taken) or confidence_name in taken:
-        raise ValueError(f"expected no tensor or node named {confidence_name!r}[/...] yet")
 
     def const(name, value, dtype=np.float32):
         g.initializer.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), p + name))

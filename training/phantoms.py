@@ -178,16 +178,91 @@ def make_phantom(
     """
     rng = np.random.default_rng(seed)
     shape = tuple(int(n) for n in shape)
+    spacing = _phantom_spacing(shape, spacing, fov_mm)
+    ext = np.array(shape) * np.array(spacing)  # physical extent (z, y, x) mm
+
+    liver_val, spleen_val = _pick_attenuation(rng, liver_hu, spleen_hu, ratio, grade, contrast)
+    full = _phantom_tissues(rng, shape, spacing, ext, cut_liver)
+    hu = _tissue_hu(rng, contrast, liver_val, spleen_val)[full]
+    f_liver, f_spleen = full == 7, full == 8
+    labels = np.zeros(shape, np.uint8)
+    labels[f_liver] = LABEL_LIVER
+    labels[f_spleen] = LABEL_SPLEEN
+    if label_neighbours:  # the multi-class table's kidney and aorta
+        labels[full == 4], labels[full == 6] = CLASS_INDEX["kidney"], CLASS_INDEX["aorta"]
+    _paint_liver_vessels(rng, hu, f_liver, spacing, contrast)
+    # Slight partial-volume blur, then noise.
+    sigma = [0.6 * min(1.0, 1.5 / s) for s in spacing]
+    hu = ndi.gaussian_filter(hu, sigma=sigma)
+    sd = float(noise_sd) if noise_sd is not None else float(rng.uniform(8, 18))
+    hu += rng.standard_normal(shape, dtype=np.float32) * sd
+    hu = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
+
+    vox_ml = float(np.prod(spacing)) / 1000.0
+    truth = {
+        "seed": int(seed),
+        "liver_hu": liver_val,
+        "spleen_hu": spleen_val,
+        "ratio": liver_val / spleen_val,
+        "grade": grade_of_ratio(liver_val / spleen_val),
+        "contrast": bool(contrast),
+        "noise_sd": sd,
+        "liver_volume_ml": float(f_liver.sum()) * vox_ml,
+        "spleen_volume_ml": float(f_spleen.sum()) * vox_ml,
+        "liver_cut_by_edge": bool(cut_liver),
+    }
+    origin = tuple(float(-e / 2) for e in ext[::-1])  # (x, y, z) of first voxel, roughly centred
+    d = np.eye(3)
+    if direction is None and random_orientation:
+        direction = random_direction(rng)
+    if direction is not None:
+        hu, labels, spacing, d = _store_with_direction(hu, labels, spacing, direction)
+    return Phantom(hu=hu, labels=labels, spacing=spacing, origin=origin, direction=d, truth=truth)
+
+
+def _phantom_spacing(shape, spacing, fov_mm) -> tuple:
+    """The given voxel size as floats or, without one, in-plane so the field of view is
+    about ``fov_mm`` and slices covering about 1.1 x that (at most 5 mm)."""
     if spacing is None:
         sxy = fov_mm / max(shape[1], shape[2])
         sz = min(5.0, 1.1 * fov_mm / shape[0])
         spacing = (sz, sxy, sxy)
-    spacing = tuple(float(s) for s in spacing)
-    ext = np.array(shape) * np.array(spacing)  # physical extent (z, y, x) mm
+    return tuple(float(s) for s in spacing)
 
-    liver_val, spleen_val = _pick_attenuation(rng, liver_hu, spleen_hu, ratio, grade, contrast)
 
-    # Work on a coarse grid for shapes (speed), then upsample label masks by nearest.
+def _tissue_hu(rng, contrast, liver_val, spleen_val) -> np.ndarray:
+    """HU of each tissue of :func:`_phantom_tissues` (float32 [9])."""
+    return np.array(
+        [
+            -1000.0,
+            rng.uniform(-110, -90),  # subcutaneous fat
+            rng.uniform(45, 60),  # muscle wall
+            rng.uniform(-60, 10),  # bowel / mesenteric fat mixture
+            rng.uniform(150, 200) if contrast else rng.uniform(25, 35),  # kidneys
+            rng.uniform(300, 500),  # vertebra
+            rng.uniform(150, 200) if contrast else rng.uniform(35, 45),  # aorta
+            liver_val,
+            spleen_val,
+        ],
+        dtype=np.float32,
+    )
+
+
+def random_direction(rng) -> np.ndarray:
+    """A random signed axis permutation (ITK direction matrix): the orientation a
+    phantom or a synthetic scan is stored in."""
+    perm = rng.permutation(3)
+    signs = rng.choice([-1.0, 1.0], size=3)
+    direction = np.zeros((3, 3))
+    for c in range(3):
+        direction[perm[c], c] = signs[c]
+    return direction
+
+
+def _phantom_tissues(rng, shape, spacing, ext, cut_liver) -> np.ndarray:
+    """The plain phantom's tissue map on the full grid (0 air, 1 subcutaneous fat, 2 muscle
+    wall, 3 abdominal cavity, 4 kidneys, 5 vertebra, 6 aorta, 7 liver, 8 spleen), shaped
+    on a coarse grid (speed) and upsampled by nearest neighbour."""
     coarse_mm = max(2.0, min(spacing[1], spacing[2]))
     cshape = tuple(max(8, int(round(e / max(coarse_mm, s)))) for e, s in zip(ext, spacing))
     cshape = tuple(min(c, n) for c, n in zip(cshape, shape))
@@ -237,31 +312,13 @@ def make_phantom(
     for k, m in enumerate((body, inner, visceral, kid, vert, aorta, liver, spleen), start=1):
         classes[m] = k
     idx = [np.minimum((np.arange(n) * c) // n, c - 1) for n, c in zip(shape, cshape)]
-    full = classes[np.ix_(*idx)]
-    table = np.array(
-        [
-            -1000.0,
-            rng.uniform(-110, -90),  # subcutaneous fat
-            rng.uniform(45, 60),  # muscle wall
-            rng.uniform(-60, 10),  # bowel / mesenteric fat mixture
-            rng.uniform(150, 200) if contrast else rng.uniform(25, 35),  # kidneys
-            rng.uniform(300, 500),  # vertebra
-            rng.uniform(150, 200) if contrast else rng.uniform(35, 45),  # aorta
-            liver_val,
-            spleen_val,
-        ],
-        dtype=np.float32,
-    )
-    hu = table[full]
-    f_liver, f_spleen = full == 7, full == 8
-    labels = np.zeros(shape, np.uint8)
-    labels[f_liver] = LABEL_LIVER
-    labels[f_spleen] = LABEL_SPLEEN
-    if label_neighbours:
-        labels[full == 4] = CLASS_INDEX["kidney"]
-        labels[full == 6] = CLASS_INDEX["aorta"]
+    return classes[np.ix_(*idx)]
 
-    # Vessels inside the liver: thin random tubes on the full grid (labelled liver).
+
+def _paint_liver_vessels(rng, hu, f_liver, spacing, contrast) -> None:
+    """Vessels inside the liver, in place on ``hu``: thin random tubes on the full grid
+    (labelled liver)."""
+    shape = hu.shape
     n_vessels = int(rng.integers(4, 8))
     vessel_hu = rng.uniform(150, 190) if contrast else rng.uniform(35, 45)
     bb = np.argwhere(f_liver)
@@ -283,39 +340,6 @@ def make_phantom(
         box = tuple(slice(a, b) for a, b in zip(lo, hi))
         vbox = ndi.binary_dilation(vmask[box], structure=ball) & f_liver[box]
         hu[box][vbox] = vessel_hu
-
-    # Slight partial-volume blur, then noise.
-    sigma = [0.6 * min(1.0, 1.5 / s) for s in spacing]
-    hu = ndi.gaussian_filter(hu, sigma=sigma)
-    sd = float(noise_sd) if noise_sd is not None else float(rng.uniform(8, 18))
-    hu += rng.standard_normal(shape, dtype=np.float32) * sd
-    hu = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
-
-    vox_ml = float(np.prod(spacing)) / 1000.0
-    truth = {
-        "seed": int(seed),
-        "liver_hu": liver_val,
-        "spleen_hu": spleen_val,
-        "ratio": liver_val / spleen_val,
-        "grade": grade_of_ratio(liver_val / spleen_val),
-        "contrast": bool(contrast),
-        "noise_sd": sd,
-        "liver_volume_ml": float(f_liver.sum()) * vox_ml,
-        "spleen_volume_ml": float(f_spleen.sum()) * vox_ml,
-        "liver_cut_by_edge": bool(cut_liver),
-    }
-
-    origin = tuple(float(-e / 2) for e in ext[::-1])  # (x, y, z) of first voxel, roughly centred
-    d = np.eye(3)
-    if direction is None and random_orientation:
-        perm = rng.permutation(3)
-        signs = rng.choice([-1.0, 1.0], size=3)
-        direction = np.zeros((3, 3))
-        for c in range(3):
-            direction[perm[c], c] = signs[c]
-    if direction is not None:
-        hu, labels, spacing, d = _store_with_direction(hu, labels, spacing, direction)
-    return Phantom(hu=hu, labels=labels, spacing=spacing, origin=origin, direction=d, truth=truth)
 
 
 def _ball(r_mm, spacing):

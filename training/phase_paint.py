@@ -798,6 +798,9 @@ def phase_arrays(scan, labels, names, *, seed: int = 0, liver_vessels: bool = Fa
     return arrays
 
 
+_BOLUS_START = "101500"  # ContrastBolusStartTime of the enhanced series (tags=True)
+
+
 def write_phase_study(
     out_dir: str | Path,
     *,
@@ -842,7 +845,6 @@ def write_phase_study(
     -------
     PhaseStudy
     """
-    import pydicom
     import SimpleITK as sitk
 
     from client.reading.dicom import write_series
@@ -854,7 +856,6 @@ def write_phase_study(
     rng = np.random.default_rng(seed)
     study = PhaseStudy(study_uid=_uid(rng), arrays=arrays, tags=tags)
     frame_uid = _uid(rng)
-    bolus_start = "101500"
     for n, ph in enumerate(PHASES, start=1):
         vol = ScanVolume(
             array=arrays[ph], spacing=scan.spacing, origin=scan.origin, direction=scan.direction
@@ -875,39 +876,48 @@ def write_phase_study(
                     old.unlink()
         paths = write_series(vol, folder)
         study.dicom_dirs[ph] = folder
-        enhanced = ph != "unenhanced"
-        delay = PHASE_DELAY_S.get(ph, -60)
-        t = 10 * 3600 + 15 * 60 + delay if tags else 10 * 3600 + 15 * 60
-        hhmmss = f"{t // 3600:02d}{(t // 60) % 60:02d}{t % 60:02d}"
-        for k, path in enumerate(paths):
-            ds = pydicom.dcmread(path)
-            sop = f"{series_uid}.{k + 1}"
-            ds.StudyInstanceUID = study.study_uid
-            ds.SeriesInstanceUID = series_uid
-            ds.SOPInstanceUID = sop
-            ds.file_meta.MediaStorageSOPInstanceUID = sop
-            ds.FrameOfReferenceUID = frame_uid
-            ds.SeriesNumber = n
-            ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = "20260101"
-            ds.StudyTime = "101000"
-            ds.SeriesTime = ds.AcquisitionTime = hhmmss
-            ds.StudyDescription = "ABDOMEN" if not tags else "ABDOMEN MULTIPHASE"
-            ds.SeriesDescription = SERIES_DESCRIPTIONS_TAGGED[ph] if tags else NEUTRAL_DESCRIPTION
-            for kw in (
-                "ContrastBolusAgent",
-                "ContrastBolusRoute",
-                "ContrastBolusVolume",
-                "ContrastBolusStartTime",
-            ):
-                if kw in ds:
-                    delattr(ds, kw)
-            if tags and enhanced:
-                ds.ContrastBolusAgent = "IOPAMIDOL 300"
-                ds.ContrastBolusRoute = "IV"
-                ds.ContrastBolusVolume = "100"
-                ds.ContrastBolusStartTime = bolus_start
-            ds.save_as(path)
+        _tag_series(paths, study.study_uid, series_uid, frame_uid, n, ph, tags)
     return study
+
+
+def _tag_series(paths, study_uid, series_uid, frame_uid, n, ph, tags) -> None:
+    """Give the files of series ``n`` (phase ``ph``) the study's UIDs, seeded SOP UIDs,
+    dates, times (bolus start + phase delay with ``tags``), descriptions and, with
+    ``tags`` on an enhanced phase, the contrast bolus tags (removed otherwise)."""
+    import pydicom
+
+    enhanced = ph != "unenhanced"
+    delay = PHASE_DELAY_S.get(ph, -60)
+    t = 10 * 3600 + 15 * 60 + delay if tags else 10 * 3600 + 15 * 60
+    hhmmss = f"{t // 3600:02d}{(t // 60) % 60:02d}{t % 60:02d}"
+    for k, path in enumerate(paths):
+        ds = pydicom.dcmread(path)
+        sop = f"{series_uid}.{k + 1}"
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = sop
+        ds.file_meta.MediaStorageSOPInstanceUID = sop
+        ds.FrameOfReferenceUID = frame_uid
+        ds.SeriesNumber = n
+        ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = "20260101"
+        ds.StudyTime = "101000"
+        ds.SeriesTime = ds.AcquisitionTime = hhmmss
+        ds.StudyDescription = "ABDOMEN" if not tags else "ABDOMEN MULTIPHASE"
+        ds.SeriesDescription = SERIES_DESCRIPTIONS_TAGGED[ph] if tags else NEUTRAL_DESCRIPTION
+        for kw in (
+            "ContrastBolusAgent",
+            "ContrastBolusRoute",
+            "ContrastBolusVolume",
+            "ContrastBolusStartTime",
+        ):
+            if kw in ds:
+                delattr(ds, kw)
+        if tags and enhanced:
+            ds.ContrastBolusAgent = "IOPAMIDOL 300"
+            ds.ContrastBolusRoute = "IV"
+            ds.ContrastBolusVolume = "100"
+            ds.ContrastBolusStartTime = _BOLUS_START
+        ds.save_as(path)
 
 
 def write_reference_masks(out_dir: str | Path, case_ids, *, data_dir=None, leaky: bool = False):

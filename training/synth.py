@@ -61,7 +61,7 @@ from client.reading.preprocess import PreprocessSpec, as_spec, canonical_axes
 
 from .classes import NUM_CLASSES, labels_dict, tissue_lut, totalseg_lut
 from .labelmap_body import LABELMAP_SUBJECTS, TOTALSEG_TISSUE, labelmap_anatomy, paint_envelope
-from .phantoms import _store_with_direction, make_anatomy_map
+from .phantoms import _store_with_direction, make_anatomy_map, random_direction
 from .samples import phantom_sample
 from .tissues import N_TISSUES, TISSUES
 from .windows import training_window
@@ -880,11 +880,7 @@ def _store(rng, hu, labels, cls, acq):
     spacing = (float(acq.dz_out), float(acq.dxy), float(acq.dxy))
     direction = np.eye(3)
     if rng.random() < 0.3:
-        perm = rng.permutation(3)
-        signs = rng.choice([-1.0, 1.0], size=3)
-        d = np.zeros((3, 3))
-        for c in range(3):
-            d[perm[c], c] = signs[c]
+        d = random_direction(rng)
         if cls is not None:
             cls = _store_with_direction(cls, cls, spacing, d)[0]
         hu, labels, spacing, direction = _store_with_direction(hu, labels, spacing, d)

@@ -532,8 +532,7 @@ def train(
     max_minutes=None,
     spec=None,
 ) -> dict:
-    """Train the config's VNet; ``spec`` (a :class:`client.reading.preprocess.PreprocessSpec`)
-    overrides the config's ``preprocess`` / ``model_shape``."""
+    """Train the config's VNet for ``spec`` (default: :func:`preprocess_spec_of` the config)."""
     import paddle
 
     from client.reading.preprocess import normalise_network_input
