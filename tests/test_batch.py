@@ -610,3 +610,42 @@ def test_url_mode_reports_this_runs_statistics_only(tmp_path, shared_data):
             assert not (out / "server.log").exists()
             (row,) = read_csv(out / "results.csv")
             assert row["model_sha256"] == ""  # not known for a remote server
+
+
+def test_a_signal_between_a_row_and_its_count_is_raised_after_both():
+    """SIGTERM while a row is being written: the row is stored AND counted in run.json,
+    then the run stops (the race test_sigterm_mid_batch could hit by timing)."""
+    import os
+    import signal
+
+    from client.cli.batch import _RowHandler
+    from client.serving.server import install_interrupt_handlers
+
+    calls = []
+
+    class Store:
+        def write(self, raw):
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives while the row is being written
+            for _ in range(10_000):  # bytecodes: Python runs the handler in here
+                pass
+            calls.append("stored")
+            return dict(raw, status="ok")
+
+    class Manifest:
+        def row_written(self, row):
+            calls.append("counted")
+
+    saved = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    install_interrupt_handlers()
+    try:
+        handler = _RowHandler(Store(), Manifest(), quiet=True)
+        with pytest.raises(KeyboardInterrupt):
+            handler({"case_id": "a"})
+        assert calls == ["stored", "counted"] and len(handler.written) == 1
+        with pytest.raises(KeyboardInterrupt):  # outside a row the signal acts at once
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10_000):
+                pass
+    finally:
+        signal.signal(signal.SIGINT, saved[0])
+        signal.signal(signal.SIGTERM, saved[1])

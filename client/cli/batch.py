@@ -300,9 +300,12 @@ class _RowHandler:
     def __call__(self, raw: dict) -> None:
         from tqdm import tqdm
 
-        row = self.store.write(raw)
-        self.manifest.row_written(row)
-        self.written.append(row)
+        from client.serving.server import interrupts_deferred
+
+        with interrupts_deferred():  # a signal never falls between the row and its count
+            row = self.store.write(raw)
+            self.manifest.row_written(row)
+            self.written.append(row)
         if self.bar is not None:
             self.bar.update(1)
         if row["status"] == contract.STATUS_ERROR and not self.quiet:

@@ -23,6 +23,7 @@ start time in their names, so the next start removes those of dead owners
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import os
 import shutil
@@ -167,7 +168,14 @@ def _pytriton_dirs() -> tuple[Path, Path]:
     return server, libs
 
 
+# Set while the main thread is inside ``interrupts_deferred()``: [depth, signal seen].
+_DEFERRED = [0, False]
+
+
 def _raise_interrupt(signum, frame):
+    if _DEFERRED[0]:
+        _DEFERRED[1] = True  # raised when the deferring block ends
+        return
     raise KeyboardInterrupt
 
 
@@ -175,13 +183,28 @@ def install_interrupt_handlers() -> None:
     """Make Ctrl-C and SIGTERM raise KeyboardInterrupt in the main thread.
 
     So ``finally`` blocks stop the server on either signal, also when a parent
-    process started us with SIGINT ignored (the child would inherit that).
+    process started us with SIGINT ignored (the child would inherit that). Inside
+    :func:`interrupts_deferred` the signal waits for the block's end.
     """
     import threading
 
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, _raise_interrupt)
         signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Run a block that must not be cut in two (a row written AND counted in run.json):
+    Ctrl-C or SIGTERM arriving inside it raises KeyboardInterrupt when it ends."""
+    _DEFERRED[0] += 1
+    try:
+        yield
+    finally:
+        _DEFERRED[0] -= 1
+        if not _DEFERRED[0] and _DEFERRED[1]:
+            _DEFERRED[1] = False
+            raise KeyboardInterrupt
 
 
 def _free_port(host: str) -> int:
