@@ -303,6 +303,9 @@ def _assert_same_as_itk(scan, path):
     assert np.array_equal(scan.array, ref) and scan.array.flags.writeable
     assert scan.spacing == tuple(img.GetSpacing())[::-1] and scan.origin == img.GetOrigin()
     assert np.array_equal(scan.direction.ravel(), np.asarray(img.GetDirection()))
+    # the same signs too (-0.0 would be written "-0" into DICOM orientation)
+    assert str(scan.direction.ravel().tolist()) == str([v + 0.0 for v in img.GetDirection()])
+    assert str(list(scan.origin)) == str([v + 0.0 for v in img.GetOrigin()])
 
 
 @pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.int32, np.uint16])

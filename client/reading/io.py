@@ -397,8 +397,10 @@ def _itk_scan(path: Path, img, array: np.ndarray, notes: list, min_slices: int) 
     return ScanVolume(
         array=array,
         spacing=spacing,
-        origin=img.GetOrigin(),
-        direction=np.asarray(img.GetDirection()).reshape(3, 3),
+        # + 0.0: ITK's header read gives -0.0 where its full read gives 0.0 (same value,
+        # but DICOM writes "-0"); both paths give the same numbers and the same text
+        origin=tuple(float(v) + 0.0 for v in img.GetOrigin()),
+        direction=np.asarray(img.GetDirection(), dtype=float).reshape(3, 3) + 0.0,
         metadata=meta,
         source=show(path),
     )
