@@ -139,52 +139,16 @@ def _screen_config(args):
 
 
 def run(args) -> int:
-    from client.core.atomic import remove_stale_temporaries
-    from client.pipeline.segmenters import open_segmenter
-    from client.reading.discover import discover
-    from client.scaleout.shard import apply_to_discovery
-
+    """One archive run: plan (OUT rules, discovery, resume), screen every round with the
+    run's executor, then studies, report and run.json; the exit code."""
     _check_args(args)
     out = Path(args.out)
     config = _screen_config(args)
-    measurement = json.loads(json.dumps(asdict(config.assess)))
-    if args.resume:  # one OUT, one set of measurement settings
-        results.check_same_config(out / results.RUN_JSON, measurement)
-    if args.overwrite and out.is_dir():
-        results.clear_outputs(out)
-    context = results.RunContext()
-    store = results.ResultStore(out, context) if out.is_dir() else None
-    found = discover(args.inputs, pins=store.pins() if store else None, exclude=[out])
-    n_archive = len(found.sources)
-    apply_to_discovery(found, args.shard)  # --shard K/N
-    for m in found.missing:
-        print(f"warning: {m}: no such file or folder", file=sys.stderr)
-    if args.shard and n_archive and not found.sources:
-        # A job array's empty shard is not an error: it leaves an empty OUT that merges.
-        print(f"shard {args.shard}: none of the {n_archive} scans falls in this shard",
-              file=sys.stderr)  # fmt: skip
-    elif not found.sources:
-        print("nothing to do: no scans found in " + ", ".join(args.inputs), file=sys.stderr)
+    plan = _plan(args, out, config)
+    if plan is None:
         return 2
-    store = store or results.ResultStore(out, context)
-    if args.series == "all":
-        todo = [s for s in found.sources if not store.is_done(s)]
-    else:  # the first round: per study, its first series without a row (client.pipeline.study)
-        todo = study.next_round(found.sources, store.rows, set())
-    n_done = sum(store.is_done(s) for s in found.sources)
-    remove_stale_temporaries(out)  # left by a killed run
-    previous = results.RunManifest.previous(out / results.RUN_JSON) or {}
-    manifest = results.RunManifest(out / results.RUN_JSON, {
-        "tool": "hepascreen", "tool_version": context.tool_version, "run_id": context.run_id,
-        "schema_version": contract.SCHEMA_VERSION,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv[1:],
-        **results.environment(), "device": args.device,
-        "mode": "masks" if args.masks else ("remote" if args.url else "embedded"),
-        "n_found": len(found.sources), "n_skipped_resume": n_done,
-        "n_todo": len(todo), "skipped_series": found.skipped, "ignored": found.ignored,
-        "missing_inputs": found.missing, "shard": getattr(found, "shard", None), "config": measurement,
-    })  # fmt: skip
-    manifest.info.update(previous)
+    found, store, context, todo, n_done = plan
+    manifest = _start_manifest(args, out, config, found, context, todo, n_done)
     status, error, t_wall = "interrupted", None, time.perf_counter()
     on_row = _RowHandler(store, manifest, quiet=args.quiet)
     written = on_row.written
@@ -199,18 +163,7 @@ def run(args) -> int:
     try:
         with ExitStack() as stack, store:
             if todo:  # --resume with nothing left to do starts no server
-                seg = open_segmenter(
-                    stack, masks=args.masks, label_map=args.label_map, url=args.url,
-                    model_repository=args.model_repository, device=args.device,
-                    server_log=out / "server.log", max_in_flight=args.concurrency,
-                    ssl=args.ssl, root_certificates=args.root_certificates,
-                    private_key=args.private_key, certificate_chain=args.certificate_chain,
-                )  # fmt: skip
-                d = seg.describe()
-                context.segmenter, context.model_name = seg.kind, d["model_name"]
-                context.model_version, context.model_sha256 = d["model_version"], d["model_sha256"]
-                repo = str(seg.repository) if seg.repository else None
-                manifest.update(model={**d, "url": args.url or "embedded", "repository": repo})
+                seg = _open_model(stack, args, out, context, manifest)
             rounds = study.rounds(todo, found.sources, store.rows, args.series)
 
             def more() -> list:  # the next round, its old rows retired (one row per case)
@@ -244,6 +197,84 @@ def run(args) -> int:
         print(f"{len(written)} scans screened ({n_err} failed, {n_done} already done) in "
               f"{wall:.1f} s; results in {out}/results.csv, studies in {out}/studies.csv")  # fmt: skip
     return 1 if n_err else 0
+
+
+def _plan(args, out: Path, config):
+    """OUT rules, discovery (pins, --shard) and the first round: ``(found, store,
+    context, todo, n_done)``, or None when there is nothing to screen (exit 2)."""
+    from client.reading.discover import discover
+    from client.scaleout.shard import apply_to_discovery
+
+    if args.resume:  # one OUT, one set of measurement settings
+        results.check_same_config(out / results.RUN_JSON, _measurement(config))
+    if args.overwrite and out.is_dir():
+        results.clear_outputs(out)
+    context = results.RunContext()
+    store = results.ResultStore(out, context) if out.is_dir() else None
+    found = discover(args.inputs, pins=store.pins() if store else None, exclude=[out])
+    n_archive = len(found.sources)
+    apply_to_discovery(found, args.shard)  # --shard K/N
+    for m in found.missing:
+        print(f"warning: {m}: no such file or folder", file=sys.stderr)
+    if args.shard and n_archive and not found.sources:
+        # A job array's empty shard is not an error: it leaves an empty OUT that merges.
+        print(f"shard {args.shard}: none of the {n_archive} scans falls in this shard",
+              file=sys.stderr)  # fmt: skip
+    elif not found.sources:
+        print("nothing to do: no scans found in " + ", ".join(args.inputs), file=sys.stderr)
+        return None
+    store = store or results.ResultStore(out, context)
+    if args.series == "all":
+        todo = [s for s in found.sources if not store.is_done(s)]
+    else:  # the first round: per study, its first series without a row (client.pipeline.study)
+        todo = study.next_round(found.sources, store.rows, set())
+    n_done = sum(store.is_done(s) for s in found.sources)
+    return found, store, context, todo, n_done
+
+
+def _measurement(config) -> dict:
+    """The measurement settings as run.json keeps them (JSON types)."""
+    return json.loads(json.dumps(asdict(config.assess)))
+
+
+def _start_manifest(args, out: Path, config, found, context, todo, n_done):
+    """run.json at the start of a run (temporaries of a killed run removed first)."""
+    from client.core.atomic import remove_stale_temporaries
+
+    remove_stale_temporaries(out)  # left by a killed run
+    previous = results.RunManifest.previous(out / results.RUN_JSON) or {}
+    manifest = results.RunManifest(out / results.RUN_JSON, {
+        "tool": "hepascreen", "tool_version": context.tool_version, "run_id": context.run_id,
+        "schema_version": contract.SCHEMA_VERSION,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv[1:],
+        **results.environment(), "device": args.device,
+        "mode": "masks" if args.masks else ("remote" if args.url else "embedded"),
+        "n_found": len(found.sources), "n_skipped_resume": n_done,
+        "n_todo": len(todo), "skipped_series": found.skipped, "ignored": found.ignored,
+        "missing_inputs": found.missing, "shard": getattr(found, "shard", None),
+        "config": _measurement(config),
+    })  # fmt: skip
+    manifest.info.update(previous)
+    return manifest
+
+
+def _open_model(stack, args, out: Path, context, manifest):
+    """The run's segmenter (stopped by ``stack``), described in the rows' context and run.json."""
+    from client.pipeline.segmenters import open_segmenter
+
+    seg = open_segmenter(
+        stack, masks=args.masks, label_map=args.label_map, url=args.url,
+        model_repository=args.model_repository, device=args.device,
+        server_log=out / "server.log", max_in_flight=args.concurrency,
+        ssl=args.ssl, root_certificates=args.root_certificates,
+        private_key=args.private_key, certificate_chain=args.certificate_chain,
+    )  # fmt: skip
+    d = seg.describe()
+    context.segmenter, context.model_name = seg.kind, d["model_name"]
+    context.model_version, context.model_sha256 = d["model_version"], d["model_sha256"]
+    repo = str(seg.repository) if seg.repository else None
+    manifest.update(model={**d, "url": args.url or "embedded", "repository": repo})
+    return seg
 
 
 def _write_studies(out: Path, sources, manifest, series: str, status: str, error):
