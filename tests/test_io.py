@@ -386,3 +386,25 @@ def test_written_mask_decompresses_to_itks_own_file_and_is_reproducible(tmp_path
         "itk.nii.gz",
         "ours.nii.gz",
     ]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_written_mask_header_is_itks_for_any_geometry(tmp_path, seed):
+    """Shapes, spacings, origins and oblique directions: the same decompressed file as
+    ITK writes (its qform/sform, dims and voxel order)."""
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(n) for n in rng.integers(3, 40, 3))
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    like = ScanVolume(
+        array=np.zeros(shape, np.int16),
+        spacing=tuple(float(s) for s in rng.uniform(0.3, 5.0, 3)),
+        origin=tuple(float(o) for o in rng.uniform(-300, 300, 3)),
+        direction=q if seed else np.eye(3),
+    )
+    labels = rng.integers(0, 13, shape).astype(np.uint8)
+    ours = write_label_map(labels, like, tmp_path / "ours.nii.gz")
+    itk = tmp_path / "itk.nii.gz"
+    sitk.WriteImage(like.to_sitk(labels), str(itk), useCompression=True)
+    assert gzip.decompress(ours.read_bytes()) == gzip.decompress(itk.read_bytes())
+    back = sitk.ReadImage(str(ours))
+    assert np.array_equal(sitk.GetArrayFromImage(back), labels)
