@@ -282,3 +282,30 @@ def test_check_model_config_accepts_either_mode(mode):
         cfg["parameters"][contract.PREPROCESS_SPACING_PARAM] = {"string_value": "6,6,6"}
     assert check_model_config(cfg) == []
     assert model_preprocess_spec(cfg).mode == mode
+
+
+def test_the_served_session_lets_idle_threads_sleep(monkeypatch):
+    """1/model.py applies the config's intra_op_allow_spinning (no busy-waiting threads
+    on a CPU the client shares): initialize() with the shipped cpu config."""
+    import importlib.util
+    import sys
+    import types
+
+    stub = types.ModuleType("triton_python_backend_utils")
+    stub.TritonModelException = RuntimeError
+    stub.get_output_config_by_name = lambda cfg, name: next(
+        o for o in cfg["output"] if o["name"] == name
+    )
+    stub.triton_string_to_numpy = lambda t: np.uint8
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", stub)
+    repo = REPO / "cpu" / contract.MODEL_NAME
+    spec = importlib.util.spec_from_file_location("hs_model_under_test", repo / "1" / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = load(repo / "config.pbtxt")
+    assert cfg["parameters"]["intra_op_allow_spinning"]["string_value"] == "0"
+    model = module.TritonPythonModel()
+    model.initialize({"model_config": json.dumps(cfg), "model_repository": str(repo),
+                      "model_version": "1"})  # fmt: skip
+    opts = model.session.get_session_options()
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"

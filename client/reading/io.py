@@ -387,8 +387,11 @@ def _itk_scan(path: Path, img, array: np.ndarray, notes: list, min_slices: int) 
         and np.abs(array).max() < 32768
     ):
         array = array.astype(np.int16)  # integer HU stored as float: keep integers
-    if array.dtype.kind in "iu" and array.size and array.min() >= -32768 and array.max() <= 32767:
-        array = array.astype(np.int16, copy=False)  # int32 NIfTI HU: half the memory
+    if (
+        array.dtype.kind in "iu" and array.dtype != np.int16 and array.size
+        and array.min() >= -32768 and array.max() <= 32767
+    ):  # fmt: skip
+        array = array.astype(np.int16)  # int32 NIfTI HU: half the memory
     meta = {"format": image_suffix(path).lstrip(".")}
     for key, tag in (("modality", "modality"), ("intent", "intent_name")):
         if img.HasMetaDataKey(tag) and img.GetMetaData(tag).strip():

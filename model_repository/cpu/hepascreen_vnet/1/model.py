@@ -39,6 +39,9 @@ class TritonPythonModel:
         threads = int(params.get("intra_op_num_threads", "0") or 0)
         if threads > 0:
             opts.intra_op_num_threads = threads
+        spin = params.get("intra_op_allow_spinning", "").strip()
+        if spin in ("0", "1"):
+            opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
         device = params.get("device", "cpu").strip().lower()
         try:
             self.session = open_session(
