@@ -191,20 +191,23 @@ def _itk_read(path: Path, suffix: str, info, reader, what: str):
                     return img
             return reader.Execute()
         except RuntimeError as exc:
-            text = str(exc).replace(name, show(path))
-            if "determinant is 0" in text:
-                raise ScanReadError(
-                    f"{show(path)}: singular direction matrix: two image axes point the same "
-                    "way, so voxels have no 3D position"
-                ) from None
-            lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-            detail = next(
-                (ln for ln in reversed(lines) if not ln.startswith(("/", "ITK ERROR"))),
-                lines[-1] if lines else "unreadable",
-            )[:300]
-            raise ScanReadError(
-                f"{show(path)}: corrupt or not a readable {what} ({detail})"
-            ) from None
+            raise _itk_error(exc, name, path, what) from None
+
+
+def _itk_error(exc: RuntimeError, name: str, path: Path, what: str) -> ScanReadError:
+    """ITK's exception as a ScanReadError naming the file (its own last useful line)."""
+    text = str(exc).replace(name, show(path))
+    if "determinant is 0" in text:
+        return ScanReadError(
+            f"{show(path)}: singular direction matrix: two image axes point the same "
+            "way, so voxels have no 3D position"
+        )
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    detail = next(
+        (ln for ln in reversed(lines) if not ln.startswith(("/", "ITK ERROR"))),
+        lines[-1] if lines else "unreadable",
+    )[:300]
+    return ScanReadError(f"{show(path)}: corrupt or not a readable {what} ({detail})")
 
 
 def _image_from_checked_voxels(reader, info):
@@ -259,16 +262,7 @@ def read_image_info(path: str | Path, *, max_voxels: int | None = None, what: st
         try:
             reader.ReadImageInformation()
         except RuntimeError as exc:
-            text = str(exc).replace(name, show(path))
-            if "determinant is 0" in text:
-                raise ScanReadError(
-                    f"{show(path)}: singular direction matrix: two image axes point the same "
-                    "way, so voxels have no 3D position"
-                ) from None
-            last = [ln.strip() for ln in text.strip().splitlines() if ln.strip()][-1:]
-            raise ScanReadError(
-                f"{show(path)}: corrupt or not a readable {what} ({(last or ['?'])[0][:200]})"
-            ) from None
+            raise _itk_error(exc, name, path, what) from None
     return {
         "dimension": reader.GetDimension(),
         "size": tuple(reader.GetSize()),
