@@ -635,19 +635,29 @@ def _organ_groups(hd, row: dict, algo, units: dict, uid_key, hs, seg) -> list:
 def _ratio_group(hd, row: dict, algo, units: dict, uid_key, failed: bool):
     """The TID 1501 group of the scan's answer: the ratio and its interval, the numbers of
     each criterion (:data:`SR_GLOBAL_MEASUREMENTS`), grade, phase, criterion, status, flags."""
+    return _answer_group(
+        hd, (row, SR_GLOBAL_MEASUREMENTS), _row_evaluations(hd, row, failed), algo, units,
+        (derive_uid(uid_key, "sr.tracking.ratio"), "Liver/spleen attenuation"),
+        ("LSRATIO", "Liver/spleen attenuation ratio"),
+    )  # fmt: skip
+
+
+def _answer_group(hd, values, evaluations: list, algo, units: dict, tracking, finding):
+    """One TID 1501 group: the measurements of ``values = (dict, {key: (code, meaning,
+    unit kind)})`` that are finite numbers, ``evaluations``, tracked as ``tracking =
+    (uid, identifier)`` with finding type ``finding = (code, meaning)``."""
+    source, table = values
     ms = []
-    for key, (code, meaning, unit) in SR_GLOBAL_MEASUREMENTS.items():
-        v = _finite(row.get(key))
+    for key, (code, meaning, unit) in table.items():
+        v = _finite(source.get(key))
         if v is not None:
             ms.append(hd.sr.Measurement(_code(code, meaning), v, units[unit], algorithm_id=algo))
     return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=derive_uid(uid_key, "sr.tracking.ratio"), identifier="Liver/spleen attenuation"
-        ),
-        finding_type=_code("LSRATIO", "Liver/spleen attenuation ratio"),
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking[0], identifier=tracking[1]),
+        finding_type=_code(*finding),
         algorithm_id=algo,
         measurements=ms or None,
-        qualitative_evaluations=_row_evaluations(hd, row, failed),
+        qualitative_evaluations=evaluations,
     )
 
 
@@ -737,20 +747,10 @@ def _study_group(hd, study: dict, case_id: str | None, algo, units: dict, uid_ke
                 _code(SR_SHORT_CODES.get(str(pv), str(pv).upper()), str(pv)),
             )
         )
-    ms = []
-    for key, (code, meaning, unit) in SR_STUDY_MEASUREMENTS.items():
-        v = _finite(study.get(key))
-        if v is not None:
-            ms.append(hd.sr.Measurement(_code(code, meaning), v, units[unit], algorithm_id=algo))
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=derive_uid(uid_key, "sr.tracking.study"), identifier="Study answer"
-        ),
-        finding_type=_code("STUDY", "Study answer"),
-        algorithm_id=algo,
-        measurements=ms or None,
-        qualitative_evaluations=evals,
-    )
+    return _answer_group(
+        hd, (study, SR_STUDY_MEASUREMENTS), evals, algo, units,
+        (derive_uid(uid_key, "sr.tracking.study"), "Study answer"), ("STUDY", "Study answer"),
+    )  # fmt: skip
 
 
 def _comprehensive_sr(hd, evidence, report, uid_key=None):
