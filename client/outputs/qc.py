@@ -260,9 +260,10 @@ def qc_png(
     Path
         ``path``.
     """
+    stored = np.asarray(labels)
     hu, labels, spacing, axes, flips = _canonical(hu, labels, spacing, direction)
     boxes = _cube_boxes(assessment, axes, flips, labels.shape)
-    panels = _panels(hu, labels, spacing, boxes, *_slices(labels))
+    panels = _panels(hu, labels, spacing, boxes, *_slices(stored, axes, flips))
     if row is not None and not row.get("case_id"):
         row = {**row, "case_id": Path(path).stem}  # the picture is named <case_id>.png
     canvas = _compose(panels, caption_lines(row, title))
@@ -289,23 +290,30 @@ def _canonical(hu, labels, spacing, direction):
     return hu, labels, spacing, axes, flips
 
 
-def _slices(labels) -> tuple[int, int, int]:
+def _slices(labels, axes=(0, 1, 2), flips=(False, False, False)) -> tuple[int, int, int]:
     """(axial slice of the liver's largest section, the spleen's, coronal row where both
-    show the most of themselves). Per-organ voxel counts along z and y are counted
-    inside the box of all labels (one pass over the volume for the box; zero outside it)."""
+    show the most of themselves), as indices of the canonical volume.
+
+    ``labels`` as stored; ``axes``/``flips`` take it to the canonical orientation (see
+    :func:`_canonical`). Per-organ voxel counts along the canonical z and y are counted
+    in the stored array (contiguous: one fast pass for the box of all labels, zero
+    outside it) and flipped where the canonical axis runs the other way."""
     from postprocess.components import bounding_box
 
-    nz, ny, _ = labels.shape
     lbox = bounding_box(labels)
     inbox = labels[lbox] if lbox is not None else None
+    nz, ny = labels.shape[axes[0]], labels.shape[axes[1]]
+
+    def along(m, axis: int, n: int, flip: bool):
+        c = np.zeros(n, np.int64)
+        c[lbox[axis]] = np.count_nonzero(m, axis=tuple(a for a in range(3) if a != axis))
+        return c[::-1] if flip else c
 
     def counts(lab):
-        cz, cy = np.zeros(nz, np.int64), np.zeros(ny, np.int64)
-        if inbox is not None:
-            m = inbox == lab
-            cz[lbox[0]] = np.count_nonzero(m, axis=(1, 2))
-            cy[lbox[1]] = np.count_nonzero(m, axis=(0, 2))
-        return cz, cy
+        if inbox is None:
+            return np.zeros(nz, np.int64), np.zeros(ny, np.int64)
+        m = inbox == lab
+        return along(m, axes[0], nz, flips[0]), along(m, axes[1], ny, flips[1])
 
     lz, ly = counts(LABEL_LIVER)
     spz, spy = counts(LABEL_SPLEEN)
