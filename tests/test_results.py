@@ -184,7 +184,7 @@ def test_files_are_utf8_whatever_the_locale(tmp_path):
     with _store(tmp_path) as s:
         s.write(_row("ünïcödé_名前"))
     code = (
-        "import sys; sys.path.insert(0, sys.argv[2]); from client import results;"
+        "import sys; sys.path.insert(0, sys.argv[2]); from client.outputs import results;"
         "rows = results.read_rows(sys.argv[1]); print(rows[0]['case_id'].encode('utf-8').hex())"
     )
     env = {**os.environ, "LANG": "C", "LC_ALL": "C", "PYTHONUTF8": "0"}
