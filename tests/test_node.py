@@ -946,6 +946,17 @@ def test_kill_9_at_any_point_sends_nothing_twice(
             j["State"] in ("Success", "Failure") for j in orthanc.get("/jobs?expand")
         ), 120, "Orthanc's first store job to end")  # fmt: skip
         orthanc.send_to_node(sid)
+    elif kill_at == "received":
+        # Every instance was acknowledged, but the node may die before it records the
+        # association's release (a loaded machine widens that window): an association
+        # open at a crash counts as aborted and the study is held until re-sent
+        # (client/node/jobs.py). Either outcome is right; a held study is re-sent.
+        seen = wait_for(lambda: again.all_finished(1) or [
+            j for j in again.jobs() if j["state"] == "held"
+        ], 120, f"the job to finish or be held after kill -9 in {states}")  # fmt: skip
+        if seen[0]["state"] == "held":
+            print("the release was not recorded before the kill: held, re-sent")
+            orthanc.send_to_node(sid)
     wait_for(lambda: again.all_finished(1), 120, f"the job to finish after kill -9 in {states}")
     assert [j["state"] for j in again.jobs()] == ["done"]
     got = wait_for(lambda: orthanc.has_results(st["study_uid"]), 60, "SEG and SR in Orthanc")
