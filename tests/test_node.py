@@ -443,9 +443,14 @@ def test_a_study_routed_from_orthanc_comes_back_with_seg_and_sr(
             errors = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")]
             assert errors == [], kind
     # Re-sent: a new job, the same SEG/SR UIDs, so Orthanc still holds one of each.
+    # The study now holds our SEG and SR too, and Orthanc may store them in an
+    # association of their own; with this test's 1 s idle window a loaded machine can
+    # turn that association into a job of its own (seen: 3 jobs). The synchronous
+    # send has returned, so every association is over and no further job comes.
     orthanc.send_to_node(sid)
-    wait_for(lambda: node.all_finished(2), 120, "the second job to finish")
-    assert [j["state"] for j in node.jobs()] == ["done", "done"]
+    wait_for(lambda: node.all_finished(2), 120, "the re-sent study's jobs to finish")
+    states = [j["state"] for j in node.jobs()]
+    assert len(states) in (2, 3) and set(states) == {"done"}, states
     again = orthanc.instances_by_class(st["study_uid"])
     assert len(again[SEG_CLASS]) == 1 and len(again[SR_CLASS]) == 1
     assert len(node.rows()) == 1  # one row per series, the latest
