@@ -574,6 +574,18 @@ def stitch_windows(labels, record: PreprocessRecord):
     return full[tuple(slice(p, p + g) for p, g in zip(record.pad, grid_shape))]
 
 
+def _cropped_canonical_view(array, record, xp):
+    """``array`` (on the scan grid) seen in the canonical orientation and cut to the
+    record's body crop: a view, so writes into it land on the scan grid."""
+    canon = xp.transpose(array, record.axes)
+    flip_axes = tuple(a for a in range(3) if record.flips[a])
+    if flip_axes:
+        canon = xp.flip(canon, flip_axes)
+    if record.crop is not None:
+        canon = canon[tuple(slice(lo, hi) for lo, hi in record.crop)]
+    return canon
+
+
 def to_scan_grid(labels, record: PreprocessRecord, within=None):
     """Map model-size labels back onto the scan's own grid (nearest neighbour).
 
@@ -600,12 +612,7 @@ def to_scan_grid(labels, record: PreprocessRecord, within=None):
     boxed = grid if within is None else stitch_windows(within, record)
     out = xp.zeros(record.scan_shape, dtype=labels.dtype)
     # ``out`` seen in the canonical orientation (a view: writes land on the scan grid).
-    canon = xp.transpose(out, record.axes)
-    flip_axes = tuple(a for a in range(3) if record.flips[a])
-    if flip_axes:
-        canon = xp.flip(canon, flip_axes)
-    if record.crop is not None:
-        canon = canon[tuple(slice(lo, hi) for lo, hi in record.crop)]
+    canon = _cropped_canonical_view(out, record, xp)
     # Only the labelled box is resampled; everything else is background (0). The
     # nearest-neighbour source index is non-decreasing along each axis, so the output
     # voxels whose source lies in the box form one contiguous range per axis.
@@ -676,12 +683,7 @@ def labels_to_grid(labels, record: PreprocessRecord):
         raise PreprocessError(
             f"label map shape {tuple(labels.shape)} does not match the scan {record.scan_shape}"
         )
-    canon = xp.transpose(labels, record.axes)
-    flip_axes = tuple(a for a in range(3) if record.flips[a])
-    if flip_axes:
-        canon = xp.flip(canon, flip_axes)
-    if record.crop is not None:
-        canon = canon[tuple(slice(lo, hi) for lo, hi in record.crop)]
+    canon = _cropped_canonical_view(labels, record, xp)
     grid_shape = tuple(record.grid_shape or record.model_shape)
     small = resize_nearest(canon, grid_shape)
     padded = record.padded_shape
